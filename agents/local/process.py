@@ -1,0 +1,81 @@
+"""A child process we start, wait for, and stop cleanly: the base of our local services."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class ServiceStartError(RuntimeError):
+    """A local service did not come up; the message carries the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class ManagedProcess:
+    """Start ``argv`` in its own process group, poll ``ready()`` until it is true, stop it."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Path | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.cwd = cwd
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, ready: Callable[[], bool], timeout_s: float = 20.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServiceStartError(f"{self.name} exited with {self._proc.returncode}: "
+                                        f"{self._log_tail()}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceStartError(f"{self.name} not ready after {timeout_s}s: {self._log_tail()}")
+
+    def stop(self, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        """Ask politely, then kill; safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (fault tests)."""
+        self.stop(sig=signal.SIGKILL)
+
+    def _log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,169 @@
+"""One settings object for the whole system, read from env vars and ``configs/agents.yaml``.
+
+Precedence (highest first): explicit keyword arguments, environment variables
+(``AGENT_CLUSTER_<FIELD>``, nested with ``__``; plus the conventional ``REDIS_URL``,
+``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_MODEL``), the YAML file named by
+``AGENT_CLUSTER_CONFIG`` (default ``configs/agents.yaml``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ROLES = ("researcher", "coder", "reviewer")
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("AGENT_CLUSTER_CONFIG", PROJECT_ROOT / "configs" / "agents.yaml"))
+
+
+class RedisSettings(BaseModel):
+    """Connection pool shared by everything in one process (checkpoints, tools, runs)."""
+
+    pool_size: int = Field(64, ge=1, description="BlockingConnectionPool max_connections")
+    pool_timeout_s: float = Field(5.0, gt=0, description="wait for a free connection")
+    socket_timeout_s: float = Field(5.0, gt=0, description="per-command socket timeout")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    checkpoint_ttl_minutes: float | None = Field(
+        None, description="expire checkpoints this long after their last write (None: keep)"
+    )
+
+
+class ModelSettings(BaseModel):
+    """Any OpenAI-compatible endpoint: the stub, OpenAI, vLLM, Ollama."""
+
+    base_url: str | None = Field(None, description="None: the embedded stub model server")
+    api_key: str = "stub-key"
+    name: str = "stub-model"
+    temperature: float = 0.0
+    timeout_s: float = 60.0
+    max_retries: int = 3
+
+
+class StubModelSettings(BaseModel):
+    """Latency and faults of the embedded stub model server."""
+
+    ttft_ms: float = Field(0.0, ge=0, description="time to first token")
+    tokens_per_s: float = Field(0.0, ge=0, description="0: no delay between tokens")
+    fault_rate: float = Field(0.0, ge=0, le=1, description="share of requests that fail")
+    fault_status: int = Field(500, description="HTTP status of an injected fault (429 or 5xx)")
+
+
+class SandboxSettings(BaseModel):
+    """Limits of the coder's Python subprocess."""
+
+    timeout_s: float = 10.0
+    memory_mb: int = 512
+    max_output_chars: int = 4000
+
+
+class ApprovalPolicy(BaseModel):
+    """Which tool calls must wait for a human before they run."""
+
+    always: list[str] = ["issue_refund", "delete_records"]
+    when_args: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"run_python": {"persist": True}},
+        description="tool -> {arg: value}: sensitive when every listed arg has that value",
+    )
+
+    def requires_approval(self, tool: str, args: dict[str, Any]) -> bool:
+        if tool in self.always:
+            return True
+        conditions = self.when_args.get(tool)
+        return bool(conditions) and all(args.get(k) == v for k, v in conditions.items())
+
+
+class RoleSettings(BaseModel):
+    """One specialist: what it is for, which tools it may use, how long it may loop."""
+
+    description: str
+    tools: list[str]
+    max_steps: int = Field(12, ge=1, description="model calls per specialist run")
+
+
+def _default_roles() -> dict[str, RoleSettings]:
+    return {
+        "researcher": RoleSettings(
+            description="finds facts in the document corpus and cites its sources",
+            tools=["search_corpus", "read_document"],
+        ),
+        "coder": RoleSettings(
+            description="writes and runs Python, and performs back-office actions",
+            tools=["run_python", "issue_refund", "delete_records"],
+        ),
+        "reviewer": RoleSettings(
+            description="reviews code or answers and gives a verdict with reasons",
+            tools=["review_code"],
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AGENT_CLUSTER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("redis_url", "REDIS_URL", "AGENT_CLUSTER_REDIS_URL"),
+        description="None: start the embedded Redis",
+    )
+    redis: RedisSettings = RedisSettings()
+    model: ModelSettings = ModelSettings()
+    stub: StubModelSettings = StubModelSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    approval: ApprovalPolicy = ApprovalPolicy()
+    roles: dict[str, RoleSettings] = Field(default_factory=_default_roles)
+    supervisor_max_steps: int = Field(8, ge=1, description="routing decisions per turn")
+    data_dir: Path = PROJECT_ROOT / ".data"
+    corpus_dir: Path = PROJECT_ROOT / "data" / "corpus"
+    workspace_dir: Path = PROJECT_ROOT / ".data" / "workspace"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _OpenAIEnv(settings_cls),
+        ]
+        if _config_file().exists():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=_config_file()))
+        return tuple(sources)
+
+
+class _OpenAIEnv(PydanticBaseSettingsSource):
+    """The OpenAI client's conventional variables fill ``model`` without our prefix."""
+
+    _ENV = {"OPENAI_BASE_URL": "base_url", "OPENAI_API_KEY": "api_key", "OPENAI_MODEL": "name"}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        model = {key: os.environ[env] for env, key in self._ENV.items() if os.environ.get(env)}
+        return {"model": model} if model else {}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings(...)`` instead)."""
+    return Settings()

@@ -1,0 +1,167 @@
+"""A specialist: a cyclic ReAct graph (agent -> [approve] -> tools -> agent ... -> END).
+
+Sensitive tool calls stop at the ``approve`` node with ``interrupt()`` before they run; one
+call is decided per visit, so every decision is checkpointed on its own. Tool failures and
+malformed arguments go back to the model as tool messages and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import interrupt
+
+from agents.approval import ApprovalRequest, parse_decision
+from agents.errors import StepLimitExceeded
+from agents.settings import ApprovalPolicy, RoleSettings
+from agents.state import Decision, SpecialistState
+
+
+def system_prompt(role: str, settings: RoleSettings) -> str:
+    return (
+        f"You are the {role} of a team of agents: you {settings.description}. "
+        "Use your tools when they help; when a tool fails, read the error and try again "
+        "differently. When you are done, answer concisely."
+    )
+
+
+def last_ai_message(state: SpecialistState) -> AIMessage | None:
+    message = state["messages"][-1] if state["messages"] else None
+    return message if isinstance(message, AIMessage) else None
+
+
+def steps_this_turn(state: Mapping[str, Any]) -> int:
+    """Steps restart when a new human message opens a turn (clients send only messages)."""
+    messages = state.get("messages") or []
+    if messages and isinstance(messages[-1], HumanMessage):
+        return 0
+    return state.get("steps", 0)
+
+
+def progress_text(tool: BaseTool, args: dict[str, Any]) -> str:
+    template = (tool.metadata or {}).get("progress", f"Calling {tool.name}...")
+    try:
+        return template.format(**args)
+    except (KeyError, IndexError, ValueError):
+        return f"Calling {tool.name}..."
+
+
+def tool_error(exc: BaseException) -> str:
+    return f"Error: {type(exc).__name__}: {exc}"
+
+
+def build_specialist(
+    role: str,
+    model: BaseChatModel,
+    tools: list[BaseTool],
+    settings: RoleSettings,
+    policy: ApprovalPolicy,
+    checkpointer: BaseCheckpointSaver | None = None,
+) -> CompiledStateGraph:
+    """Compile one specialist's graph; every role is built by this one function."""
+    tools_by_name = {tool.name: tool for tool in tools}
+    bound_model = model.bind_tools(tools) if tools else model
+    prompt = SystemMessage(system_prompt(role, settings))
+
+    def undecided_sensitive_calls(state: SpecialistState) -> list[dict[str, Any]]:
+        message = last_ai_message(state)
+        if message is None:
+            return []
+        decided = {d["tool_call_id"] for d in state.get("decisions") or []}
+        return [
+            call for call in message.tool_calls
+            if call["id"] not in decided and policy.requires_approval(call["name"], call["args"])
+        ]
+
+    async def agent(state: SpecialistState) -> dict[str, Any]:
+        steps = steps_this_turn(state)
+        if steps >= settings.max_steps:
+            raise StepLimitExceeded(role, settings.max_steps)
+        response = await bound_model.ainvoke([prompt, *state["messages"]])
+        return {"messages": [response], "steps": steps + 1}
+
+    def after_agent(state: SpecialistState) -> str:
+        message = last_ai_message(state)
+        if message is None or not (message.tool_calls or message.invalid_tool_calls):
+            return END
+        return "approve" if undecided_sensitive_calls(state) else "tools"
+
+    def approve(state: SpecialistState) -> dict[str, Any]:
+        call = undecided_sensitive_calls(state)[0]
+        request = ApprovalRequest(
+            tool=call["name"], args=call["args"], tool_call_id=call["id"], requested_by=role
+        )
+        decision = parse_decision(interrupt(request.model_dump()))
+        args = decision.args if decision.action == "edit" else call["args"]
+        record = Decision(
+            key=decision.key or call["id"], tool_call_id=call["id"], tool=call["name"],
+            action=decision.action, args=args, by=decision.by,
+        )
+        if decision.reason:
+            record["reason"] = decision.reason
+        update: dict[str, Any] = {"decisions": [record]}
+        if decision.action == "edit":
+            message = last_ai_message(state)
+            edited = [{**c, "args": args} if c["id"] == call["id"] else c
+                      for c in message.tool_calls]
+            update["messages"] = [message.model_copy(update={"tool_calls": edited})]
+        return update
+
+    def after_approve(state: SpecialistState) -> str:
+        return "approve" if undecided_sensitive_calls(state) else "tools"
+
+    async def run_call(call: dict[str, Any], rejected: dict[str, Decision]) -> ToolMessage:
+        name, call_id = call["name"], call["id"]
+        if call_id in rejected:
+            decision = rejected[call_id]
+            why = f": {decision['reason']}" if decision.get("reason") else ""
+            return ToolMessage(f"Rejected by {decision['by']}{why}", tool_call_id=call_id,
+                               name=name, status="error")
+        tool = tools_by_name.get(name)
+        if tool is None:
+            known = ", ".join(sorted(tools_by_name))
+            return ToolMessage(f"Error: unknown tool {name!r}; available tools: {known}",
+                               tool_call_id=call_id, name=name, status="error")
+        get_stream_writer()({"type": "progress", "role": role, "tool": name,
+                             "text": progress_text(tool, call["args"])})
+        try:
+            output = await tool.ainvoke(call["args"])
+        except Exception as exc:  # the model sees the error and corrects itself
+            return ToolMessage(tool_error(exc), tool_call_id=call_id, name=name, status="error")
+        content = output if isinstance(output, str) else json.dumps(output, default=str)
+        return ToolMessage(content, tool_call_id=call_id, name=name)
+
+    async def run_tools(state: SpecialistState) -> dict[str, Any]:
+        message = last_ai_message(state)
+        rejected = {d["tool_call_id"]: d for d in state.get("decisions") or []
+                    if d["action"] == "reject"}
+        results = await asyncio.gather(*(run_call(c, rejected) for c in message.tool_calls))
+        malformed = [
+            ToolMessage(
+                f"Error: the arguments of {bad.get('name')!r} are not valid JSON for its schema "
+                f"({bad.get('error') or 'unparseable'}); call it again with valid JSON arguments.",
+                tool_call_id=bad.get("id") or "", name=bad.get("name") or "", status="error",
+            )
+            for bad in message.invalid_tool_calls
+        ]
+        return {"messages": [*results, *malformed]}
+
+    graph = StateGraph(SpecialistState)
+    graph.add_node("agent", agent)
+    graph.add_node("approve", approve)
+    graph.add_node("tools", run_tools)
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", after_agent, ["approve", "tools", END])
+    graph.add_conditional_edges("approve", after_approve, ["approve", "tools"])
+    graph.add_edge("tools", "agent")
+    return graph.compile(checkpointer=checkpointer, name=role)

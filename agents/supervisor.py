@@ -1,0 +1,147 @@
+"""The supervisor: routes each turn to workers (several in parallel with ``Send``) until FINISH.
+
+supervisor -> worker x N (parallel) -> supervisor -> ... -> END
+
+Workers are reached through the worker-call seam (``agents.workers``), so the same graph runs
+specialists in this process or on other Ray replicas. A specialist's pending approval becomes
+an ``interrupt()`` of the parent thread; resuming the parent resumes the specialist.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, SystemMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_config, get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Send, interrupt
+from pydantic import BaseModel, Field
+
+from agents.errors import StepLimitExceeded
+from agents.settings import RoleSettings
+from agents.specialist import steps_this_turn
+from agents.state import Assignment, SupervisorState, WorkerInput
+from agents.workers import Worker, WorkerResult
+
+FINISH = "FINISH"
+
+
+class RouteStep(BaseModel):
+    worker: str = Field(description="a worker's name, or FINISH when the request is answered")
+    task: str = Field("", description="what this worker should do, self-contained")
+
+
+class Route(BaseModel):
+    """Send the next sub-tasks to workers (several run in parallel), or FINISH."""
+
+    next: list[RouteStep]
+
+
+def supervisor_prompt(roles: Mapping[str, RoleSettings]) -> str:
+    team = "\n".join(f"- {name}: {role.description}" for name, role in roles.items())
+    return (
+        "You are the supervisor of a team of agents:\n"
+        f"{team}\n"
+        "Call the route tool to hand sub-tasks to workers; independent sub-tasks may go to "
+        f"several workers at once. When the user's request is answered, route to {FINISH}, "
+        "or reply to the user directly without calling a tool."
+    )
+
+
+def sub_thread_id(parent_thread: str, assignment: Assignment) -> str:
+    """A specialist's own thread: derived from the parent, unique per assignment."""
+    return f"{parent_thread}/{assignment['worker']}/{assignment['task_id']}"
+
+
+def parse_route(response: AIMessage, roles: Mapping[str, RoleSettings]) -> list[Assignment]:
+    """Assignments from the model's route call; no call or FINISH means the turn is done."""
+    assignments: list[Assignment] = []
+    for call in response.tool_calls:
+        if call["name"] != "route":
+            continue
+        for step in Route.model_validate(call["args"]).next:
+            if step.worker in roles:
+                assignments.append(Assignment(worker=step.worker, task=step.task,
+                                              task_id=uuid.uuid4().hex[:12]))
+    return assignments
+
+
+def build_supervisor(
+    model: BaseChatModel,
+    workers: Mapping[str, Worker],
+    roles: Mapping[str, RoleSettings],
+    max_steps: int,
+    checkpointer: BaseCheckpointSaver | None = None,
+) -> CompiledStateGraph:
+    """Compile the supervisor graph; ``workers`` maps each role to the seam that runs it."""
+    router = model.bind_tools([Route], tool_choice="auto")
+    prompt = SystemMessage(supervisor_prompt(roles))
+
+    async def supervisor(state: SupervisorState) -> dict[str, Any]:
+        steps = steps_this_turn(state)
+        if steps >= max_steps:
+            raise StepLimitExceeded("supervisor", max_steps)
+        response = await router.ainvoke([prompt, *state["messages"]])
+        update: dict[str, Any] = {"assignments": parse_route(response, roles), "steps": steps + 1}
+        if response.text.strip():  # a direct reply to the user (FINISH with an answer)
+            update["messages"] = [AIMessage(response.text, name="supervisor", id=response.id)]
+        return update
+
+    def fan_out(state: SupervisorState) -> list[Send] | Literal["__end__"]:
+        return [Send("worker", WorkerInput(assignment=a)) for a in state["assignments"]] or END
+
+    async def worker(state: WorkerInput) -> dict[str, Any]:
+        assignment = state["assignment"]
+        role, task_id = assignment["worker"], assignment["task_id"]
+        parent_thread = get_config()["configurable"]["thread_id"]
+        request = {"role": role, "thread_id": sub_thread_id(parent_thread, assignment),
+                   "task": assignment["task"]}
+        started = time.time()
+        try:
+            result = await call_worker(workers[role], request)
+        except Exception as exc:  # the supervisor hears of the failure and decides what next
+            return {"messages": [AIMessage(
+                f"{role} failed: {type(exc).__name__}: {exc}", name=role,
+                response_metadata={"worker": role, "task_id": task_id, "error": True},
+            )]}
+        # One interrupt per pending approval. On resume this node runs again from the top:
+        # each earlier interrupt() returns its recorded decision, and the worker skips any
+        # decision whose key it already applied, so nothing is applied twice.
+        index = 0
+        while result.status == "interrupted":
+            pending = {**result.interrupt, "role": role, "thread_id": result.thread_id}
+            decision = interrupt(pending)
+            result = await call_worker(workers[role], {
+                **request, "task": None, "resume": decision, "resume_key": f"{task_id}:{index}",
+            })
+            index += 1
+        answer = AIMessage(
+            result.answer, name=role,
+            response_metadata={"worker": role, "task_id": task_id, "thread_id": result.thread_id,
+                               "started_at": started, "finished_at": time.time()},
+        )
+        return {"messages": [answer]}
+
+    graph = StateGraph(SupervisorState)
+    graph.add_node("supervisor", supervisor)
+    graph.add_node("worker", worker)
+    graph.add_edge(START, "supervisor")
+    graph.add_conditional_edges("supervisor", fan_out, ["worker", END])
+    graph.add_edge("worker", "supervisor")
+    return graph.compile(checkpointer=checkpointer, name="supervisor")
+
+
+async def call_worker(worker: Worker, request: dict[str, Any]) -> WorkerResult:
+    """Stream one worker call, relaying its tokens and progress to this run's stream."""
+    write = get_stream_writer()
+    async for event in worker.stream(request):
+        if event["type"] == "result":
+            return WorkerResult.model_validate(event["result"])
+        write(event)
+    raise RuntimeError(f"worker {request['role']} ended its stream without a result")

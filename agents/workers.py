@@ -1,0 +1,148 @@
+"""The worker-call seam: how the supervisor reaches a specialist, in-process or remote.
+
+A worker is anything with ``stream(request) -> AsyncIterator[dict]`` yielding plain-dict
+events (``token``, ``progress``) and, last, one ``result``. Plain dicts cross a Ray handle
+unchanged, so the supervisor graph does not care where the specialist runs.
+
+Every request is idempotent: a specialist's run lives in Redis under its own thread, so a
+request repeated after a crash continues that run instead of starting it twice, and a
+decision whose ``resume_key`` was already applied is not applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Literal, Protocol
+
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
+from pydantic import BaseModel, Field
+
+from agents.errors import UnknownRoleError
+
+_CONTINUE = object()  # graph input meaning: resume from the last checkpoint
+
+
+class WorkerRequest(BaseModel):
+    role: str
+    thread_id: str = Field(description="the specialist's own thread, derived from the parent's")
+    task: str | None = Field(None, description="start (or continue) the run with this task")
+    resume: dict[str, Any] | None = Field(None, description="an approval decision to apply")
+    resume_key: str | None = Field(None, description="applied at most once per key")
+
+
+class WorkerResult(BaseModel):
+    role: str
+    thread_id: str
+    status: Literal["done", "interrupted"]
+    answer: str = ""
+    interrupt: dict[str, Any] | None = Field(None, description="the pending approval, if any")
+    steps: int = 0
+
+
+class Worker(Protocol):
+    def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class SpecialistWorker:
+    """Runs specialists' graphs in this process; the Ray deployment wraps one of these."""
+
+    def __init__(self, graphs: Mapping[str, CompiledStateGraph]):
+        self.graphs = dict(graphs)
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        req = WorkerRequest.model_validate(request)
+        graph = self.graphs.get(req.role)
+        if graph is None:
+            raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
+        config = {"configurable": {"thread_id": req.thread_id}}
+        graph_input = await self._next_input(graph, config, req)
+        if graph_input is not None:
+            async for event in _isolated(self._events(graph, graph_input, config, req.role)):
+                yield event
+        yield {"type": "result", "result": (await self.status(graph, config, req)).model_dump()}
+
+    async def invoke(self, request: dict[str, Any]) -> WorkerResult:
+        """The result alone, dropping the token and progress events."""
+        async for event in self.stream(request):
+            if event["type"] == "result":
+                return WorkerResult.model_validate(event["result"])
+        raise RuntimeError("worker stream ended without a result")
+
+    @staticmethod
+    async def _next_input(graph: CompiledStateGraph, config: dict, req: WorkerRequest) -> Any:
+        """What to send the graph now, or None if there is nothing to do (idempotency)."""
+        state = await graph.aget_state(config)
+        if req.resume is not None:
+            applied = {d.get("key") for d in state.values.get("decisions", [])}
+            if req.resume_key in applied or not state.interrupts:
+                return None
+            return Command(resume={**req.resume, "key": req.resume_key})
+        if not state.values:
+            return {"messages": [HumanMessage(req.task or "")], "steps": 0}
+        if state.next and not state.interrupts:
+            return _CONTINUE  # crashed mid-run: go on from the last checkpoint
+        return None
+
+    @staticmethod
+    async def _events(graph: CompiledStateGraph, graph_input: Any, config: dict,
+                      role: str) -> AsyncIterator[dict[str, Any]]:
+        graph_input = None if graph_input is _CONTINUE else graph_input
+        async for mode, payload in graph.astream(
+            graph_input, config, stream_mode=["messages", "custom"]
+        ):
+            if mode == "custom":
+                yield payload
+                continue
+            chunk, metadata = payload
+            if isinstance(chunk, AIMessageChunk) and chunk.content and \
+                    metadata.get("langgraph_node") == "agent":
+                yield {"type": "token", "role": role, "text": chunk.content,
+                       "message_id": chunk.id}
+
+    @staticmethod
+    async def status(graph: CompiledStateGraph, config: dict, req: WorkerRequest) -> WorkerResult:
+        state = await graph.aget_state(config)
+        messages = state.values.get("messages", [])
+        answer = messages[-1].text if messages and isinstance(messages[-1], AIMessage) else ""
+        pending = state.interrupts[0].value if state.interrupts else None
+        return WorkerResult(
+            role=req.role, thread_id=req.thread_id,
+            status="interrupted" if pending else "done",
+            answer="" if pending else answer, interrupt=pending,
+            steps=state.values.get("steps", 0),
+        )
+
+
+
+async def _isolated(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Run ``events`` in a fresh context so the caller's LangGraph config and callbacks
+    (its thread id, its stream handlers) do not leak into the specialist's run."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                await queue.put(("event", event))
+            await queue.put(("end", None))
+        except BaseException as exc:  # re-raised in the caller's task below
+            await queue.put(("error", exc))
+
+    task = asyncio.create_task(pump(), context=contextvars.Context())
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

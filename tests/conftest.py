@@ -1,0 +1,46 @@
+"""One embedded Redis and one stub model server (real processes, real HTTP) per test session."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from agents.local.services import local_services
+from agents.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data_dir = tmp_path_factory.mktemp("data")
+    base = Settings(redis_url=None, data_dir=data_dir, workspace_dir=data_dir / "workspace",
+                    model={"base_url": None, "max_retries": 0, "timeout_s": 30})
+    with local_services(base) as ready:
+        yield ready
+
+
+@pytest.fixture(scope="session")
+def redis_url(settings: Settings) -> str:
+    return settings.redis_url
+
+
+@pytest.fixture(scope="session")
+def stub_url(settings: Settings) -> str:
+    return settings.model.base_url
+
+
+@pytest.fixture
+def stub_admin(stub_url: str):
+    """Change the stub's latency/faults for one test; restored afterwards."""
+    admin = stub_url.removesuffix("/v1") + "/admin"
+    with httpx.Client(base_url=admin, timeout=10) as client:
+        original = client.get("/config").json()
+        yield client
+        client.post("/config", json=original)
+
+
+@pytest.fixture(scope="session")
+async def redis_client(redis_url: str) -> Redis:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
