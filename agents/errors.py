@@ -24,3 +24,7 @@ class UnknownRoleError(AgentClusterError):
 
 class InvalidDecisionError(AgentClusterError, ValueError):
     """An approval decision that is not approve / reject / edit with the right fields."""
+
+
+class WorkerFailed(AgentClusterError):
+    """A specialist failed; a plain exception so it crosses a Ray handle intact."""

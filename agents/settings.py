@@ -85,6 +85,14 @@ class ApprovalPolicy(BaseModel):
         return bool(conditions) and all(args.get(k) == v for k, v in conditions.items())
 
 
+class ApiSettings(BaseModel):
+    """The HTTP API's runs and streams."""
+
+    heartbeat_s: float = Field(5.0, gt=0, description="SSE keep-alive comment period")
+    event_ttl_s: int = Field(3600, ge=1, description="how long a run's events can be replayed")
+    lease_ttl_s: float = Field(30.0, gt=0, description="a thread's active-run lease")
+
+
 class RoleSettings(BaseModel):
     """One specialist: what it is for, which tools it may use, how long it may loop."""
 
@@ -126,6 +134,7 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = SandboxSettings()
     approval: ApprovalPolicy = ApprovalPolicy()
     roles: dict[str, RoleSettings] = Field(default_factory=_default_roles)
+    api: ApiSettings = ApiSettings()
     supervisor_max_steps: int = Field(8, ge=1, description="routing decisions per turn")
     data_dir: Path = PROJECT_ROOT / ".data"
     corpus_dir: Path = PROJECT_ROOT / "data" / "corpus"

@@ -1,0 +1,51 @@
+"""``make run``: the whole cluster on the embedded default, until Ctrl-C.
+
+Starts Redis (RedisJSON + RediSearch) and the stub model unless ``REDIS_URL`` /
+``OPENAI_BASE_URL`` point elsewhere, a local Ray, and the Serve app of ``configs/local.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+from pathlib import Path
+
+from agents.local.services import local_services
+from agents.settings import PROJECT_ROOT, get_settings
+from serve_app.launcher import serve_cluster
+
+HOW_TO_TALK = """
+Agent Cluster is up at {url}  (Redis: {redis}, model: {model})
+
+  curl -N {url}/api/chat -H 'content-type: application/json' \\
+       -d '{{"thread_id": "demo", "message": "Refund $500 to order 42"}}'
+  curl {url}/api/approve -H 'content-type: application/json' \\
+       -d '{{"thread_id": "demo", "action": "approve", "by": "me"}}'
+
+  from langgraph_sdk import get_client; client = get_client(url="{url}")
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "local.yaml")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with local_services(get_settings()) as settings, \
+            serve_cluster(settings, args.config, port=args.port) as url:
+        print(HOW_TO_TALK.format(url=url, redis=settings.redis_url,
+                                 model=settings.model.base_url), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""What a run streams: graph chunks turned into API events, and events framed as SSE.
+
+API stream modes follow LangGraph Platform; ``chat`` is ours, for ``/api/chat``: plain
+``token`` / ``progress`` / ``approval`` / ``answer`` events for simple clients.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from langchain_core.messages import AIMessage, AIMessageChunk
+
+from serve_app.jsonable import to_jsonable
+
+GRAPH_MODE = {
+    "values": "values",
+    "updates": "updates",
+    "messages-tuple": "messages",
+    "messages": "messages",
+    "custom": "custom",
+    "debug": "debug",
+    "chat": "custom",
+}
+API_MODES = frozenset(GRAPH_MODE) - {"chat"}
+
+Event = tuple[str, Any]
+
+
+def graph_modes(api_modes: Iterable[str]) -> list[str]:
+    """The LangGraph stream modes a run needs; specialists' tokens travel as ``custom``."""
+    modes = {GRAPH_MODE[m] for m in api_modes} | {"custom"}
+    if "chat" in api_modes:
+        modes |= {"messages", "values"}
+    return sorted(modes)
+
+
+def convert(mode: str, chunk: Any, api_modes: frozenset[str], seen: set[str]) -> list[Event]:
+    """Events for one ``(mode, chunk)`` of ``graph.astream``; ``seen`` tracks message ids."""
+    events: list[Event] = []
+    if mode == "messages":
+        message, metadata = chunk
+        if "messages-tuple" in api_modes:
+            events.append(("messages", [to_jsonable(message), to_jsonable(metadata)]))
+        if "messages" in api_modes:
+            events += _legacy_messages(message, metadata, seen)
+        if "chat" in api_modes and isinstance(message, AIMessageChunk) and message.text:
+            events.append(("token", {"role": "supervisor", "text": message.text}))
+    elif mode == "custom":
+        events += _custom(chunk, api_modes)
+    elif mode == "values":
+        if "values" in api_modes:
+            events.append(("values", to_jsonable(chunk)))
+    elif mode in api_modes:
+        events.append((mode, to_jsonable(chunk)))
+    return events
+
+
+def _custom(chunk: Any, api_modes: frozenset[str]) -> list[Event]:
+    events: list[Event] = []
+    if "custom" in api_modes:
+        events.append(("custom", to_jsonable(chunk)))
+    kind = chunk.get("type") if isinstance(chunk, dict) else None
+    if kind == "token":
+        if "messages-tuple" in api_modes:
+            message = {"type": "AIMessageChunk", "content": chunk["text"],
+                       "id": chunk.get("message_id"), "name": chunk["role"]}
+            metadata = {"langgraph_node": "worker", "role": chunk["role"]}
+            events.append(("messages", [message, metadata]))
+        if "chat" in api_modes:
+            events.append(("token", {"role": chunk["role"], "text": chunk["text"]}))
+    elif kind == "progress" and "chat" in api_modes:
+        events.append(("progress", {k: chunk.get(k) for k in ("role", "tool", "text")}))
+    return events
+
+
+def _legacy_messages(message: Any, metadata: dict, seen: set[str]) -> list[Event]:
+    events: list[Event] = []
+    if message.id not in seen:
+        seen.add(message.id)
+        events.append(("messages/metadata", {message.id: {"metadata": to_jsonable(metadata)}}))
+    events.append(("messages/partial", [to_jsonable(message)]))
+    return events
+
+
+def final_answer(values: dict[str, Any]) -> str:
+    messages = values.get("messages") or []
+    last = messages[-1] if messages else None
+    return last.text if isinstance(last, AIMessage) else ""
+
+
+def sse_frame(event: str, data: Any, event_id: str | None = None) -> bytes:
+    lines = []
+    if event_id:
+        lines.append(f"id: {event_id}")
+    lines += [f"event: {event}", f"data: {json.dumps(data, separators=(',', ':'))}", "", ""]
+    return "\n".join(lines).encode()
+
+
+HEARTBEAT = b": heartbeat\n\n"

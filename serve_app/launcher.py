@@ -1,0 +1,87 @@
+"""Start a local Ray, deploy a Serve config file, and tear both down: used by the run
+command and by the end-to-end tests (one Ray per test session)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ray
+import yaml
+from ray import serve
+from ray.serve._private import api as serve_private_api
+from ray.serve.schema import ServeDeploySchema
+
+from agents.settings import PROJECT_ROOT, Settings
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """What every replica needs to find the services this process started."""
+    env = {
+        "OPENAI_BASE_URL": settings.model.base_url or "",
+        "OPENAI_API_KEY": settings.model.api_key,
+        "OPENAI_MODEL": settings.model.name,
+        "AGENT_CLUSTER_MODEL__MAX_RETRIES": str(settings.model.max_retries),
+        "AGENT_CLUSTER_MODEL__TIMEOUT_S": str(settings.model.timeout_s),
+        "AGENT_CLUSTER_DATA_DIR": str(settings.data_dir),
+        "AGENT_CLUSTER_WORKSPACE_DIR": str(settings.workspace_dir),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
+    return env
+
+
+def load_serve_config(path: Path, port: int | None = None) -> ServeDeploySchema:
+    config = yaml.safe_load(Path(path).read_text())
+    if port is not None:
+        config.setdefault("http_options", {})["port"] = port
+    return ServeDeploySchema.model_validate(config)
+
+
+def wait_until_running(base_url: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        statuses = {name: app.status for name, app in serve.status().applications.items()}
+        if statuses and all(s == "RUNNING" for s in statuses.values()):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base_url}/ok", timeout=2).status_code == 200:
+                    return
+        if any(s == "DEPLOY_FAILED" for s in statuses.values()):
+            raise RuntimeError(f"Serve deploy failed: {serve.status()}")
+        last = statuses
+        time.sleep(0.5)
+    raise TimeoutError(f"Serve app not running after {timeout_s}s: {last}")
+
+
+@contextlib.contextmanager
+def serve_cluster(
+    settings: Settings,
+    config_path: Path,
+    port: int = 8000,
+    num_cpus: int = 2,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """Yield the base URL of the deployed app; shut Serve and Ray down afterwards."""
+    config = load_serve_config(config_path, port)
+    ray.init(
+        num_cpus=num_cpus, include_dashboard=False, namespace="serve",
+        runtime_env={"env_vars": {**service_env(settings), **(extra_env or {})}},
+        log_to_driver=False,
+    )
+    try:
+        client = serve_private_api.serve_start(http_options=config.http_options.model_dump(),
+                                               proxy_location=config.proxy_location)
+        client.deploy_apps(config, _blocking=False)
+        base_url = f"http://{config.http_options.host}:{port}"
+        wait_until_running(base_url)
+        yield base_url
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()

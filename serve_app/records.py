@@ -1,0 +1,134 @@
+"""Threads and runs as records in Redis, so every replica sees the same ones.
+
+Keys (prefix ``ac:``): ``thread:<tid>`` and ``run:<rid>`` hold JSON, ``thread:<tid>:runs`` is
+a sorted set of its runs by creation time, ``thread:<tid>:active`` names the run that holds
+the thread (at most one at a time), ``run:<rid>:events`` is the run's Redis Stream of events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
+ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
+TERMINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupted"})
+PREFIX = "ac:"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def thread_key(thread_id: str) -> str:
+    return f"{PREFIX}thread:{thread_id}"
+
+
+def run_key(run_id: str) -> str:
+    return f"{PREFIX}run:{run_id}"
+
+
+def events_key(run_id: str) -> str:
+    return f"{PREFIX}run:{run_id}:events"
+
+
+def active_key(thread_id: str) -> str:
+    return f"{PREFIX}thread:{thread_id}:active"
+
+
+class Records:
+    """CRUD of thread and run records; graph state itself lives in the checkpointer."""
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    async def _get(self, key: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(key)
+        return json.loads(raw) if raw else None
+
+    async def _put(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        await self.redis.set(key, json.dumps(record))
+        return record
+
+    # threads
+    async def get_thread(self, thread_id: str) -> dict[str, Any] | None:
+        return await self._get(thread_key(thread_id))
+
+    async def create_thread(
+        self, thread_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Create unless it exists; returns (record, created)."""
+        thread_id = thread_id or str(uuid.uuid4())
+        stamp = now_iso()
+        record = {"thread_id": thread_id, "created_at": stamp, "updated_at": stamp,
+                  "metadata": metadata or {}, "status": "idle"}
+        created = await self.redis.set(thread_key(thread_id), json.dumps(record), nx=True)
+        if not created:
+            return await self.get_thread(thread_id), False
+        return record, True
+
+    async def update_thread(self, thread_id: str, **fields: Any) -> dict[str, Any] | None:
+        record = await self.get_thread(thread_id)
+        if record is None:
+            return None
+        record.update(fields, updated_at=now_iso())
+        return await self._put(thread_key(thread_id), record)
+
+    async def search_threads(self, limit: int, offset: int,
+                             metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
+        records = []
+        async for key in self.redis.scan_iter(match=f"{PREFIX}thread:*", count=500):
+            if key.count(b":") == 2 and (record := await self._get(key)):
+                meta = record.get("metadata", {})
+                if all(meta.get(k) == v for k, v in (metadata or {}).items()):
+                    records.append(record)
+        records.sort(key=lambda r: r["created_at"], reverse=True)
+        return records[offset:offset + limit]
+
+    async def delete_thread(self, thread_id: str) -> None:
+        run_ids = await self.redis.zrange(f"{thread_key(thread_id)}:runs", 0, -1)
+        keys = [thread_key(thread_id), f"{thread_key(thread_id)}:runs", active_key(thread_id)]
+        for rid in run_ids:
+            keys += [run_key(rid.decode()), events_key(rid.decode())]
+        await self.redis.delete(*keys)
+
+    # runs
+    async def create_run(self, thread_id: str, assistant_id: str, graph_id: str,
+                         kwargs: dict[str, Any], metadata: dict[str, Any],
+                         multitask_strategy: str) -> dict[str, Any]:
+        stamp = now_iso()
+        record = {
+            "run_id": str(uuid.uuid4()), "thread_id": thread_id, "assistant_id": assistant_id,
+            "graph_id": graph_id, "status": "pending", "metadata": metadata, "kwargs": kwargs,
+            "multitask_strategy": multitask_strategy, "created_at": stamp, "updated_at": stamp,
+            "attempt": 1,
+        }
+        await self._put(run_key(record["run_id"]), record)
+        await self.redis.zadd(f"{thread_key(thread_id)}:runs", {record["run_id"]: time.time()})
+        return record
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return await self._get(run_key(run_id))
+
+    async def update_run(self, run_id: str, **fields: Any) -> dict[str, Any] | None:
+        record = await self.get_run(run_id)
+        if record is None:
+            return None
+        record.update(fields, updated_at=now_iso())
+        return await self._put(run_key(run_id), record)
+
+    async def list_runs(self, thread_id: str, limit: int = 10,
+                        offset: int = 0) -> list[dict[str, Any]]:
+        run_ids = await self.redis.zrevrange(f"{thread_key(thread_id)}:runs", offset,
+                                             offset + limit - 1)
+        runs = [await self.get_run(rid.decode()) for rid in run_ids]
+        return [run for run in runs if run]
+
+    async def active_run(self, thread_id: str) -> str | None:
+        value = await self.redis.get(active_key(thread_id))
+        return value.decode() if value else None

@@ -1,0 +1,80 @@
+"""HTTP bodies, following LangGraph Platform's API (unknown fields are ignored)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class AssistantSearch(Body):
+    graph_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class ThreadCreate(Body):
+    thread_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+
+
+class ThreadSearch(Body):
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class StateUpdate(Body):
+    values: dict[str, Any] | list[Any] | None = None
+    as_node: str | None = None
+    checkpoint_id: str | None = None
+
+
+class HistoryQuery(Body):
+    limit: int = Field(10, ge=1, le=1000)
+    before: str | dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CommandBody(Body):
+    resume: Any = None
+    update: Any = None
+    goto: Any = None
+
+
+class RunCreate(Body):
+    assistant_id: str
+    input: dict[str, Any] | None = None
+    command: CommandBody | None = None
+    stream_mode: str | list[str] = "values"
+    stream_subgraphs: bool = False
+    config: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    checkpoint_id: str | None = None
+    multitask_strategy: MultitaskStrategy = "enqueue"
+    if_not_exists: Literal["create", "reject"] = "reject"
+    on_disconnect: Literal["cancel", "continue"] = "continue"
+
+
+class ChatRequest(Body):
+    thread_id: str = Field(min_length=1, max_length=200)
+    message: str = Field(min_length=1, max_length=100_000)
+    stream: bool = True
+
+
+class ApproveRequest(Body):
+    thread_id: str = Field(min_length=1, max_length=200)
+    action: Literal["approve", "reject", "edit"]
+    args: dict[str, Any] | None = None
+    by: str = "api"
+    reason: str | None = None
+    interrupt_id: str | None = Field(None, description="needed when several approvals wait")
+    stream: bool = False

@@ -1,0 +1,269 @@
+"""What the HTTP API does, independent of FastAPI: threads, state, runs and their streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
+from redis.asyncio import Redis
+
+from agents.approval import parse_decision
+from agents.errors import InvalidDecisionError
+from agents.settings import ApiSettings
+from serve_app.events import API_MODES, HEARTBEAT, sse_frame
+from serve_app.executor import RunExecutor
+from serve_app.jsonable import to_jsonable
+from serve_app.records import TERMINAL, Records, events_key
+
+ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
+DEFAULT_GRAPH = "supervisor"
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a ``detail`` for the client."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def assistant_id(graph_id: str) -> str:
+    return str(uuid.uuid5(ASSISTANT_NAMESPACE, graph_id))
+
+
+def state_snapshot(snapshot: StateSnapshot) -> dict[str, Any]:
+    """LangGraph Platform's ThreadState; an empty thread has no checkpoint."""
+    if not snapshot.values and snapshot.created_at is None:
+        return {"values": {}, "next": [], "tasks": [], "metadata": {}, "created_at": None,
+                "checkpoint": None, "parent_checkpoint": None, "interrupts": []}
+
+    def checkpoint(config: dict | None) -> dict | None:
+        if not config:
+            return None
+        c = config["configurable"]
+        return {"thread_id": c.get("thread_id"), "checkpoint_ns": c.get("checkpoint_ns", ""),
+                "checkpoint_id": c.get("checkpoint_id")}
+
+    return {
+        "values": to_jsonable(snapshot.values),
+        "next": list(snapshot.next),
+        "tasks": [{"id": t.id, "name": t.name, "error": t.error, "state": None,
+                   "interrupts": to_jsonable(list(t.interrupts)),
+                   "result": to_jsonable(t.result)} for t in snapshot.tasks],
+        "metadata": to_jsonable(snapshot.metadata or {}),
+        "created_at": snapshot.created_at,
+        "checkpoint": checkpoint(snapshot.config),
+        "parent_checkpoint": checkpoint(snapshot.parent_config),
+        "interrupts": to_jsonable(list(snapshot.interrupts)),
+    }
+
+
+class AgentService:
+    def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
+                 settings: ApiSettings, replica_id: str):
+        self.redis = redis
+        self.records = Records(redis)
+        self.graphs = graphs
+        self.settings = settings
+        self.replica_id = replica_id
+        self.executor = RunExecutor(redis, graphs, settings, replica_id)
+
+    # assistants
+    def assistants(self) -> list[dict[str, Any]]:
+        return [{"assistant_id": assistant_id(g), "graph_id": g, "name": g, "config": {},
+                 "context": {}, "metadata": {"created_by": "system"}, "version": 1,
+                 "created_at": "2026-01-01T00:00:00+00:00",
+                 "updated_at": "2026-01-01T00:00:00+00:00", "description": None}
+                for g in self.graphs]
+
+    def graph_id(self, assistant: str) -> str:
+        """A graph name or its default assistant's id."""
+        if assistant in self.graphs:
+            return assistant
+        for graph in self.graphs:
+            if assistant_id(graph) == assistant:
+                return graph
+        raise ApiError(404, f"assistant {assistant!r} not found")
+
+    def get_assistant(self, assistant: str) -> dict[str, Any]:
+        try:
+            uuid.UUID(assistant)
+        except ValueError:
+            raise ApiError(422, f"assistant id must be a UUID, got {assistant!r}") from None
+        graph = self.graph_id(assistant)
+        return next(a for a in self.assistants() if a["graph_id"] == graph)
+
+    # threads
+    async def require_thread(self, thread_id: str) -> dict[str, Any]:
+        thread = await self.records.get_thread(thread_id)
+        if thread is None:
+            raise ApiError(404, f"thread {thread_id!r} not found")
+        return thread
+
+    def thread_graph(self, thread: dict[str, Any]) -> CompiledStateGraph:
+        return self.graphs[thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)]
+
+    async def snapshot(self, thread: dict[str, Any]) -> StateSnapshot:
+        graph = self.thread_graph(thread)
+        return await graph.aget_state({"configurable": {"thread_id": thread["thread_id"]}})
+
+    async def thread_view(self, thread: dict[str, Any]) -> dict[str, Any]:
+        snapshot = await self.snapshot(thread)
+        interrupts: dict[str, list] = {}
+        for task in snapshot.tasks:
+            if task.interrupts:
+                interrupts[task.id] = to_jsonable(list(task.interrupts))
+        return {**thread, "values": to_jsonable(snapshot.values), "interrupts": interrupts,
+                "error": thread.get("error")}
+
+    async def get_state(self, thread_id: str) -> dict[str, Any]:
+        return state_snapshot(await self.snapshot(await self.require_thread(thread_id)))
+
+    async def update_state(self, thread_id: str, values: Any, as_node: str | None) -> dict:
+        thread = await self.require_thread(thread_id)
+        if await self.inflight_runs(thread_id):
+            raise ApiError(409, f"thread {thread_id!r} has a run in progress")
+        config = await self.thread_graph(thread).aupdate_state(
+            {"configurable": {"thread_id": thread_id}}, values, as_node=as_node
+        )
+        return {"checkpoint": config["configurable"]}
+
+    async def history(self, thread_id: str, limit: int, before: Any,
+                      metadata: dict | None) -> list[dict[str, Any]]:
+        thread = await self.require_thread(thread_id)
+        before_config = None
+        if before:
+            checkpoint_id = before if isinstance(before, str) else before.get("checkpoint_id")
+            before_config = {"configurable": {"thread_id": thread_id,
+                                              "checkpoint_id": checkpoint_id}}
+        graph = self.thread_graph(thread)
+        return [state_snapshot(s) async for s in graph.aget_state_history(
+            {"configurable": {"thread_id": thread_id}}, limit=limit, before=before_config,
+            filter=metadata)]
+
+    # runs
+    async def inflight_runs(self, thread_id: str) -> list[dict[str, Any]]:
+        runs = await self.records.list_runs(thread_id, limit=50)
+        return [r for r in runs if r["status"] not in TERMINAL]
+
+    async def create_run(self, thread_id: str | None, body: Any,
+                         extra_modes: list[str] | None = None) -> dict[str, Any]:
+        graph_id = self.graph_id(body.assistant_id)
+        modes = [body.stream_mode] if isinstance(body.stream_mode, str) else body.stream_mode
+        modes = list(dict.fromkeys([*modes, *(extra_modes or [])]))
+        unsupported = [m for m in modes if m not in API_MODES and m not in (extra_modes or [])]
+        if unsupported:
+            raise ApiError(422, f"unsupported stream_mode {unsupported}; "
+                                f"supported: {sorted(API_MODES)}")
+        if thread_id is None:  # a thread-less run gets a thread of its own
+            thread_id = str(uuid.uuid4())
+            await self.records.create_thread(thread_id, {"graph_id": graph_id})
+        thread = await self.records.get_thread(thread_id)
+        if thread is None:
+            if body.if_not_exists != "create":
+                raise ApiError(404, f"thread {thread_id!r} not found")
+            thread, _ = await self.records.create_thread(thread_id, {"graph_id": graph_id})
+        if "graph_id" not in thread["metadata"]:
+            await self.records.update_thread(
+                thread_id, metadata={**thread["metadata"], "graph_id": graph_id})
+        inflight = await self.inflight_runs(thread_id)
+        if inflight and body.multitask_strategy == "reject":
+            raise ApiError(409, f"thread {thread_id!r} is busy with run "
+                                f"{inflight[0]['run_id']} (multitask_strategy=reject)")
+        if body.command and body.command.resume is not None:
+            await self.check_resume(thread, body.command.resume)
+        kwargs = {
+            "input": body.input,
+            "command": body.command.model_dump(exclude_none=True) if body.command else None,
+            "stream_mode": modes, "config": body.config or {},
+            "checkpoint_id": body.checkpoint_id, "stream_subgraphs": body.stream_subgraphs,
+        }
+        run = await self.records.create_run(thread_id, assistant_id(graph_id), graph_id, kwargs,
+                                            body.metadata or {}, body.multitask_strategy)
+        if body.multitask_strategy in ("interrupt", "rollback"):
+            for active in inflight:
+                await self.executor.cancel(active["run_id"], body.multitask_strategy)
+        self.executor.submit(run["run_id"])
+        return run
+
+    async def check_resume(self, thread: dict[str, Any], resume: Any) -> None:
+        """Reject a resume that answers nothing, or an approval decision that is malformed."""
+        snapshot = await self.snapshot(thread)
+        pending = {i.id: i.value for i in snapshot.interrupts}
+        if not pending:
+            raise ApiError(409, f"thread {thread['thread_id']!r} has no pending interrupt")
+        answers = resume if isinstance(resume, dict) and set(resume) <= set(pending) and resume \
+            else dict.fromkeys(pending, resume)
+        for interrupt_id, value in answers.items():
+            if isinstance(pending.get(interrupt_id), dict) and \
+                    pending[interrupt_id].get("type") == "approval":
+                try:
+                    parse_decision(value)
+                except InvalidDecisionError as exc:
+                    raise ApiError(422, str(exc)) from exc
+
+    async def get_run(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        run = await self.records.get_run(run_id)
+        if run is None or run["thread_id"] != thread_id:
+            raise ApiError(404, f"run {run_id!r} not found in thread {thread_id!r}")
+        return run
+
+    async def stream_events(self, run_id: str, last_id: str = "0") -> AsyncIterator[bytes]:
+        """SSE frames of a run from its Redis Stream, after ``last_id``, until it ends."""
+        key = events_key(run_id)
+        block_ms = int(self.settings.heartbeat_s * 1000)
+        while True:
+            batch = await self.redis.xread({key: last_id}, block=block_ms, count=200)
+            if not batch:
+                run = await self.records.get_run(run_id)
+                if run is None or (run["status"] in TERMINAL and
+                                   not await self.redis.exists(key)):
+                    return
+                yield HEARTBEAT
+                continue
+            for event_id, fields in batch[0][1]:
+                last_id = event_id.decode()
+                event = fields[b"event"].decode()
+                yield sse_frame(event, json.loads(fields[b"data"]), last_id)
+                if event in ("end", "error"):
+                    return
+
+    async def wait_for_end(self, run_id: str) -> dict[str, Any]:
+        """Block until the run is terminal (whichever replica runs it)."""
+        async for _ in self.stream_events(run_id):
+            pass
+        for _ in range(100):  # the record is written just before the stream's end event
+            run = await self.records.get_run(run_id)
+            if run["status"] in TERMINAL:
+                return run
+            await asyncio.sleep(0.05)
+        return run
+
+    async def run_output(self, run: dict[str, Any]) -> dict[str, Any]:
+        """The ``wait`` / ``join`` body: final values, with ``__interrupt__`` or ``__error__``."""
+        if run.get("error"):
+            return {"__error__": run["error"]}
+        thread = await self.require_thread(run["thread_id"])
+        snapshot = await self.snapshot(thread)
+        output = to_jsonable(snapshot.values)
+        if snapshot.interrupts:
+            output["__interrupt__"] = to_jsonable(list(snapshot.interrupts))
+        return output
+
+    async def cancel_run(self, thread_id: str, run_id: str, wait: bool, action: str) -> None:
+        run = await self.get_run(thread_id, run_id)
+        if run["status"] in TERMINAL:
+            return
+        await self.executor.cancel(run_id, action)
+        if wait:
+            await self.wait_for_end(run_id)
+
+    async def pending_approvals(self, thread_id: str) -> list[dict[str, Any]]:
+        snapshot = await self.snapshot(await self.require_thread(thread_id))
+        return [{**i.value, "interrupt_id": i.id} for i in snapshot.interrupts]

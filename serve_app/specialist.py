@@ -1,0 +1,33 @@
+"""One specialist role per binding: the same class serves researcher, coder and reviewer,
+each bound under its role's name with its own replicas and autoscaling in ``configs/``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from agents.errors import WorkerFailed
+from agents.settings import get_settings
+from agents.system import Runtime
+from agents.workers import SpecialistWorker
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+class SpecialistDeployment:
+    async def __init__(self, role: str):
+        self.role = role
+        self.runtime = await Runtime.create(get_settings())
+        self.worker = SpecialistWorker({role: self.runtime.specialist(role)})
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Token, progress and result events of one specialist call (see agents.workers)."""
+        try:
+            async for event in self.worker.stream(request):
+                yield event
+        except Exception as exc:  # library exceptions may not unpickle in the caller
+            raise WorkerFailed(f"{self.role}: {type(exc).__name__}: {exc}") from None
+
+    async def check_health(self) -> None:
+        await self.runtime.redis.ping()
