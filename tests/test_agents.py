@@ -87,7 +87,7 @@ async def test_malformed_tool_arguments_are_reported_and_the_loop_goes_on(system
 
 async def test_specialist_step_limit_ends_a_runaway_loop(settings, system):
     thread = new_thread()
-    with pytest.raises(StepLimitExceeded, match="researcher .* step limit of 12"):
+    with pytest.raises(StepLimitExceeded, match=r"researcher .* step limit of 12"):
         await system.specialists["researcher"].ainvoke(
             {"messages": [HumanMessage("loop forever")]}, config_for(thread)
         )
