@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, SystemMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, StateGraph
@@ -41,6 +42,13 @@ class Route(BaseModel):
     """Send the next sub-tasks to workers (several run in parallel), or FINISH."""
 
     next: list[RouteStep]
+
+
+def route_tool() -> dict[str, Any]:
+    """The ``Route`` schema as an OpenAI tool named ``route`` (not the class name)."""
+    tool = convert_to_openai_tool(Route)
+    tool["function"]["name"] = "route"
+    return tool
 
 
 def supervisor_prompt(roles: Mapping[str, RoleSettings]) -> str:
@@ -80,7 +88,7 @@ def build_supervisor(
     checkpointer: BaseCheckpointSaver | None = None,
 ) -> CompiledStateGraph:
     """Compile the supervisor graph; ``workers`` maps each role to the seam that runs it."""
-    router = model.bind_tools([Route], tool_choice="auto")
+    router = model.bind_tools([route_tool()], tool_choice="auto")
     prompt = SystemMessage(supervisor_prompt(roles))
 
     async def supervisor(state: SupervisorState) -> dict[str, Any]:
