@@ -1,0 +1,137 @@
+"""A demo back office in Redis: the sensitive actions that need a human's approval.
+
+Customers 1..20 each have 3 records (``backoffice:customer:<id>:records``, a list of JSON);
+orders 1..100 have amounts (``backoffice:orders``, a hash order id -> amount). Every executed
+action increments its field of ``backoffice:effects``, so tests can check it ran exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+
+from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+SEEDED = "backoffice:seeded"
+CUSTOMERS = "backoffice:customers"
+ORDERS = "backoffice:orders"
+REFUNDS = "backoffice:refunds"
+EFFECTS = "backoffice:effects"
+CUSTOMER_COUNT = 20
+ORDER_COUNT = 100
+RECORD_KINDS = ("profile", "invoice", "support_ticket")
+
+
+def records_key(customer_id: str) -> str:
+    return f"backoffice:customer:{customer_id}:records"
+
+
+def order_amount(order_id: int) -> float:
+    """Deterministic demo amounts between $25 and $1000 (order 42: $875)."""
+    return 25.0 * (1 + order_id * 17 % 40)
+
+
+async def seed_backoffice(redis: Redis) -> bool:
+    """Create the demo data once, ever: a later seed must not bring deleted records back.
+
+    The marker is set in the same MULTI/EXEC as the data, watched, so concurrent seeds
+    write it exactly once and none returns before the data exists. True if this call seeded.
+    """
+    async with redis.pipeline(transaction=True) as pipe:
+        await pipe.watch(SEEDED)
+        if await pipe.exists(SEEDED):
+            return False
+        pipe.multi()
+        pipe.set(SEEDED, str(int(time.time())), nx=True)
+        for customer in range(1, CUSTOMER_COUNT + 1):
+            pipe.sadd(CUSTOMERS, str(customer))
+            pipe.delete(records_key(str(customer)))
+            pipe.rpush(records_key(str(customer)), *(
+                json.dumps({"customer_id": str(customer), "kind": kind, "n": n})
+                for n, kind in enumerate(RECORD_KINDS, 1)
+            ))
+        pipe.hset(ORDERS, mapping={str(o): order_amount(o) for o in range(1, ORDER_COUNT + 1)})
+        try:
+            await pipe.execute()
+        except WatchError:  # another process seeded first
+            return False
+    return True
+
+
+async def effect_counts(redis: Redis) -> dict[str, int]:
+    """How many times each back-office action has been executed."""
+    raw = await redis.hgetall(EFFECTS)
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+def _clean_id(value: str) -> str:
+    return str(value).strip().lstrip("#").strip()
+
+
+async def issue_refund(redis: Redis, amount: float, order_id: str, reason: str) -> dict:
+    order = _clean_id(order_id)
+    stored = await redis.hget(ORDERS, order)
+    if stored is None:
+        raise ValueError(f"no order {order_id!r}; order ids are 1..{ORDER_COUNT}")
+    total = float(stored)
+    if not math.isfinite(amount) or amount <= 0:
+        raise ValueError(f"refund amount must be a positive number of dollars, got {amount}")
+    if amount > total:
+        raise ValueError(f"refund amount {amount:g} exceeds order {order}'s amount {total:g}; "
+                         f"refund at most {total:g}")
+    refund = {"refund_id": f"rf_{uuid.uuid4().hex[:12]}", "amount": amount, "order_id": order,
+              "reason": reason, "status": "refunded"}
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.rpush(REFUNDS, json.dumps({**refund, "at": time.time()}))
+        pipe.hincrby(EFFECTS, "issue_refund", 1)
+        await pipe.execute()
+    return refund
+
+
+async def delete_records(redis: Redis, customer_id: str, reason: str) -> dict:
+    customer = _clean_id(customer_id)
+    if not await redis.sismember(CUSTOMERS, customer):
+        raise ValueError(f"no customer {customer_id!r}; customer ids are 1..{CUSTOMER_COUNT}")
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.llen(records_key(customer))
+        pipe.delete(records_key(customer))
+        pipe.hincrby(EFFECTS, "delete_records", 1)
+        deleted, _, _ = await pipe.execute()
+    return {"customer_id": customer, "deleted": deleted}
+
+
+class RefundArgs(BaseModel):
+    amount: float = Field(description="Dollars to refund: more than 0, at most the order's amount.")
+    order_id: str = Field(description="The order to refund, e.g. '42'.")
+    reason: str = Field(min_length=1, description="Why, e.g. 'damaged on arrival'.")
+
+
+class DeleteArgs(BaseModel):
+    customer_id: str = Field(description="The customer whose records to delete, e.g. '7'.")
+    reason: str = Field(min_length=1, description="Why, e.g. 'data deletion request'.")
+
+
+def backoffice_tools(redis: Redis) -> list[BaseTool]:
+    async def _refund(amount: float, order_id: str, reason: str) -> str:
+        return json.dumps(await issue_refund(redis, amount, order_id, reason))
+
+    async def _delete(customer_id: str, reason: str) -> str:
+        return json.dumps(await delete_records(redis, customer_id, reason))
+
+    return [
+        StructuredTool.from_function(
+            coroutine=_refund, name="issue_refund", args_schema=RefundArgs,
+            description="Refund money to a customer's order (back office; moves real money).",
+            metadata={"progress": "Issuing a refund of ${amount} to order {order_id}..."},
+        ),
+        StructuredTool.from_function(
+            coroutine=_delete, name="delete_records", args_schema=DeleteArgs,
+            description="Delete all records of a customer (back office; cannot be undone).",
+            metadata={"progress": "Deleting records of customer {customer_id}..."},
+        ),
+    ]
