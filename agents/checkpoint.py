@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.errors import RedisUnavailableError
 from agents.settings import RedisSettings
 
 
 def create_redis(url: str, settings: RedisSettings) -> Redis:
-    """A client on a bounded, blocking pool with timeouts, so a dead Redis fails fast."""
+    """A client on a bounded, blocking pool with timeouts, so a dead Redis fails fast, and
+    a few quick retries, so a restarting Redis (or a failover) is reconnected to."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=settings.pool_size,
@@ -23,6 +28,8 @@ def create_redis(url: str, settings: RedisSettings) -> Redis:
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
         health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=settings.retries),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis(connection_pool=pool)
 

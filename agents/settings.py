@@ -36,6 +36,7 @@ class RedisSettings(BaseModel):
     pool_timeout_s: float = Field(5.0, gt=0, description="wait for a free connection")
     socket_timeout_s: float = Field(5.0, gt=0, description="per-command socket timeout")
     connect_timeout_s: float = Field(2.0, gt=0)
+    retries: int = Field(5, ge=0, description="reconnect attempts (exponential backoff)")
     checkpoint_ttl_minutes: float | None = Field(
         None, description="expire checkpoints this long after their last write (None: keep)"
     )

@@ -121,6 +121,11 @@ async def test_weird_queries_never_break_the_search(toolbox, redis_client, query
     assert await redis_client.ping()  # the server is still up
 
 
+async def test_a_query_of_only_stop_words_still_searches_its_words(toolbox):
+    out = await call(toolbox, "search_corpus", query="how does it work")
+    assert out["hits"]
+
+
 @pytest.mark.parametrize("query", ["", "   \n"])
 async def test_empty_query_raises(toolbox, query):
     with pytest.raises(ValueError, match="empty"):
