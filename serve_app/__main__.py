@@ -7,7 +7,6 @@ Starts Redis (RedisJSON + RediSearch) and the stub model unless ``REDIS_URL`` /
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -37,13 +36,14 @@ def main() -> None:
     args = parser.parse_args()
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with local_services(get_settings()) as settings, \
             serve_cluster(settings, args.config, port=args.port) as url:
+        # After ray.init, which installs handlers that would exit without our clean-up.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         print(HOW_TO_TALK.format(url=url, redis=settings.redis_url,
                                  model=settings.model.base_url), flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+        stop.wait()
     print("stopped", flush=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -10,6 +11,12 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so no service outlives its owner."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class ServiceStartError(RuntimeError):
@@ -42,7 +49,7 @@ class ManagedProcess:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
