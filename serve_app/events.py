@@ -23,7 +23,7 @@ GRAPH_MODE = {
     "debug": "debug",
     "chat": "custom",
 }
-API_MODES = frozenset(GRAPH_MODE) - {"chat"}
+API_MODES = (frozenset(GRAPH_MODE) - {"chat"}) | {"events"}
 
 Event = tuple[str, Any]
 

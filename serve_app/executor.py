@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 
 from agents.settings import ApiSettings
 from serve_app.events import convert, final_answer, graph_modes
-from serve_app.jsonable import dumps
+from serve_app.jsonable import dumps, to_jsonable
 from serve_app.records import Records, active_key, events_key
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,8 @@ class RunExecutor:
             renewal = await self._acquire(run)
             await self.records.update_run(run_id, status="running", replica=self.replica_id)
             await self.records.update_thread(run["thread_id"], status="busy")
-            seen: set[str] = set()
-            async for _ns, mode, chunk in graph.astream(
-                graph_input(run["kwargs"]), config, stream_mode=graph_modes(api_modes),
-                subgraphs=True,
-            ):
-                for event, data in convert(mode, chunk, api_modes, seen):
-                    await self.emit(run_id, event, data)
+            async for event, data in self._events(graph, run, config, api_modes):
+                await self.emit(run_id, event, data)
         except asyncio.CancelledError:
             status = "interrupted"
         except Exception as exc:
@@ -133,6 +129,23 @@ class RunExecutor:
                 renewal.cancel()
             run = await self._finish(run, graph, config, status, error, api_modes)
         return run
+
+    @staticmethod
+    async def _events(graph: CompiledStateGraph, run: dict[str, Any], config: dict,
+                      api_modes: frozenset[str]) -> AsyncIterator[tuple[str, Any]]:
+        """The API events of one run; ``events`` mode is LangChain's ``astream_events``."""
+        if "events" in api_modes:
+            async for event in graph.astream_events(graph_input(run["kwargs"]), config,
+                                                    version="v2"):
+                yield "events", to_jsonable(event)
+            return
+        seen: set[str] = set()
+        async for _ns, mode, chunk in graph.astream(
+            graph_input(run["kwargs"]), config, stream_mode=graph_modes(api_modes),
+            subgraphs=True,
+        ):
+            for event in convert(mode, chunk, api_modes, seen):
+                yield event
 
     async def _finish(self, run: dict[str, Any], graph: CompiledStateGraph, config: dict,
                       status: str, error: dict | None, api_modes: frozenset[str]) -> dict:

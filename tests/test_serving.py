@@ -200,3 +200,17 @@ async def test_chat_202_then_approval_on_another_replica(cluster_url, redis_clie
             if approved.headers["x-replica-id"] != paused.headers["x-replica-id"]:
                 return
     pytest.fail("every approval landed on the replica that paused it")
+
+
+async def test_events_and_updates_stream_modes(client):
+    tid = (await client.threads.create())["thread_id"]
+    parts = [p async for p in client.runs.stream(tid, "supervisor", input=user("hello there"),
+                                                 stream_mode="events")]
+    kinds = {p.data["event"] for p in parts if p.event == "events"}
+    assert {"on_chain_start", "on_chat_model_stream", "on_chain_end"} <= kinds
+    parts = [p async for p in client.runs.stream(tid, "supervisor", input=user("hello again"),
+                                                 stream_mode="updates")]
+    updates = [p.data for p in parts if p.event == "updates"]
+    assert [next(iter(u)) for u in updates][:2] == ["supervisor", "worker"]
+    history = await client.threads.get_history(tid, limit=3)
+    assert len(history) == 3 and history[0]["checkpoint"]["checkpoint_id"]
