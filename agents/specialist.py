@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.config import get_stream_writer
+from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import interrupt
 
 from agents.approval import ApprovalRequest, parse_decision
+from agents.effects import EffectLedger, effect_key
 from agents.errors import StepLimitExceeded
 from agents.settings import ApprovalPolicy, RoleSettings
 from agents.state import Decision, SpecialistState
@@ -56,6 +57,11 @@ def progress_text(tool: BaseTool, args: dict[str, Any]) -> str:
         return f"Calling {tool.name}..."
 
 
+async def _as_text(result: Awaitable[Any]) -> str:
+    output = await result
+    return output if isinstance(output, str) else json.dumps(output, default=str)
+
+
 def tool_error(exc: BaseException) -> str:
     return f"Error: {type(exc).__name__}: {exc}"
 
@@ -67,8 +73,12 @@ def build_specialist(
     settings: RoleSettings,
     policy: ApprovalPolicy,
     checkpointer: BaseCheckpointSaver | None = None,
+    ledger: EffectLedger | None = None,
 ) -> CompiledStateGraph:
-    """Compile one specialist's graph; every role is built by this one function."""
+    """Compile one specialist's graph; every role is built by this one function.
+
+    With a ``ledger``, sensitive calls run at most once per (thread, tool call id), even
+    when the tools node is replayed after a crash."""
     tools_by_name = {tool.name: tool for tool in tools}
     bound_model = model.bind_tools(tools) if tools else model
     prompt = SystemMessage(system_prompt(role, settings))
@@ -135,7 +145,11 @@ def build_specialist(
         get_stream_writer()({"type": "progress", "role": role, "tool": name,
                              "text": progress_text(tool, call["args"])})
         try:
-            output = await tool.ainvoke(call["args"])
+            if ledger is not None and policy.requires_approval(name, call["args"]):
+                key = effect_key(get_config()["configurable"]["thread_id"], call_id)
+                output = await ledger.run_once(key, lambda: _as_text(tool.ainvoke(call["args"])))
+            else:
+                output = await tool.ainvoke(call["args"])
         except Exception as exc:  # the model sees the error and corrects itself
             return ToolMessage(tool_error(exc), tool_call_id=call_id, name=name, status="error")
         content = output if isinstance(output, str) else json.dumps(output, default=str)

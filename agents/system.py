@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from agents.approval import parse_decision
 from agents.checkpoint import check_redis, create_checkpointer, create_redis
+from agents.effects import EffectLedger
 from agents.models import build_chat_model
 from agents.settings import Settings
 from agents.specialist import build_specialist
@@ -55,7 +56,8 @@ class Runtime:
         role_settings = self.settings.roles[role]
         tools = [self.toolbox[name] for name in role_settings.tools]
         return build_specialist(role, self.model, tools, role_settings,
-                                self.settings.approval, self.checkpointer)
+                                self.settings.approval, self.checkpointer,
+                                EffectLedger(self.redis))
 
     def supervisor(self, workers: Mapping[str, Worker]) -> CompiledStateGraph:
         return build_supervisor(self.model, workers, self.settings.roles,

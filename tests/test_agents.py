@@ -229,3 +229,21 @@ async def test_redis_dying_mid_session_fails_fast(settings, tmp_path):
                 await asyncio.wait_for(system.ainvoke("hello again", new_thread()), 30)
             assert not isinstance(info.value, asyncio.TimeoutError)
             assert time.monotonic() - started < 20
+
+
+async def test_replayed_sensitive_call_takes_effect_once(settings, redis_client):
+    """Re-running the tools node from its checkpoint, as recovery after a crash does."""
+    thread, pending = await refund_pending(settings)
+    async with await AgentSystem.create(settings) as fresh:
+        await fresh.resume(thread, {"action": "approve", "by": "alice"})
+        coder = fresh.specialists["coder"]
+        sub = config_for(pending["thread_id"])
+        before_tools = [s async for s in coder.aget_state_history(sub)
+                        if s.next == ("tools",)][0]
+        done = (await coder.aget_state(sub)).values["messages"]
+        first = json.loads(next(m for m in done if isinstance(m, ToolMessage)).text)
+        counts = await effect_counts(redis_client)
+        replayed = await coder.ainvoke(None, before_tools.config)
+    assert await effect_counts(redis_client) == counts
+    again = json.loads(next(m for m in replayed["messages"] if isinstance(m, ToolMessage)).text)
+    assert again["refund_id"] == first["refund_id"]

@@ -11,11 +11,15 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
+
+from agents.effects import EffectLedger, current_effect_key
 
 SEEDED = "backoffice:seeded"
 CUSTOMERS = "backoffice:customers"
@@ -86,23 +90,45 @@ async def issue_refund(redis: Redis, amount: float, order_id: str, reason: str) 
                          f"refund at most {total:g}")
     refund = {"refund_id": f"rf_{uuid.uuid4().hex[:12]}", "amount": amount, "order_id": order,
               "reason": reason, "status": "refunded"}
-    async with redis.pipeline(transaction=True) as pipe:
+
+    def effect(pipe: Pipeline) -> None:
         pipe.rpush(REFUNDS, json.dumps({**refund, "at": time.time()}))
         pipe.hincrby(EFFECTS, "issue_refund", 1)
-        await pipe.execute()
-    return refund
+
+    return await _once(redis, refund, effect)
 
 
 async def delete_records(redis: Redis, customer_id: str, reason: str) -> dict:
     customer = _clean_id(customer_id)
     if not await redis.sismember(CUSTOMERS, customer):
         raise ValueError(f"no customer {customer_id!r}; customer ids are 1..{CUSTOMER_COUNT}")
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.llen(records_key(customer))
+    deleted = await redis.llen(records_key(customer))
+
+    def effect(pipe: Pipeline) -> None:
         pipe.delete(records_key(customer))
         pipe.hincrby(EFFECTS, "delete_records", 1)
-        deleted, _, _ = await pipe.execute()
-    return {"customer_id": customer, "deleted": deleted}
+
+    return await _once(redis, {"customer_id": customer, "deleted": deleted}, effect)
+
+
+async def _once(redis: Redis, result: dict, effect: Callable[[Pipeline], None]) -> dict:
+    """Apply ``effect`` and record ``result`` under the call's idempotency key in one
+    MULTI/EXEC: a replayed call returns the first result and changes nothing."""
+    key = current_effect_key.get()
+    async with redis.pipeline(transaction=True) as pipe:
+        if key is not None:
+            await pipe.watch(key)
+            if (done := await pipe.get(key)) is not None:
+                return json.loads(done)
+        pipe.multi()
+        effect(pipe)
+        if key is not None:
+            EffectLedger.record(pipe, key, json.dumps(result))
+        try:
+            await pipe.execute()
+        except WatchError:  # the same call ran concurrently and won
+            return json.loads(await redis.get(key))
+    return result
 
 
 class RefundArgs(BaseModel):

@@ -1,0 +1,53 @@
+"""Exactly-once side effects: every sensitive tool call has an idempotency key, and its
+result is recorded under that key in Redis before the effect is reported done.
+
+A node replayed after a crash (its checkpoint was not written) calls the tool again with the
+same key and gets the recorded result instead of a second effect. Tools whose effect lives in
+Redis (the back office) record the key in the same MULTI/EXEC as the effect: exactly once.
+Other tools record it right after the effect: a crash in between can repeat it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+LEDGER_PREFIX = "ac:effect:"
+LEDGER_TTL_S = 30 * 24 * 3600
+
+# The key of the sensitive call being executed, for tools that join our transaction.
+current_effect_key: ContextVar[str | None] = ContextVar("current_effect_key", default=None)
+
+
+def effect_key(thread_id: str, tool_call_id: str) -> str:
+    """Unique per call: tool call ids repeat across threads, not within one."""
+    return f"{LEDGER_PREFIX}{thread_id}:{tool_call_id}"
+
+
+class EffectLedger:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    async def recorded(self, key: str) -> str | None:
+        value = await self.redis.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    @staticmethod
+    def record(pipe: Pipeline, key: str, result: str) -> None:
+        """Queue the record into the caller's MULTI, beside the effect itself."""
+        pipe.set(key, result, ex=LEDGER_TTL_S)
+
+    async def run_once(self, key: str, effect: Callable[[], Awaitable[str]]) -> str:
+        """The recorded result if ``key`` already ran, else run ``effect`` and record it."""
+        if (done := await self.recorded(key)) is not None:
+            return done
+        token = current_effect_key.set(key)
+        try:
+            result = await effect()
+        finally:
+            current_effect_key.reset(token)
+        await self.redis.set(key, result, ex=LEDGER_TTL_S, nx=True)
+        return await self.recorded(key) or result
