@@ -91,7 +91,14 @@ class ApiSettings(BaseModel):
 
     heartbeat_s: float = Field(5.0, gt=0, description="SSE keep-alive comment period")
     event_ttl_s: int = Field(3600, ge=1, description="how long a run's events can be replayed")
-    lease_ttl_s: float = Field(30.0, gt=0, description="a thread's active-run lease")
+    lease_ttl_s: float = Field(
+        3.0, gt=0, description="run and thread leases; renewed every third of it"
+    )
+    sweep_interval_s: float = Field(1.0, gt=0, description="how often runs are checked")
+    dispatch_grace_s: float = Field(
+        5.0, gt=0, description="a run nobody picked up by then is dispatched again"
+    )
+    max_attempts: int = Field(3, ge=1, description="executions of a run before it errors")
 
 
 class RoleSettings(BaseModel):

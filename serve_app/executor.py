@@ -1,8 +1,12 @@
-"""Executes runs: one run per thread at a time, every event appended to a Redis Stream.
+"""Executes runs durably: at most one active run per thread across replicas, every event in
+a Redis Stream, owners heart-beating, and a sweeper that re-dispatches orphaned runs.
 
-A run executes in a background task of the replica that accepted it, so a client that drops
-does not stop it; any replica's reader tails the run's stream (resumable by event id). Cancel
-requests go through Redis pub/sub, so they reach the owner from any replica.
+A run reaches an executor through ``dispatch`` (in Serve: the supervisor deployment's own
+handle, so autoscaling sees runs as requests). The executor queues it on its thread, takes
+the thread lease with a fencing token when it is next, streams the graph, and finishes with
+writes conditional on still holding that token. If its replica dies, the run lease expires;
+any replica's sweeper then dispatches the run again (``attempt`` + 1) and it continues from
+its last checkpoint, until ``max_attempts``. Cancel requests travel by Redis pub/sub.
 """
 
 from __future__ import annotations
@@ -11,26 +15,28 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from redis.asyncio import Redis
 
 from agents.settings import ApiSettings
 from serve_app.events import convert, final_answer, graph_modes
+from serve_app.fencing import FENCE, LeaseLost
 from serve_app.jsonable import dumps, to_jsonable
-from serve_app.records import Records, active_key, events_key
+from serve_app.leases import Leases
+from serve_app.records import TERMINAL, Records, events_key
 
 log = logging.getLogger(__name__)
 CANCEL_CHANNEL = "ac:cancel"
+HAND_BACK = "hand_back"
 
-# Release / renew the thread lease only if this run still holds it.
-_RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-            "return redis.call('del', KEYS[1]) end return 0")
-_RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-          "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0")
+Dispatch = Callable[[str], Awaitable[None]]
 
 
 def graph_input(kwargs: dict[str, Any]) -> Any:
@@ -41,36 +47,48 @@ def graph_input(kwargs: dict[str, Any]) -> Any:
     return kwargs.get("input")
 
 
-def run_config(run: dict[str, Any]) -> dict[str, Any]:
+def run_config(run: dict[str, Any], token: str | None) -> dict[str, Any]:
     config = dict(run["kwargs"].get("config") or {})
     configurable = {**(config.get("configurable") or {}), "thread_id": run["thread_id"]}
     checkpoint_id = run["kwargs"].get("checkpoint_id")
     if checkpoint_id:
         configurable["checkpoint_id"] = checkpoint_id
+    if token:
+        configurable[FENCE] = token
     return {**config, "configurable": configurable,
             "metadata": {**(config.get("metadata") or {}), "run_id": run["run_id"]}}
 
 
+def age_s(iso: str) -> float:
+    return time.time() - datetime.fromisoformat(iso).timestamp()
+
+
 class RunExecutor:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
-                 settings: ApiSettings, replica_id: str):
+                 settings: ApiSettings, replica_id: str,
+                 checkpointer: BaseCheckpointSaver, dispatch: Dispatch | None = None):
         self.redis = redis
         self.records = Records(redis)
+        self.leases = Leases(redis, settings.lease_ttl_s)
         self.graphs = graphs
         self.settings = settings
         self.replica_id = replica_id
+        self.checkpointer = checkpointer
+        self.dispatch: Dispatch = dispatch or self._dispatch_here
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_actions: dict[str, str] = {}
-        self._listener: asyncio.Task | None = None
+        self._background: list[asyncio.Task] = []
+        self._local: set[asyncio.Task] = set()
 
     def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen_for_cancels())
+        """Listen for cancels and sweep for orphaned runs (call inside the event loop)."""
+        self._background = [asyncio.create_task(self._listen_for_cancels()),
+                            asyncio.create_task(self._sweep_forever())]
 
-    def submit(self, run_id: str) -> asyncio.Task:
+    async def _dispatch_here(self, run_id: str) -> None:
         task = asyncio.create_task(self.execute(run_id))
-        self._tasks[run_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
-        return task
+        self._local.add(task)
+        task.add_done_callback(self._local.discard)
 
     async def cancel(self, run_id: str, action: str = "interrupt") -> None:
         await self.redis.publish(CANCEL_CHANNEL, json.dumps({"run_id": run_id, "action": action}))
@@ -88,96 +106,190 @@ class RunExecutor:
                 task.cancel()
 
     async def emit(self, run_id: str, event: str, data: Any) -> None:
-        key = events_key(run_id)
-        await self.redis.xadd(key, {"event": event, "data": dumps(data)})
+        await self.redis.xadd(events_key(run_id), {"event": event, "data": dumps(data)})
 
-    async def _acquire(self, run: dict[str, Any]) -> asyncio.Task:
-        """Wait for the thread to be free (enqueue), then hold it until released."""
-        key, ttl_ms = active_key(run["thread_id"]), int(self.settings.lease_ttl_s * 1000)
-        while not await self.redis.set(key, run["run_id"], nx=True, px=ttl_ms):
-            await asyncio.sleep(0.05)
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.settings.lease_ttl_s / 3)
-                await self.redis.eval(_RENEW, 1, key, run["run_id"], ttl_ms)
-
-        return asyncio.create_task(renew())
-
-    async def execute(self, run_id: str) -> dict[str, Any]:
+    # one run
+    async def execute(self, run_id: str) -> dict[str, Any] | None:
+        """Run ``run_id`` here until it ends, is cancelled, or is lost to another replica."""
         run = await self.records.get_run(run_id)
-        graph = self.graphs[run["graph_id"]]
-        config = run_config(run)
-        api_modes = frozenset(run["kwargs"].get("stream_mode") or ["values"])
+        if run is None or run["status"] in TERMINAL or run_id in self._tasks:
+            return run
+        self._tasks[run_id] = asyncio.current_task()
+        lease: dict[str, str | None] = {"token": None}
+        heartbeat = asyncio.create_task(self._heartbeat(run, lease))
         status, error = "success", None
-        await self.emit(run_id, "metadata", {"run_id": run_id, "attempt": run["attempt"]})
-        await self.redis.expire(events_key(run_id), self.settings.event_ttl_s)
-        renewal = None
         try:
-            renewal = await self._acquire(run)
-            await self.records.update_run(run_id, status="running", replica=self.replica_id)
-            await self.records.update_thread(run["thread_id"], status="busy")
-            async for event, data in self._events(graph, run, config, api_modes):
+            await self.leases.renew(run["thread_id"], run_id, None, self.replica_id)
+            await self.emit(run_id, "metadata", {"run_id": run_id, "attempt": run["attempt"]})
+            await self.redis.expire(events_key(run_id), self.settings.event_ttl_s)
+            while not (token := await self.leases.acquire(run["thread_id"], run_id)):
+                await asyncio.sleep(0.05)
+            lease["token"] = token
+            run = await self._started(run)
+            graph = self.graphs[run["graph_id"]]
+            async for event, data in self._events(graph, run, run_config(run, token)):
                 await self.emit(run_id, event, data)
         except asyncio.CancelledError:
+            action = self._cancel_actions.pop(run_id, "interrupt")
+            if action == HAND_BACK:
+                await asyncio.shield(self._hand_back(run, lease["token"]))
+                return None
             status = "interrupted"
+        except LeaseLost:
+            log.warning("run %s lost its thread lease; stopping without writes", run_id)
+            return None
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
         finally:
-            if renewal is not None:
-                renewal.cancel()
-            run = await self._finish(run, graph, config, status, error, api_modes)
-        return run
+            heartbeat.cancel()
+            self._tasks.pop(run_id, None)
+        return await asyncio.shield(self._finish(run, status, error, lease["token"]))
 
-    @staticmethod
-    async def _events(graph: CompiledStateGraph, run: dict[str, Any], config: dict,
-                      api_modes: frozenset[str]) -> AsyncIterator[tuple[str, Any]]:
+    async def _heartbeat(self, run: dict[str, Any], lease: dict[str, str | None]) -> None:
+        """Renew from its own task, so a busy event loop elsewhere does not starve it."""
+        while True:
+            await asyncio.sleep(self.settings.lease_ttl_s / 3)
+            held = await self.leases.renew(run["thread_id"], run["run_id"], lease["token"],
+                                           self.replica_id)
+            if not held and lease["token"]:
+                log.warning("run %s: thread lease taken over", run["run_id"])
+
+    async def _started(self, run: dict[str, Any]) -> dict[str, Any]:
+        """Mark the run running; remember where its thread stood, for retries and rollback."""
+        thread_id = run["thread_id"]
+        fields: dict[str, Any] = {"status": "running", "replica": self.replica_id}
+        if "checkpoint_before" not in run:
+            fields["checkpoint_before"] = await self._latest_checkpoint(run)
+        rollback = run["kwargs"].get("rollback_to")
+        if rollback is not None and not run.get("rolled_back"):
+            if rollback.get("checkpoint_id") is None:
+                await self.checkpointer.adelete_thread(thread_id)
+            else:
+                run["kwargs"]["checkpoint_id"] = rollback["checkpoint_id"]
+            fields["rolled_back"] = True
+            fields["kwargs"] = run["kwargs"]
+        await self.records.update_thread(thread_id, status="busy")
+        return await self.records.update_run(run["run_id"], **fields)
+
+    async def _latest_checkpoint(self, run: dict[str, Any]) -> str | None:
+        graph = self.graphs[run["graph_id"]]
+        state = await graph.aget_state({"configurable": {"thread_id": run["thread_id"]}})
+        return state.config["configurable"].get("checkpoint_id") if state.created_at else None
+
+    async def _input(self, run: dict[str, Any]) -> Any:
+        """First attempt: the run's input. A retry that already made progress continues
+        from its last checkpoint instead of adding the input twice."""
+        if run["attempt"] > 1 and await self._latest_checkpoint(run) != \
+                run.get("checkpoint_before"):
+            return None
+        return graph_input(run["kwargs"])
+
+    async def _events(self, graph: CompiledStateGraph, run: dict[str, Any],
+                      config: dict) -> AsyncIterator[tuple[str, Any]]:
         """The API events of one run; ``events`` mode is LangChain's ``astream_events``."""
+        api_modes = frozenset(run["kwargs"].get("stream_mode") or ["values"])
+        graph_in = await self._input(run)
         if "events" in api_modes:
-            async for event in graph.astream_events(graph_input(run["kwargs"]), config,
-                                                    version="v2"):
+            async for event in graph.astream_events(graph_in, config, version="v2"):
                 yield "events", to_jsonable(event)
             return
         seen: set[str] = set()
         async for _ns, mode, chunk in graph.astream(
-            graph_input(run["kwargs"]), config, stream_mode=graph_modes(api_modes),
-            subgraphs=True,
+            graph_in, config, stream_mode=graph_modes(api_modes), subgraphs=True,
         ):
             for event in convert(mode, chunk, api_modes, seen):
                 yield event
 
-    async def _finish(self, run: dict[str, Any], graph: CompiledStateGraph, config: dict,
-                      status: str, error: dict | None, api_modes: frozenset[str]) -> dict:
-        """Record the outcome, tell the stream, free the thread: shielded from cancellation."""
-        async def finish() -> dict:
-            run_id, thread_id = run["run_id"], run["thread_id"]
-            state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-            interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
-            if error:
-                await self.emit(run_id, "error", error)
-            elif "chat" in api_modes:
-                await self.emit_chat_outcome(run_id, state.values, interrupts)
+    async def _finish(self, run: dict[str, Any], status: str, error: dict | None,
+                      token: str | None) -> dict[str, Any] | None:
+        """Record the outcome only if this run still holds its thread, then free it."""
+        run_id, thread_id = run["run_id"], run["thread_id"]
+        if token and not await self.leases.holds(thread_id, token):
+            return None  # another attempt owns the run now
+        graph = self.graphs[run["graph_id"]]
+        state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+        interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
+        api_modes = run["kwargs"].get("stream_mode") or []
+        if error:
+            await self.emit(run_id, "error", error)
+        elif "chat" in api_modes:
+            if interrupts:
+                await self.emit(run_id, "approval", to_jsonable(interrupts[0]))
+            else:
+                await self.emit(run_id, "answer", {"text": final_answer(state.values)})
+        if token:
             thread_status = "error" if error else "interrupted" if interrupts else "idle"
             await self.records.update_thread(thread_id, status=thread_status, error=error)
-            record = await self.records.update_run(run_id, status=status, error=error,
-                                                   cancel_action=self._cancel_actions.pop(
-                                                       run_id, None))
-            await self.emit(run_id, "end", {"run_id": run_id, "status": status})
-            await self.redis.eval(_RELEASE, 1, active_key(thread_id), run_id)
-            return record
+        record = await self.records.update_run(run_id, status=status, error=error)
+        await self.emit(run_id, "end", {"run_id": run_id, "status": status})
+        await self.leases.leave(thread_id, run_id, token)
+        return record
 
-        return await asyncio.shield(finish())
+    async def _hand_back(self, run: dict[str, Any], token: str | None) -> None:
+        """Leave the run pending for another replica: free its leases, keep it queued."""
+        await self.records.update_run(run["run_id"], status="pending", handed_back=True)
+        await self.redis.delete(f"ac:run:{run['run_id']}:lease")
+        if token and await self.leases.holds(run["thread_id"], token):
+            await self.redis.delete(f"ac:thread:{run['thread_id']}:active")
 
-    async def emit_chat_outcome(self, run_id: str, values: dict, interrupts: list) -> None:
-        if interrupts:
-            await self.emit(run_id, "approval", interrupts[0])
-        else:
-            await self.emit(run_id, "answer", {"text": final_answer(values)})
+    # orphans
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("sweep failed")
+
+    async def sweep_once(self) -> list[str]:
+        """Dispatch again every run whose owner stopped heart-beating; returns their ids."""
+        redispatched = []
+        for run_id in await self.leases.inflight():
+            if run_id in self._tasks or await self.leases.owner_alive(run_id):
+                continue
+            run = await self.records.get_run(run_id)
+            if run is None or run["status"] in TERMINAL:
+                await self.leases.leave(run["thread_id"] if run else "", run_id, None)
+                continue
+            if not run.get("handed_back") and age_s(run["updated_at"]) < \
+                    self.settings.dispatch_grace_s:
+                continue  # dispatched a moment ago: not picked up yet
+            claim = f"ac:run:{run_id}:claim:{run['attempt']}"
+            if not await self.redis.set(claim, self.replica_id, nx=True, ex=300):
+                continue  # another replica's sweeper took it
+            if run["attempt"] >= self.settings.max_attempts:
+                await self._give_up(run)
+                continue
+            await self.records.update_run(run_id, status="pending", handed_back=False,
+                                          attempt=run["attempt"] + 1)
+            log.warning("re-dispatching run %s (attempt %d)", run_id, run["attempt"] + 1)
+            await self.dispatch(run_id)
+            redispatched.append(run_id)
+        return redispatched
+
+    async def _give_up(self, run: dict[str, Any]) -> None:
+        run_id, thread_id = run["run_id"], run["thread_id"]
+        error = {"error": "RunAttemptsExhausted",
+                 "message": f"the run lost its replica {run['attempt']} times "
+                            f"(max_attempts={self.settings.max_attempts})"}
+        holder = await self.redis.get(f"ac:thread:{thread_id}:active")
+        token = holder.decode() if holder and holder.decode().startswith(run_id) else None
+        await self.records.update_thread(thread_id, status="error", error=error)
+        await self.records.update_run(run_id, status="error", error=error)
+        await self.emit(run_id, "error", error)
+        await self.emit(run_id, "end", {"run_id": run_id, "status": "error"})
+        await self.leases.leave(thread_id, run_id, token)
+
+    async def hand_back_all(self) -> None:
+        """Graceful shutdown: give every run of this replica back at once."""
+        for run_id, task in list(self._tasks.items()):
+            self._cancel_actions[run_id] = HAND_BACK
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def aclose(self) -> None:
-        for task in [*self._tasks.values(), self._listener]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

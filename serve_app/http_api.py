@@ -3,6 +3,7 @@ seed's ``/api/chat`` and ``/api/approve``. Thin: every route delegates to ``Agen
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -58,7 +59,7 @@ def build_api(service: AgentService) -> FastAPI:
 
     @api.get("/whoami")
     async def whoami() -> dict:
-        return {"replica_id": service.replica_id}
+        return {"replica_id": service.replica_id, "pid": os.getpid()}
 
     # assistants
     @api.post("/assistants/search")

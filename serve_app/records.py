@@ -1,8 +1,7 @@
 """Threads and runs as records in Redis, so every replica sees the same ones.
 
 Keys (prefix ``ac:``): ``thread:<tid>`` and ``run:<rid>`` hold JSON, ``thread:<tid>:runs`` is
-a sorted set of its runs by creation time, ``thread:<tid>:active`` names the run that holds
-the thread (at most one at a time), ``run:<rid>:events`` is the run's Redis Stream of events.
+a sorted set of its runs by creation time, ``run:<rid>:events`` is the run's Redis Stream of events.
 """
 
 from __future__ import annotations
@@ -35,10 +34,6 @@ def run_key(run_id: str) -> str:
 
 def events_key(run_id: str) -> str:
     return f"{PREFIX}run:{run_id}:events"
-
-
-def active_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:active"
 
 
 class Records:
@@ -92,7 +87,7 @@ class Records:
 
     async def delete_thread(self, thread_id: str) -> None:
         run_ids = await self.redis.zrange(f"{thread_key(thread_id)}:runs", 0, -1)
-        keys = [thread_key(thread_id), f"{thread_key(thread_id)}:runs", active_key(thread_id)]
+        keys = [thread_key(thread_id), f"{thread_key(thread_id)}:runs"]
         for rid in run_ids:
             keys += [run_key(rid.decode()), events_key(rid.decode())]
         await self.redis.delete(*keys)
@@ -112,6 +107,10 @@ class Records:
         await self.redis.zadd(f"{thread_key(thread_id)}:runs", {record["run_id"]: time.time()})
         return record
 
+    async def delete_run(self, run: dict[str, Any]) -> None:
+        await self.redis.zrem(f"{thread_key(run['thread_id'])}:runs", run["run_id"])
+        await self.redis.delete(run_key(run["run_id"]), events_key(run["run_id"]))
+
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         return await self._get(run_key(run_id))
 
@@ -129,6 +128,3 @@ class Records:
         runs = [await self.get_run(rid.decode()) for rid in run_ids]
         return [run for run in runs if run]
 
-    async def active_run(self, thread_id: str) -> str | None:
-        value = await self.redis.get(active_key(thread_id))
-        return value.decode() if value else None

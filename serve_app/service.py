@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 from redis.asyncio import Redis
@@ -16,7 +18,7 @@ from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
 from agents.settings import ApiSettings
 from serve_app.events import API_MODES, HEARTBEAT, sse_frame
-from serve_app.executor import RunExecutor
+from serve_app.executor import Dispatch, RunExecutor
 from serve_app.jsonable import to_jsonable
 from serve_app.records import TERMINAL, Records, events_key
 
@@ -66,13 +68,14 @@ def state_snapshot(snapshot: StateSnapshot) -> dict[str, Any]:
 
 class AgentService:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
-                 settings: ApiSettings, replica_id: str):
+                 settings: ApiSettings, replica_id: str, checkpointer: BaseCheckpointSaver,
+                 dispatch: Dispatch | None = None):
         self.redis = redis
         self.records = Records(redis)
         self.graphs = graphs
         self.settings = settings
         self.replica_id = replica_id
-        self.executor = RunExecutor(redis, graphs, settings, replica_id)
+        self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, dispatch)
 
     # assistants
     def assistants(self) -> list[dict[str, Any]]:
@@ -149,8 +152,9 @@ class AgentService:
 
     # runs
     async def inflight_runs(self, thread_id: str) -> list[dict[str, Any]]:
-        runs = await self.records.list_runs(thread_id, limit=50)
-        return [r for r in runs if r["status"] not in TERMINAL]
+        runs = [await self.records.get_run(rid) for rid in
+                await self.executor.leases.queued(thread_id)]
+        return [r for r in runs if r and r["status"] not in TERMINAL]
 
     async def create_run(self, thread_id: str | None, body: Any,
                          extra_modes: list[str] | None = None) -> dict[str, Any]:
@@ -161,36 +165,51 @@ class AgentService:
         if unsupported:
             raise ApiError(422, f"unsupported stream_mode {unsupported}; "
                                 f"supported: {sorted(API_MODES)}")
-        if thread_id is None:  # a thread-less run gets a thread of its own
-            thread_id = str(uuid.uuid4())
-            await self.records.create_thread(thread_id, {"graph_id": graph_id})
-        thread = await self.records.get_thread(thread_id)
-        if thread is None:
-            if body.if_not_exists != "create":
-                raise ApiError(404, f"thread {thread_id!r} not found")
-            thread, _ = await self.records.create_thread(thread_id, {"graph_id": graph_id})
-        if "graph_id" not in thread["metadata"]:
-            await self.records.update_thread(
-                thread_id, metadata={**thread["metadata"], "graph_id": graph_id})
-        inflight = await self.inflight_runs(thread_id)
-        if inflight and body.multitask_strategy == "reject":
-            raise ApiError(409, f"thread {thread_id!r} is busy with run "
-                                f"{inflight[0]['run_id']} (multitask_strategy=reject)")
-        if body.command and body.command.resume is not None:
+        thread = await self._run_thread(thread_id, graph_id, body.if_not_exists)
+        thread_id = thread["thread_id"]
+        resume = body.command is not None and body.command.resume is not None
+        if resume:
             await self.check_resume(thread, body.command.resume)
+        inflight = await self.inflight_runs(thread_id)
         kwargs = {
             "input": body.input,
             "command": body.command.model_dump(exclude_none=True) if body.command else None,
             "stream_mode": modes, "config": body.config or {},
             "checkpoint_id": body.checkpoint_id, "stream_subgraphs": body.stream_subgraphs,
         }
+        if body.multitask_strategy == "rollback":
+            started = [r for r in inflight if "checkpoint_before" in r]
+            if started:
+                kwargs["rollback_to"] = {"checkpoint_id": started[0]["checkpoint_before"]}
         run = await self.records.create_run(thread_id, assistant_id(graph_id), graph_id, kwargs,
                                             body.metadata or {}, body.multitask_strategy)
+        # A resume must answer the interrupt it saw: never queue it behind another run.
+        reject = body.multitask_strategy == "reject" or resume
+        if not await self.executor.leases.join(thread_id, run["run_id"], time.time(), reject):
+            await self.records.delete_run(run)
+            raise ApiError(409, f"thread {thread_id!r} is busy with another run "
+                                f"(multitask_strategy={body.multitask_strategy})")
         if body.multitask_strategy in ("interrupt", "rollback"):
             for active in inflight:
                 await self.executor.cancel(active["run_id"], body.multitask_strategy)
-        self.executor.submit(run["run_id"])
+        await self.executor.dispatch(run["run_id"])
         return run
+
+    async def _run_thread(self, thread_id: str | None, graph_id: str,
+                          if_not_exists: str) -> dict[str, Any]:
+        """The run's thread: a new one for thread-less runs, created on demand if asked."""
+        if thread_id is None:
+            thread, _ = await self.records.create_thread(None, {"graph_id": graph_id})
+            return thread
+        thread = await self.records.get_thread(thread_id)
+        if thread is None:
+            if if_not_exists != "create":
+                raise ApiError(404, f"thread {thread_id!r} not found")
+            thread, _ = await self.records.create_thread(thread_id, {"graph_id": graph_id})
+        if "graph_id" not in thread["metadata"]:
+            thread = await self.records.update_thread(
+                thread_id, metadata={**thread["metadata"], "graph_id": graph_id})
+        return thread
 
     async def check_resume(self, thread: dict[str, Any], resume: Any) -> None:
         """Reject a resume that answers nothing, or an approval decision that is malformed."""

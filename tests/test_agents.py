@@ -238,8 +238,8 @@ async def test_replayed_sensitive_call_takes_effect_once(settings, redis_client)
         await fresh.resume(thread, {"action": "approve", "by": "alice"})
         coder = fresh.specialists["coder"]
         sub = config_for(pending["thread_id"])
-        before_tools = [s async for s in coder.aget_state_history(sub)
-                        if s.next == ("tools",)][0]
+        history = [s async for s in coder.aget_state_history(sub)]
+        before_tools = next(s for s in history if s.next == ("tools",))
         done = (await coder.aget_state(sub)).values["messages"]
         first = json.loads(next(m for m in done if isinstance(m, ToolMessage)).text)
         counts = await effect_counts(redis_client)
