@@ -135,6 +135,8 @@ class RunExecutor:
                 await asyncio.shield(self._hand_back(run, lease["token"]))
                 return None
             status = "interrupted"
+            if action == "rollback":
+                run["rolled_back_by_successor"] = True
         except LeaseLost:
             log.warning("run %s lost its thread lease; stopping without writes", run_id)
             return None
@@ -224,6 +226,9 @@ class RunExecutor:
         record = await self.records.update_run(run_id, status=status, error=error)
         await self.emit(run_id, "end", {"run_id": run_id, "status": status})
         await self.leases.leave(thread_id, run_id, token)
+        if run.get("rolled_back_by_successor"):  # rollback: the run is gone, as if never made
+            await self.records.delete_run(run)
+            return None
         return record
 
     async def _hand_back(self, run: dict[str, Any], token: str | None) -> None:

@@ -6,8 +6,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from agents.local.process import free_port
 from agents.local.services import local_services
-from agents.settings import Settings
+from agents.settings import PROJECT_ROOT, Settings
+from serve_app.launcher import serve_cluster
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +42,24 @@ def stub_admin(stub_url: str):
 
 
 @pytest.fixture(scope="session")
+def cluster_url(settings: Settings) -> str:
+    """One local Ray with the Serve app of configs/local.yaml for the whole session."""
+    with serve_cluster(settings, PROJECT_ROOT / "configs" / "local.yaml",
+                       port=free_port()) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 async def redis_client(redis_url: str) -> Redis:
     client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def restarted_redis():
+    """Redis servers a fault test restarted in place of the session's; stopped at the end."""
+    servers = []
+    yield servers
+    for server in servers:
+        server.stop()

@@ -11,22 +11,11 @@ import httpx
 import pytest
 from langgraph_sdk import get_client
 
-from agents.local.process import free_port
-from agents.settings import PROJECT_ROOT
-from serve_app.launcher import serve_cluster
-
 RESEARCH_AND_CODE = (
     "Research how Redis persistence works and write a Python function that parses a "
     "redis.conf line"
 )
 NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
-
-
-@pytest.fixture(scope="session")
-def cluster_url(settings):
-    with serve_cluster(settings, PROJECT_ROOT / "configs" / "local.yaml",
-                       port=free_port()) as url:
-        yield url
 
 
 @pytest.fixture
