@@ -6,10 +6,16 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from agents.checkpoint import create_redis
 from agents.local.process import free_port
 from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, Settings
 from serve_app.launcher import serve_cluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fault tests kill replicas and Redis: run them after everything else."""
+    items.sort(key=lambda item: item.path.name == "test_serving_faults.py")
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +56,9 @@ def cluster_url(settings: Settings) -> str:
 
 
 @pytest.fixture(scope="session")
-async def redis_client(redis_url: str) -> Redis:
-    client = Redis.from_url(redis_url)
+async def redis_client(settings: Settings) -> Redis:
+    """On our pool with reconnect retries: a fault test restarts Redis mid-session."""
+    client = create_redis(settings.redis_url, settings.redis)
     yield client
     await client.aclose()
 

@@ -318,11 +318,18 @@ async def test_review_without_asserts_says_so(toolbox):
 
 @pytest.fixture
 async def office(settings: Settings):
-    """Database 1 of the session's Redis, empty: back-office tests own it."""
+    """Database 1 of the session's Redis, emptied of its keys: back-office tests own it.
+    Not FLUSHDB: RediSearch drops its indexes in every database on a flush."""
     client = Redis.from_url(settings.redis_url.rsplit("/", 1)[0] + "/1")
-    await client.flushdb()
+
+    async def empty() -> None:
+        keys = [key async for key in client.scan_iter(count=1000)]
+        if keys:
+            await client.delete(*keys)
+
+    await empty()
     yield client
-    await client.flushdb()
+    await empty()
     await client.aclose()
 
 
@@ -378,3 +385,11 @@ async def test_delete_records(office, office_tools):
     assert await effect_counts(office) == {"delete_records": 2}
     assert await office.hget(EFFECTS, "issue_refund") is None
 
+
+
+async def test_search_rebuilds_a_lost_index(settings, redis_client):
+    """A FLUSHDB in any database drops RediSearch indexes; search heals itself."""
+    tools = build_toolbox(redis_client, settings)
+    await redis_client.ft(INDEX).dropindex(delete_documents=False)
+    out = json.loads(await tools["search_corpus"].ainvoke({"query": "redis persistence"}))
+    assert out["hits"][0]["doc_id"] == "redis-persistence"

@@ -15,7 +15,8 @@ __all__ = ["build_toolbox", "prepare_tools"]
 
 def build_toolbox(redis: Redis, settings: Settings) -> dict[str, BaseTool]:
     """All tools by name; the roles' settings pick theirs from it."""
-    tools = [*corpus_tools(redis), *code_tools(settings), *backoffice_tools(redis)]
+    tools = [*corpus_tools(redis, settings.corpus_dir), *code_tools(settings),
+             *backoffice_tools(redis)]
     return {tool.name: tool for tool in tools}
 
 

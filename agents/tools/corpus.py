@@ -173,9 +173,16 @@ class ReadArgs(BaseModel):
     doc_id: str = Field(description="A document id from a search_corpus hit, e.g. 'redis-streams'.")
 
 
-def corpus_tools(redis: Redis) -> list[BaseTool]:
+def corpus_tools(redis: Redis, corpus_dir: Path) -> list[BaseTool]:
     async def _search(query: str, limit: int = 3) -> str:
-        return json.dumps(await search_corpus(redis, query, limit))
+        try:
+            return json.dumps(await search_corpus(redis, query, limit))
+        except ResponseError as exc:
+            if "no such index" not in str(exc).lower():
+                raise
+            # The index is gone (a FLUSHDB anywhere, a restore without it): rebuild, retry.
+            await index_corpus(redis, corpus_dir)
+            return json.dumps(await search_corpus(redis, query, limit))
 
     async def _read(doc_id: str) -> str:
         return json.dumps(await read_document(redis, doc_id))
