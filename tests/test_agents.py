@@ -247,3 +247,14 @@ async def test_replayed_sensitive_call_takes_effect_once(settings, redis_client)
     assert await effect_counts(redis_client) == counts
     again = json.loads(next(m for m in replayed["messages"] if isinstance(m, ToolMessage)).text)
     assert again["refund_id"] == first["refund_id"]
+
+
+async def test_transient_model_errors_are_retried(settings, stub_admin):
+    retrying = settings.model_copy(update={
+        "model": settings.model.model_copy(update={"max_retries": 4})})
+    stub_admin.post("/config", json={"fault_rate": 0.3, "fault_status": 429, "seed": 3})
+    async with await AgentSystem.create(retrying) as system:
+        out = await system.ainvoke("Tell me about redis streams", new_thread())
+    stats = stub_admin.get("/stats").json()
+    assert stats["faults"] > 0
+    assert "(source: redis-streams)" in out["messages"][-1].text

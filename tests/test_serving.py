@@ -203,3 +203,16 @@ async def test_events_and_updates_stream_modes(client):
     assert [next(iter(u)) for u in updates][:2] == ["supervisor", "worker"]
     history = await client.threads.get_history(tid, limit=3)
     assert len(history) == 3 and history[0]["checkpoint"]["checkpoint_id"]
+
+
+async def test_model_outage_is_a_run_error_and_the_thread_stays_usable(client, stub_admin):
+    tid = (await client.threads.create())["thread_id"]
+    stub_admin.post("/config", json={"fault_rate": 1.0, "fault_status": 500})
+    out = await client.runs.wait(tid, "supervisor", input=user("hello"), raise_error=False)
+    assert "500" in out["__error__"]["message"], out
+    thread = await client.threads.get(tid)
+    assert thread["status"] == "error" and thread["error"] == out["__error__"]
+    stub_admin.post("/config", json={"fault_rate": 0.0})
+    again = await client.runs.wait(tid, "supervisor", input=user("What did I ask before?"))
+    assert again["messages"][-1]["content"] == 'You asked before: "hello"'
+    assert (await client.threads.get(tid))["status"] == "idle"
