@@ -29,11 +29,12 @@ from agents.settings import ApiSettings
 from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
 from serve_app.jsonable import dumps, to_jsonable
+from serve_app.keys import PREFIX, claim_key, events_key, run_lease_key, thread_lease_key
 from serve_app.leases import Leases
-from serve_app.records import TERMINAL, Records, events_key
+from serve_app.records import TERMINAL, Records
 
 log = logging.getLogger(__name__)
-CANCEL_CHANNEL = "ac:cancel"
+CANCEL_CHANNEL = f"{PREFIX}cancel"
 HAND_BACK = "hand_back"
 
 Dispatch = Callable[[str], Awaitable[None]]
@@ -234,9 +235,9 @@ class RunExecutor:
     async def _hand_back(self, run: dict[str, Any], token: str | None) -> None:
         """Leave the run pending for another replica: free its leases, keep it queued."""
         await self.records.update_run(run["run_id"], status="pending", handed_back=True)
-        await self.redis.delete(f"ac:run:{run['run_id']}:lease")
+        await self.redis.delete(run_lease_key(run["run_id"]))
         if token and await self.leases.holds(run["thread_id"], token):
-            await self.redis.delete(f"ac:thread:{run['thread_id']}:active")
+            await self.redis.delete(thread_lease_key(run["thread_id"]))
 
     # orphans
     async def _sweep_forever(self) -> None:
@@ -260,7 +261,7 @@ class RunExecutor:
             if not run.get("handed_back") and age_s(run["updated_at"]) < \
                     self.settings.dispatch_grace_s:
                 continue  # dispatched a moment ago: not picked up yet
-            claim = f"ac:run:{run_id}:claim:{run['attempt']}"
+            claim = claim_key(run_id, run["attempt"])
             if not await self.redis.set(claim, self.replica_id, nx=True, ex=300):
                 continue  # another replica's sweeper took it
             if run["attempt"] >= self.settings.max_attempts:
@@ -278,7 +279,7 @@ class RunExecutor:
         error = {"error": "RunAttemptsExhausted",
                  "message": f"the run lost its replica {run['attempt']} times "
                             f"(max_attempts={self.settings.max_attempts})"}
-        holder = await self.redis.get(f"ac:thread:{thread_id}:active")
+        holder = await self.redis.get(thread_lease_key(thread_id))
         token = holder.decode() if holder and holder.decode().startswith(run_id) else None
         await self.records.update_thread(thread_id, status="error", error=error)
         await self.records.update_run(run_id, status="error", error=error)

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-PREFIX = "ac:"
-ALL_INFLIGHT = f"{PREFIX}runs:inflight"
+from serve_app.keys import (
+    ALL_INFLIGHT,
+    RUN_SEQUENCE,
+    fence_key,
+    queue_key,
+    run_lease_key,
+    thread_lease_key,
+)
 
 _JOIN = """
 if ARGV[3] == '1' and redis.call('zcard', KEYS[1]) > 0 then return 0 end
@@ -55,22 +61,6 @@ return 1
 _HOLDS = "return redis.call('get', KEYS[1]) == ARGV[1] and 1 or 0"
 
 
-def queue_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:queue"
-
-
-def thread_lease_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:active"
-
-
-def fence_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:fence"
-
-
-def run_lease_key(run_id: str) -> str:
-    return f"{PREFIX}run:{run_id}:lease"
-
-
 class Leases:
     def __init__(self, redis: Redis, ttl_s: float):
         self.redis = redis
@@ -83,7 +73,7 @@ class Leases:
 
     async def join(self, thread_id: str, run_id: str, created: float, reject: bool) -> bool:
         """Queue the run on its thread; False if ``reject`` and the thread is busy."""
-        keys = [queue_key(thread_id), ALL_INFLIGHT, f"{PREFIX}seq"]
+        keys = [queue_key(thread_id), ALL_INFLIGHT, RUN_SEQUENCE]
         return bool(await self._join(keys, [run_id, created, "1" if reject else "0"]))
 
     async def acquire(self, thread_id: str, run_id: str) -> str | None:

@@ -1,7 +1,8 @@
 """Threads and runs as records in Redis, so every replica sees the same ones.
 
-Keys (prefix ``ac:``): ``thread:<tid>`` and ``run:<rid>`` hold JSON, ``thread:<tid>:runs`` is
-a sorted set of its runs by creation time, ``run:<rid>:events`` is the run's Redis Stream of events.
+``thread:<tid>`` and ``run:<rid>`` hold JSON, ``thread:<tid>:runs`` is a sorted set of the
+thread's runs by creation time, ``run:<rid>:events`` is the run's Redis Stream of events
+(key names in ``serve_app.keys``).
 """
 
 from __future__ import annotations
@@ -14,26 +15,15 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from serve_app.keys import PREFIX, events_key, run_key, thread_key, thread_runs_key
+
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 TERMINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupted"})
-PREFIX = "ac:"
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def thread_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}"
-
-
-def run_key(run_id: str) -> str:
-    return f"{PREFIX}run:{run_id}"
-
-
-def events_key(run_id: str) -> str:
-    return f"{PREFIX}run:{run_id}:events"
 
 
 class Records:
@@ -86,8 +76,8 @@ class Records:
         return records[offset:offset + limit]
 
     async def delete_thread(self, thread_id: str) -> None:
-        run_ids = await self.redis.zrange(f"{thread_key(thread_id)}:runs", 0, -1)
-        keys = [thread_key(thread_id), f"{thread_key(thread_id)}:runs"]
+        run_ids = await self.redis.zrange(thread_runs_key(thread_id), 0, -1)
+        keys = [thread_key(thread_id), thread_runs_key(thread_id)]
         for rid in run_ids:
             keys += [run_key(rid.decode()), events_key(rid.decode())]
         await self.redis.delete(*keys)
@@ -104,11 +94,11 @@ class Records:
             "attempt": 1,
         }
         await self._put(run_key(record["run_id"]), record)
-        await self.redis.zadd(f"{thread_key(thread_id)}:runs", {record["run_id"]: time.time()})
+        await self.redis.zadd(thread_runs_key(thread_id), {record["run_id"]: time.time()})
         return record
 
     async def delete_run(self, run: dict[str, Any]) -> None:
-        await self.redis.zrem(f"{thread_key(run['thread_id'])}:runs", run["run_id"])
+        await self.redis.zrem(thread_runs_key(run['thread_id']), run["run_id"])
         await self.redis.delete(run_key(run["run_id"]), events_key(run["run_id"]))
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
@@ -123,7 +113,7 @@ class Records:
 
     async def list_runs(self, thread_id: str, limit: int = 10,
                         offset: int = 0) -> list[dict[str, Any]]:
-        run_ids = await self.redis.zrevrange(f"{thread_key(thread_id)}:runs", offset,
+        run_ids = await self.redis.zrevrange(thread_runs_key(thread_id), offset,
                                              offset + limit - 1)
         runs = [await self.get_run(rid.decode()) for rid in run_ids]
         return [run for run in runs if run]

@@ -20,7 +20,8 @@ from agents.settings import ApiSettings
 from serve_app.events import API_MODES, HEARTBEAT, sse_frame
 from serve_app.executor import Dispatch, RunExecutor
 from serve_app.jsonable import to_jsonable
-from serve_app.records import TERMINAL, Records, events_key
+from serve_app.keys import events_key
+from serve_app.records import TERMINAL, Records
 
 ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 DEFAULT_GRAPH = "supervisor"
