@@ -57,12 +57,15 @@ class Records:
             return await self.get_thread(thread_id), False
         return record, True
 
-    async def update_thread(self, thread_id: str, **fields: Any) -> dict[str, Any] | None:
-        record = await self.get_thread(thread_id)
+    async def _update(self, key: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        record = await self._get(key)
         if record is None:
             return None
         record.update(fields, updated_at=now_iso())
-        return await self._put(thread_key(thread_id), record)
+        return await self._put(key, record)
+
+    async def update_thread(self, thread_id: str, **fields: Any) -> dict[str, Any] | None:
+        return await self._update(thread_key(thread_id), fields)
 
     async def search_threads(self, limit: int, offset: int,
                              metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -98,18 +101,14 @@ class Records:
         return record
 
     async def delete_run(self, run: dict[str, Any]) -> None:
-        await self.redis.zrem(thread_runs_key(run['thread_id']), run["run_id"])
+        await self.redis.zrem(thread_runs_key(run["thread_id"]), run["run_id"])
         await self.redis.delete(run_key(run["run_id"]), events_key(run["run_id"]))
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         return await self._get(run_key(run_id))
 
     async def update_run(self, run_id: str, **fields: Any) -> dict[str, Any] | None:
-        record = await self.get_run(run_id)
-        if record is None:
-            return None
-        record.update(fields, updated_at=now_iso())
-        return await self._put(run_key(run_id), record)
+        return await self._update(run_key(run_id), fields)
 
     async def list_runs(self, thread_id: str, limit: int = 10,
                         offset: int = 0) -> list[dict[str, Any]]:
