@@ -3,6 +3,7 @@
 PREFIX = "ac:"
 ALL_INFLIGHT = f"{PREFIX}runs:inflight"  # every non-terminal run, for the sweeper
 RUN_SEQUENCE = f"{PREFIX}seq"  # creation order of runs
+ALL_THREADS = f"{PREFIX}threads"  # every thread by creation time, for search
 
 
 def thread_key(thread_id: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from serve_app.keys import PREFIX, events_key, run_key, thread_key, thread_runs_key
+from serve_app.keys import ALL_THREADS, events_key, run_key, thread_key, thread_runs_key
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -55,6 +55,7 @@ class Records:
         created = await self.redis.set(thread_key(thread_id), json.dumps(record), nx=True)
         if not created:
             return await self.get_thread(thread_id), False
+        await self.redis.zadd(ALL_THREADS, {thread_id: time.time()})
         return record, True
 
     async def _update(self, key: str, fields: dict[str, Any]) -> dict[str, Any] | None:
@@ -69,14 +70,20 @@ class Records:
 
     async def search_threads(self, limit: int, offset: int,
                              metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
-        records = []
-        async for key in self.redis.scan_iter(match=f"{PREFIX}thread:*", count=500):
-            if key.count(b":") == 2 and (record := await self._get(key)):
-                meta = record.get("metadata", {})
-                if all(meta.get(k) == v for k, v in (metadata or {}).items()):
-                    records.append(record)
-        records.sort(key=lambda r: r["created_at"], reverse=True)
-        return records[offset:offset + limit]
+        """Newest first; a metadata filter reads pages until it has enough matches."""
+        wanted = (metadata or {}).items()
+        found: list[dict[str, Any]] = []
+        start, page = 0, max(100, limit + offset)
+        while len(found) < offset + limit:
+            ids = await self.redis.zrevrange(ALL_THREADS, start, start + page - 1)
+            if not ids:
+                break
+            for record in [await self.get_thread(tid.decode()) for tid in ids]:
+                meta = (record or {}).get("metadata", {})
+                if record and all(meta.get(k) == v for k, v in wanted):
+                    found.append(record)
+            start += page
+        return found[offset:offset + limit]
 
     async def delete_thread(self, thread_id: str) -> None:
         run_ids = await self.redis.zrange(thread_runs_key(thread_id), 0, -1)
@@ -84,6 +91,7 @@ class Records:
         for rid in run_ids:
             keys += [run_key(rid.decode()), events_key(rid.decode())]
         await self.redis.delete(*keys)
+        await self.redis.zrem(ALL_THREADS, thread_id)
 
     # runs
     async def create_run(self, thread_id: str, assistant_id: str, graph_id: str,

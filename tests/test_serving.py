@@ -216,3 +216,16 @@ async def test_model_outage_is_a_run_error_and_the_thread_stays_usable(client, s
     again = await client.runs.wait(tid, "supervisor", input=user("What did I ask before?"))
     assert again["messages"][-1]["content"] == 'You asked before: "hello"'
     assert (await client.threads.get(tid))["status"] == "idle"
+
+
+async def test_thread_search_and_delete(client):
+    tag = uuid.uuid4().hex
+    made = [await client.threads.create(metadata={"tag": tag, "n": n}) for n in range(3)]
+    found = await client.threads.search(metadata={"tag": tag}, limit=2)
+    assert [t["thread_id"] for t in found] == [made[2]["thread_id"], made[1]["thread_id"]]
+    await client.threads.delete(made[2]["thread_id"])
+    found = await client.threads.search(metadata={"tag": tag}, limit=10)
+    assert {t["thread_id"] for t in found} == {made[0]["thread_id"], made[1]["thread_id"]}
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        await client.threads.get(made[2]["thread_id"])
+    assert info.value.response.status_code == 404

@@ -1,0 +1,52 @@
+"""The benchmark harness must not rot: its smoke mode runs against the real cluster.
+
+``python -m bench.run --smoke`` in a subprocess (Ray can be initialised only once per
+process, and this session's own cluster lives in tests/test_serving.py): a few simulated
+users, short think time, one step, the audit, the micro-benchmarks. The figures are not
+judged here (the box is shared), only that the harness produced a complete, plausible
+report and that nothing was lost, duplicated or failed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agents.settings import PROJECT_ROOT
+
+
+@pytest.mark.timeout(240)
+def test_bench_smoke_mode(tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--json", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=220,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    target = report["targets"]["cluster-2"]
+    assert "error" not in target, target["error"]
+
+    audit = target["audit"]
+    assert audit["turns"] > 0 and audit["ok"] == audit["turns"], audit
+    assert audit["lost"] == audit["duplicated"] == audit["unanswered"] == 0, audit
+    assert audit["wrong_answer"] == audit["read_errors"] == 0, audit
+    assert target["errors_total"] == {} and target["thread_create_errors"] == {}
+
+    step = target["steps"][0]
+    assert step["errors"] == {} and step["turns_ok"] > 0 and step["runs_per_s"] > 0
+    assert {"research", "approval"} <= set(step["by_kind"])
+    model = step["by_kind"]["research"]["model_to_first_token_ms"]
+    assert 600 <= model <= 2000  # supervisor + search + read + answer: 4 x ttft 200 ms
+    assert step["ttft_ms"]["p50"] >= 200 and step["ttft_overhead_ms"]["p50"] > -50
+    processes = {p["process"] for p in step["procs"]["processes"]}
+    assert {"replica supervisor", "serve proxy", "redis"} <= processes, processes
+
+    micro = report["micro"]
+    assert micro["graph_step"]["redis_checkpointer"]["wall_ms"]["p50"] > 0
+    assert micro["sse_event"]["write_per_token_ms"]["n"] > 0
+    assert target["redis"]["threads"] == audit["threads"]
+    assert target["calibration"]["approval"]["model_calls"] >= 1
