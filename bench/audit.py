@@ -1,0 +1,97 @@
+"""The final audit: read every thread's state back and check each turn the users sent.
+
+A turn the client saw succeed must be in its thread exactly once, followed (before the
+next user message) by an answer the stub's contract predicts; otherwise it is lost,
+duplicated, unanswered or wrongly answered. Turns that failed on the client are only
+checked for duplication (whether the server kept them is not knowable from outside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.loadgen import TurnRecord
+from bench.workload import answer_ok
+
+
+def _role(message: dict[str, Any]) -> str:
+    kind = str(message.get("type") or message.get("role") or "").lower()
+    if kind in ("human", "user", "humanmessage", "humanmessagechunk"):
+        return "human"
+    return "ai" if kind.startswith("ai") or kind == "assistant" else kind
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return content or ""
+
+
+def check_thread(turns: list[TurnRecord], messages: list[dict[str, Any]]) -> Counter[str]:
+    """Counts of ``ok``, ``lost``, ``duplicated``, ``unanswered``, ``wrong_answer``, ``extra``."""
+    counts: Counter[str] = Counter()
+    humans = [(i, _text(m)) for i, m in enumerate(messages) if _role(m) == "human"]
+    sent = {t.turn.text for t in turns}
+    counts["extra"] += sum(1 for _, text in humans if text not in sent)
+    for record in turns:
+        where = [i for i, text in humans if text == record.turn.text]
+        if len(where) > 1:
+            counts["duplicated"] += 1
+        if not record.ok:
+            counts["failed_on_client"] += 1
+            continue
+        if not where:
+            counts["lost"] += 1
+            continue
+        start = where[0]
+        following = [i for i, _ in humans if i > start]
+        stop = following[0] if following else len(messages)
+        answers = [_text(m) for m in messages[start + 1:stop] if _role(m) == "ai"]
+        if not any(a.strip() for a in answers):
+            counts["unanswered"] += 1
+        elif not any(answer_ok(record.turn, a) for a in answers):
+            counts["wrong_answer"] += 1
+        else:
+            counts["ok"] += 1
+    return counts
+
+
+async def audit(base_url: str, records: list[TurnRecord], concurrency: int = 8,
+                timeout_s: float = 60.0) -> dict[str, Any]:
+    """Read every thread's state through the API and check every turn sent to it."""
+    by_thread: dict[str, list[TurnRecord]] = defaultdict(list)
+    for record in records:
+        by_thread[record.thread_id].append(record)
+    totals: Counter[str] = Counter()
+    gate = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def one(session: aiohttp.ClientSession, thread_id: str,
+                  turns: list[TurnRecord]) -> None:
+        async with gate:
+            try:
+                async with session.get(f"{base_url}/threads/{thread_id}/state") as resp:
+                    if resp.status != 200:
+                        totals["read_errors"] += 1
+                        return
+                    state = orjson.loads(await resp.read())
+            except (TimeoutError, aiohttp.ClientError):
+                totals["read_errors"] += 1
+                return
+        messages = (state.get("values") or {}).get("messages") or []
+        totals.update(check_thread(turns, messages))
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(one(session, tid, turns) for tid, turns in by_thread.items()))
+    result = {key: totals.get(key, 0) for key in
+              ("ok", "lost", "duplicated", "unanswered", "wrong_answer", "extra",
+               "failed_on_client", "read_errors")}
+    result["threads"] = len(by_thread)
+    result["turns"] = len(records)
+    return result

@@ -1,0 +1,262 @@
+"""The standard benchmark, one command: ``.venv/bin/python -m bench.run`` (< 15 minutes).
+
+Starts Redis and the stub model, runs the hot-path micro-benchmarks, then for each target
+in turn (our cluster with 2 and with 1 replica of the busiest deployment, the no-Ray floor,
+``langgraph dev``): starts it on loopback with a fresh Redis, calibrates the model time of
+each turn kind, walks a staircase of simulated users until the SLO breaks (the capacity
+search), profiles at capacity (the first target), drains, audits every thread, measures
+Redis memory, stops it. Writes ``bench/results/<stamp>/report.json`` and rewrites
+``BENCHMARKS.md``.
+
+``--smoke``: a tiny run (one target, a few users, short think time, about a minute) that
+does not touch BENCHMARKS.md unless ``--write-md``; ``tests/test_bench_smoke.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agents.local.services import local_services
+from agents.settings import PROJECT_ROOT, Settings
+from bench.audit import audit
+from bench.console import say
+from bench.loadgen import LoadConfig, LoadGenerator
+from bench.machine import machine_info, versions
+from bench.micro import run_micro
+from bench.peer_env import ensure_peer_venv
+from bench.peers import ClusterTarget, FloorTarget, LangGraphDevTarget, Target
+from bench.procs import ProcessSampler
+from bench.profile import record as profile_record
+from bench.redis_mem import redis_memory, used_memory
+from bench.report import write_markdown
+from bench.staircase import Stairs, StepPlan, capacity, levels_from
+from bench.stub import StubAdmin, StubCallLog, calibrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Plan:
+    """Everything that defines a run; recorded in the report."""
+
+    mode: str = "standard"
+    stub: dict[str, float] = field(default_factory=lambda: {"ttft_ms": 200, "tokens_per_s": 200})
+    load: LoadConfig = field(default_factory=LoadConfig)
+    levels: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 800, 1600])
+    steps: StepPlan = field(default_factory=StepPlan)
+    targets: list[str] = field(default_factory=lambda: ["cluster-2", "cluster-1", "floor",
+                                                        "langgraph-dev"])
+    busiest: str = "supervisor"
+    micro_scale: float = 0.5
+    profile_s: float = 10.0
+    idle_s: float = 4.0            # CPU of the idle target, before the load
+    hop: bool = True
+    peer_jobs_per_worker: int = 64
+    target_users: int = 1000
+
+
+def smoke_plan() -> Plan:
+    return Plan(
+        mode="smoke",
+        load=LoadConfig(think_s=1.0, approval_share=0.3, memory_share=0.2,
+                        approval_delay_s=0.5, turns_per_thread=3, turn_timeout_s=60),
+        levels=[4], steps=StepPlan(warmup_s=2.0, window_s=8.0, settle_s=8.0, bisect=0,
+                                   step_down=0),
+        targets=["cluster-2"], micro_scale=0.05, profile_s=2.0, hop=False, idle_s=2.0,
+    )
+
+
+def make_target(name: str, plan: Plan, settings: Settings, work: Path) -> Target:
+    if name.startswith("cluster-"):
+        replicas = int(name.split("-", 1)[1])
+        return ClusterTarget(name, settings, work / name, replicas=replicas,
+                             deployment=plan.busiest, hop=plan.hop and replicas == 2)
+    if name == "floor":
+        return FloorTarget(name, settings, work / name)
+    if name == "langgraph-dev":
+        return LangGraphDevTarget(name, settings, work / name,
+                                  jobs_per_worker=plan.peer_jobs_per_worker)
+    raise ValueError(f"unknown target {name!r}")
+
+
+def idle_overhead_ms(calibration: dict[str, Any]) -> float:
+    """The worst TTFT overhead of the idle calibration turns."""
+    return max(c["client_ttft_ms"] - c["model_to_first_token_ms"] for c in calibration.values())
+
+
+# ---------------------------------------------------------------------- one target
+
+
+async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: ProcessSampler,
+                       out_dir: Path, levels: list[int], profile: bool) -> dict[str, Any]:
+    began = time.monotonic()
+    say(f"[{target.name}] starting")
+    result: dict[str, Any] = {"name": target.name}
+    try:
+        url = await asyncio.to_thread(target.start)
+    except Exception as exc:
+        result["error"] = f"did not start: {type(exc).__name__}: {exc}"
+        say(f"[{target.name}] {result['error']}")
+        await asyncio.to_thread(target.stop)
+        return result
+    result.update(target.info)
+    say(f"[{target.name}] up at {url} after {target.info.get('startup_s')} s")
+    calls = StubCallLog(stub)
+    try:
+        model, result["calibration"] = await calibrate(url, stub)
+        idle = idle_overhead_ms(result["calibration"])
+        steps = replace(plan.steps)
+        result["criterion"] = {"kind": "absolute", "budget_ms": steps.budget_ms,
+                               "idle_overhead_ms": idle}
+        if idle > plan.steps.budget_ms:  # it cannot meet the SLO at all: find its throughput
+            steps.budget_ms = idle + plan.steps.budget_ms
+            result["criterion"].update(kind="relative", budget_ms=steps.budget_ms)
+            say(f"[{target.name}] idle TTFT overhead {idle:.0f} ms > SLO: judging steps "
+                  f"against idle + SLO = {steps.budget_ms:.0f} ms")
+        baseline = await used_memory(target.redis_url)
+        mark = await asyncio.to_thread(sampler.mark)
+        await asyncio.sleep(plan.idle_s)
+        result["idle"] = sampler.window(mark, await asyncio.to_thread(sampler.mark))
+        calls.start()
+        async with LoadGenerator(url, plan.load) as gen:
+            stairs = Stairs(gen, steps, model, sampler, calls)
+            await stairs.walk(levels)
+            if profile and plan.profile_s > 0:
+                best = max([s["users"] for s in stairs.steps if s["passed"]] or levels[:1])
+                result["profile"] = await profile_at(gen, best, plan, sampler,
+                                                     out_dir / target.name)
+            await gen.stop(drain_s=plan.load.approval_delay_s * 2 + 30)
+            stairs.finalize()
+            result["steps"] = stairs.steps
+            result["capacity"] = capacity(stairs.steps)
+            if result["criterion"]["kind"] == "relative":
+                result["capacity_relative"] = result["capacity"]
+                result["capacity"] = {"users": 0, "runs_per_s": 0.0, "below": None,
+                                      "note": f"idle TTFT overhead {idle:.0f} ms"}
+            result["thread_create_errors"] = dict(gen.thread_errors)
+            result["turns_total"] = len(gen.records)
+            result["errors_total"] = dict(Counter(r.error for r in gen.records if r.error))
+            say(f"[{target.name}] auditing {len(gen.records)} turns")
+            result["audit"] = await audit(url, gen.records)
+            turns: Counter[str] = Counter(r.thread_id for r in gen.records)
+            result["redis"] = await redis_memory(target.redis_url, baseline, dict(turns))
+        say(f"[{target.name}] capacity {result['capacity']}\n  audit {result['audit']}")
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        say(f"[{target.name}] failed: {result['error']}")
+    finally:
+        await calls.stop()
+        await asyncio.to_thread(target.stop)
+        result["elapsed_s"] = round(time.monotonic() - began, 1)
+        say(f"[{target.name}] stopped; {result['elapsed_s']} s in all")
+    return result
+
+
+async def profile_at(gen: LoadGenerator, users: int, plan: Plan, sampler: ProcessSampler,
+                     out_dir: Path) -> dict[str, Any]:
+    """py-spy on the serving processes while ``users`` users run."""
+    gen.set_users(users)
+    await asyncio.sleep(plan.steps.warmup_s)
+    wanted = ("replica", "serve proxy", "floor", "langgraph dev")
+    pids = {pid: name for pid, name in sampler.labels.items()
+            if name.startswith(wanted) and psutil.pid_exists(pid)}
+    say(f"  profiling {len(pids)} processes for {plan.profile_s:.0f} s at {users} users")
+    found = await asyncio.to_thread(profile_record, pids, plan.profile_s, out_dir)
+    return {"users": users, "seconds": plan.profile_s, "processes": found}
+
+
+# ---------------------------------------------------------------------- the whole run
+
+
+async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
+    started = time.time()
+    report: dict[str, Any] = {"plan": asdict(plan), "machine": machine_info(),
+                              "command": command_line(), "started_at": started}
+    sampler = ProcessSampler(period_s=2.0).start()
+    base = Settings(redis_url=None, data_dir=Path(tempfile.mkdtemp(prefix="bench-")),
+                    model={"base_url": None})
+    try:
+        with local_services(base) as settings:
+            stub = StubAdmin(settings.model.base_url)
+            await stub.configure(ttft_ms=0, tokens_per_s=0)
+            say("micro-benchmarks")
+            report["micro"] = await run_micro(settings, plan.micro_scale)
+            await stub.configure(**plan.stub)
+            report["stub"] = await stub.config()
+            report["targets"] = {}
+            known: int | None = None
+            for index, name in enumerate(plan.targets):
+                target = make_target(name, plan, settings, out_dir)
+                result = await bench_target(target, plan, stub, sampler, out_dir,
+                                            levels_from(plan.levels, known), profile=index == 0)
+                report["targets"][name] = result
+                if index == 0:
+                    known = (result.get("capacity") or {}).get("users")
+                if name.startswith("cluster") and "ray_hop" in target.info:
+                    report["micro"]["ray_hop"] = target.info["ray_hop"]
+    finally:
+        sampler.stop()
+    report["versions"] = versions()
+    report["duration_s"] = time.time() - started
+    report["machine"]["load_average_end"] = machine_info()["load_average"]
+    return report
+
+
+def command_line() -> str:
+    return " ".join([".venv/bin/python -m bench.run", *sys.argv[1:]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny run (~1 minute)")
+    parser.add_argument("--json", type=Path, help="also write the report JSON here")
+    parser.add_argument("--write-md", action="store_true",
+                        help="rewrite BENCHMARKS.md (default for the standard run only)")
+    parser.add_argument("--no-md", action="store_true", help="never rewrite BENCHMARKS.md")
+    parser.add_argument("--targets", help="comma-separated subset, e.g. cluster-2,floor")
+    parser.add_argument("--levels", help="comma-separated user counts of the staircase")
+    parser.add_argument("--window", type=float, help="measured seconds per step")
+    parser.add_argument("--peer-venv-only", action="store_true",
+                        help="create the langgraph dev venv and exit")
+    parser.add_argument("--think", type=float, help="mean think time (s)")
+    args = parser.parse_args()
+    if args.peer_venv_only:
+        RESULTS.mkdir(exist_ok=True)
+        print(ensure_peer_venv(RESULTS / "peer-venv.log"))
+        return
+    plan = smoke_plan() if args.smoke else Plan()
+    if args.targets:
+        plan.targets = args.targets.split(",")
+    if args.levels:
+        plan.levels = [int(x) for x in args.levels.split(",")]
+    if args.window:
+        plan.steps.window_s = args.window
+    if args.think:
+        plan.load = replace(plan.load, think_s=args.think)
+    out_dir = RESULTS / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = asyncio.run(run(plan, out_dir))
+    text = json.dumps(report, indent=1, default=str)
+    (out_dir / "report.json").write_text(text)
+    if args.json:
+        args.json.write_text(text)
+    write_md = (plan.mode == "standard" or args.write_md) and not args.no_md
+    if write_md:
+        write_markdown(report, PROJECT_ROOT / "BENCHMARKS.md")
+    say(f"report: {out_dir / 'report.json'}; done in {report['duration_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
