@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     roles: dict[str, RoleSettings] = Field(default_factory=_default_roles)
     api: ApiSettings = ApiSettings()
     supervisor_max_steps: int = Field(8, ge=1, description="routing decisions per turn")
+    token_linger_ms: float = Field(
+        40.0, ge=0, description="a specialist's later tokens wait this long to be merged "
+        "into one event (the first token of a message never waits); 0: one event per token")
     data_dir: Path = PROJECT_ROOT / ".data"
     corpus_dir: Path = PROJECT_ROOT / "data" / "corpus"
     workspace_dir: Path = PROJECT_ROOT / ".data" / "workspace"

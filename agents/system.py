@@ -9,7 +9,7 @@ The serving layer builds the same pieces (``Runtime``) per replica instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,11 @@ class Runtime:
                                 self.settings.approval, self.checkpointer,
                                 EffectLedger(self.redis))
 
+    def worker(self, roles: Iterable[str]) -> SpecialistWorker:
+        """These roles' specialists, run in this process behind the worker-call seam."""
+        return SpecialistWorker({role: self.specialist(role) for role in roles},
+                                token_linger_s=self.settings.token_linger_ms / 1000)
+
     def supervisor(self, workers: Mapping[str, Worker]) -> CompiledStateGraph:
         return build_supervisor(self.model, workers, self.settings.roles,
                                 self.settings.supervisor_max_steps, self.checkpointer)
@@ -78,8 +83,8 @@ class AgentSystem:
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self.specialists = {role: runtime.specialist(role) for role in runtime.settings.roles}
-        worker = SpecialistWorker(self.specialists)
+        worker = runtime.worker(runtime.settings.roles)
+        self.specialists = worker.graphs
         self.supervisor = runtime.supervisor(dict.fromkeys(self.specialists, worker))
 
     @classmethod

@@ -11,9 +11,6 @@ decision whose ``resume_key`` was already applied is not applied again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, Protocol
 
@@ -23,6 +20,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from agents.errors import UnknownRoleError
+from agents.streaming import relay
 
 _CONTINUE = object()  # graph input meaning: resume from the last checkpoint
 
@@ -51,8 +49,9 @@ class Worker(Protocol):
 class SpecialistWorker:
     """Runs specialists' graphs in this process; the Ray deployment wraps one of these."""
 
-    def __init__(self, graphs: Mapping[str, CompiledStateGraph]):
+    def __init__(self, graphs: Mapping[str, CompiledStateGraph], token_linger_s: float = 0.0):
         self.graphs = dict(graphs)
+        self.token_linger_s = token_linger_s
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         req = WorkerRequest.model_validate(request)
@@ -62,7 +61,8 @@ class SpecialistWorker:
         config = {"configurable": {"thread_id": req.thread_id}}
         graph_input = await self._next_input(graph, config, req)
         if graph_input is not None:
-            async for event in _isolated(self._events(graph, graph_input, config, req.role)):
+            events = self._events(graph, graph_input, config, req.role)
+            async for event in relay(events, self.token_linger_s):
                 yield event
         yield {"type": "result", "result": (await self.status(graph, config, req)).model_dump()}
 
@@ -116,33 +116,3 @@ class SpecialistWorker:
             answer="" if pending else answer, interrupt=pending,
             steps=state.values.get("steps", 0),
         )
-
-
-
-async def _isolated(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """Run ``events`` in a fresh context so the caller's LangGraph config and callbacks
-    (its thread id, its stream handlers) do not leak into the specialist's run."""
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
-
-    async def pump() -> None:
-        try:
-            async for event in events:
-                await queue.put(("event", event))
-            await queue.put(("end", None))
-        except BaseException as exc:  # re-raised in the caller's task below
-            await queue.put(("error", exc))
-
-    task = asyncio.create_task(pump(), context=contextvars.Context())
-    try:
-        while True:
-            kind, item = await queue.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -6,7 +6,6 @@ API stream modes follow LangGraph Platform; ``chat`` is ours, for ``/api/chat``:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -90,12 +89,10 @@ def final_answer(values: dict[str, Any]) -> str:
     return last.text if isinstance(last, AIMessage) else ""
 
 
-def sse_frame(event: str, data: Any, event_id: str | None = None) -> bytes:
-    lines = []
-    if event_id:
-        lines.append(f"id: {event_id}")
-    lines += [f"event: {event}", f"data: {json.dumps(data, separators=(',', ':'))}", "", ""]
-    return "\n".join(lines).encode()
+def sse_frame(event: bytes, data: bytes, event_id: bytes) -> bytes:
+    """One SSE frame around an event as stored: its data is compact JSON already (no raw
+    newlines), so it is framed as it is, not parsed and dumped again."""
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id, event, data)
 
 
 HEARTBEAT = b": heartbeat\n\n"

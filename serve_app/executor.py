@@ -26,10 +26,11 @@ from langgraph.types import Command
 from redis.asyncio import Redis
 
 from agents.settings import ApiSettings
+from serve_app.event_log import EventWriter
 from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
-from serve_app.jsonable import dumps, to_jsonable
-from serve_app.keys import PREFIX, claim_key, events_key, run_lease_key, thread_lease_key
+from serve_app.jsonable import to_jsonable
+from serve_app.keys import PREFIX, claim_key, run_lease_key, thread_lease_key
 from serve_app.leases import Leases
 from serve_app.records import TERMINAL, Records
 
@@ -106,8 +107,8 @@ class RunExecutor:
                 self._cancel_actions[request["run_id"]] = request.get("action", "interrupt")
                 task.cancel()
 
-    async def emit(self, run_id: str, event: str, data: Any) -> None:
-        await self.redis.xadd(events_key(run_id), {"event": event, "data": dumps(data)})
+    def event_writer(self, run_id: str) -> EventWriter:
+        return EventWriter(self.redis, run_id, self.settings.event_ttl_s)
 
     # one run
     async def execute(self, run_id: str) -> dict[str, Any] | None:
@@ -118,18 +119,18 @@ class RunExecutor:
         self._tasks[run_id] = asyncio.current_task()
         lease: dict[str, str | None] = {"token": None}
         heartbeat = asyncio.create_task(self._heartbeat(run, lease))
+        events = self.event_writer(run_id)
         status, error = "success", None
         try:
             await self.leases.renew(run["thread_id"], run_id, None, self.replica_id)
-            await self.emit(run_id, "metadata", {"run_id": run_id, "attempt": run["attempt"]})
-            await self.redis.expire(events_key(run_id), self.settings.event_ttl_s)
+            events.append("metadata", {"run_id": run_id, "attempt": run["attempt"]})
             while not (token := await self.leases.acquire(run["thread_id"], run_id)):
                 await asyncio.sleep(0.05)
             lease["token"] = token
             run = await self._started(run)
             graph = self.graphs[run["graph_id"]]
             async for event, data in self._events(graph, run, run_config(run, token)):
-                await self.emit(run_id, event, data)
+                events.append(event, data)
         except asyncio.CancelledError:
             action = self._cancel_actions.pop(run_id, "interrupt")
             if action == HAND_BACK:
@@ -147,7 +148,7 @@ class RunExecutor:
         finally:
             heartbeat.cancel()
             self._tasks.pop(run_id, None)
-        return await asyncio.shield(self._finish(run, status, error, lease["token"]))
+        return await asyncio.shield(self._finish(run, status, error, lease["token"], events))
 
     async def _heartbeat(self, run: dict[str, Any], lease: dict[str, str | None]) -> None:
         """Renew from its own task, so a busy event loop elsewhere does not starve it."""
@@ -205,7 +206,7 @@ class RunExecutor:
                 yield event
 
     async def _finish(self, run: dict[str, Any], status: str, error: dict | None,
-                      token: str | None) -> dict[str, Any] | None:
+                      token: str | None, events: EventWriter) -> dict[str, Any] | None:
         """Record the outcome only if this run still holds its thread, then free it."""
         run_id, thread_id = run["run_id"], run["thread_id"]
         if token and not await self.leases.holds(thread_id, token):
@@ -215,17 +216,18 @@ class RunExecutor:
         interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
         api_modes = run["kwargs"].get("stream_mode") or []
         if error:
-            await self.emit(run_id, "error", error)
+            events.append("error", error)
         elif "chat" in api_modes:
             if interrupts:
-                await self.emit(run_id, "approval", to_jsonable(interrupts[0]))
+                events.append("approval", to_jsonable(interrupts[0]))
             else:
-                await self.emit(run_id, "answer", {"text": final_answer(state.values)})
+                events.append("answer", {"text": final_answer(state.values)})
         if token:
             thread_status = "error" if error else "interrupted" if interrupts else "idle"
             await self.records.update_thread(thread_id, status=thread_status, error=error)
         record = await self.records.update_run(run_id, status=status, error=error)
-        await self.emit(run_id, "end", {"run_id": run_id, "status": status})
+        events.append("end", {"run_id": run_id, "status": status})
+        await events.flush()
         await self.leases.leave(thread_id, run_id, token)
         if run.get("rolled_back_by_successor"):  # rollback: the run is gone, as if never made
             await self.records.delete_run(run)
@@ -283,8 +285,10 @@ class RunExecutor:
         token = holder.decode() if holder and holder.decode().startswith(run_id) else None
         await self.records.update_thread(thread_id, status="error", error=error)
         await self.records.update_run(run_id, status="error", error=error)
-        await self.emit(run_id, "error", error)
-        await self.emit(run_id, "end", {"run_id": run_id, "status": "error"})
+        events = self.event_writer(run_id)
+        events.append("error", error)
+        events.append("end", {"run_id": run_id, "status": "error"})
+        await events.flush()
         await self.leases.leave(thread_id, run_id, token)
 
     async def hand_back_all(self) -> None:

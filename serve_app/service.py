@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -247,12 +246,16 @@ class AgentService:
                     return
                 yield HEARTBEAT
                 continue
+            frames, ended = [], False
             for event_id, fields in batch[0][1]:
-                last_id = event_id.decode()
-                event = fields[b"event"].decode()
-                yield sse_frame(event, json.loads(fields[b"data"]), last_id)
-                if event in ("end", "error"):
-                    return
+                frames.append(sse_frame(fields[b"event"], fields[b"data"], event_id))
+                if fields[b"event"] in (b"end", b"error"):
+                    ended = True
+                    break
+            last_id = event_id.decode()
+            yield b"".join(frames)  # one chunk per read: fewer messages to the proxy
+            if ended:
+                return
 
     async def wait_for_end(self, run_id: str) -> dict[str, Any]:
         """Block until the run is terminal (whichever replica runs it)."""

@@ -11,7 +11,6 @@ from ray import serve
 from agents.errors import WorkerFailed
 from agents.settings import get_settings
 from agents.system import Runtime
-from agents.workers import SpecialistWorker
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -19,7 +18,7 @@ class SpecialistDeployment:
     async def __init__(self, role: str):
         self.role = role
         self.runtime = await Runtime.create(get_settings())
-        self.worker = SpecialistWorker({role: self.runtime.specialist(role)})
+        self.worker = self.runtime.worker([role])
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Token, progress and result events of one specialist call (see agents.workers)."""

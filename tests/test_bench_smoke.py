@@ -47,6 +47,6 @@ def test_bench_smoke_mode(tmp_path):
 
     micro = report["micro"]
     assert micro["graph_step"]["redis_checkpointer"]["wall_ms"]["p50"] > 0
-    assert micro["sse_event"]["write_per_token_ms"]["n"] > 0
+    assert micro["sse_event"]["write_per_api_event_ms"] > 0
     assert target["redis"]["threads"] == audit["threads"]
     assert target["calibration"]["approval"]["model_calls"] >= 1

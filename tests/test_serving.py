@@ -36,7 +36,7 @@ async def test_assistants_are_the_four_graphs(client):
 
 
 async def test_stream_parallel_delegation_then_second_turn_remembers(client, stub_admin):
-    stub_admin.post("/config", json={"ttft_ms": 50, "tokens_per_s": 400})
+    stub_admin.post("/config", json={"ttft_ms": 50, "tokens_per_s": 200})
     thread = await client.threads.create()
     tid = thread["thread_id"]
     parts = []
@@ -48,7 +48,7 @@ async def test_stream_parallel_delegation_then_second_turn_remembers(client, stu
     token_parts = [p for p in parts if p[1] == "messages" and p[2][0].get("name")]
     roles = {p[2][0]["name"] for p in token_parts}
     assert {"researcher", "coder", "reviewer"} <= roles
-    assert len(token_parts) > 20
+    assert len(token_parts) > 9  # incremental, though tokens are coalesced (40 ms linger)
     # incremental: the first token arrives well before the run ends
     assert parts[-1][0] - token_parts[0][0] > 0.2
     progress = [p[2]["text"] for p in parts if p[1] == "custom" and p[2]["type"] == "progress"]
@@ -158,7 +158,8 @@ def sse_events(text: str) -> list[tuple[str, object]]:
     return events
 
 
-async def test_api_chat_streams_tokens_progress_and_answer(cluster_url):
+async def test_api_chat_streams_tokens_progress_and_answer(cluster_url, stub_admin):
+    stub_admin.post("/config", json={"tokens_per_s": 200})
     async with httpx.AsyncClient(base_url=cluster_url, timeout=60) as http:
         response = await http.post("/api/chat", json={"thread_id": f"chat-{uuid.uuid4()}",
                                                       "message": "Tell me about redis streams"})
@@ -166,7 +167,7 @@ async def test_api_chat_streams_tokens_progress_and_answer(cluster_url):
     events = sse_events(response.text)
     names = [e[0] for e in events]
     assert names[0] == "metadata" and names[-1] == "end"
-    assert "progress" in names and names.count("token") > 5
+    assert "progress" in names and names.count("token") >= 3
     answer = next(d for n, d in events if n == "answer")
     tokens = "".join(d["text"] for n, d in events if n == "token" and d["role"] == "researcher")
     assert answer["text"] and answer["text"] in tokens

@@ -16,7 +16,6 @@ from langgraph.graph.state import CompiledStateGraph
 from agents.settings import Settings
 from agents.supervisor import build_supervisor
 from agents.system import Runtime
-from agents.workers import SpecialistWorker
 
 _graph: CompiledStateGraph | None = None
 _lock = asyncio.Lock()
@@ -28,9 +27,8 @@ async def make_supervisor() -> CompiledStateGraph:
     async with _lock:
         if _graph is None:
             runtime = await Runtime.create(Settings())
-            specialists = {role: runtime.specialist(role) for role in runtime.settings.roles}
-            worker = SpecialistWorker(specialists)
-            _graph = build_supervisor(runtime.model, dict.fromkeys(specialists, worker),
+            worker = runtime.worker(runtime.settings.roles)
+            _graph = build_supervisor(runtime.model, dict.fromkeys(worker.graphs, worker),
                                       runtime.settings.roles,
                                       runtime.settings.supervisor_max_steps)
     return _graph
