@@ -207,10 +207,12 @@ async def test_stream_carries_specialist_tokens_and_tool_progress(system, stub_a
     progress = [e["text"] for e in events if e["type"] == "progress"]
     assert any(text.startswith("Searching corpus") for text in progress)
     tokens = [e["text"] for e in events if e["type"] == "token"]
-    # several events (incremental), fewer than tokens (coalesced), nothing lost
-    assert 3 <= len(tokens) and kinds.index("progress") < len(kinds) - 1
+    assert kinds.index("progress") < len(kinds) - 1
     messages = (await system.supervisor.aget_state(config_for(thread))).values["messages"]
     answer = next(m for m in reversed(messages) if m.name == "researcher")
+    # several events (incremental), fewer than the model's tokens (one word each: they are
+    # coalesced), and nothing lost
+    assert 3 <= len(tokens) < len(answer.text.split()) / 2
     assert "".join(tokens) == answer.text
 
 
