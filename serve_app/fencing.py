@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.checkpoint.redis.aio import AsyncRedisSaver
-
+from agents.checkpoint import LeanRedisSaver
 from agents.errors import AgentClusterError
 from serve_app.leases import Leases
 
@@ -17,8 +16,8 @@ class LeaseLost(AgentClusterError):
     """This run no longer holds its thread; it must stop without writing."""
 
 
-class FencedRedisSaver(AsyncRedisSaver):
-    """``AsyncRedisSaver`` that checks the writer's fencing token before every write."""
+class FencedRedisSaver(LeanRedisSaver):
+    """``LeanRedisSaver`` that checks the writer's fencing token before every write."""
 
     def __init__(self, *args: Any, leases: Leases, **kwargs: Any):
         super().__init__(*args, **kwargs)
