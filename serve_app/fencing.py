@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.checkpoint import LeanRedisSaver
 from agents.errors import AgentClusterError
+from agents.redis_saver import LeanRedisSaver
 from serve_app.leases import Leases
 
 FENCE = "fence_token"

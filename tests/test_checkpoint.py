@@ -8,7 +8,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.graph import START, StateGraph
 
-from agents.checkpoint import LeanRedisSaver
+from agents.redis_saver import LeanRedisSaver
 from agents.state import AgentState
 
 

@@ -1,0 +1,170 @@
+"""A faster writer of ``langgraph-checkpoint-redis``'s own documents.
+
+Checkpointing is the hot path of every agent step. The stock ``AsyncRedisSaver`` spends it
+in Python: it re-serialises every message of the thread at every step, serialises the
+checkpoint, parses it back and dumps it again with the standard ``json`` module, and makes
+two round trips. ``LeanRedisSaver`` writes the same documents, key for key (so the stock
+saver and its tools read them unchanged), with each message serialised once in its life,
+the checkpoint encoded once, and one pipeline per write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+)
+from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
+from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
+from ulid import ULID
+
+
+class MessageCachingSerializer(JsonPlusRedisSerializer):
+    """Serialises each message object once: a thread's messages are in every checkpoint,
+    and LangChain's ``to_json`` of a message costs more than the rest of the step.
+
+    The cache holds encoded bytes per live message object (entries go with the object)
+    and is checked against a fingerprint of the fields that LangGraph sets after creation
+    (an id is assigned to a message that had none); messages are otherwise treated as
+    immutable, as LangGraph's reducers do (they replace a message by id, never edit it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encoded: dict[int, tuple[tuple, orjson.Fragment]] = {}
+
+    def _default_handler(self, obj: Any) -> Any:
+        if not isinstance(obj, BaseMessage):
+            return super()._default_handler(obj)
+        key, fingerprint = id(obj), _fingerprint(obj)
+        cached = self._encoded.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        encoded = orjson.Fragment(orjson.dumps(super()._default_handler(obj),
+                                               default=self._default_handler))
+        if cached is None:
+            weakref.finalize(obj, self._encoded.pop, key, None)
+        self._encoded[key] = (fingerprint, encoded)
+        return encoded
+
+
+def _fingerprint(message: BaseMessage) -> tuple:
+    return (message.id, message.name, len(message.content),
+            len(getattr(message, "tool_calls", None) or ()))
+
+
+class LeanRedisSaver(AsyncRedisSaver):
+    """``AsyncRedisSaver`` whose checkpoint write is one round trip and one serialisation.
+
+    The stock ``aput`` serialises the checkpoint, parses it back, and has redis-py dump it
+    again with the standard ``json`` module, then sets the latest-checkpoint pointer in a
+    second round trip. Here the serialised bytes are embedded as they are
+    (``orjson.Fragment``) and both writes share a pipeline. The stored documents are the
+    stock ones, key for key, so the stock saver and its tools read them unchanged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.serde = MessageCachingSerializer()
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata, new_versions: ChannelVersions,
+                   *args: Any, **kwargs: Any) -> RunnableConfig:
+        configurable = config["configurable"]
+        thread_id, checkpoint_ns = configurable["thread_id"], configurable["checkpoint_ns"]
+        parent_id = configurable.get("checkpoint_id")
+        checkpoint_id = checkpoint["id"]
+        body = {"type": "json", **checkpoint, "pending_sends": []}
+        body["channel_versions"] = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
+        type_, data = self.serde.dumps_typed(body)
+        if self.cluster_mode or type_ != "json" or not checkpoint_id:
+            return await super().aput(config, checkpoint, metadata, new_versions, *args,
+                                      **kwargs)  # the stock path covers the rare cases
+        run_id = configurable.get("run_id", metadata.get("run_id"))
+        document = {
+            "thread_id": to_storage_safe_id(thread_id),
+            "run_id": to_storage_safe_id(run_id) if run_id else "",
+            "checkpoint_ns": to_storage_safe_str(checkpoint_ns),
+            "checkpoint_id": to_storage_safe_id(checkpoint_id),
+            "parent_checkpoint_id": to_storage_safe_id(parent_id)
+            if parent_id and parent_id != checkpoint_id else "",
+            "checkpoint_ts": _timestamp_ms(checkpoint_id),
+            "checkpoint": orjson.Fragment(data),
+            "metadata": self._dump_metadata(metadata),
+            "has_writes": False,
+        }
+        if "source" in metadata and "step" in metadata:
+            document["source"], document["step"] = metadata["source"], metadata["step"]
+        key = self._make_redis_checkpoint_key_cached(thread_id, checkpoint_ns, checkpoint_id)
+        latest = self._make_redis_checkpoint_latest_key(thread_id, checkpoint_ns)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.execute_command("JSON.SET", key, "$", orjson.dumps(document))
+        pipe.set(latest, key)
+        if self.ttl_config and "default_ttl" in self.ttl_config:
+            ttl_s = int(self.ttl_config["default_ttl"] * 60)
+            pipe.expire(key, ttl_s)
+            pipe.expire(latest, ttl_s)
+        # A cancelled run still stores the checkpoint it was writing, as the stock saver does.
+        await asyncio.shield(pipe.execute())
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+                                 "checkpoint_id": checkpoint_id}}
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                          task_id: str, task_path: str = "") -> None:
+        """The stock documents and pipeline, each encoded once by orjson."""
+        if self.cluster_mode or not writes:
+            return await super().aput_writes(config, writes, task_id, task_path)
+        configurable = config["configurable"]
+        thread_id, checkpoint_id = configurable["thread_id"], configurable["checkpoint_id"]
+        checkpoint_ns = configurable.get("checkpoint_ns", "")
+        pipe = self._redis.pipeline(transaction=False)
+        keys = []
+        for index, (channel, value) in enumerate(writes):
+            type_, blob = self.serde.dumps_typed(value)
+            idx = WRITES_IDX_MAP.get(channel, index)
+            key = self._make_redis_checkpoint_writes_key_cached(
+                thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+            document = {
+                "thread_id": to_storage_safe_id(thread_id),
+                "checkpoint_ns": to_storage_safe_str(checkpoint_ns),
+                "checkpoint_id": to_storage_safe_id(checkpoint_id),
+                "task_id": task_id, "task_path": task_path, "idx": idx, "channel": channel,
+                "type": type_, "blob": self._encode_blob(blob),
+            }
+            pipe.execute_command("JSON.SET", key, "$", orjson.dumps(document))
+            keys.append(key)
+        checkpoint_key = self._make_redis_checkpoint_key(thread_id, checkpoint_ns, checkpoint_id)
+        pipe.execute_command("JSON.MERGE", checkpoint_key, "$", b'{"has_writes":true}')
+        if self._key_registry:
+            registry = self._key_registry.make_write_keys_zset_key(
+                thread_id, checkpoint_ns, checkpoint_id)
+            pipe.zadd(registry, {key: index for index, key in enumerate(keys)})
+            keys.append(registry)
+        if self.ttl_config and "default_ttl" in self.ttl_config:
+            for key in keys:
+                pipe.expire(key, int(self.ttl_config["default_ttl"] * 60))
+        # The checkpoint may not exist yet (LangGraph saves writes and checkpoints
+        # concurrently): its JSON.MERGE may fail, as in the stock saver; the writes stand.
+        for result in await asyncio.shield(pipe.execute(raise_on_error=False)):
+            if isinstance(result, Exception) and "merge" not in str(result).lower() and \
+                    "does not exist" not in str(result).lower():
+                raise result
+
+
+def _timestamp_ms(checkpoint_id: str) -> float:
+    try:
+        return ULID.from_str(checkpoint_id).timestamp
+    except (ValueError, TypeError):  # not a ULID: the stock saver uses the time too
+        return time.time() * 1000
