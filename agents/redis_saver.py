@@ -26,6 +26,7 @@ from langgraph.checkpoint.base import (
     CheckpointMetadata,
 )
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+from langgraph.checkpoint.redis.base import REDIS_KEY_SEPARATOR
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 from ulid import ULID
@@ -78,6 +79,14 @@ class LeanRedisSaver(AsyncRedisSaver):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.serde = MessageCachingSerializer()
+
+    async def alatest_checkpoint_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
+        """The id of a thread's latest checkpoint from its pointer alone: one ``GET``, no
+        document read or deserialisation (the pointer's value is the checkpoint's key,
+        whose last segment is the id)."""
+        key = await self._redis.get(self._make_redis_checkpoint_latest_key(thread_id,
+                                                                             checkpoint_ns))
+        return key.decode().rsplit(REDIS_KEY_SEPARATOR, 1)[-1] if key else None
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions,

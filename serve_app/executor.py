@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from redis.asyncio import Redis
 
+from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from serve_app.event_log import EventWriter
 from serve_app.events import convert, final_answer, graph_modes
@@ -68,7 +68,7 @@ def age_s(iso: str) -> float:
 class RunExecutor:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
                  settings: ApiSettings, replica_id: str,
-                 checkpointer: BaseCheckpointSaver, dispatch: Dispatch | None = None):
+                 checkpointer: LeanRedisSaver, dispatch: Dispatch | None = None):
         self.redis = redis
         self.records = Records(redis)
         self.leases = Leases(redis, settings.lease_ttl_s)
@@ -177,9 +177,7 @@ class RunExecutor:
         return await self.records.update_run(run["run_id"], **fields)
 
     async def _latest_checkpoint(self, run: dict[str, Any]) -> str | None:
-        graph = self.graphs[run["graph_id"]]
-        state = await graph.aget_state({"configurable": {"thread_id": run["thread_id"]}})
-        return state.config["configurable"].get("checkpoint_id") if state.created_at else None
+        return await self.checkpointer.alatest_checkpoint_id(run["thread_id"])
 
     async def _input(self, run: dict[str, Any]) -> Any:
         """First attempt: the run's input. A retry that already made progress continues

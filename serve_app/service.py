@@ -8,13 +8,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 from redis.asyncio import Redis
 
 from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
+from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from serve_app.events import API_MODES, HEARTBEAT, sse_frame
 from serve_app.executor import Dispatch, RunExecutor
@@ -68,7 +68,7 @@ def state_snapshot(snapshot: StateSnapshot) -> dict[str, Any]:
 
 class AgentService:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
-                 settings: ApiSettings, replica_id: str, checkpointer: BaseCheckpointSaver,
+                 settings: ApiSettings, replica_id: str, checkpointer: LeanRedisSaver,
                  dispatch: Dispatch | None = None):
         self.redis = redis
         self.records = Records(redis)

@@ -75,3 +75,14 @@ async def test_lean_writes_are_the_stock_documents_and_the_stock_saver_reads_the
     assert [m.text for m in messages] == ["hello", "answer 1", "and again", "answer 3"]
     state = await chat_graph(stock).aget_state({"configurable": {"thread_id": threads["lean"]}})
     assert state.values["steps"] == 1 and state.values["context"] == {"seen": 3}
+
+
+async def test_latest_checkpoint_id_from_the_pointer_matches_the_stock_read(redis_client):
+    saver = LeanRedisSaver(redis_client=redis_client)
+    await saver.asetup()
+    thread_id = f"lean:{uuid.uuid4().hex[:8]}"  # separators in a thread id are fine
+    assert await saver.alatest_checkpoint_id(thread_id) is None
+    await two_turns(saver, thread_id)
+    latest = await saver.aget_tuple({"configurable": {"thread_id": thread_id}})
+    assert await saver.alatest_checkpoint_id(thread_id) == \
+        latest.config["configurable"]["checkpoint_id"]
