@@ -22,6 +22,9 @@ SPLIT = (
     "`stub_calls_ms`). For approval turns the clock starts at the approving request.")
 
 
+OPTIMISATIONS = Path(__file__).resolve().parent / "optimisations.md"
+
+
 def f(value: Any, digits: int = 0, suffix: str = "") -> str:
     if value is None:
         return "-"
@@ -386,6 +389,8 @@ def render(report: dict[str, Any]) -> str:
         "## Micro-benchmarks of the hot path", micro_section(report),
         "## Where the CPU goes at capacity", profile_section(report),
         "## The path to 10,000 concurrent users", path_section(report),
+        "## Optimisation log (hand-written: `bench/optimisations.md`)", OPTIMISATIONS.read_text()
+        if OPTIMISATIONS.exists() else "-",
     ] + ([report["notes"]] if report.get("notes") else [])) + "\n"
 
 
