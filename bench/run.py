@@ -53,7 +53,7 @@ class Plan:
     mode: str = "standard"
     stub: dict[str, float] = field(default_factory=lambda: {"ttft_ms": 200, "tokens_per_s": 200})
     load: LoadConfig = field(default_factory=LoadConfig)
-    levels: list[int] = field(default_factory=lambda: [50, 100, 200, 300, 400, 800, 1600])
+    levels: list[int] = field(default_factory=lambda: [50, 100, 200, 300, 400, 600, 800, 1600])
     steps: StepPlan = field(default_factory=StepPlan)
     targets: list[str] = field(default_factory=lambda: ["cluster-2", "cluster-1", "floor",
                                                         "langgraph-dev"])

@@ -21,6 +21,8 @@ from bench.loadgen import LoadGenerator, ModelTime, summarise
 from bench.procs import ProcessSampler
 from bench.stub import StubCallLog
 
+STALLED_S = 20.0  # a turn unfinished this long (approval wait included) means overload
+
 
 @dataclass
 class StepPlan:
@@ -55,10 +57,14 @@ class Stairs:
         start, cut = time.perf_counter(), False
         while (left := plan.window_s - (time.perf_counter() - start)) > 0:
             await asyncio.sleep(min(2.0, left))
-            so_far = summarise(gen.records, start, time.perf_counter(), self.model)
+            now = time.perf_counter()
+            so_far = summarise(gen.records, start, now, self.model)
             p95 = so_far["ttft_overhead_ms"]["p95"]
-            if so_far["errors"] or (so_far["turns_ok"] >= 40 and p95 > 2 * plan.budget_ms):
-                cut = True  # it cannot pass any more: save the time
+            stalled = sum(1 for r in gen.records if r.finished is None and
+                          start <= r.started < now - STALLED_S)
+            if so_far["errors"] or (so_far["turns_ok"] >= 40 and p95 > 2 * plan.budget_ms) \
+                    or stalled > max(10, users // 20):
+                cut = True  # it cannot pass any more: save the time (and the backlog)
                 break
         end = time.perf_counter()
         mark1 = await asyncio.to_thread(self.sampler.mark)
