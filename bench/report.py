@@ -358,7 +358,7 @@ def path_section(report: dict[str, Any]) -> str:
         f"per run ({how}). 10,000 users: ~{f(idle + need * per_run if per_run else None, 1)} "
         f"cores at 100%, against {report['machine']['cores']} here (shared with the stub and "
         "the client). Capacity therefore scales with cores given to replicas; the per-run "
-        "cost is what the profile below says to cut.",
+        "cost is what the profile above says to cut.",
     ]
     if kib:
         lines.append(f"- Redis: ~{f(kib)} KiB per thread as run here "
