@@ -28,9 +28,9 @@ class EventWriter:
         self._expiring = False
 
     def append(self, event: str, data: Any) -> None:
-        """Queue one event (serialised now: ``data`` may change after this call)."""
-        if self._failure is not None:
-            raise self._failure
+        """Queue one event (serialised now: ``data`` may change after this call). Raises,
+        once, what storing earlier events raised; later events are tried again."""
+        self._raise_failure()
         self._pending.append((event, dumps(data)))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._write())
@@ -38,8 +38,12 @@ class EventWriter:
     async def flush(self) -> None:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
-        if self._failure is not None:
-            raise self._failure
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     async def _write(self) -> None:
         try:
