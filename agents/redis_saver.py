@@ -31,6 +31,9 @@ from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 from ulid import ULID
 
+Command = tuple[Any, ...]
+MAY_FAIL = "may-fail"  # first word of a command whose failure does not fail the write
+
 
 class MessageCachingSerializer(JsonPlusRedisSerializer):
     """Serialises each message object once: a thread's messages are in every checkpoint,
@@ -99,8 +102,9 @@ class LeanRedisSaver(AsyncRedisSaver):
         body["channel_versions"] = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
         type_, data = self.serde.dumps_typed(body)
         if self.cluster_mode or type_ != "json" or not checkpoint_id:
+            await self._before_stock_write(config)  # the stock path covers the rare cases
             return await super().aput(config, checkpoint, metadata, new_versions, *args,
-                                      **kwargs)  # the stock path covers the rare cases
+                                      **kwargs)
         run_id = configurable.get("run_id", metadata.get("run_id"))
         document = {
             "thread_id": to_storage_safe_id(thread_id),
@@ -118,15 +122,8 @@ class LeanRedisSaver(AsyncRedisSaver):
             document["source"], document["step"] = metadata["source"], metadata["step"]
         key = self._make_redis_checkpoint_key_cached(thread_id, checkpoint_ns, checkpoint_id)
         latest = self._make_redis_checkpoint_latest_key(thread_id, checkpoint_ns)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.execute_command("JSON.SET", key, "$", orjson.dumps(document))
-        pipe.set(latest, key)
-        if self.ttl_config and "default_ttl" in self.ttl_config:
-            ttl_s = int(self.ttl_config["default_ttl"] * 60)
-            pipe.expire(key, ttl_s)
-            pipe.expire(latest, ttl_s)
-        # A cancelled run still stores the checkpoint it was writing, as the stock saver does.
-        await asyncio.shield(pipe.execute())
+        await self._write(config, [("JSON.SET", key, "$", orjson.dumps(document)),
+                                   ("SET", latest, key), *self._expiring(key, latest)])
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
                                  "checkpoint_id": checkpoint_id}}
 
@@ -134,11 +131,12 @@ class LeanRedisSaver(AsyncRedisSaver):
                           task_id: str, task_path: str = "") -> None:
         """The stock documents and pipeline, each encoded once by orjson."""
         if self.cluster_mode or not writes:
+            await self._before_stock_write(config)
             return await super().aput_writes(config, writes, task_id, task_path)
         configurable = config["configurable"]
         thread_id, checkpoint_id = configurable["thread_id"], configurable["checkpoint_id"]
         checkpoint_ns = configurable.get("checkpoint_ns", "")
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[Command] = []
         keys = []
         for index, (channel, value) in enumerate(writes):
             type_, blob = self.serde.dumps_typed(value)
@@ -152,24 +150,38 @@ class LeanRedisSaver(AsyncRedisSaver):
                 "task_id": task_id, "task_path": task_path, "idx": idx, "channel": channel,
                 "type": type_, "blob": self._encode_blob(blob),
             }
-            pipe.execute_command("JSON.SET", key, "$", orjson.dumps(document))
+            commands.append(("JSON.SET", key, "$", orjson.dumps(document)))
             keys.append(key)
         checkpoint_key = self._make_redis_checkpoint_key(thread_id, checkpoint_ns, checkpoint_id)
-        pipe.execute_command("JSON.MERGE", checkpoint_key, "$", b'{"has_writes":true}')
+        commands.append((MAY_FAIL, "JSON.MERGE", checkpoint_key, "$", b'{"has_writes":true}'))
         if self._key_registry:
             registry = self._key_registry.make_write_keys_zset_key(
                 thread_id, checkpoint_ns, checkpoint_id)
-            pipe.zadd(registry, {key: index for index, key in enumerate(keys)})
+            commands.append(("ZADD", registry, *(x for index, key in enumerate(keys)
+                                                 for x in (index, key))))
             keys.append(registry)
-        if self.ttl_config and "default_ttl" in self.ttl_config:
-            for key in keys:
-                pipe.expire(key, int(self.ttl_config["default_ttl"] * 60))
-        # The checkpoint may not exist yet (LangGraph saves writes and checkpoints
-        # concurrently): its JSON.MERGE may fail, as in the stock saver; the writes stand.
-        for result in await asyncio.shield(pipe.execute(raise_on_error=False)):
-            if isinstance(result, Exception) and "merge" not in str(result).lower() and \
-                    "does not exist" not in str(result).lower():
+        await self._write(config, commands + self._expiring(*keys))
+
+    async def _write(self, config: RunnableConfig, commands: list[Command]) -> None:
+        """One pipeline. A cancelled run still stores what it was writing, as the stock saver
+        does. Commands marked ``MAY_FAIL`` may: LangGraph saves a step's writes and its
+        checkpoint concurrently, so the checkpoint that ``JSON.MERGE`` flags may not exist
+        yet (the stock saver lets that pass too)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command[command[0] == MAY_FAIL:])
+        results = await asyncio.shield(pipe.execute(raise_on_error=False))
+        for command, result in zip(commands, results, strict=True):
+            if isinstance(result, Exception) and command[0] != MAY_FAIL:
                 raise result
+
+    async def _before_stock_write(self, config: RunnableConfig) -> None:
+        """Called before a write falls back to the stock saver; a hook for subclasses."""
+
+    def _expiring(self, *keys: str) -> list[Command]:
+        if not (self.ttl_config and "default_ttl" in self.ttl_config):
+            return []
+        return [("EXPIRE", key, int(self.ttl_config["default_ttl"] * 60)) for key in keys]
 
 
 def _timestamp_ms(checkpoint_id: str) -> float:
