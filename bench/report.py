@@ -273,7 +273,26 @@ def redis_section(report: dict[str, Any]) -> str:
             "of a sample of threads' keys per turn. For `langgraph-dev` only the "
             "specialists' checkpoints are in Redis (its own state is in its process).\n\n"
             + table(["target", "threads", "turns/thread", "KiB/thread (used_memory)",
-                     "KiB/turn (sampled keys)", "keys", "used_memory MiB"], rows))
+                     "KiB/turn (sampled keys)", "keys", "used_memory MiB"], rows)
+            + "\n\n" + redis_load_table(report))
+
+
+def redis_load_table(report: dict[str, Any]) -> str:
+    rows = []
+    for name, t in _targets(report).items():
+        r = t.get("redis_load") or {}
+        if not r:
+            continue
+        top = ", ".join(f"{cmd} {f(n, 1)}" for cmd, n in r["top_commands_per_run"].items())
+        rows.append([name, f(r["runs"]), f(r["commands_per_run"]),
+                     f(r["command_ms_per_run"], 2), f(r["cpu_ms_per_run"], 2), top])
+    if not rows:
+        return ""
+    return ("Redis load per run over the whole staircase (`INFO commandstats` and the "
+            "Redis process's CPU, idle and thread creation included; `langgraph-dev` keeps its own "
+            "state in its process, so its figures cover the specialists' checkpoints only):"
+            "\n\n" + table(["target", "runs", "commands/run", "command time ms/run",
+                            "Redis CPU ms/run", "most frequent commands per run"], rows))
 
 
 def micro_section(report: dict[str, Any]) -> str:
@@ -360,6 +379,16 @@ def path_section(report: dict[str, Any]) -> str:
         "the client). Capacity therefore scales with cores given to replicas; the per-run "
         "cost is what the profile above says to cut.",
     ]
+    load = ours.get("redis_load") or {}
+    if load.get("cpu_ms_per_run"):
+        ceiling = 1000 / load["cpu_ms_per_run"]
+        lines.append(f"- Redis CPU: {f(load['cpu_ms_per_run'], 1)} ms per run "
+                     f"({f(load['commands_per_run'])} commands) on its one command thread, "
+                     f"so one Redis saturates near ~{f(ceiling)} runs/s, ~{f(ceiling / per_user)} "
+                     "users at this think time; 10,000 users need "
+                     f"~{f(need * load['cpu_ms_per_run'] / 1000, 2)} of a Redis core "
+                     "(idle CPU included; past one core, threads must be partitioned over "
+                     "several Redis servers, which is not built).")
     if kib:
         lines.append(f"- Redis: ~{f(kib)} KiB per thread as run here "
                      f"({f(redis.get('mean_turns_per_thread'), 1)} turns, "

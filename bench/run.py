@@ -38,6 +38,7 @@ from bench.peer_env import ensure_peer_venv
 from bench.peers import ClusterTarget, FloorTarget, LangGraphDevTarget, Target
 from bench.procs import ProcessSampler
 from bench.profile import record as profile_record
+from bench.redis_load import counters
 from bench.redis_mem import redis_memory, used_memory
 from bench.report import write_markdown
 from bench.staircase import Stairs, StepPlan, capacity, levels_from
@@ -125,6 +126,7 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
             say(f"[{target.name}] idle TTFT overhead {idle:.0f} ms > SLO: judging steps "
                   f"against idle + SLO = {steps.budget_ms:.0f} ms")
         baseline = await used_memory(target.redis_url)
+        redis_before = await counters(target.redis_url)
         mark = await asyncio.to_thread(sampler.mark)
         await asyncio.sleep(plan.idle_s)
         result["idle"] = sampler.window(mark, await asyncio.to_thread(sampler.mark))
@@ -137,6 +139,8 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
                 result["profile"] = await profile_at(gen, best, plan, sampler,
                                                      out_dir / target.name)
             await gen.stop(drain_s=plan.load.approval_delay_s * 2 + 30)
+            runs = sum(len(r.runs) for r in gen.records)  # before the audit reads them back
+            result["redis_load"] = (await counters(target.redis_url)).per_run(redis_before, runs)
             stairs.finalize()
             result["steps"] = stairs.steps
             result["capacity"] = capacity(stairs.steps)
