@@ -99,6 +99,9 @@ class ApiSettings(BaseModel):
         5.0, gt=0, description="a run nobody picked up by then is dispatched again"
     )
     max_attempts: int = Field(3, ge=1, description="executions of a run before it errors")
+    run_timeout_s: float = Field(
+        600.0, gt=0, description="one execution of a run; then it ends with status timeout"
+    )
 
 
 class RoleSettings(BaseModel):

@@ -129,8 +129,18 @@ class RunExecutor:
             lease["token"] = token
             run = await self._started(run)
             graph = self.graphs[run["graph_id"]]
-            async for event, data in self._events(graph, run, run_config(run, token)):
-                events.append(event, data)
+            deadline = asyncio.timeout(self.settings.run_timeout_s)
+            try:
+                async with deadline:
+                    async for event, data in self._events(graph, run, run_config(run, token)):
+                        events.append(event, data)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                status, error = "timeout", {
+                    "error": "RunTimeout",
+                    "message": f"the run took longer than {self.settings.run_timeout_s} s "
+                               "(api.run_timeout_s); the thread keeps its last checkpoint"}
         except asyncio.CancelledError:
             action = self._cancel_actions.pop(run_id, "interrupt")
             if action == HAND_BACK:
