@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 
 import uvicorn
 
@@ -21,19 +20,9 @@ from serve_app.http_api import build_api
 from serve_app.service import AgentService
 
 
-def make_service(runtime: Runtime, system: AgentSystem) -> AgentService:
-    """``AgentService`` over in-process graphs; passes the checkpointer if it takes one."""
-    graphs = {"supervisor": system.supervisor, **system.specialists}
-    extra = {}
-    if "checkpointer" in inspect.signature(AgentService).parameters:
-        extra["checkpointer"] = runtime.checkpointer
-    return AgentService(runtime.redis, graphs, runtime.settings.api, replica_id="floor",
-                        **extra)
-
-
 async def serve(port: int) -> None:
     runtime = await Runtime.create(Settings())
-    service = make_service(runtime, AgentSystem(runtime))
+    service = AgentService.in_process(AgentSystem(runtime), replica_id="floor")
     service.executor.start()  # needs the running loop
     config = uvicorn.Config(build_api(service), host="127.0.0.1", port=port,
                             log_level="warning", access_log=False)

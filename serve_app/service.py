@@ -16,6 +16,7 @@ from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
+from agents.system import AgentSystem
 from serve_app.events import API_MODES, HEARTBEAT, sse_frame
 from serve_app.executor import Dispatch, RunExecutor
 from serve_app.jsonable import to_jsonable
@@ -76,6 +77,14 @@ class AgentService:
         self.settings = settings
         self.replica_id = replica_id
         self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, dispatch)
+
+    @classmethod
+    def in_process(cls, system: AgentSystem, replica_id: str) -> AgentService:
+        """The service over one process's graphs, specialists in-process, no Ray: the
+        benchmark's floor and the executor's tests."""
+        runtime = system.runtime
+        graphs = {"supervisor": system.supervisor, **system.specialists}
+        return cls(runtime.redis, graphs, runtime.settings.api, replica_id, runtime.checkpointer)
 
     # assistants
     def assistants(self) -> list[dict[str, Any]]:

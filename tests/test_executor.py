@@ -18,10 +18,7 @@ async def service(settings: Settings):
     short = settings.model_copy(update={"api": settings.api.model_copy(
         update={"run_timeout_s": 1.0})})
     async with await AgentSystem.create(short) as system:
-        runtime = system.runtime
-        graphs = {"supervisor": system.supervisor, **system.specialists}
-        built = AgentService(runtime.redis, graphs, short.api, "test-replica",
-                             runtime.checkpointer)
+        built = AgentService.in_process(system, replica_id="test-replica")
         built.executor.start()
         yield built
         await built.executor.aclose()
