@@ -219,9 +219,17 @@ class RunExecutor:
         run_id, thread_id = run["run_id"], run["thread_id"]
         if token and not await self.leases.holds(thread_id, token):
             return None  # another attempt owns the run now
-        graph = self.graphs[run["graph_id"]]
-        state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-        interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
+        interrupts, answer = [], ""
+        if not error:
+            graph = self.graphs[run["graph_id"]]
+            try:
+                state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+            except Exception as exc:  # the run ended, but its thread cannot be read back
+                log.exception("run %s: reading its final state failed", run_id)
+                status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
+            else:
+                interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
+                answer = final_answer(state.values)
         api_modes = run["kwargs"].get("stream_mode") or []
         if error:
             events.append("error", error)
@@ -229,7 +237,7 @@ class RunExecutor:
             if interrupts:
                 events.append("approval", to_jsonable(interrupts[0]))
             else:
-                events.append("answer", {"text": final_answer(state.values)})
+                events.append("answer", {"text": answer})
         if token:
             thread_status = "error" if error else "interrupted" if interrupts else "idle"
             await self.records.update_thread(thread_id, status=thread_status, error=error)

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from langchain_core.messages import convert_to_messages
+from langgraph.errors import InvalidUpdateError
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 from redis.asyncio import Redis
@@ -34,6 +36,23 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+def check_messages(values: Any, field: str) -> None:
+    """Refuse (422) messages the state's reducer cannot read, before they reach a thread:
+    stored there, they would fail every later read of its state."""
+    if not isinstance(values, dict) or "messages" not in values:
+        return
+    messages = values["messages"]
+    try:
+        convert_to_messages(messages if isinstance(messages, list) else [messages])
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise ApiError(422, f"{field}.messages: {first_line(exc)}") from exc
+
+
+def first_line(exc: Exception) -> str:
+    """The reason without the troubleshooting link LangChain appends."""
+    return str(exc).strip().split("\n")[0]
 
 
 def assistant_id(graph_id: str) -> str:
@@ -141,9 +160,13 @@ class AgentService:
         thread = await self.require_thread(thread_id)
         if await self.inflight_runs(thread_id):
             raise ApiError(409, f"thread {thread_id!r} has a run in progress")
-        config = await self.thread_graph(thread).aupdate_state(
-            {"configurable": {"thread_id": thread_id}}, values, as_node=as_node
-        )
+        check_messages(values, "values")
+        try:
+            config = await self.thread_graph(thread).aupdate_state(
+                {"configurable": {"thread_id": thread_id}}, values, as_node=as_node
+            )
+        except InvalidUpdateError as exc:
+            raise ApiError(422, first_line(exc)) from exc
         return {"checkpoint": config["configurable"]}
 
     async def history(self, thread_id: str, limit: int, before: Any,
@@ -174,6 +197,9 @@ class AgentService:
         if unsupported:
             raise ApiError(422, f"unsupported stream_mode {unsupported}; "
                                 f"supported: {sorted(API_MODES)}")
+        check_messages(body.input, "input")
+        if body.command is not None:
+            check_messages(body.command.update, "command.update")
         thread = await self._run_thread(thread_id, graph_id, body.if_not_exists)
         thread_id = thread["thread_id"]
         resume = body.command is not None and body.command.resume is not None

@@ -1,4 +1,5 @@
-"""The run executor in one process (no Ray): what it does when a run outlives its deadline."""
+"""The API's service in one process (no Ray): a run past its deadline, and input refused
+before it can reach a thread."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from agents.settings import Settings
 from agents.system import AgentSystem
 from serve_app.schemas import RunCreate
-from serve_app.service import AgentService
+from serve_app.service import AgentService, ApiError
 
 
 @pytest.fixture
@@ -47,3 +48,28 @@ async def test_a_run_past_its_deadline_ends_timeout_and_the_thread_goes_on(servi
     finished = await asyncio.wait_for(service.wait_for_end(again["run_id"]), 30)
     assert finished["status"] == "success"
     assert (await service.records.get_thread(thread["thread_id"]))["status"] == "idle"
+
+
+@pytest.mark.parametrize("messages", [[{"foo": 1}], [{"role": "wizard", "content": "hi"}], [42]])
+async def test_unreadable_input_messages_are_refused_and_the_thread_stays_clean(service, messages):
+    thread, _ = await service.records.create_thread(None, {})
+    body = RunCreate.model_validate({"assistant_id": "supervisor",
+                                     "input": {"messages": messages}})
+    with pytest.raises(ApiError) as refused:
+        await service.create_run(thread["thread_id"], body)
+    assert refused.value.status == 422 and "input.messages" in refused.value.detail
+
+    assert await service.executor.leases.queued(thread["thread_id"]) == []
+    assert (await service.get_state(thread["thread_id"]))["values"] == {}
+    ok = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+    assert (await asyncio.wait_for(service.wait_for_end(ok["run_id"]), 30))["status"] == "success"
+
+
+async def test_state_updates_the_graph_cannot_apply_are_422(service):
+    thread, _ = await service.records.create_thread(None, {})
+    with pytest.raises(ApiError) as unknown_node:
+        await service.update_state(thread["thread_id"], {"steps": 1}, as_node="nonexistent")
+    assert unknown_node.value.status == 422 and "nonexistent" in unknown_node.value.detail
+    with pytest.raises(ApiError) as bad_messages:
+        await service.update_state(thread["thread_id"], {"messages": [{"foo": 1}]}, None)
+    assert bad_messages.value.status == 422 and "values.messages" in bad_messages.value.detail
