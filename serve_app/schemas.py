@@ -50,13 +50,22 @@ class CommandBody(Body):
     goto: Any = None
 
 
+class RunConfig(BaseModel):
+    """LangChain's RunnableConfig as a run body carries it; other keys pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    configurable: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    recursion_limit: int | None = Field(None, ge=1)
+
+
 class RunCreate(Body):
     assistant_id: str
     input: dict[str, Any] | None = None
     command: CommandBody | None = None
     stream_mode: str | list[str] = "values"
     stream_subgraphs: bool = False
-    config: dict[str, Any] | None = None
+    config: RunConfig | None = None
     metadata: dict[str, Any] | None = None
     checkpoint_id: str | None = None
     multitask_strategy: MultitaskStrategy = "enqueue"

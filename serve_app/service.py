@@ -50,6 +50,17 @@ def check_messages(values: Any, field: str) -> None:
         raise ApiError(422, f"{field}.messages: {first_line(exc)}") from exc
 
 
+def check_goto(goto: Any, graph: CompiledStateGraph) -> None:
+    """``command.goto`` must name nodes of the run's graph (LangGraph would skip others)."""
+    targets = goto if isinstance(goto, list) else [goto]
+    names = [t.get("node") if isinstance(t, dict) else t for t in targets]
+    nodes = set(graph.nodes) - {"__start__"}
+    unknown = [name for name in names if name not in nodes]
+    if unknown:
+        raise ApiError(422, f"command.goto names no node of this graph: {unknown}; "
+                            f"nodes: {sorted(nodes)}")
+
+
 def first_line(exc: Exception) -> str:
     """The reason without the troubleshooting link LangChain appends."""
     return str(exc).strip().split("\n")[0]
@@ -200,6 +211,8 @@ class AgentService:
         check_messages(body.input, "input")
         if body.command is not None:
             check_messages(body.command.update, "command.update")
+            if body.command.goto is not None:
+                check_goto(body.command.goto, self.graphs[graph_id])
         thread = await self._run_thread(thread_id, graph_id, body.if_not_exists)
         thread_id = thread["thread_id"]
         resume = body.command is not None and body.command.resume is not None
@@ -209,7 +222,8 @@ class AgentService:
         kwargs = {
             "input": body.input,
             "command": body.command.model_dump(exclude_none=True) if body.command else None,
-            "stream_mode": modes, "config": body.config or {},
+            "stream_mode": modes,
+            "config": body.config.model_dump(exclude_none=True) if body.config else {},
             "checkpoint_id": body.checkpoint_id, "stream_subgraphs": body.stream_subgraphs,
         }
         if body.multitask_strategy == "rollback":

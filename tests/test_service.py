@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
 from agents.settings import Settings
 from agents.system import AgentSystem
@@ -73,3 +74,28 @@ async def test_state_updates_the_graph_cannot_apply_are_422(service):
     with pytest.raises(ApiError) as bad_messages:
         await service.update_state(thread["thread_id"], {"messages": [{"foo": 1}]}, None)
     assert bad_messages.value.status == 422 and "values.messages" in bad_messages.value.detail
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"command": {"goto": "nowhere"}}, "command.goto"),
+    ({"command": {"update": {"messages": [{"foo": 1}]}}}, "command.update.messages"),
+    ({"input": {"messages": []}, "config": {"configurable": "x"}}, "configurable"),
+])
+async def test_run_bodies_the_graph_cannot_run_are_refused(service, body, field):
+    thread, _ = await service.records.create_thread(None, {})
+    with pytest.raises((ApiError, ValidationError)) as refused:
+        await service.create_run(thread["thread_id"],
+                                 RunCreate.model_validate({"assistant_id": "supervisor", **body}))
+    assert field in str(refused.value)
+    assert await service.executor.leases.queued(thread["thread_id"]) == []
+
+
+async def test_a_goto_naming_a_node_runs_from_that_node(service):
+    thread, _ = await service.records.create_thread(None, {})
+    body = RunCreate.model_validate({"assistant_id": "supervisor", "command": {
+        "goto": "supervisor",
+        "update": {"messages": [{"role": "user", "content": "What is Redis persistence?"}]}}})
+    run = await service.create_run(thread["thread_id"], body)
+    assert (await asyncio.wait_for(service.wait_for_end(run["run_id"]), 30))["status"] == "success"
+    state = await service.get_state(thread["thread_id"])
+    assert state["values"]["messages"][-1]["type"] == "ai"

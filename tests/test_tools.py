@@ -50,7 +50,7 @@ def alive(pid: int) -> bool:
     """Running (a zombie counts as dead: it only waits to be reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped while being read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

@@ -72,6 +72,11 @@ def _limit_child(memory_bytes: int, cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
@@ -109,6 +114,7 @@ async def run_sandboxed(code: str, limits: SandboxSettings, cwd: Path | None = N
         except BaseException:  # cancelled: never leave the group running
             _kill_group(proc.pid)
             readers.cancel()
+            readers.add_done_callback(_retrieve)  # so asyncio does not log its CancelledError
             raise
         _kill_group(proc.pid)  # also whatever the snippet left running in the background
         await proc.wait()
