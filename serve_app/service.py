@@ -111,7 +111,7 @@ class AgentService:
     @classmethod
     def in_process(cls, system: AgentSystem, replica_id: str) -> AgentService:
         """The service over one process's graphs, specialists in-process, no Ray: the
-        benchmark's floor and the executor's tests."""
+        benchmark's floor and the service's tests."""
         runtime = system.runtime
         graphs = {"supervisor": system.supervisor, **system.specialists}
         return cls(runtime.redis, graphs, runtime.settings.api, replica_id, runtime.checkpointer)
