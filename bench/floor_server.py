@@ -29,7 +29,7 @@ async def serve(port: int) -> None:
     try:
         await uvicorn.Server(config).serve()
     finally:
-        await service.executor.aclose()
+        await service.aclose()
         await runtime.aclose()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from agents.errors import InvalidDecisionError
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from agents.system import AgentSystem
+from serve_app.event_feed import EventFeed
 from serve_app.events import API_MODES, HEARTBEAT, sse_frame
 from serve_app.executor import Dispatch, RunExecutor
 from serve_app.jsonable import to_jsonable
@@ -107,6 +109,12 @@ class AgentService:
         self.settings = settings
         self.replica_id = replica_id
         self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, dispatch)
+        self.feed = EventFeed(redis)
+
+    async def aclose(self) -> None:
+        """Stop the executor's background work and the event feed (not the runs)."""
+        await self.executor.aclose()
+        await self.feed.aclose()
 
     @classmethod
     def in_process(cls, system: AgentSystem, replica_id: str) -> AgentService:
@@ -285,26 +293,25 @@ class AgentService:
     async def stream_events(self, run_id: str, last_id: str = "0") -> AsyncIterator[bytes]:
         """SSE frames of a run from its Redis Stream, after ``last_id``, until it ends."""
         key = events_key(run_id)
-        block_ms = int(self.settings.heartbeat_s * 1000)
-        while True:
-            batch = await self.redis.xread({key: last_id}, block=block_ms, count=200)
-            if not batch:
-                run = await self.records.get_run(run_id)
-                if run is None or (run["status"] in TERMINAL and
-                                   not await self.redis.exists(key)):
+        batches = self.feed.follow(key, last_id, self.settings.heartbeat_s)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                if batch is None:
+                    run = await self.records.get_run(run_id)
+                    if run is None or (run["status"] in TERMINAL and
+                                       not await self.redis.exists(key)):
+                        return
+                    yield HEARTBEAT
+                    continue
+                frames, ended = [], False
+                for event_id, fields in batch:
+                    frames.append(sse_frame(fields[b"event"], fields[b"data"], event_id))
+                    if fields[b"event"] in (b"end", b"error"):
+                        ended = True
+                        break
+                yield b"".join(frames)  # one chunk per batch: fewer messages to the proxy
+                if ended:
                     return
-                yield HEARTBEAT
-                continue
-            frames, ended = [], False
-            for event_id, fields in batch[0][1]:
-                frames.append(sse_frame(fields[b"event"], fields[b"data"], event_id))
-                if fields[b"event"] in (b"end", b"error"):
-                    ended = True
-                    break
-            last_id = event_id.decode()
-            yield b"".join(frames)  # one chunk per read: fewer messages to the proxy
-            if ended:
-                return
 
     async def wait_for_end(self, run_id: str) -> dict[str, Any]:
         """Block until the run is terminal (whichever replica runs it)."""

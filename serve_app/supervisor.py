@@ -75,4 +75,4 @@ class SupervisorDeployment:
     async def __del__(self) -> None:
         """Graceful shutdown: hand unfinished runs back to the other replicas."""
         await self.service.executor.hand_back_all()
-        await self.service.executor.aclose()
+        await self.service.aclose()

@@ -23,7 +23,7 @@ async def service(settings: Settings):
         built = AgentService.in_process(system, replica_id="test-replica")
         built.executor.start()
         yield built
-        await built.executor.aclose()
+        await built.aclose()
 
 
 def user(text: str) -> RunCreate:
