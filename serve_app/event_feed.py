@@ -49,7 +49,9 @@ class _Reader:
 class EventFeed:
     def __init__(self, redis: Redis, block_ms: int = 2000, count: int = 200):
         self.redis = redis
-        self.block_ms = block_ms
+        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        # An idle read must end well before the socket would time out on it.
+        self.block_ms = min(block_ms, int(socket_timeout * 500)) if socket_timeout else block_ms
         self.count = count
         self.wake_key = f"{PREFIX}feed:{uuid.uuid4().hex}:wake"
         self._wake_seen: StreamId = (0, 0)
