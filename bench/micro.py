@@ -89,7 +89,7 @@ async def sse_event(settings: Settings, events: int) -> dict[str, Any]:
     for index in range(events):
         chunk = {"type": "token", "role": "researcher", "text": f"word{index} ",
                  "message_id": "lc_run--01a21240-029b-701f-b5f9-cb4db70e3a4d"}
-        for event, data in convert("custom", chunk, modes, set()):
+        for event, data in convert("custom", chunk, modes, {}):
             writer.append(event, data)
             written += 1
         await asyncio.sleep(0)  # the graph yields between chunks; the writer runs then

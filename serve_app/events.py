@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessageChunk,
+    message_chunk_to_message,
+)
 
 from serve_app.jsonable import to_jsonable
 
@@ -35,15 +40,17 @@ def graph_modes(api_modes: Iterable[str]) -> list[str]:
     return sorted(modes)
 
 
-def convert(mode: str, chunk: Any, api_modes: frozenset[str], seen: set[str]) -> list[Event]:
-    """Events for one ``(mode, chunk)`` of ``graph.astream``; ``seen`` tracks message ids."""
+def convert(mode: str, chunk: Any, api_modes: frozenset[str],
+            partials: dict[str, Any]) -> list[Event]:
+    """Events for one ``(mode, chunk)`` of ``graph.astream``; ``partials`` holds the run's
+    messages streamed so far (``messages`` mode)."""
     events: list[Event] = []
     if mode == "messages":
         message, metadata = chunk
         if "messages-tuple" in api_modes:
             events.append(("messages", [to_jsonable(message), to_jsonable(metadata)]))
         if "messages" in api_modes:
-            events += _legacy_messages(message, metadata, seen)
+            events += _legacy_messages(message, metadata, partials)
         if "chat" in api_modes and isinstance(message, AIMessageChunk) and message.text:
             events.append(("token", {"role": "supervisor", "text": message.text}))
     elif mode == "custom":
@@ -74,12 +81,21 @@ def _custom(chunk: Any, api_modes: frozenset[str]) -> list[Event]:
     return events
 
 
-def _legacy_messages(message: Any, metadata: dict, seen: set[str]) -> list[Event]:
+def _legacy_messages(message: Any, metadata: dict,
+                     partials: dict[str, BaseMessageChunk | None]) -> list[Event]:
+    """``messages`` mode as LangGraph Platform sends it: while a message streams, the message
+    so far (``messages/partial``); a message that arrives whole, ``messages/complete``."""
     events: list[Event] = []
-    if message.id not in seen:
-        seen.add(message.id)
+    if message.id not in partials:
+        partials[message.id] = None
         events.append(("messages/metadata", {message.id: {"metadata": to_jsonable(metadata)}}))
-    events.append(("messages/partial", [to_jsonable(message)]))
+    if isinstance(message, BaseMessageChunk):
+        so_far = partials[message.id]
+        so_far = message if so_far is None else so_far + message
+        partials[message.id] = so_far
+        events.append(("messages/partial", [to_jsonable(message_chunk_to_message(so_far))]))
+    else:
+        events.append(("messages/complete", [to_jsonable(message)]))
     return events
 
 

@@ -206,11 +206,11 @@ class RunExecutor:
             async for event in graph.astream_events(graph_in, config, version="v2"):
                 yield "events", to_jsonable(event)
             return
-        seen: set[str] = set()
+        partials: dict[str, Any] = {}
         async for _ns, mode, chunk in graph.astream(
             graph_in, config, stream_mode=graph_modes(api_modes), subgraphs=True,
         ):
-            for event in convert(mode, chunk, api_modes, seen):
+            for event in convert(mode, chunk, api_modes, partials):
                 yield event
 
     async def _finish(self, run: dict[str, Any], status: str, error: dict | None,

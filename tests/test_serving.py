@@ -62,6 +62,29 @@ async def test_stream_parallel_delegation_then_second_turn_remembers(client, stu
     assert (await client.threads.get(tid))["status"] == "idle"
 
 
+
+async def test_messages_mode_sends_each_message_so_far_then_whole_ones_complete(client):
+    thread = await client.threads.create()
+    parts = [(p.event, p.data) async for p in client.runs.stream(
+        thread["thread_id"], "supervisor", input=user("What is Redis persistence?"),
+        stream_mode="messages")]
+    described: set[str] = set()
+    so_far: dict[str, str] = {}
+    for event, data in parts:
+        if event == "messages/metadata":
+            described |= set(data)
+        elif event in ("messages/partial", "messages/complete"):
+            message = data[0]
+            assert message["id"] in described  # metadata comes first
+            assert message["type"] == "ai"
+            assert message["content"].startswith(so_far.get(message["id"], ""))  # it grows
+            so_far[message["id"]] = message["content"]
+    completes = [data[0] for event, data in parts if event == "messages/complete"]
+    assert [m["name"] for m in completes] == ["researcher"]  # the worker's result, whole
+    state = await client.threads.get_state(thread["thread_id"])
+    answer = state["values"]["messages"][-1]
+    assert so_far[answer["id"]] == answer["content"] != ""  # the last partial is the answer
+
 @pytest.mark.parametrize(("decision", "expected"), [
     ({"action": "approve", "by": "sdk"}, "Refund issued: $500 to order 42"),
     ({"action": "reject", "by": "sdk", "reason": "no"}, "Rejected by sdk: no"),
