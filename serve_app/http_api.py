@@ -82,7 +82,7 @@ def build_api(service: AgentService) -> FastAPI:
 
     @api.post("/threads/search")
     async def search_threads(body: ThreadSearch) -> list[dict]:
-        return await service.records.search_threads(body.limit, body.offset, body.metadata)
+        return await service.search_threads(body)
 
     @api.get("/threads/{thread_id}")
     async def get_thread(thread_id: str) -> dict:

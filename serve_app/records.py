@@ -68,9 +68,9 @@ class Records:
     async def update_thread(self, thread_id: str, **fields: Any) -> dict[str, Any] | None:
         return await self._update(thread_key(thread_id), fields)
 
-    async def search_threads(self, limit: int, offset: int,
-                             metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """Newest first; a metadata filter reads pages until it has enough matches."""
+    async def search_threads(self, limit: int, offset: int, metadata: dict[str, Any] | None,
+                             status: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; a filter reads pages (one ``MGET`` each) until it has enough."""
         wanted = (metadata or {}).items()
         found: list[dict[str, Any]] = []
         start, page = 0, max(100, limit + offset)
@@ -78,9 +78,11 @@ class Records:
             ids = await self.redis.zrevrange(ALL_THREADS, start, start + page - 1)
             if not ids:
                 break
-            for record in [await self.get_thread(tid.decode()) for tid in ids]:
+            for raw in await self.redis.mget([thread_key(tid.decode()) for tid in ids]):
+                record = json.loads(raw) if raw else None
                 meta = (record or {}).get("metadata", {})
-                if record and all(meta.get(k) == v for k, v in wanted):
+                if record and all(meta.get(k) == v for k, v in wanted) and \
+                        status in (None, record["status"]):
                     found.append(record)
             start += page
         return found[offset:offset + limit]

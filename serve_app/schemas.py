@@ -28,6 +28,7 @@ class ThreadCreate(Body):
 
 class ThreadSearch(Body):
     metadata: dict[str, Any] | None = None
+    status: Literal["idle", "busy", "interrupted", "error"] | None = None
     limit: int = Field(10, ge=1, le=1000)
     offset: int = Field(0, ge=0)
 

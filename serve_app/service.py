@@ -76,7 +76,8 @@ def state_snapshot(snapshot: StateSnapshot) -> dict[str, Any]:
     """LangGraph Platform's ThreadState; an empty thread has no checkpoint."""
     if not snapshot.values and snapshot.created_at is None:
         return {"values": {}, "next": [], "tasks": [], "metadata": {}, "created_at": None,
-                "checkpoint": None, "parent_checkpoint": None, "interrupts": []}
+                "checkpoint": None, "parent_checkpoint": None, "checkpoint_id": None,
+                "parent_checkpoint_id": None, "interrupts": []}
 
     def checkpoint(config: dict | None) -> dict | None:
         if not config:
@@ -85,16 +86,20 @@ def state_snapshot(snapshot: StateSnapshot) -> dict[str, Any]:
         return {"thread_id": c.get("thread_id"), "checkpoint_ns": c.get("checkpoint_ns", ""),
                 "checkpoint_id": c.get("checkpoint_id")}
 
+    current, parent = checkpoint(snapshot.config), checkpoint(snapshot.parent_config)
     return {
         "values": to_jsonable(snapshot.values),
         "next": list(snapshot.next),
-        "tasks": [{"id": t.id, "name": t.name, "error": t.error, "state": None,
+        "tasks": [{"id": t.id, "name": t.name, "path": to_jsonable(list(t.path)),
+                   "error": t.error, "state": None, "checkpoint": None,
                    "interrupts": to_jsonable(list(t.interrupts)),
                    "result": to_jsonable(t.result)} for t in snapshot.tasks],
         "metadata": to_jsonable(snapshot.metadata or {}),
         "created_at": snapshot.created_at,
-        "checkpoint": checkpoint(snapshot.config),
-        "parent_checkpoint": checkpoint(snapshot.parent_config),
+        "checkpoint": current,
+        "parent_checkpoint": parent,
+        "checkpoint_id": current and current["checkpoint_id"],  # the older flat fields
+        "parent_checkpoint_id": parent and parent["checkpoint_id"],
         "interrupts": to_jsonable(list(snapshot.interrupts)),
     }
 
@@ -172,6 +177,11 @@ class AgentService:
         return {**thread, "values": to_jsonable(snapshot.values), "interrupts": interrupts,
                 "error": thread.get("error")}
 
+    async def search_threads(self, body: Any) -> list[dict[str, Any]]:
+        found = await self.records.search_threads(body.limit, body.offset, body.metadata,
+                                                  body.status)
+        return list(await asyncio.gather(*(self.thread_view(t) for t in found)))
+
     async def get_state(self, thread_id: str) -> dict[str, Any]:
         return state_snapshot(await self.snapshot(await self.require_thread(thread_id)))
 
@@ -186,7 +196,9 @@ class AgentService:
             )
         except InvalidUpdateError as exc:
             raise ApiError(422, first_line(exc)) from exc
-        return {"checkpoint": config["configurable"]}
+        checkpoint = config["configurable"]
+        return {"checkpoint": checkpoint, "configurable": checkpoint,
+                "checkpoint_id": checkpoint.get("checkpoint_id")}
 
     async def history(self, thread_id: str, limit: int, before: Any,
                       metadata: dict | None) -> list[dict[str, Any]]:

@@ -4,13 +4,14 @@ before it can reach a thread."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from pydantic import ValidationError
 
 from agents.settings import Settings
 from agents.system import AgentSystem
-from serve_app.schemas import RunCreate
+from serve_app.schemas import RunCreate, ThreadSearch
 from serve_app.service import AgentService, ApiError
 
 
@@ -99,3 +100,29 @@ async def test_a_goto_naming_a_node_runs_from_that_node(service):
     assert (await asyncio.wait_for(service.wait_for_end(run["run_id"]), 30))["status"] == "success"
     state = await service.get_state(thread["thread_id"])
     assert state["values"]["messages"][-1]["type"] == "ai"
+
+
+async def test_thread_search_filters_by_status_and_shows_values(service):
+    tag = uuid.uuid4().hex
+    idle, _ = await service.records.create_thread(None, {"tag": tag})
+    waiting, _ = await service.records.create_thread(None, {"tag": tag})
+    run = await service.create_run(waiting["thread_id"], user("Refund $5 to order 42"))
+    assert (await service.wait_for_end(run["run_id"]))["status"] == "success"
+
+    found = await service.search_threads(ThreadSearch(metadata={"tag": tag}, status="interrupted"))
+    assert [t["thread_id"] for t in found] == [waiting["thread_id"]]
+    assert found[0]["values"]["messages"][0]["content"] == "Refund $5 to order 42"
+    assert [i["value"]["tool"] for i in next(iter(found[0]["interrupts"].values()))] == \
+        ["issue_refund"]
+    both = await service.search_threads(ThreadSearch(metadata={"tag": tag}))
+    assert [t["thread_id"] for t in both] == [waiting["thread_id"], idle["thread_id"]]
+
+
+async def test_state_carries_flat_checkpoint_ids_too(service):
+    thread, _ = await service.records.create_thread(None, {})
+    empty = await service.get_state(thread["thread_id"])
+    assert empty["checkpoint"] is None and empty["checkpoint_id"] is None
+    updated = await service.update_state(thread["thread_id"], {"steps": 3}, None)
+    assert updated["checkpoint_id"] == updated["checkpoint"]["checkpoint_id"] is not None
+    state = await service.get_state(thread["thread_id"])
+    assert state["checkpoint_id"] == updated["checkpoint_id"] and state["values"]["steps"] == 3
