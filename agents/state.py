@@ -7,10 +7,11 @@ original), ``steps`` last write wins, ``context`` dicts merge.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict  # pydantic builds JSON schemas only from this one
 
 
 def merge_context(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:

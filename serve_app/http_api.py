@@ -17,8 +17,10 @@ from serve_app.schemas import (
     ChatRequest,
     HistoryQuery,
     RunCreate,
+    StateAt,
     StateUpdate,
     ThreadCreate,
+    ThreadPatch,
     ThreadSearch,
 )
 from serve_app.service import DEFAULT_GRAPH, AgentService, ApiError
@@ -72,6 +74,14 @@ def build_api(service: AgentService) -> FastAPI:
     async def get_assistant(assistant_id: str) -> dict:
         return service.get_assistant(assistant_id)
 
+    @api.get("/assistants/{assistant_id}/graph")
+    async def get_graph(assistant_id: str, xray: bool | int = False) -> dict:
+        return service.graph_drawing(assistant_id, xray)
+
+    @api.get("/assistants/{assistant_id}/schemas")
+    async def get_schemas(assistant_id: str) -> dict:
+        return service.schemas(assistant_id)
+
     # threads
     @api.post("/threads")
     async def create_thread(body: ThreadCreate) -> dict:
@@ -88,6 +98,10 @@ def build_api(service: AgentService) -> FastAPI:
     async def get_thread(thread_id: str) -> dict:
         return await service.thread_view(await service.require_thread(thread_id))
 
+    @api.patch("/threads/{thread_id}")
+    async def patch_thread(thread_id: str, body: ThreadPatch) -> dict:
+        return await service.update_thread(thread_id, body.metadata)
+
     @api.delete("/threads/{thread_id}", status_code=204)
     async def delete_thread(thread_id: str) -> None:
         await service.require_thread(thread_id)
@@ -97,9 +111,17 @@ def build_api(service: AgentService) -> FastAPI:
     async def get_state(thread_id: str) -> dict:
         return await service.get_state(thread_id)
 
+    @api.get("/threads/{thread_id}/state/{checkpoint_id}")
+    async def get_state_at(thread_id: str, checkpoint_id: str) -> dict:
+        return await service.get_state(thread_id, checkpoint_id)
+
+    @api.post("/threads/{thread_id}/state/checkpoint")
+    async def post_state_at(thread_id: str, body: StateAt) -> dict:
+        return await service.get_state(thread_id, body.checkpoint.checkpoint_id)
+
     @api.post("/threads/{thread_id}/state")
     async def update_state(thread_id: str, body: StateUpdate) -> dict:
-        return await service.update_state(thread_id, body.values, body.as_node)
+        return await service.update_state(thread_id, body.values, body.as_node, body.target)
 
     @api.post("/threads/{thread_id}/history")
     async def history(thread_id: str, body: HistoryQuery) -> list[dict]:
@@ -144,6 +166,10 @@ def build_api(service: AgentService) -> FastAPI:
     @api.get("/threads/{thread_id}/runs/{run_id}")
     async def get_run(thread_id: str, run_id: str) -> dict:
         return await service.get_run(thread_id, run_id)
+
+    @api.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
+    async def delete_run(thread_id: str, run_id: str) -> None:
+        await service.delete_run(thread_id, run_id)
 
     @api.get("/threads/{thread_id}/runs/{run_id}/join")
     async def join_run(thread_id: str, run_id: str) -> dict:

@@ -33,10 +33,29 @@ class ThreadSearch(Body):
     offset: int = Field(0, ge=0)
 
 
+class CheckpointRef(Body):
+    checkpoint_id: str = Field(min_length=1)
+    checkpoint_ns: str = ""
+
+
 class StateUpdate(Body):
     values: dict[str, Any] | list[Any] | None = None
     as_node: str | None = None
-    checkpoint_id: str | None = None
+    checkpoint: CheckpointRef | None = None
+    checkpoint_id: str | None = Field(None, description="the older flat form of checkpoint")
+
+    @property
+    def target(self) -> str | None:
+        return self.checkpoint.checkpoint_id if self.checkpoint else self.checkpoint_id
+
+
+class StateAt(Body):
+    checkpoint: CheckpointRef
+    subgraphs: bool = False
+
+
+class ThreadPatch(Body):
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class HistoryQuery(Body):

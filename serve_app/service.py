@@ -164,9 +164,17 @@ class AgentService:
     def thread_graph(self, thread: dict[str, Any]) -> CompiledStateGraph:
         return self.graphs[thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)]
 
-    async def snapshot(self, thread: dict[str, Any]) -> StateSnapshot:
-        graph = self.thread_graph(thread)
-        return await graph.aget_state({"configurable": {"thread_id": thread["thread_id"]}})
+    async def snapshot(self, thread: dict[str, Any],
+                       checkpoint_id: str | None = None) -> StateSnapshot:
+        """The thread's state, latest or at ``checkpoint_id`` (404 if it has no such one)."""
+        configurable = {"thread_id": thread["thread_id"]}
+        if checkpoint_id:
+            configurable["checkpoint_id"] = checkpoint_id
+        snapshot = await self.thread_graph(thread).aget_state({"configurable": configurable})
+        if checkpoint_id and snapshot.created_at is None:
+            raise ApiError(404, f"checkpoint {checkpoint_id!r} not found in thread "
+                                f"{thread['thread_id']!r}")
+        return snapshot
 
     async def thread_view(self, thread: dict[str, Any]) -> dict[str, Any]:
         snapshot = await self.snapshot(thread)
@@ -182,17 +190,33 @@ class AgentService:
                                                   body.status)
         return list(await asyncio.gather(*(self.thread_view(t) for t in found)))
 
-    async def get_state(self, thread_id: str) -> dict[str, Any]:
-        return state_snapshot(await self.snapshot(await self.require_thread(thread_id)))
+    async def update_thread(self, thread_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``metadata`` into the thread's."""
+        thread = await self.require_thread(thread_id)
+        thread = await self.records.update_thread(
+            thread_id, metadata={**thread["metadata"], **metadata})
+        return await self.thread_view(thread)
 
-    async def update_state(self, thread_id: str, values: Any, as_node: str | None) -> dict:
+    async def get_state(self, thread_id: str, checkpoint_id: str | None = None
+                        ) -> dict[str, Any]:
+        thread = await self.require_thread(thread_id)
+        return state_snapshot(await self.snapshot(thread, checkpoint_id))
+
+    async def update_state(self, thread_id: str, values: Any, as_node: str | None,
+                           checkpoint_id: str | None = None) -> dict:
+        """A new checkpoint with ``values`` applied, after the latest or after
+        ``checkpoint_id`` (a fork: the thread then goes on from the new one)."""
         thread = await self.require_thread(thread_id)
         if await self.inflight_runs(thread_id):
             raise ApiError(409, f"thread {thread_id!r} has a run in progress")
         check_messages(values, "values")
+        configurable = {"thread_id": thread_id}
+        if checkpoint_id:
+            await self.snapshot(thread, checkpoint_id)  # 404 if the thread has no such one
+            configurable["checkpoint_id"] = checkpoint_id
         try:
             config = await self.thread_graph(thread).aupdate_state(
-                {"configurable": {"thread_id": thread_id}}, values, as_node=as_node
+                {"configurable": configurable}, values, as_node=as_node
             )
         except InvalidUpdateError as exc:
             raise ApiError(422, first_line(exc)) from exc
@@ -295,6 +319,24 @@ class AgentService:
                     parse_decision(value)
                 except InvalidDecisionError as exc:
                     raise ApiError(422, str(exc)) from exc
+
+    async def delete_run(self, thread_id: str, run_id: str) -> None:
+        run = await self.get_run(thread_id, run_id)
+        if run["status"] not in TERMINAL:
+            raise ApiError(409, f"run {run_id!r} is {run['status']}; cancel it first")
+        await self.records.delete_run(run)
+
+    def graph_drawing(self, assistant: str, xray: bool | int) -> dict[str, Any]:
+        """Nodes and edges of an assistant's graph, as LangGraph draws it."""
+        return self.graphs[self.graph_id(assistant)].get_graph(xray=xray).to_json()
+
+    def schemas(self, assistant: str) -> dict[str, Any]:
+        graph_id = self.graph_id(assistant)
+        graph = self.graphs[graph_id]
+        return {"graph_id": graph_id, "input_schema": graph.get_input_jsonschema(),
+                "output_schema": graph.get_output_jsonschema(),
+                "state_schema": graph.get_output_jsonschema(),
+                "config_schema": None, "context_schema": graph.get_context_jsonschema()}
 
     async def get_run(self, thread_id: str, run_id: str) -> dict[str, Any]:
         run = await self.records.get_run(run_id)

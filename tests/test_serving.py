@@ -253,3 +253,42 @@ async def test_thread_search_and_delete(client):
     with pytest.raises(httpx.HTTPStatusError) as info:
         await client.threads.get(made[2]["thread_id"])
     assert info.value.response.status_code == 404
+
+
+async def test_time_travel_fork_and_housekeeping_through_the_sdk(client):
+    thread = await client.threads.create(metadata={"owner": "a"})
+    tid = thread["thread_id"]
+    first = await client.runs.wait(tid, "supervisor", input=user("hello"))
+    await client.runs.wait(tid, "supervisor", input=user("What did I ask before?"))
+    history = await client.threads.get_history(tid, limit=50)
+    after_first = next(s for s in history if s["values"].get("messages") and
+                       s["values"]["messages"][-1]["id"] == first["messages"][-1]["id"])
+
+    past = await client.threads.get_state(tid, checkpoint_id=after_first["checkpoint_id"])
+    assert past["values"] == after_first["values"]
+    same = await client.threads.get_state(tid, checkpoint=after_first["checkpoint"])
+    assert same["checkpoint"] == after_first["checkpoint"]
+    with pytest.raises(httpx.HTTPStatusError) as missing:
+        await client.threads.get_state(tid, checkpoint_id="1f000000-0000-6000-8000-000000000000")
+    assert missing.value.response.status_code == 404
+
+    fork = await client.threads.update_state(tid, {"steps": 0},
+                                             checkpoint_id=after_first["checkpoint_id"])
+    forked = await client.threads.get_state(tid)
+    assert forked["checkpoint_id"] == fork["checkpoint_id"]
+    assert forked["parent_checkpoint_id"] == after_first["checkpoint_id"]
+    assert len(forked["values"]["messages"]) == len(after_first["values"]["messages"])
+
+    updated = await client.threads.update(tid, metadata={"tag": "x"})
+    assert updated["metadata"]["owner"] == "a" and updated["metadata"]["tag"] == "x"
+
+    runs = await client.runs.list(tid)
+    await client.runs.delete(tid, runs[0]["run_id"])
+    assert [r["run_id"] for r in await client.runs.list(tid)] == [runs[1]["run_id"]]
+
+
+async def test_assistant_graph_and_schemas(client):
+    drawing = await client.assistants.get_graph("supervisor")
+    assert {"supervisor", "worker"} <= {node["id"] for node in drawing["nodes"]}
+    schemas = await client.assistants.get_schemas("supervisor")
+    assert {"messages", "steps", "context"} <= set(schemas["input_schema"]["properties"])
