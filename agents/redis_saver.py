@@ -94,6 +94,7 @@ class LeanRedisSaver(AsyncRedisSaver):
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions,
                    *args: Any, **kwargs: Any) -> RunnableConfig:
+        metadata = with_run_metadata(config, metadata)
         configurable = config["configurable"]
         thread_id, checkpoint_ns = configurable["thread_id"], configurable["checkpoint_ns"]
         parent_id = configurable.get("checkpoint_id")
@@ -182,6 +183,17 @@ class LeanRedisSaver(AsyncRedisSaver):
         if not (self.ttl_config and "default_ttl" in self.ttl_config):
             return []
         return [("EXPIRE", key, int(self.ttl_config["default_ttl"] * 60)) for key in keys]
+
+
+def with_run_metadata(config: RunnableConfig, metadata: CheckpointMetadata
+                      ) -> CheckpointMetadata:
+    """The checkpoint's metadata plus the run's (``config["metadata"]``: run id, graph,
+    attempt), as LangGraph's in-memory and SQL savers store it and the stock Redis saver
+    does not; so each checkpoint names the run that made it, and history filters on it."""
+    extra = {k: v for k, v in (config.get("metadata") or {}).items()
+             if k not in metadata and not k.startswith("__")
+             and isinstance(v, str | int | float | bool)}
+    return {**metadata, **extra} if extra else metadata
 
 
 def _timestamp_ms(checkpoint_id: str) -> float:

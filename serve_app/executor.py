@@ -57,8 +57,10 @@ def run_config(run: dict[str, Any], token: str | None) -> dict[str, Any]:
         configurable["checkpoint_id"] = checkpoint_id
     if token:
         configurable[FENCE] = token
-    return {**config, "configurable": configurable,
-            "metadata": {**(config.get("metadata") or {}), "run_id": run["run_id"]}}
+    metadata = {**(config.get("metadata") or {}), "run_id": run["run_id"],
+                "thread_id": run["thread_id"], "graph_id": run["graph_id"],
+                "assistant_id": run["assistant_id"], "run_attempt": run["attempt"]}
+    return {**config, "configurable": configurable, "metadata": metadata}
 
 
 def age_s(iso: str) -> float:

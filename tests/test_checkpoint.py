@@ -86,3 +86,21 @@ async def test_latest_checkpoint_id_from_the_pointer_matches_the_stock_read(redi
     latest = await saver.aget_tuple({"configurable": {"thread_id": thread_id}})
     assert await saver.alatest_checkpoint_id(thread_id) == \
         latest.config["configurable"]["checkpoint_id"]
+
+
+async def test_checkpoints_name_the_run_that_made_them(redis_client):
+    saver = LeanRedisSaver(redis_client=redis_client)
+    await saver.asetup()
+    thread_id = f"runs-{uuid.uuid4().hex[:8]}"
+    graph = chat_graph(saver)
+    for run_id, text in (("run-1", "hello"), ("run-2", "and again")):
+        await graph.ainvoke({"messages": [HumanMessage(text)], "steps": 0},
+                            {"configurable": {"thread_id": thread_id},
+                             "metadata": {"run_id": run_id, "graph_id": "chat"}})
+    state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    assert state.metadata["run_id"] == "run-2" and state.metadata["graph_id"] == "chat"
+    first_run = [t async for t in saver.alist({"configurable": {"thread_id": thread_id}},
+                                              filter={"run_id": "run-1"})]
+    assert first_run and all(t.metadata["run_id"] == "run-1" for t in first_run)
+    assert len(first_run) < len([t async for t in saver.alist(
+        {"configurable": {"thread_id": thread_id}})])
