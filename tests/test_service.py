@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from agents.settings import Settings
 from agents.system import AgentSystem
+from agents.tools.backoffice import effect_counts
 from serve_app.schemas import RunCreate, ThreadSearch
 from serve_app.service import AgentService, ApiError
 
@@ -126,3 +127,25 @@ async def test_state_carries_flat_checkpoint_ids_too(service):
     assert updated["checkpoint_id"] == updated["checkpoint"]["checkpoint_id"] is not None
     state = await service.get_state(thread["thread_id"])
     assert state["checkpoint_id"] == updated["checkpoint_id"] and state["values"]["steps"] == 3
+
+
+async def test_concurrent_approvals_of_one_call_apply_once(service):
+    thread, _ = await service.records.create_thread(None, {})
+    paused = await service.create_run(thread["thread_id"], user("Refund $500 to order 42"))
+    await service.wait_for_end(paused["run_id"])
+    before = (await effect_counts(service.redis)).get("issue_refund", 0)
+
+    def approval(by: str) -> RunCreate:
+        return RunCreate.model_validate({"assistant_id": "supervisor", "command": {
+            "resume": {"action": "approve", "by": by}}})
+    outcomes = await asyncio.gather(
+        *(service.create_run(thread["thread_id"], approval(f"ops-{i}")) for i in range(5)),
+        return_exceptions=True)
+
+    accepted = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, ApiError)]
+    assert len(accepted) == 1 and len(refused) == 4
+    assert {o.status for o in refused} == {409}
+    assert (await service.wait_for_end(accepted[0]["run_id"]))["status"] == "success"
+    assert (await effect_counts(service.redis)).get("issue_refund", 0) == before + 1
+    assert await service.pending_approvals(thread["thread_id"]) == []
