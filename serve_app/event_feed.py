@@ -57,6 +57,7 @@ class EventFeed:
         self._wake_seen: StreamId = (0, 0)
         self._readers: defaultdict[str, set[_Reader]] = defaultdict(set)
         self._task: asyncio.Task | None = None
+        self._closing = False
         self._conn: Redis | None = None
 
     async def follow(self, key: str, last_id: str = "0",
@@ -81,10 +82,13 @@ class EventFeed:
                     del self._readers[key]
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            # redis-py does not interrupt a blocked read on cancel; a wake entry ends it.
+            with contextlib.suppress(Exception):
+                await self._wake()
+            with contextlib.suppress(TimeoutError):  # then wait_for cancels it
+                await asyncio.wait_for(self._task, self.block_ms / 1000 + 1)
         if self._conn is not None:
             await self._conn.aclose()
         with contextlib.suppress(Exception):
@@ -104,7 +108,7 @@ class EventFeed:
             await pipe.execute()
 
     async def _read_forever(self) -> None:
-        while True:
+        while not self._closing:
             streams = {self.wake_key: format_id(self._wake_seen)}
             for key, readers in self._readers.items():
                 streams[key] = format_id(min(r.last_id for r in readers))

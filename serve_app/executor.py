@@ -209,11 +209,13 @@ class RunExecutor:
                 yield "events", to_jsonable(event)
             return
         partials: dict[str, Any] = {}
-        async for _ns, mode, chunk in graph.astream(
-            graph_in, config, stream_mode=graph_modes(api_modes), subgraphs=True,
-        ):
-            for event in convert(mode, chunk, api_modes, partials):
-                yield event
+        subgraphs = bool(run["kwargs"].get("stream_subgraphs"))
+        async for part in graph.astream(graph_in, config, stream_mode=graph_modes(api_modes),
+                                        subgraphs=subgraphs):
+            namespace, mode, chunk = part if subgraphs else ((), *part)
+            suffix = "".join(f"|{step}" for step in namespace)  # e.g. updates|child:<task id>
+            for event, data in convert(mode, chunk, api_modes, partials):
+                yield event + suffix, data
 
     async def _finish(self, run: dict[str, Any], status: str, error: dict | None,
                       token: str | None, events: EventWriter) -> dict[str, Any] | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any, TypedDict
 
 import pytest
+from langgraph.graph import START, StateGraph
 from pydantic import ValidationError
 
 from agents.settings import Settings
@@ -149,3 +151,37 @@ async def test_concurrent_approvals_of_one_call_apply_once(service):
     assert (await service.wait_for_end(accepted[0]["run_id"]))["status"] == "success"
     assert (await effect_counts(service.redis)).get("issue_refund", 0) == before + 1
     assert await service.pending_approvals(thread["thread_id"]) == []
+
+
+class Counter(TypedDict):
+    n: int
+
+
+def nested_graph(checkpointer) -> Any:
+    """A parent whose one node is a compiled child graph."""
+    child = StateGraph(Counter)
+    child.add_node("inner", lambda state: {"n": state["n"] + 1})
+    child.add_edge(START, "inner")
+    parent = StateGraph(Counter)
+    parent.add_node("child", child.compile())
+    parent.add_edge(START, "child")
+    return parent.compile(checkpointer=checkpointer)
+
+
+@pytest.mark.parametrize("stream_subgraphs", [True, False])
+async def test_subgraph_events_carry_their_namespace_when_asked(service, stream_subgraphs):
+    checkpointer = service.executor.checkpointer
+    nested = AgentService(service.redis, {"nested": nested_graph(checkpointer)},
+                          service.settings, "nested-replica", checkpointer)
+    thread, _ = await nested.records.create_thread(None, {})
+    run = await nested.create_run(thread["thread_id"], RunCreate.model_validate({
+        "assistant_id": "nested", "input": {"n": 1}, "stream_mode": ["updates"],
+        "stream_subgraphs": stream_subgraphs}))
+    frames = b"".join([c async for c in nested.stream_events(run["run_id"])]).decode()
+    await nested.aclose()
+
+    names = [line.removeprefix("event: ") for line in frames.splitlines()
+             if line.startswith("event: updates")]
+    inner = [n for n in names if n.startswith("updates|child:")]
+    assert "updates" in names
+    assert bool(inner) == stream_subgraphs
