@@ -191,12 +191,13 @@ async def test_two_runs_at_once_follow_the_multitask_strategy(client, stub_admin
 
 
 async def join_retrying(client, thread_id: str, run_id: str) -> dict:
-    """A request in flight on a killed replica fails (Serve does not retry it): a client
-    retries, and the join is answered by a live replica."""
+    """A request in flight on a killed replica fails, or (through HAProxy) can hang until
+    the client gives up (Serve does not retry it): a client retries, and the join is
+    answered by a live replica."""
     for attempt in range(5):
         try:
-            return await client.runs.join(thread_id, run_id)
-        except (httpx.HTTPStatusError, httpx.TransportError):
+            return await asyncio.wait_for(client.runs.join(thread_id, run_id), 60)
+        except (httpx.HTTPStatusError, httpx.TransportError, TimeoutError):
             if attempt == 4:
                 raise
             await asyncio.sleep(1)
