@@ -114,8 +114,6 @@ class EventFeed:
                 streams[key] = format_id(min(r.last_id for r in readers))
             try:
                 reply = await self._conn.xread(streams, block=self.block_ms, count=self.count)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # Redis restarting: readers wait, the feed retries
                 log.warning("event feed: XREAD failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(0.5)

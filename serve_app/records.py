@@ -33,8 +33,7 @@ class Records:
         self.redis = redis
 
     async def _get(self, key: str) -> dict[str, Any] | None:
-        raw = await self.redis.get(key)
-        return json.loads(raw) if raw else None
+        return _record(await self.redis.get(key))
 
     async def _put(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         await self.redis.set(key, json.dumps(record))
@@ -79,7 +78,7 @@ class Records:
             if not ids:
                 break
             for raw in await self.redis.mget([thread_key(tid.decode()) for tid in ids]):
-                record = json.loads(raw) if raw else None
+                record = _record(raw)
                 meta = (record or {}).get("metadata", {})
                 if record and all(meta.get(k) == v for k, v in wanted) and \
                         status in (None, record["status"]):
@@ -127,3 +126,6 @@ class Records:
         runs = [await self.get_run(rid.decode()) for rid in run_ids]
         return [run for run in runs if run]
 
+
+def _record(raw: bytes | None) -> dict[str, Any] | None:
+    return json.loads(raw) if raw else None

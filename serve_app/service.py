@@ -333,9 +333,9 @@ class AgentService:
     def schemas(self, assistant: str) -> dict[str, Any]:
         graph_id = self.graph_id(assistant)
         graph = self.graphs[graph_id]
+        state = graph.get_output_jsonschema()  # no output schema of its own: the state's
         return {"graph_id": graph_id, "input_schema": graph.get_input_jsonschema(),
-                "output_schema": graph.get_output_jsonschema(),
-                "state_schema": graph.get_output_jsonschema(),
+                "output_schema": state, "state_schema": state,
                 "config_schema": None, "context_schema": graph.get_context_jsonschema()}
 
     async def get_run(self, thread_id: str, run_id: str) -> dict[str, Any]:
