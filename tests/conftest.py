@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 from redis.asyncio import Redis
@@ -49,7 +51,10 @@ def stub_admin(stub_url: str):
 
 @pytest.fixture(scope="session")
 def cluster_url(settings: Settings) -> str:
-    """One local Ray with the Serve app of configs/local.yaml for the whole session."""
+    """One local Ray with the Serve app of configs/local.yaml for the whole session.
+    HAProxy's stats and metrics ports are free ones, so two sessions on a machine can run."""
+    for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+        os.environ.setdefault(name, str(free_port()))
     with serve_cluster(settings, PROJECT_ROOT / "configs" / "local.yaml",
                        port=free_port()) as url:
         yield url
