@@ -94,10 +94,24 @@ class ApiSettings(BaseModel):
     lease_ttl_s: float = Field(
         3.0, gt=0, description="run and thread leases; renewed every third of it"
     )
+    stall_limit_s: float = Field(
+        30.0, gt=0, description="a replica whose event loop is silent this long stops "
+        "renewing its leases, so its runs go to another replica")
     sweep_interval_s: float = Field(1.0, gt=0, description="how often runs are checked")
-    dispatch_grace_s: float = Field(
-        5.0, gt=0, description="a run nobody picked up by then is dispatched again"
-    )
+    orphan_grace_s: float = Field(
+        5.0, gt=0, description="a pending run nothing holds or queues is queued again "
+        "after this (a replica died between two steps of taking it)")
+    run_pool: str = Field(
+        "agent-cluster", min_length=1,
+        description="the queue this deployment's replicas pull runs from")
+    max_concurrent_runs: int = Field(
+        8, ge=1, description="runs one replica executes at once; the rest wait queued")
+    max_queued_runs: int = Field(
+        32, ge=0, description="per live replica: past this many queued runs, new runs "
+        "are refused (503 with Retry-After)")
+    max_queue_wait_s: float = Field(
+        1.0, gt=0, description="new runs are refused while the oldest queued run has "
+        "waited longer than this (the queue is not draining)")
     max_attempts: int = Field(3, ge=1, description="executions of a run before it errors")
     run_timeout_s: float = Field(
         600.0, gt=0, description="one execution of a run; then it ends with status timeout"

@@ -27,7 +27,7 @@ from bench.loadgen import STREAM_MODE
 from bench.stats import summary
 from serve_app.event_log import EventWriter
 from serve_app.events import convert, sse_frame
-from serve_app.records import events_key
+from serve_app.keys import events_key
 
 STEPS = 20
 
@@ -83,7 +83,7 @@ async def sse_event(settings: Settings, events: int) -> dict[str, Any]:
     and a reader's side (``XREAD``, framing), per API event."""
     redis = create_redis(settings.redis_url, settings.redis)
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    writer = EventWriter(redis, run_id, ttl_s=600)
+    writer = EventWriter(redis, "bench-thread", run_id, ttl_s=600)
     modes = frozenset(STREAM_MODE)
     written, cpu_started, started = 0, time.process_time(), time.perf_counter()
     for index in range(events):
@@ -95,7 +95,7 @@ async def sse_event(settings: Settings, events: int) -> dict[str, Any]:
         await asyncio.sleep(0)  # the graph yields between chunks; the writer runs then
     await writer.flush()
     write_wall, write_cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    key = events_key(run_id)
+    key = events_key("bench-thread", run_id)
     started, cpu_started, last, read = time.perf_counter(), time.process_time(), "0", 0
     while read < written:
         batch = await redis.xread({key: last}, count=200)

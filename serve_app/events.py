@@ -105,9 +105,11 @@ def final_answer(values: dict[str, Any]) -> str:
     return last.text if isinstance(last, AIMessage) else ""
 
 
-def sse_frame(event: bytes, data: bytes, event_id: bytes) -> bytes:
+def sse_frame(event: bytes, data: bytes, event_id: bytes | None) -> bytes:
     """One SSE frame around an event as stored: its data is compact JSON already (no raw
     newlines), so it is framed as it is, not parsed and dumped again."""
+    if event_id is None:
+        return b"event: %s\ndata: %s\n\n" % (event, data)
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id, event, data)
 
 

@@ -1,12 +1,18 @@
-"""Executes runs durably: at most one active run per thread across replicas, every event in
-a Redis Stream, owners heart-beating, and a sweeper that re-dispatches orphaned runs.
+"""Executes runs durably: a bounded number at once per replica, pulled from the pool's
+queue in Redis; at most one active run per thread across replicas; every event in a Redis
+Stream; leases renewed from a thread of their own; a sweeper that re-queues runs whose
+owner is gone.
 
-A run reaches an executor through ``dispatch`` (in Serve: the supervisor deployment's own
-handle, so autoscaling sees runs as requests). The executor queues it on its thread, takes
-the thread lease with a fencing token when it is next, streams the graph, and finishes with
-writes conditional on still holding that token. If its replica dies, the run lease expires;
-any replica's sweeper then dispatches the run again (``attempt`` + 1) and it continues from
-its last checkpoint, until ``max_attempts``. Cancel requests travel by Redis pub/sub.
+A run is admitted by the API into its thread's queue and, when it is the thread's next,
+into the pool's ready queue. A replica with a free slot (``api.max_concurrent_runs``)
+takes the oldest ready run, takes the thread lease with a fencing token, streams the
+graph, and ends with writes conditional on the run's attempt. Runs past the slots wait in
+Redis, ``pending``, not in any replica's memory, so overload queues work instead of
+starving every run of CPU and Redis connections, and a replica that dies loses only what
+it had started: its lease expires, a sweeper re-queues the run (``attempt`` + 1) and it
+continues from its last checkpoint, up to ``max_attempts``. A Redis error mid-run (a pool
+wait that timed out, a restart) is retried the same way, not reported as the run's failure.
+Cancel requests travel by Redis pub/sub.
 """
 
 from __future__ import annotations
@@ -17,28 +23,32 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from serve_app.event_log import EventWriter
 from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
+from serve_app.heartbeat import Heartbeat, sync_client
 from serve_app.jsonable import to_jsonable
-from serve_app.keys import PREFIX, claim_key, run_lease_key, thread_lease_key
+from serve_app.keys import cancel_channel, parse_ref, run_ref, thread_lease_key
 from serve_app.leases import Leases
-from serve_app.records import TERMINAL, Records
+from serve_app.metrics import Metrics
+from serve_app.records import ACTIVE, TERMINAL, Records
+from serve_app.run_pool import PoolLoad, RunPool
 
 log = logging.getLogger(__name__)
-CANCEL_CHANNEL = f"{PREFIX}cancel"
 HAND_BACK = "hand_back"
-
-Dispatch = Callable[[str], Awaitable[None]]
+RETRYABLE = (RedisConnectionError, RedisTimeoutError)  # incl. "No connection available."
+T = TypeVar("T")
 
 
 def graph_input(kwargs: dict[str, Any]) -> Any:
@@ -63,73 +73,158 @@ def run_config(run: dict[str, Any], token: str | None) -> dict[str, Any]:
     return {**config, "configurable": configurable, "metadata": metadata}
 
 
-def age_s(iso: str) -> float:
-    return time.time() - datetime.fromisoformat(iso).timestamp()
+async def durably(op: Callable[[], Awaitable[T]], within_s: float = 30.0) -> T:
+    """``op()`` again on a transient Redis error, with backoff, for up to ``within_s``."""
+    deadline, backoff = time.monotonic() + within_s, 0.05
+    while True:
+        try:
+            return await op()
+        except RETRYABLE:
+            if time.monotonic() + backoff > deadline:
+                raise
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
 
 
 class RunExecutor:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
-                 settings: ApiSettings, replica_id: str,
-                 checkpointer: LeanRedisSaver, dispatch: Dispatch | None = None):
+                 settings: ApiSettings, replica_id: str, checkpointer: LeanRedisSaver,
+                 pool: str | None = None, metrics: Metrics | None = None):
         self.redis = redis
         self.records = Records(redis)
         self.leases = Leases(redis, settings.lease_ttl_s)
+        self.pool = RunPool(redis, pool or settings.run_pool, settings.lease_ttl_s)
+        self.heartbeat = Heartbeat(sync_client(redis.connection_pool.connection_kwargs),
+                                   self.pool, replica_id, settings.stall_limit_s)
         self.graphs = graphs
         self.settings = settings
         self.replica_id = replica_id
         self.checkpointer = checkpointer
-        self.dispatch: Dispatch = dispatch or self._dispatch_here
-        self._tasks: dict[str, asyncio.Task] = {}
+        self.metrics = metrics or Metrics()
+        self.load = PoolLoad(0, 0.0, 0, 1)  # as of the last sweep
+        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once started
+        self._in_slots: set[asyncio.Task] = set()
         self._cancel_actions: dict[str, str] = {}
         self._background: list[asyncio.Task] = []
-        self._local: set[asyncio.Task] = set()
+        self._puller: asyncio.Task | None = None
+        self._closing = False
 
     def start(self) -> None:
-        """Listen for cancels and sweep for orphaned runs (call inside the event loop)."""
+        """Pull runs, listen for cancels and sweep (call inside the event loop)."""
+        self.heartbeat.start()
+        self.metrics.gauge("run_slots", self.settings.max_concurrent_runs)
+        self._puller = asyncio.create_task(self._pull_forever())
         self._background = [asyncio.create_task(self._listen_for_cancels()),
                             asyncio.create_task(self._sweep_forever())]
 
-    async def _dispatch_here(self, run_id: str) -> None:
-        task = asyncio.create_task(self.execute(run_id))
-        self._local.add(task)
-        task.add_done_callback(self._local.discard)
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
 
-    async def cancel(self, run_id: str, action: str = "interrupt") -> None:
-        await self.redis.publish(CANCEL_CHANNEL, json.dumps({"run_id": run_id, "action": action}))
+    async def submit(self, run: dict[str, Any], first_in_thread: bool) -> None:
+        """Queue an admitted run; it is ready at once if its thread has nothing before it."""
+        await self.pool.add(run_ref(run["thread_id"], run["run_id"]), ready=first_in_thread)
+        self.metrics.count("runs_admitted")
+
+    # taking runs
+    async def _pull_forever(self) -> None:
+        conn = Redis(connection_pool=self.redis.connection_pool, single_connection_client=True)
+        try:
+            while not self._closing:
+                await self._slots.acquire()
+                try:
+                    ref = await self.pool.take(conn, timeout_s=1.0)
+                except RedisError as exc:
+                    log.warning("taking a run failed (%s); retrying", type(exc).__name__)
+                    ref = None
+                    await asyncio.sleep(0.5)
+                if ref is None:
+                    self._slots.release()
+                elif self._closing:
+                    await self.pool.hand_back(ref)
+                    self._slots.release()
+                else:
+                    thread_id, run_id = parse_ref(ref)
+                    self.heartbeat.hold(ref, thread_lease_key(thread_id))
+                    task = asyncio.create_task(self._execute_in_slot(ref, thread_id, run_id))
+                    self._in_slots.add(task)
+                    task.add_done_callback(self._in_slots.discard)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+
+    async def _execute_in_slot(self, ref: str, thread_id: str, run_id: str) -> None:
+        try:
+            await self.execute(thread_id, run_id)
+        except Exception:  # its lease lapses and the sweeper queues it again
+            log.exception("run %s: could not be executed here", run_id)
+        finally:
+            self.heartbeat.drop(ref)
+            self._slots.release()
+
+    # cancelling
+    async def cancel(self, run: dict[str, Any], action: str = "interrupt") -> None:
+        """End a run that has not started at once; ask the replica of a running one."""
+        ended = await self.records.transition_run(run, {"pending"}, status="interrupted")
+        if ended is not None:
+            events = self.event_writer(run)
+            events.append("end", {"run_id": run["run_id"], "status": "interrupted"})
+            await events.flush()
+            await self._leave(run, None)
+            if action == "rollback":
+                await self.records.delete_run(run)
+            return
+        await self.redis.publish(cancel_channel(self.pool.name),
+                                 json.dumps({"run_id": run["run_id"], "action": action}))
 
     async def _listen_for_cancels(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(CANCEL_CHANNEL)
-        async for message in pubsub.listen():
-            if message.get("type") != "message":
-                continue
-            request = json.loads(message["data"])
-            task = self._tasks.get(request["run_id"])
-            if task is not None:
-                self._cancel_actions[request["run_id"]] = request.get("action", "interrupt")
-                task.cancel()
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(cancel_channel(self.pool.name))
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._cancel_here(json.loads(message["data"]))
+            except RedisError as exc:  # Redis restarting: subscribe again
+                log.warning("cancel listener: %s; subscribing again", type(exc).__name__)
+                await asyncio.sleep(0.5)
 
-    def event_writer(self, run_id: str) -> EventWriter:
-        return EventWriter(self.redis, run_id, self.settings.event_ttl_s)
+    def _cancel_here(self, request: dict[str, str]) -> None:
+        task = self._tasks.get(request["run_id"])
+        if task is not None:
+            self._cancel_actions[request["run_id"]] = request.get("action", "interrupt")
+            task.cancel()
+
+    def event_writer(self, run: dict[str, Any]) -> EventWriter:
+        return EventWriter(self.redis, run["thread_id"], run["run_id"],
+                           self.settings.event_ttl_s)
 
     # one run
-    async def execute(self, run_id: str) -> dict[str, Any] | None:
-        """Run ``run_id`` here until it ends, is cancelled, or is lost to another replica."""
-        run = await self.records.get_run(run_id)
-        if run is None or run["status"] in TERMINAL or run_id in self._tasks:
+    async def execute(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
+        """Run it here until it ends, is cancelled, handed back or lost to another replica."""
+        ref = run_ref(thread_id, run_id)
+        run = await self.records.get_run(thread_id, run_id)
+        if run is None or run["status"] in TERMINAL:
+            await self._settle(ref, run)
             return run
+        token = await self.leases.acquire(thread_id, run_id)
+        if not token:  # not the thread's turn: queued again when it is
+            await self.pool.let_go(ref)
+            return None
+        self.heartbeat.hold(ref, thread_lease_key(thread_id), token)
+        started = await self._started(run)
+        if started is None:  # cancelled or moved on meanwhile
+            await self.leases.release(thread_id, token)
+            await self.pool.let_go(ref)
+            return None
+        run = started
         self._tasks[run_id] = asyncio.current_task()
-        lease: dict[str, str | None] = {"token": None}
-        heartbeat = asyncio.create_task(self._heartbeat(run, lease))
-        events = self.event_writer(run_id)
+        self.metrics.count("runs_started")
+        events = self.event_writer(run)
         status, error = "success", None
         try:
-            await self.leases.renew(run["thread_id"], run_id, None, self.replica_id)
             events.append("metadata", {"run_id": run_id, "attempt": run["attempt"]})
-            while not (token := await self.leases.acquire(run["thread_id"], run_id)):
-                await asyncio.sleep(0.05)
-            lease["token"] = token
-            run = await self._started(run)
             graph = self.graphs[run["graph_id"]]
             deadline = asyncio.timeout(self.settings.run_timeout_s)
             try:
@@ -146,7 +241,7 @@ class RunExecutor:
         except asyncio.CancelledError:
             action = self._cancel_actions.pop(run_id, "interrupt")
             if action == HAND_BACK:
-                await asyncio.shield(self._hand_back(run, lease["token"]))
+                await asyncio.shield(self._hand_back(run, token))
                 return None
             status = "interrupted"
             if action == "rollback":
@@ -154,39 +249,37 @@ class RunExecutor:
         except LeaseLost:
             log.warning("run %s lost its thread lease; stopping without writes", run_id)
             return None
+        except RETRYABLE as exc:
+            log.warning("run %s: Redis failed (%s); trying it again", run_id, exc)
+            await asyncio.shield(self._retry(run, token, exc))
+            return None
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
         finally:
-            heartbeat.cancel()
             self._tasks.pop(run_id, None)
-        return await asyncio.shield(self._finish(run, status, error, lease["token"], events))
+        return await asyncio.shield(self._finish(run, status, error, token, events))
 
-    async def _heartbeat(self, run: dict[str, Any], lease: dict[str, str | None]) -> None:
-        """Renew from its own task, so a busy event loop elsewhere does not starve it."""
-        while True:
-            await asyncio.sleep(self.settings.lease_ttl_s / 3)
-            held = await self.leases.renew(run["thread_id"], run["run_id"], lease["token"],
-                                           self.replica_id)
-            if not held and lease["token"]:
-                log.warning("run %s: thread lease taken over", run["run_id"])
-
-    async def _started(self, run: dict[str, Any]) -> dict[str, Any]:
-        """Mark the run running; remember where its thread stood, for retries and rollback."""
+    async def _started(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        """Mark the run running (if nobody moved it since it was read); remember where
+        its thread stood, for retries and rollback."""
         thread_id = run["thread_id"]
         fields: dict[str, Any] = {"status": "running", "replica": self.replica_id}
         if "checkpoint_before" not in run:
             fields["checkpoint_before"] = await self._latest_checkpoint(run)
+        started = await self.records.transition_run(run, {"pending"}, **fields)
+        if started is None:
+            return None
         rollback = run["kwargs"].get("rollback_to")
         if rollback is not None and not run.get("rolled_back"):
             if rollback.get("checkpoint_id") is None:
                 await self.checkpointer.adelete_thread(thread_id)
             else:
                 run["kwargs"]["checkpoint_id"] = rollback["checkpoint_id"]
-            fields["rolled_back"] = True
-            fields["kwargs"] = run["kwargs"]
+            started = await self.records.update_run(thread_id, run["run_id"],
+                                                    rolled_back=True, kwargs=run["kwargs"])
         await self.records.update_thread(thread_id, status="busy")
-        return await self.records.update_run(run["run_id"], **fields)
+        return started
 
     async def _latest_checkpoint(self, run: dict[str, Any]) -> str | None:
         return await self.checkpointer.alatest_checkpoint_id(run["thread_id"])
@@ -219,21 +312,25 @@ class RunExecutor:
 
     async def _finish(self, run: dict[str, Any], status: str, error: dict | None,
                       token: str | None, events: EventWriter) -> dict[str, Any] | None:
-        """Record the outcome only if this run still holds its thread, then free it."""
+        """Record the outcome if this attempt still owns the run, tell its stream, free
+        the thread. Each write is retried through transient Redis errors: a client must
+        always learn how its run ended."""
         run_id, thread_id = run["run_id"], run["thread_id"]
-        if token and not await self.leases.holds(thread_id, token):
-            return None  # another attempt owns the run now
         interrupts, answer = [], ""
         if not error:
             graph = self.graphs[run["graph_id"]]
             try:
-                state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+                state = await durably(lambda: graph.aget_state(
+                    {"configurable": {"thread_id": thread_id}}))
             except Exception as exc:  # the run ended, but its thread cannot be read back
                 log.exception("run %s: reading its final state failed", run_id)
                 status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
             else:
                 interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
                 answer = final_answer(state.values)
+        record = await self._end(run, status, error)
+        if record is None:
+            return None  # another attempt owns the run now
         api_modes = run["kwargs"].get("stream_mode") or []
         if error:
             events.append("error", error)
@@ -242,84 +339,156 @@ class RunExecutor:
                 events.append("approval", to_jsonable(interrupts[0]))
             else:
                 events.append("answer", {"text": answer})
-        if token:
-            thread_status = "error" if error else "interrupted" if interrupts else "idle"
-            await self.records.update_thread(thread_id, status=thread_status, error=error)
-        record = await self.records.update_run(run_id, status=status, error=error)
         events.append("end", {"run_id": run_id, "status": status})
-        await events.flush()
-        await self.leases.leave(thread_id, run_id, token)
+        try:
+            await events.flush()
+        except RedisError:  # readers learn the end from the record (service.stream_events)
+            log.exception("run %s: its end could not be streamed", run_id)
+        thread_status = "error" if error else "interrupted" if interrupts else "idle"
+        await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
+                                                         error=error))
+        await self._leave(run, token)
+        self.metrics.count("runs_finished", status=status)
         if run.get("rolled_back_by_successor"):  # rollback: the run is gone, as if never made
             await self.records.delete_run(run)
             return None
         return record
 
-    async def _hand_back(self, run: dict[str, Any], token: str | None) -> None:
-        """Leave the run pending for another replica: free its leases, keep it queued."""
-        await self.records.update_run(run["run_id"], status="pending", handed_back=True)
-        await self.redis.delete(run_lease_key(run["run_id"]))
-        if token and await self.leases.holds(run["thread_id"], token):
-            await self.redis.delete(thread_lease_key(run["thread_id"]))
+    async def _end(self, run: dict[str, Any], status: str,
+                   error: dict | None) -> dict[str, Any] | None:
+        """The terminal record, if this attempt still owns the run (retried: a write that
+        timed out may have landed, which the retry recognises)."""
+        async def once() -> dict[str, Any] | None:
+            record = await self.records.transition_run(run, ACTIVE, status=status, error=error)
+            if record is None:
+                stored = await self.records.get_run(run["thread_id"], run["run_id"])
+                if stored and stored["attempt"] == run["attempt"] and \
+                        stored["status"] == status and stored.get("error") == error:
+                    return stored
+            return record
+        return await durably(once)
+
+    async def _leave(self, run: dict[str, Any], token: str | None) -> None:
+        """Off the thread's queue and the pool's sets; the thread's next run is ready."""
+        thread_id = run["thread_id"]
+        _, following = await durably(lambda: self.leases.leave(thread_id, run["run_id"], token))
+        if following:
+            await durably(lambda: self.pool.make_ready(run_ref(thread_id, following)))
+        await durably(lambda: self.pool.done(run_ref(thread_id, run["run_id"])))
+
+    async def _settle(self, ref: str, run: dict[str, Any] | None) -> None:
+        """Clear what a finished (or deleted) run left queued, e.g. after a crash."""
+        thread_id, run_id = parse_ref(ref)
+        await self._leave(run or {"thread_id": thread_id, "run_id": run_id}, None)
+
+    async def _retry(self, run: dict[str, Any], token: str, exc: Exception) -> None:
+        """A transient failure of the infrastructure: another attempt, from the last
+        checkpoint, on whichever replica takes it."""
+        self.metrics.count("runs_retried", reason=type(exc).__name__)
+        try:
+            await self._requeue(run, token)
+        except RedisError:  # Redis still down: the lease lapses, the sweeper re-queues it
+            log.exception("run %s: could not be queued again", run["run_id"])
+
+    async def _requeue(self, run: dict[str, Any], token: str | None,
+                       next_attempt: bool = True) -> bool:
+        """Back to ``pending`` (``attempt`` + 1 unless a hand-back) and into the queue."""
+        if next_attempt and run["attempt"] >= self.settings.max_attempts:
+            await self._give_up(run, token)
+            return False
+        fields = {"attempt": run["attempt"] + 1} if next_attempt else {"handed_back": True}
+        moved = await durably(lambda: self.records.transition_run(
+            run, {"running"}, status="pending", **fields))
+        if token:
+            await durably(lambda: self.leases.release(run["thread_id"], token))
+        ref = run_ref(run["thread_id"], run["run_id"])
+        if moved:
+            await durably(lambda: self.pool.hand_back(ref))
+        else:
+            await self.pool.let_go(ref)
+        return moved is not None
+
+    async def _hand_back(self, run: dict[str, Any], token: str) -> None:
+        """Graceful shutdown: the same attempt continues on another replica."""
+        await self._requeue(run, token, next_attempt=False)
+
+    async def _give_up(self, run: dict[str, Any], token: str | None) -> None:
+        error = {"error": "RunAttemptsExhausted",
+                 "message": f"the run was tried {run['attempt']} times without finishing: "
+                            "its replica died or Redis failed each time "
+                            f"(max_attempts={self.settings.max_attempts})"}
+        if await self._end(run, "error", error) is None:
+            return
+        events = self.event_writer(run)
+        events.append("error", error)
+        events.append("end", {"run_id": run["run_id"], "status": "error"})
+        with contextlib.suppress(RedisError):
+            await events.flush()
+        await self.records.update_thread(run["thread_id"], status="error", error=error)
+        await self._leave(run, token)
+        self.metrics.count("runs_finished", status="error")
 
     # orphans
     async def _sweep_forever(self) -> None:
+        sweeps = 0
         while True:
+            self.heartbeat.alive()
             await asyncio.sleep(self.settings.sweep_interval_s)
+            sweeps += 1
             try:
-                await self.sweep_once()
+                await self.sweep_once(orphans=sweeps % 5 == 0)
             except Exception:
                 log.exception("sweep failed")
 
-    async def sweep_once(self) -> list[str]:
-        """Dispatch again every run whose owner stopped heart-beating; returns their ids."""
-        redispatched = []
-        for run_id in await self.leases.inflight():
-            if run_id in self._tasks or await self.leases.owner_alive(run_id):
-                continue
-            run = await self.records.get_run(run_id)
-            if run is None or run["status"] in TERMINAL:
-                await self.leases.leave(run["thread_id"] if run else "", run_id, None)
-                continue
-            if not run.get("handed_back") and age_s(run["updated_at"]) < \
-                    self.settings.dispatch_grace_s:
-                continue  # dispatched a moment ago: not picked up yet
-            claim = claim_key(run_id, run["attempt"])
-            if not await self.redis.set(claim, self.replica_id, nx=True, ex=300):
-                continue  # another replica's sweeper took it
-            if run["attempt"] >= self.settings.max_attempts:
-                await self._give_up(run)
-                continue
-            await self.records.update_run(run_id, status="pending", handed_back=False,
-                                          attempt=run["attempt"] + 1)
-            log.warning("re-dispatching run %s (attempt %d)", run_id, run["attempt"] + 1)
-            await self.dispatch(run_id)
-            redispatched.append(run_id)
-        return redispatched
+    async def sweep_once(self, orphans: bool = True) -> list[str]:
+        """Queue again every run whose owner stopped renewing its lease (and, with
+        ``orphans``, every pending run nothing holds or queues); returns their ids."""
+        requeued = []
+        for ref in await self.pool.expired():
+            if await self.pool.forfeit(ref) and await self._recover(ref):
+                requeued.append(parse_ref(ref)[1])
+        if orphans:
+            for ref in await self.pool.orphans(self.settings.orphan_grace_s):
+                if await self._recover(ref):
+                    requeued.append(parse_ref(ref)[1])
+        self.load = await self.pool.load()
+        self.metrics.gauge("runs_queued", self.load.queued)
+        self.metrics.gauge("runs_running", self.running)
+        return requeued
 
-    async def _give_up(self, run: dict[str, Any]) -> None:
-        run_id, thread_id = run["run_id"], run["thread_id"]
-        error = {"error": "RunAttemptsExhausted",
-                 "message": f"the run lost its replica {run['attempt']} times "
-                            f"(max_attempts={self.settings.max_attempts})"}
-        holder = await self.redis.get(thread_lease_key(thread_id))
-        token = holder.decode() if holder and holder.decode().startswith(run_id) else None
-        await self.records.update_thread(thread_id, status="error", error=error)
-        await self.records.update_run(run_id, status="error", error=error)
-        events = self.event_writer(run_id)
-        events.append("error", error)
-        events.append("end", {"run_id": run_id, "status": "error"})
-        await events.flush()
-        await self.leases.leave(thread_id, run_id, token)
+    async def _recover(self, ref: str) -> bool:
+        """A run nobody holds: settle it if it ended, else queue it (a new attempt if one
+        had started)."""
+        thread_id, run_id = parse_ref(ref)
+        run = await self.records.get_run(thread_id, run_id)
+        if run is None or run["status"] in TERMINAL:
+            await self._settle(ref, run)
+            return False
+        if run_id not in await self.leases.queued(thread_id) and \
+                await self.leases.join(thread_id, run_id, reject=False) != 1:
+            return False  # behind another run of its thread: queued when it is next
+        if run["status"] == "pending":  # taken but never started: no attempt used
+            await self.pool.make_ready(ref)
+            return True
+        log.warning("run %s lost its owner; queuing attempt %d", run_id, run["attempt"] + 1)
+        self.metrics.count("runs_retried", reason="owner_lost")
+        return await self._requeue(run, None)
 
     async def hand_back_all(self) -> None:
-        """Graceful shutdown: give every run of this replica back at once."""
+        """Graceful shutdown: take no more runs, give every run of this replica back."""
+        self._closing = True
         for run_id, task in list(self._tasks.items()):
             self._cancel_actions[run_id] = HAND_BACK
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self._in_slots, return_exceptions=True)
 
     async def aclose(self) -> None:
+        self._closing = True
+        if self._puller is not None:  # a blocked pop ends within its timeout
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._puller, 2.0)
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await asyncio.to_thread(self.heartbeat.stop)

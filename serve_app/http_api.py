@@ -3,14 +3,17 @@ seed's ``/api/chat`` and ``/api/approve``. Thin: every route delegates to ``Agen
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from redis.exceptions import RedisError
 
+from serve_app.console import mount_console
 from serve_app.schemas import (
     ApproveRequest,
     AssistantSearch,
@@ -25,6 +28,7 @@ from serve_app.schemas import (
 )
 from serve_app.service import DEFAULT_GRAPH, AgentService, ApiError
 
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
@@ -33,7 +37,22 @@ def build_api(service: AgentService) -> FastAPI:
 
     @api.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status,
+                            headers=exc.headers)
+
+    @api.exception_handler(RedisError)
+    async def redis_error(_: Request, exc: RedisError) -> JSONResponse:
+        """Redis slow or restarting: nothing was lost, the request can be sent again."""
+        log.warning("request failed on Redis: %s", exc)
+        return JSONResponse({"detail": f"state store unavailable ({type(exc).__name__}); "
+                                       "retry shortly"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    @api.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=exc)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"},
+                            status_code=500)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -58,6 +77,12 @@ def build_api(service: AgentService) -> FastAPI:
     @api.get("/info")
     async def info() -> dict:
         return {"version": "0.1.0", "flags": {"assistants": True, "crons": False}}
+
+    @api.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        """This replica's run metrics in Prometheus' text format."""
+        return PlainTextResponse(service.metrics.prometheus(replica=service.replica_id),
+                                 media_type="text/plain; version=0.0.4")
 
     @api.get("/whoami")
     async def whoami() -> dict:
@@ -141,22 +166,23 @@ def build_api(service: AgentService) -> FastAPI:
     @api.post("/threads/{thread_id}/runs/stream")
     async def stream_run(thread_id: str, body: RunCreate) -> StreamingResponse:
         run = await service.create_run(thread_id, body)
-        return sse(run, service.stream_events(run["run_id"]))
+        return sse(run, service.stream_events(thread_id, run["run_id"]))
 
     @api.post("/runs/stream")
     async def stream_stateless_run(body: RunCreate) -> StreamingResponse:
         run = await service.create_run(None, body)
-        return sse(run, service.stream_events(run["run_id"]))
+        return sse(run, service.stream_events(run["thread_id"], run["run_id"]))
 
     @api.post("/threads/{thread_id}/runs/wait")
     async def wait_run(thread_id: str, body: RunCreate) -> dict:
         run = await service.create_run(thread_id, body)
-        return await service.run_output(await service.wait_for_end(run["run_id"]))
+        return await service.run_output(await service.wait_for_end(thread_id, run["run_id"]))
 
     @api.post("/runs/wait")
     async def wait_stateless_run(body: RunCreate) -> dict:
         run = await service.create_run(None, body)
-        return await service.run_output(await service.wait_for_end(run["run_id"]))
+        return await service.run_output(
+            await service.wait_for_end(run["thread_id"], run["run_id"]))
 
     @api.get("/threads/{thread_id}/runs")
     async def list_runs(thread_id: str, limit: int = 10, offset: int = 0) -> list[dict]:
@@ -174,7 +200,7 @@ def build_api(service: AgentService) -> FastAPI:
     @api.get("/threads/{thread_id}/runs/{run_id}/join")
     async def join_run(thread_id: str, run_id: str) -> dict:
         await service.get_run(thread_id, run_id)
-        return await service.run_output(await service.wait_for_end(run_id))
+        return await service.run_output(await service.wait_for_end(thread_id, run_id))
 
     @api.get("/threads/{thread_id}/runs/{run_id}/stream")
     async def join_stream(
@@ -183,7 +209,7 @@ def build_api(service: AgentService) -> FastAPI:
     ) -> StreamingResponse:
         """Join a run's stream from any replica, resuming after ``Last-Event-ID``."""
         run = await service.get_run(thread_id, run_id)
-        return sse(run, service.stream_events(run_id, last_event_id or "0"))
+        return sse(run, service.stream_events(thread_id, run_id, last_event_id or "0"))
 
     @api.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202)
     async def cancel_run(thread_id: str, run_id: str, wait: bool = False,
@@ -214,8 +240,8 @@ def build_api(service: AgentService) -> FastAPI:
 
     async def chat_response(run: dict[str, Any], stream: bool):
         if stream:
-            return sse(run, service.stream_events(run["run_id"]))
-        run = await service.wait_for_end(run["run_id"])
+            return sse(run, service.stream_events(run["thread_id"], run["run_id"]))
+        run = await service.wait_for_end(run["thread_id"], run["run_id"])
         output = await service.run_output(run)
         base = {"thread_id": run["thread_id"], "run_id": run["run_id"]}
         if "__error__" in output:
@@ -229,4 +255,5 @@ def build_api(service: AgentService) -> FastAPI:
         answer = messages[-1].get("content", "") if messages else ""
         return {**base, "status": "done", "answer": answer}
 
+    mount_console(api, service)
     return api

@@ -1,42 +1,88 @@
-"""Every Redis key the serving layer writes, in one place (prefix ``ac:``)."""
+"""Every Redis key the serving layer writes, in one place (prefix ``ac:``).
+
+Keys of one thread carry the thread's hash tag (``ac:{<thread id>}:...``): its record, its
+runs' records and event streams, its run queue, lease and fencing counter live in one hash
+slot, so a Lua script over them stays valid on a Redis Cluster. Keys of a run pool (the
+replicas that execute runs from one queue) carry the pool's tag (``ac:{pool:<name>}:...``).
+"""
+
+from __future__ import annotations
 
 PREFIX = "ac:"
-ALL_INFLIGHT = f"{PREFIX}runs:inflight"  # every non-terminal run, for the sweeper
-RUN_SEQUENCE = f"{PREFIX}seq"  # creation order of runs
 ALL_THREADS = f"{PREFIX}threads"  # every thread by creation time, for search
+RUN_SEQUENCE = f"{PREFIX}seq"  # creation order of runs
+
+
+def _thread(thread_id: str) -> str:
+    return f"{PREFIX}{{{thread_id}}}"
 
 
 def thread_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}"
+    return f"{_thread(thread_id)}:thread"
 
 
 def thread_runs_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:runs"
+    """Every run of the thread, by creation time."""
+    return f"{_thread(thread_id)}:runs"
 
 
 def queue_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:queue"
+    """The thread's non-terminal runs in order; only the head may run."""
+    return f"{_thread(thread_id)}:queue"
 
 
 def thread_lease_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:active"
+    """``<run id>:<fence>`` of the run that holds the thread."""
+    return f"{_thread(thread_id)}:active"
 
 
 def fence_key(thread_id: str) -> str:
-    return f"{PREFIX}thread:{thread_id}:fence"
+    return f"{_thread(thread_id)}:fence"
 
 
-def run_key(run_id: str) -> str:
-    return f"{PREFIX}run:{run_id}"
+def run_key(thread_id: str, run_id: str) -> str:
+    return f"{_thread(thread_id)}:run:{run_id}"
 
 
-def events_key(run_id: str) -> str:
-    return f"{PREFIX}run:{run_id}:events"
+def events_key(thread_id: str, run_id: str) -> str:
+    return f"{_thread(thread_id)}:run:{run_id}:events"
 
 
-def run_lease_key(run_id: str) -> str:
-    return f"{PREFIX}run:{run_id}:lease"
+def _pool(pool: str) -> str:
+    return f"{PREFIX}{{pool:{pool}}}"
 
 
-def claim_key(run_id: str, attempt: int) -> str:
-    return f"{PREFIX}run:{run_id}:claim:{attempt}"
+def ready_key(pool: str) -> str:
+    """Runs at the head of their thread, waiting for a free slot, by enqueue time."""
+    return f"{_pool(pool)}:ready"
+
+
+def running_key(pool: str) -> str:
+    """Runs some replica executes, scored by when their lease expires (ms)."""
+    return f"{_pool(pool)}:running"
+
+
+def pending_key(pool: str) -> str:
+    """Every non-terminal run of the pool by creation time: what the sweeper checks."""
+    return f"{_pool(pool)}:pending"
+
+
+def replicas_key(pool: str) -> str:
+    """Live replicas of the pool, scored by when their heartbeat expires (ms)."""
+    return f"{_pool(pool)}:replicas"
+
+
+def cancel_channel(pool: str) -> str:
+    return f"{_pool(pool)}:cancel"
+
+
+def run_ref(thread_id: str, run_id: str) -> str:
+    """A run as a member of the pool's sets: run ids are UUIDs (no ':'), thread ids any."""
+    return f"{run_id}:{thread_id}"
+
+
+def parse_ref(ref: str | bytes) -> tuple[str, str]:
+    """``(thread_id, run_id)`` of a ``run_ref``."""
+    text = ref.decode() if isinstance(ref, bytes) else ref
+    run_id, _, thread_id = text.partition(":")
+    return thread_id, run_id

@@ -1,31 +1,26 @@
-"""Who may run what, decided atomically in Redis (small Lua scripts).
+"""Who may run on a thread, decided atomically in Redis (small Lua scripts over the
+thread's own keys, one hash slot).
 
-- Every non-terminal run of a thread is in the thread's queue (a sorted set by creation
-  order); ``reject`` refuses to join a non-empty queue.
+- Every non-terminal run of a thread is in the thread's queue, in creation order;
+  ``reject`` refuses to join a non-empty queue.
 - Only the head of the queue may take the thread's lease, with a fencing token (a per-thread
   counter): at most one active run per thread across all replicas, runs in order.
-- The owner renews its run lease and the thread lease; a run whose lease expired has lost its
-  owner, and only a holder of the current token may write or release.
+- Only a holder of the current token may renew or release the lease; leaving the queue
+  names the next head, which the caller hands to the run pool.
 """
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from serve_app.keys import (
-    ALL_INFLIGHT,
-    RUN_SEQUENCE,
-    fence_key,
-    queue_key,
-    run_lease_key,
-    thread_lease_key,
-)
+from serve_app.keys import fence_key, queue_key, thread_lease_key
 
+# -> 0 refused, 1 joined at the head (may run now), 2 joined behind another run
 _JOIN = """
-if ARGV[3] == '1' and redis.call('zcard', KEYS[1]) > 0 then return 0 end
-local seq = redis.call('incr', KEYS[3])
-redis.call('zadd', KEYS[1], seq, ARGV[1])
-redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
+local last = redis.call('zrange', KEYS[1], -1, -1, 'WITHSCORES')
+if ARGV[2] == '1' and last[1] then return 0 end
+redis.call('zadd', KEYS[1], (tonumber(last[2]) or 0) + 1, ARGV[1])
+if last[1] then return 2 end
 return 1
 """
 
@@ -41,20 +36,31 @@ redis.call('set', KEYS[2], token, 'PX', ARGV[2])
 return token
 """
 
-_RENEW = """
-redis.call('set', KEYS[2], ARGV[3], 'PX', ARGV[2])
-if ARGV[1] == '' then return 1 end
+RENEW = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('pexpire', KEYS[1], ARGV[2])
 return 1
 """
 
+# -> {done, next head}: the next head is named only once the thread is free (no lease
+# left), so a run that is already running is never queued twice. Without a token a run
+# leaves as its dead owner would: it drops a lease of its own, never another run's.
 _LEAVE = """
-if ARGV[2] ~= '' and redis.call('get', KEYS[1]) ~= ARGV[2] then return 0 end
-if ARGV[2] ~= '' then redis.call('del', KEYS[1]) end
+local holder = redis.call('get', KEYS[1])
+if ARGV[2] ~= '' then
+  if holder == ARGV[2] then redis.call('del', KEYS[1]); holder = false
+  elseif holder then return {0, ''} end
+elseif holder and string.sub(holder, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ':' then
+  redis.call('del', KEYS[1]); holder = false
+end
 redis.call('zrem', KEYS[2], ARGV[1])
-redis.call('zrem', KEYS[3], ARGV[1])
-redis.call('del', KEYS[4])
+if holder then return {1, ''} end
+local head = redis.call('zrange', KEYS[2], 0, 0)[1]
+return {1, head or ''}
+"""
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
 return 1
 """
 
@@ -67,41 +73,42 @@ class Leases:
         self.ttl_ms = int(ttl_s * 1000)
         self._join = redis.register_script(_JOIN)
         self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
         self._leave = redis.register_script(_LEAVE)
         self._holds = redis.register_script(_HOLDS)
+        self._release = redis.register_script(_RELEASE)
 
-    async def join(self, thread_id: str, run_id: str, created: float, reject: bool) -> bool:
-        """Queue the run on its thread; False if ``reject`` and the thread is busy."""
-        keys = [queue_key(thread_id), ALL_INFLIGHT, RUN_SEQUENCE]
-        return bool(await self._join(keys, [run_id, created, "1" if reject else "0"]))
+    async def join(self, thread_id: str, run_id: str, reject: bool) -> int:
+        """Queue the run on its thread: 1 at the head, 2 behind another run, 0 refused
+        (``reject`` and the thread is busy)."""
+        return int(await self._join([queue_key(thread_id)], [run_id, "1" if reject else "0"]))
 
     async def acquire(self, thread_id: str, run_id: str) -> str | None:
-        """The fencing token if this run is next and the thread is free (or already its)."""
+        """The fencing token if this run is next and the thread is free (or already its,
+        from an earlier attempt of the same run)."""
         token = await self._acquire(
             [queue_key(thread_id), thread_lease_key(thread_id), fence_key(thread_id)],
             [run_id, self.ttl_ms])
         return token.decode() if isinstance(token, bytes) else token
 
-    async def renew(self, thread_id: str, run_id: str, token: str | None, owner: str) -> bool:
-        """Heartbeat: the run lease always, the thread lease if still ours."""
-        keys = [thread_lease_key(thread_id), run_lease_key(run_id)]
-        return bool(await self._renew(keys, [token or "", self.ttl_ms, owner]))
-
     async def holds(self, thread_id: str, token: str) -> bool:
         return bool(await self._holds([thread_lease_key(thread_id)], [token]))
 
-    async def leave(self, thread_id: str, run_id: str, token: str | None) -> bool:
-        """Dequeue a finished run and free its thread; refused if another holds the token."""
-        keys = [thread_lease_key(thread_id), queue_key(thread_id), ALL_INFLIGHT,
-                run_lease_key(run_id)]
-        return bool(await self._leave(keys, [run_id, token or ""]))
+    async def leave(self, thread_id: str, run_id: str, token: str | None
+                    ) -> tuple[bool, str | None]:
+        """Dequeue a finished run and free its thread: (done, the run to start next if the
+        thread is now free). Refused (False) if another run holds the thread."""
+        done, head = await self._leave([thread_lease_key(thread_id), queue_key(thread_id)],
+                                       [run_id, token or ""])
+        head = head.decode() if isinstance(head, bytes) else head
+        return bool(done), head or None
 
-    async def owner_alive(self, run_id: str) -> bool:
-        return bool(await self.redis.exists(run_lease_key(run_id)))
+    async def release(self, thread_id: str, token: str) -> None:
+        """Give the thread up but stay queued (a run handed back to the pool)."""
+        await self._release([thread_lease_key(thread_id)], [token])
 
-    async def inflight(self) -> list[str]:
-        return [rid.decode() for rid in await self.redis.zrange(ALL_INFLIGHT, 0, -1)]
+    async def head(self, thread_id: str) -> str | None:
+        first = await self.redis.zrange(queue_key(thread_id), 0, 0)
+        return first[0].decode() if first else None
 
     async def queued(self, thread_id: str) -> list[str]:
         return [rid.decode() for rid in await self.redis.zrange(queue_key(thread_id), 0, -1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +14,7 @@ from langgraph.errors import InvalidUpdateError
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StateSnapshot
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
@@ -22,9 +23,10 @@ from agents.settings import ApiSettings
 from agents.system import AgentSystem
 from serve_app.event_feed import EventFeed
 from serve_app.events import API_MODES, HEARTBEAT, sse_frame
-from serve_app.executor import Dispatch, RunExecutor
-from serve_app.jsonable import to_jsonable
+from serve_app.executor import RunExecutor
+from serve_app.jsonable import dumps, to_jsonable
 from serve_app.keys import events_key
+from serve_app.metrics import Metrics
 from serve_app.records import TERMINAL, Records
 
 ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
@@ -34,10 +36,11 @@ DEFAULT_GRAPH = "supervisor"
 class ApiError(Exception):
     """An error with an HTTP status and a ``detail`` for the client."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
 def check_messages(values: Any, field: str) -> None:
@@ -107,13 +110,15 @@ def state_snapshot(snapshot: StateSnapshot) -> dict[str, Any]:
 class AgentService:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
                  settings: ApiSettings, replica_id: str, checkpointer: LeanRedisSaver,
-                 dispatch: Dispatch | None = None):
+                 pool: str | None = None, metrics: Metrics | None = None):
         self.redis = redis
         self.records = Records(redis)
         self.graphs = graphs
         self.settings = settings
         self.replica_id = replica_id
-        self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, dispatch)
+        self.metrics = metrics or Metrics()
+        self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, pool,
+                                    self.metrics)
         self.feed = EventFeed(redis)
 
     async def aclose(self) -> None:
@@ -124,10 +129,11 @@ class AgentService:
     @classmethod
     def in_process(cls, system: AgentSystem, replica_id: str) -> AgentService:
         """The service over one process's graphs, specialists in-process, no Ray: the
-        benchmark's floor and the service's tests."""
+        benchmark's floor and the service's tests. Its runs go to a pool of its own."""
         runtime = system.runtime
         graphs = {"supervisor": system.supervisor, **system.specialists}
-        return cls(runtime.redis, graphs, runtime.settings.api, replica_id, runtime.checkpointer)
+        return cls(runtime.redis, graphs, runtime.settings.api, replica_id, runtime.checkpointer,
+                   pool=f"in-process:{replica_id}")
 
     # assistants
     def assistants(self) -> list[dict[str, Any]]:
@@ -239,9 +245,25 @@ class AgentService:
 
     # runs
     async def inflight_runs(self, thread_id: str) -> list[dict[str, Any]]:
-        runs = [await self.records.get_run(rid) for rid in
+        runs = [await self.records.get_run(thread_id, rid) for rid in
                 await self.executor.leases.queued(thread_id)]
         return [r for r in runs if r and r["status"] not in TERMINAL]
+
+    async def admit(self) -> None:
+        """Refuse a new run at once (503, ``Retry-After``) while the pool's queue is past
+        its depth or not draining: past capacity, queued work only adds waiting, and a
+        refusal now beats an answer too late to use."""
+        load = await self.executor.pool.load()
+        limit = self.settings.max_queued_runs * load.replicas
+        waited = load.oldest_wait_s
+        if load.queued < limit and waited <= self.settings.max_queue_wait_s:
+            return
+        reason = "queue_full" if load.queued >= limit else "queue_wait"
+        self.metrics.count("runs_refused", reason=reason)
+        retry_after = max(1, math.ceil(waited))
+        raise ApiError(503, f"at capacity: {load.queued} runs queued, the oldest for "
+                            f"{waited:.1f} s; retry after {retry_after} s",
+                       headers={"Retry-After": str(retry_after)})
 
     async def create_run(self, thread_id: str | None, body: Any,
                          extra_modes: list[str] | None = None) -> dict[str, Any]:
@@ -257,6 +279,7 @@ class AgentService:
             check_messages(body.command.update, "command.update")
             if body.command.goto is not None:
                 check_goto(body.command.goto, self.graphs[graph_id])
+        await self.admit()
         thread = await self._run_thread(thread_id, graph_id, body.if_not_exists)
         thread_id = thread["thread_id"]
         resume = body.command is not None and body.command.resume is not None
@@ -278,14 +301,15 @@ class AgentService:
                                             body.metadata or {}, body.multitask_strategy)
         # A resume must answer the interrupt it saw: never queue it behind another run.
         reject = body.multitask_strategy == "reject" or resume
-        if not await self.executor.leases.join(thread_id, run["run_id"], time.time(), reject):
+        joined = await self.executor.leases.join(thread_id, run["run_id"], reject)
+        if not joined:
             await self.records.delete_run(run)
             raise ApiError(409, f"thread {thread_id!r} is busy with another run "
                                 f"(multitask_strategy={body.multitask_strategy})")
+        await self.executor.submit(run, first_in_thread=joined == 1)
         if body.multitask_strategy in ("interrupt", "rollback"):
             for active in inflight:
-                await self.executor.cancel(active["run_id"], body.multitask_strategy)
-        await self.executor.dispatch(run["run_id"])
+                await self.executor.cancel(active, body.multitask_strategy)
         return run
 
     async def _run_thread(self, thread_id: str | None, graph_id: str,
@@ -339,22 +363,36 @@ class AgentService:
                 "config_schema": None, "context_schema": graph.get_context_jsonschema()}
 
     async def get_run(self, thread_id: str, run_id: str) -> dict[str, Any]:
-        run = await self.records.get_run(run_id)
-        if run is None or run["thread_id"] != thread_id:
+        run = await self.records.get_run(thread_id, run_id)
+        if run is None:
             raise ApiError(404, f"run {run_id!r} not found in thread {thread_id!r}")
         return run
 
-    async def stream_events(self, run_id: str, last_id: str = "0") -> AsyncIterator[bytes]:
-        """SSE frames of a run from its Redis Stream, after ``last_id``, until it ends."""
-        key = events_key(run_id)
+    async def stream_events(self, thread_id: str, run_id: str,
+                            last_id: str = "0") -> AsyncIterator[bytes]:
+        """SSE frames of a run from its Redis Stream, after ``last_id``, until it ends.
+
+        Stays open across the run's attempts and always ends with its outcome: if the run
+        is over but its stream never got the end (the writes failed, or the events
+        expired), the end is told from the run's record. Redis errors while waiting are
+        waited out, not turned into a cut connection a client would take for the end."""
+        key = events_key(thread_id, run_id)
+        ended_seen = False
         batches = self.feed.follow(key, last_id, self.settings.heartbeat_s)
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 if batch is None:
-                    run = await self.records.get_run(run_id)
-                    if run is None or (run["status"] in TERMINAL and
-                                       not await self.redis.exists(key)):
-                        return
+                    try:
+                        run = await self.records.get_run(thread_id, run_id)
+                    except RedisError:
+                        run = {"status": "unknown"}
+                    if run is None:
+                        return  # deleted (rollback)
+                    if run["status"] in TERMINAL:
+                        if ended_seen:  # a whole idle period after the end: none will come
+                            yield _end_frames(run)
+                            return
+                        ended_seen = True
                     yield HEARTBEAT
                     continue
                 frames, ended = [], False
@@ -367,13 +405,13 @@ class AgentService:
                 if ended:
                     return
 
-    async def wait_for_end(self, run_id: str) -> dict[str, Any]:
+    async def wait_for_end(self, thread_id: str, run_id: str) -> dict[str, Any]:
         """Block until the run is terminal (whichever replica runs it)."""
-        async for _ in self.stream_events(run_id):
+        async for _ in self.stream_events(thread_id, run_id):
             pass
         for _ in range(100):  # the record is written just before the stream's end event
-            run = await self.records.get_run(run_id)
-            if run["status"] in TERMINAL:
+            run = await self.records.get_run(thread_id, run_id)
+            if run is None or run["status"] in TERMINAL:
                 return run
             await asyncio.sleep(0.05)
         return run
@@ -393,10 +431,19 @@ class AgentService:
         run = await self.get_run(thread_id, run_id)
         if run["status"] in TERMINAL:
             return
-        await self.executor.cancel(run_id, action)
+        await self.executor.cancel(run, action)
         if wait:
-            await self.wait_for_end(run_id)
+            await self.wait_for_end(thread_id, run_id)
 
     async def pending_approvals(self, thread_id: str) -> list[dict[str, Any]]:
         snapshot = await self.snapshot(await self.require_thread(thread_id))
         return [{**i.value, "interrupt_id": i.id} for i in snapshot.interrupts]
+
+
+def _end_frames(run: dict[str, Any]) -> bytes:
+    """The end of a run told from its record (no event id: nothing to resume after)."""
+    frames = b""
+    if run.get("error"):
+        frames += sse_frame(b"error", dumps(run["error"]).encode(), None)
+    status = {"run_id": run["run_id"], "status": run["status"]}
+    return frames + sse_frame(b"end", dumps(status).encode(), None)

@@ -19,25 +19,50 @@ from serve_app.keys import events_key
 
 async def test_events_are_stored_in_order_with_their_ttl(redis_client):
     run_id = f"log-{uuid.uuid4().hex[:8]}"
-    writer = EventWriter(redis_client, run_id, ttl_s=600)
+    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600)
     for index in range(300):
         writer.append("custom", {"n": index})
         if index % 50 == 0:
             await asyncio.sleep(0)  # let the writer run now and then, as a graph does
     await writer.flush()
-    stored = await redis_client.xrange(events_key(run_id))
+    stored = await redis_client.xrange(events_key("log-thread", run_id))
     assert [json.loads(fields[b"data"])["n"] for _, fields in stored] == list(range(300))
-    assert 0 < await redis_client.ttl(events_key(run_id)) <= 600
+    assert 0 < await redis_client.ttl(events_key("log-thread", run_id)) <= 600
 
 
 async def test_a_failed_write_is_raised_once_then_writing_goes_on():
     dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    writer = EventWriter(dead, "run-x", ttl_s=60)
+    writer = EventWriter(dead, "thread-x", "run-x", ttl_s=60, retry_s=0)
     writer.append("metadata", {"run_id": "run-x"})
     with pytest.raises(RedisConnectionError):
         await writer.flush()
     await writer.flush()  # raised once; nothing pending
-    writer.append("end", {})  # tried again
+    writer.append("end", {})  # tried again, with the first event still first
     with pytest.raises(RedisConnectionError):
         await writer.flush()
+    assert [event for event, _ in writer._pending] == ["metadata", "end"]
     await dead.aclose()
+
+
+async def test_a_write_that_fails_for_a_moment_loses_nothing(redis_client):
+    """Redis paused for writes longer than the client's socket timeout: the batch that
+    timed out is written again, in order, once Redis answers."""
+    run_id = f"log-{uuid.uuid4().hex[:8]}"
+    impatient = Redis.from_url(redis_client.connection_pool.connection_kwargs.get("path")
+                               or _url(redis_client), socket_timeout=0.3,
+                               retry=Retry(NoBackoff(), 0))
+    writer = EventWriter(impatient, "log-thread", run_id, ttl_s=60, retry_s=10)
+    writer.append("custom", {"n": 0})
+    await writer.flush()
+    await redis_client.execute_command("CLIENT", "PAUSE", 800, "WRITE")
+    for index in range(1, 6):
+        writer.append("custom", {"n": index})
+    await writer.flush()
+    stored = await redis_client.xrange(events_key("log-thread", run_id))
+    assert [json.loads(fields[b"data"])["n"] for _, fields in stored] == list(range(6))
+    await impatient.aclose()
+
+
+def _url(client: Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -15,7 +14,7 @@ from tests.test_checkpoint import chat_graph
 
 async def holder(leases: Leases, thread_id: str) -> str:
     run_id = uuid.uuid4().hex
-    assert await leases.join(thread_id, run_id, time.time(), reject=False)
+    assert await leases.join(thread_id, run_id, reject=False) == 1
     token = await leases.acquire(thread_id, run_id)
     assert token
     return token

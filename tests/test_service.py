@@ -30,6 +30,12 @@ async def service(settings: Settings):
         await built.aclose()
 
 
+async def ended(service: AgentService, run: dict, timeout_s: float = 30) -> dict:
+    """The run's record once it is terminal."""
+    return await asyncio.wait_for(service.wait_for_end(run["thread_id"], run["run_id"]),
+                                  timeout_s)
+
+
 def user(text: str) -> RunCreate:
     return RunCreate.model_validate({
         "assistant_id": "supervisor", "stream_mode": ["values"],
@@ -40,17 +46,17 @@ async def test_a_run_past_its_deadline_ends_timeout_and_the_thread_goes_on(servi
     thread, _ = await service.records.create_thread(None, {})
     stub_admin.post("/config", json={"ttft_ms": 3000})  # every model call takes 3 s
     run = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
-    frames = b"".join([chunk async for chunk in service.stream_events(run["run_id"])])
-    ended = await service.wait_for_end(run["run_id"])
+    frames = b"".join([f async for f in service.stream_events(run["thread_id"], run["run_id"])])
+    outcome = await ended(service, run)
 
-    assert ended["status"] == "timeout"
-    assert ended["error"]["error"] == "RunTimeout"
+    assert outcome["status"] == "timeout"
+    assert outcome["error"]["error"] == "RunTimeout"
     assert b"event: error" in frames and b"RunTimeout" in frames
     assert (await service.records.get_thread(thread["thread_id"]))["status"] == "error"
 
     stub_admin.post("/config", json={"ttft_ms": 0})
     again = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
-    finished = await asyncio.wait_for(service.wait_for_end(again["run_id"]), 30)
+    finished = await ended(service, again)
     assert finished["status"] == "success"
     assert (await service.records.get_thread(thread["thread_id"]))["status"] == "idle"
 
@@ -67,7 +73,7 @@ async def test_unreadable_input_messages_are_refused_and_the_thread_stays_clean(
     assert await service.executor.leases.queued(thread["thread_id"]) == []
     assert (await service.get_state(thread["thread_id"]))["values"] == {}
     ok = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
-    assert (await asyncio.wait_for(service.wait_for_end(ok["run_id"]), 30))["status"] == "success"
+    assert (await ended(service, ok))["status"] == "success"
 
 
 async def test_state_updates_the_graph_cannot_apply_are_422(service):
@@ -100,7 +106,7 @@ async def test_a_goto_naming_a_node_runs_from_that_node(service):
         "goto": "supervisor",
         "update": {"messages": [{"role": "user", "content": "What is Redis persistence?"}]}}})
     run = await service.create_run(thread["thread_id"], body)
-    assert (await asyncio.wait_for(service.wait_for_end(run["run_id"]), 30))["status"] == "success"
+    assert (await ended(service, run))["status"] == "success"
     state = await service.get_state(thread["thread_id"])
     assert state["values"]["messages"][-1]["type"] == "ai"
 
@@ -110,7 +116,7 @@ async def test_thread_search_filters_by_status_and_shows_values(service):
     idle, _ = await service.records.create_thread(None, {"tag": tag})
     waiting, _ = await service.records.create_thread(None, {"tag": tag})
     run = await service.create_run(waiting["thread_id"], user("Refund $5 to order 42"))
-    assert (await service.wait_for_end(run["run_id"]))["status"] == "success"
+    assert (await ended(service, run))["status"] == "success"
 
     found = await service.search_threads(ThreadSearch(metadata={"tag": tag}, status="interrupted"))
     assert [t["thread_id"] for t in found] == [waiting["thread_id"]]
@@ -134,7 +140,7 @@ async def test_state_carries_flat_checkpoint_ids_too(service):
 async def test_concurrent_approvals_of_one_call_apply_once(service):
     thread, _ = await service.records.create_thread(None, {})
     paused = await service.create_run(thread["thread_id"], user("Refund $500 to order 42"))
-    await service.wait_for_end(paused["run_id"])
+    await ended(service, paused)
     before = (await effect_counts(service.redis)).get("issue_refund", 0)
 
     def approval(by: str) -> RunCreate:
@@ -148,7 +154,7 @@ async def test_concurrent_approvals_of_one_call_apply_once(service):
     refused = [o for o in outcomes if isinstance(o, ApiError)]
     assert len(accepted) == 1 and len(refused) == 4
     assert {o.status for o in refused} == {409}
-    assert (await service.wait_for_end(accepted[0]["run_id"]))["status"] == "success"
+    assert (await ended(service, accepted[0]))["status"] == "success"
     assert (await effect_counts(service.redis)).get("issue_refund", 0) == before + 1
     assert await service.pending_approvals(thread["thread_id"]) == []
 
@@ -172,12 +178,14 @@ def nested_graph(checkpointer) -> Any:
 async def test_subgraph_events_carry_their_namespace_when_asked(service, stream_subgraphs):
     checkpointer = service.executor.checkpointer
     nested = AgentService(service.redis, {"nested": nested_graph(checkpointer)},
-                          service.settings, "nested-replica", checkpointer)
+                          service.settings, "nested-replica", checkpointer, pool="nested")
+    nested.executor.start()
     thread, _ = await nested.records.create_thread(None, {})
     run = await nested.create_run(thread["thread_id"], RunCreate.model_validate({
         "assistant_id": "nested", "input": {"n": 1}, "stream_mode": ["updates"],
         "stream_subgraphs": stream_subgraphs}))
-    frames = b"".join([c async for c in nested.stream_events(run["run_id"])]).decode()
+    frames = b"".join(
+        [f async for f in nested.stream_events(run["thread_id"], run["run_id"])]).decode()
     await nested.aclose()
 
     names = [line.removeprefix("event: ") for line in frames.splitlines()

@@ -1,0 +1,175 @@
+// The approval inbox: every pending approval across threads, kept live by polling the
+// LangGraph thread search (status "interrupted"); decisions go through /api/approve.
+
+import {
+  api, approvalForm, approvalSummary, call, debug, h, setUpSignIn, showError, since, textOf,
+} from "./common.js";
+
+const POLL_MS = 2000;
+const OUTCOME_WAIT_MS = 120000;
+
+const $ = (id) => document.getElementById(id);
+const alerts = $("alerts");
+const pending = $("pending");
+const decided = $("decided");
+const status = $("inbox-status");
+const items = new Map(); // interrupt id -> {node, thread, value, deciding}
+
+debug.pausePolling = false;
+const encode = encodeURIComponent;
+const chatLink = (tid) => h("a", {href: `/ui/chat?thread=${encode(tid)}`, text: tid});
+
+function conversation(messages) {
+  const shown = messages.filter((m) => textOf(m.content));
+  const asked = [...shown].reverse().find((m) => m.type === "human");
+  return [
+    asked ? h("p", {class: "asked"}, "Asked: ", h("q", {text: textOf(asked.content)})) : null,
+    h("details", {class: "context"},
+      h("summary", {text: `Conversation leading to it (${shown.length} messages)`}),
+      h("ol", {}, shown.map((m) => h("li", {class: `msg ${m.type}`},
+        h("strong", {text: m.type === "human" ? "User" : m.name || "assistant"}), ": ",
+        h("span", {class: "text", text: textOf(m.content)}))))),
+  ];
+}
+
+function add(id, value, thread) {
+  const headingId = `approval-${id}`;
+  const item = {thread, value, deciding: false};
+  const form = approvalForm(value, (decision) => decide(id, item, decision));
+  item.node = h("li", {class: "item", "data-interrupt": id, "data-thread": thread.thread_id},
+    h("article", {"aria-labelledby": headingId},
+      h("h3", {id: headingId}, value.tool, h("span", {class: "muted",
+        text: ` requested by ${value.requested_by || "?"}`})),
+      h("p", {class: "meta"}, "Thread ", chatLink(thread.thread_id), " · waiting ",
+        h("span", {class: "waited", "data-since": thread.updated_at,
+          text: since(thread.updated_at)})),
+      approvalSummary(value), conversation(thread.values?.messages || []), form));
+  items.set(id, item);
+  pending.append(item.node);
+}
+
+/** Move an item to "Decided", with what its run did (``outcome`` now, or once known). */
+function settle(id, item, label, outcome) {
+  items.delete(id);
+  item.node.remove();
+  const text = h("span", {class: "text", text: outcome || "waiting for the run to finish…"});
+  const headingId = `decided-${id}`;
+  const node = h("li", {class: "item decided", "data-interrupt": id, tabindex: "-1",
+    "aria-labelledby": headingId},
+  h("h3", {id: headingId}, `${item.value.tool}: ${label}`),
+  h("p", {class: "meta"}, "Thread ", chatLink(item.thread.thread_id)),
+  approvalSummary(item.value),
+  h("p", {class: "outcome"}, h("strong", {text: "Outcome: "}), text));
+  decided.prepend(node);
+  refreshCount();
+  return {node, text};
+}
+
+async function decide(id, item, decision) {
+  item.deciding = true;
+  let answer;
+  try {
+    answer = await call("POST", "/api/approve", {
+      thread_id: item.thread.thread_id, interrupt_id: id, stream: false, ...decision,
+    }, [202, 500]);
+  } catch (error) {
+    item.deciding = false;
+    if (error.status === 409) {
+      decidedElsewhere(id, item, "already decided elsewhere (your decision was not applied)");
+      return;
+    }
+    throw error; // shown in the item's form
+  }
+  const verb = {approve: "approved", reject: "rejected", edit: "edited and approved"};
+  const label = `${verb[decision.action]} by ${decision.by}` +
+    (decision.reason ? ` (${decision.reason})` : "");
+  const outcome = answer.status === 202
+    ? "The run continued and is waiting for another approval (listed above)."
+    : answer.status === 500
+      ? `The run failed: ${answer.body.error?.message || answer.body.error?.error}`
+      : answer.body.answer;
+  settle(id, item, label, outcome).node.focus();
+}
+
+function decidedElsewhere(id, item, label = "decided elsewhere") {
+  const {text} = settle(id, item, label);
+  outcomeOf(item.thread.thread_id).then((outcome) => (text.textContent = outcome));
+}
+
+/** What a thread's run did once it is no longer busy: its answer, error or next approval. */
+async function outcomeOf(tid) {
+  const deadline = Date.now() + OUTCOME_WAIT_MS;
+  while (Date.now() < deadline) {
+    try {
+      const thread = await api("GET", `/threads/${encode(tid)}`);
+      if (thread.status === "interrupted") return "Waiting for another approval.";
+      if (thread.status === "error") {
+        return `The run failed: ${thread.error?.message || thread.error?.error}`;
+      }
+      if (thread.status === "idle") {
+        const messages = thread.values?.messages || [];
+        return textOf(messages.at(-1)?.content) || "The run finished.";
+      }
+    } catch (error) {
+      if (error.status === 404) return "The thread was deleted.";
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  return "Still running: open the thread to follow it.";
+}
+
+function refreshCount() {
+  const count = items.size;
+  $("empty").hidden = count > 0;
+  document.title = `${count ? `(${count}) ` : ""}Approval inbox · Agent Cluster`;
+  return count;
+}
+
+async function poll() {
+  if (debug.pausePolling) return;
+  let threads;
+  try {
+    threads = await api("POST", "/threads/search", {status: "interrupted", limit: 1000});
+  } catch (error) {
+    showError(alerts, error);
+    status.textContent = `Not up to date: the last refresh failed at ${clock()}.`;
+    return;
+  }
+  showError(alerts, null);
+  threads.sort((a, b) => Date.parse(a.updated_at) - Date.parse(b.updated_at));
+  const seen = new Set();
+  for (const thread of threads) {
+    for (const interrupts of Object.values(thread.interrupts || {})) {
+      for (const {id, value} of interrupts) {
+        if (value?.type !== "approval") continue;
+        seen.add(id);
+        if (!items.has(id)) add(id, value, thread);
+      }
+    }
+  }
+  for (const [id, item] of items) {
+    if (!seen.has(id) && !item.deciding) decidedElsewhere(id, item);
+  }
+  const count = refreshCount();
+  status.textContent = `${count} waiting · updated live, last at ${clock()}`;
+}
+
+const clock = () => new Date().toLocaleTimeString();
+
+async function pollForever() {
+  await poll();
+  setTimeout(pollForever, POLL_MS);
+}
+
+setUpSignIn();
+document.addEventListener("signin", () => {
+  items.clear();
+  pending.replaceChildren();
+  poll();
+});
+setInterval(() => {
+  for (const span of pending.querySelectorAll(".waited")) {
+    span.textContent = since(span.dataset.since);
+  }
+}, 1000);
+pollForever();

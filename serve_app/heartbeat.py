@@ -1,0 +1,106 @@
+"""Lease renewals from a thread of their own, on a connection of their own.
+
+Renewing from a task of the replica's event loop made leases hostage to that loop: under
+overload a loop busy for a few seconds (serialising checkpoints, parsing model streams)
+missed renewals, the sweeper took healthy runs away, and their next attempts burned
+``max_attempts`` with no replica dead. A thread keeps beating while the loop is busy
+(Python switches threads every few ms), and one pipeline renews every run of the replica.
+
+A loop that is not busy but stuck should still lose its runs: the loop ticks ``alive``
+and the thread stops renewing once the loop has been silent for ``stall_limit_s``, so a
+wedged replica gives its runs up within that limit plus the lease. A dead one stops
+beating at once and loses them within the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from serve_app.leases import RENEW
+from serve_app.run_pool import RunPool, now_ms
+
+log = logging.getLogger(__name__)
+
+# What a synchronous connection can take from the asyncio pool's settings.
+_SYNC_KWARGS = ("host", "port", "db", "username", "password", "path", "socket_timeout",
+                "socket_connect_timeout", "ssl", "ssl_cert_reqs", "ssl_ca_certs")
+
+
+def sync_client(connection_kwargs: dict) -> redis.Redis:
+    """A synchronous client on the same server as an asyncio pool's connections."""
+    kwargs = {k: v for k, v in connection_kwargs.items() if k in _SYNC_KWARGS}
+    if "path" in kwargs:
+        return redis.Redis(unix_socket_path=kwargs.pop("path"), **kwargs)
+    return redis.Redis(**kwargs)
+
+
+class Heartbeat:
+    def __init__(self, client: redis.Redis, pool: RunPool, replica_id: str,
+                 stall_limit_s: float):
+        self.client = client
+        self.pool = pool
+        self.replica_id = replica_id
+        self.period_s = pool.lease_ms / 3000
+        self.stall_limit_s = stall_limit_s
+        self._held: dict[str, tuple[str, str | None]] = {}  # run ref -> (thread, token)
+        self._lock = threading.Lock()
+        self._alive = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._renew = client.register_script(RENEW)
+
+    # called from the event loop
+    def alive(self) -> None:
+        self._alive = time.monotonic()
+
+    def hold(self, ref: str, thread_key: str, token: str | None = None) -> None:
+        """Renew the run's lease (and the thread lease ``thread_key`` once it has a
+        ``token``) until ``drop``."""
+        with self._lock:
+            self._held[ref] = (thread_key, token)
+
+    def drop(self, ref: str) -> None:
+        with self._lock:
+            self._held.pop(ref, None)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.client.close()
+
+    # the thread
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            if time.monotonic() - self._alive > self.stall_limit_s:
+                log.warning("event loop silent for %.0f s: not renewing its leases",
+                            time.monotonic() - self._alive)
+                continue
+            try:
+                self.beat()
+            except redis.RedisError as exc:  # the next beat tries again
+                log.warning("lease heartbeat failed: %s", exc)
+
+    def beat(self) -> None:
+        """Renew every held lease and the replica's own, in one round trip."""
+        with self._lock:
+            held = dict(self._held)
+        expiry = now_ms() + self.pool.lease_ms
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.pool.replicas, {self.replica_id: expiry})
+        pipe.zremrangebyscore(self.pool.replicas, 0, now_ms() - 60_000)
+        if held:
+            pipe.zadd(self.pool.running, dict.fromkeys(held, expiry), xx=True)
+        for thread_key, token in held.values():
+            if token:
+                self._renew(keys=[thread_key], args=[token, self.pool.lease_ms], client=pipe)
+        pipe.execute()

@@ -1,0 +1,144 @@
+"""The durable queue a pool of replicas pulls runs from (keys of one hash slot per pool).
+
+- ``ready``: runs at the head of their thread, waiting for a free slot, by enqueue time.
+  A replica with a free slot pops the oldest, so admitted work waits here, in Redis, not
+  in a replica's memory: a replica that dies loses nothing it had not started.
+- ``running``: runs some replica executes, scored by when their lease expires; the
+  replica's heartbeat pushes the score forward. An expired score means the owner is gone.
+- ``pending``: every non-terminal run, by creation time; the sweeper's view of what must
+  end somewhere, so a run dropped between two steps (a crash after its thread queue took
+  it, before the ready queue did) is found and queued again.
+- ``replicas``: the pool's live replicas (heartbeat expiry), for admission and autoscaling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from serve_app.keys import (
+    parse_ref,
+    pending_key,
+    queue_key,
+    ready_key,
+    replicas_key,
+    running_key,
+)
+
+# KEYS[1]: running; ARGV: ref, now (ms), lease (ms). One live owner per run.
+_CLAIM = """
+local expires = redis.call('zscore', KEYS[1], ARGV[1])
+if expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
+redis.call('zadd', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class PoolLoad:
+    """What admission and autoscaling look at."""
+
+    queued: int  # runs waiting for a slot
+    oldest_wait_s: float  # how long the oldest of them has waited
+    running: int
+    replicas: int  # live replicas (at least 1: the one asking)
+
+
+class RunPool:
+    def __init__(self, redis: Redis, name: str, lease_ttl_s: float):
+        self.redis = redis
+        self._claim = redis.register_script(_CLAIM)
+        self.name = name
+        self.lease_ms = int(lease_ttl_s * 1000)
+        self.ready = ready_key(name)
+        self.running = running_key(name)
+        self.pending = pending_key(name)
+        self.replicas = replicas_key(name)
+
+    async def add(self, ref: str, ready: bool) -> None:
+        """A new run: always pending; ready too if it is its thread's next run."""
+        stamp = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.pending, {ref: stamp}, nx=True)
+            if ready:
+                pipe.zadd(self.ready, {ref: stamp}, nx=True)
+            await pipe.execute()
+
+    async def make_ready(self, ref: str) -> None:
+        await self.redis.zadd(self.ready, {ref: time.time()}, nx=True)
+
+    async def take(self, conn: Redis, timeout_s: float) -> str | None:
+        """Pop the oldest ready run (blocking on ``conn``, a connection of its own) and
+        claim its lease; None if none came within ``timeout_s`` or the run popped is
+        already claimed by a live owner (it was queued twice)."""
+        popped = await conn.bzpopmin(self.ready, timeout=timeout_s)
+        if not popped:
+            return None
+        ref = popped[1].decode()
+        claimed = await self._claim(keys=[self.running], args=[ref, now_ms(), self.lease_ms])
+        return ref if claimed else None
+
+    async def hand_back(self, ref: str) -> None:
+        """Not started, or stopped without an end: some replica takes it again."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.running, ref)
+            pipe.zadd(self.ready, {ref: time.time()}, nx=True)
+            await pipe.execute()
+
+    async def let_go(self, ref: str) -> None:
+        """Stop holding a run without queuing it (it is not its thread's turn, or it is
+        another attempt's now)."""
+        await self.redis.zrem(self.running, ref)
+
+    async def done(self, ref: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.running, ref)
+            pipe.zrem(self.pending, ref)
+            pipe.zrem(self.ready, ref)
+            await pipe.execute()
+
+    async def expired(self) -> list[str]:
+        """Runs whose owner stopped renewing their lease."""
+        return [r.decode() for r in await self.redis.zrangebyscore(self.running, 0, now_ms())]
+
+    async def forfeit(self, ref: str) -> bool:
+        """Take an expired run away from its owner; only one sweeper wins."""
+        return bool(await self.redis.zrem(self.running, ref))
+
+    async def orphans(self, older_than_s: float) -> list[str]:
+        """Pending runs older than ``older_than_s`` that are neither ready nor running but
+        at the head of their thread (so nothing would ever start them)."""
+        old = await self.redis.zrangebyscore(self.pending, 0, time.time() - older_than_s)
+        if not old:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for ref in old:
+                thread_id, _ = parse_ref(ref)
+                pipe.zscore(self.ready, ref)
+                pipe.zscore(self.running, ref)
+                pipe.zrange(queue_key(thread_id), 0, 0)
+            replies = await pipe.execute()
+        found = []
+        for i, ref in enumerate(old):
+            ready, running, head = replies[3 * i:3 * i + 3]
+            _, run_id = parse_ref(ref)
+            if ready is None and running is None and (not head or head[0].decode() == run_id):
+                found.append(ref.decode())
+        return found
+
+    async def load(self) -> PoolLoad:
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.ready)
+            pipe.zrange(self.ready, 0, 0, withscores=True)
+            pipe.zcard(self.running)
+            pipe.zcount(self.replicas, now_ms(), "+inf")
+            queued, oldest, running, replicas = await pipe.execute()
+        wait = now - oldest[0][1] if oldest else 0.0
+        return PoolLoad(queued, max(wait, 0.0), running, max(replicas, 1))
