@@ -27,8 +27,9 @@ debug.dropStreams = () => debug.feeds.forEach((f) => f.drop());
 const encode = encodeURIComponent;
 const threadPath = (tid) => `/threads/${encode(tid)}`;
 
+/** Milestones for screen readers ("Answer ready."); connection trouble shows on screen. */
 function announce(text) {
-  connection.textContent = text;
+  $("announce").textContent = text;
 }
 
 function scrollToEnd() {
@@ -228,7 +229,7 @@ function watchRun({path, body, location, label, before}) {
       }
     }
     view.handle(event, data);
-  }, announce);
+  }, (text) => (connection.textContent = text));
   feed = runFeed;
   setBusy(true);
   const done = (location ? runFeed.join(location) : runFeed.start(path, body))
@@ -354,7 +355,7 @@ async function selectThread(tid) {
   $("thread-label").textContent = `Thread ${tid}`;
   transcript.replaceChildren();
   showError(alerts, null);
-  announce("");
+  connection.textContent = "";
   loadThreads();
   let thread;
   let runs;
@@ -432,7 +433,8 @@ message.addEventListener("keydown", (event) => {
 $("new-thread").addEventListener("click", () => newThread().catch((e) => showError(alerts, e)));
 $("stop").addEventListener("click", () => {
   feed?.stop();
-  announce("Stopped watching: the run goes on in the cluster. Open the thread again to rejoin.");
+  connection.textContent =
+    "Stopped watching: the run goes on in the cluster. Open the thread again to rejoin it.";
 });
 document.addEventListener("signin", () => (threadId ? selectThread(threadId) : loadThreads()));
 

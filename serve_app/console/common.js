@@ -68,7 +68,8 @@ function explain(status, detail) {
   if (status === 404) return `Not found: ${detail}`;
   if (status === 409) return `Conflict: ${detail}`;
   if (status === 422) return `Invalid request: ${detail}`;
-  if (status === 502 || status === 503 || status === 504) {
+  if (status === 503) return `The cluster cannot take this now (503): ${detail}. Try again shortly.`;
+  if (status === 502 || status === 504) {
     return `The cluster is not answering (HTTP ${status}): it may be down or restarting.`;
   }
   return `The cluster answered ${status}: ${detail}`;
@@ -345,7 +346,7 @@ export function h(tag, attrs = {}, ...children) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child !== null && child !== undefined && child !== false) node.append(child);
   }
   return node;

@@ -2,7 +2,7 @@
 // LangGraph thread search (status "interrupted"); decisions go through /api/approve.
 
 import {
-  api, approvalForm, approvalSummary, call, debug, h, setUpSignIn, showError, since, textOf,
+  api, approvalForm, call, debug, formatArgs, h, setUpSignIn, showError, since, textOf,
 } from "./common.js";
 
 const POLL_MS = 2000;
@@ -25,7 +25,8 @@ function conversation(messages) {
   return [
     asked ? h("p", {class: "asked"}, "Asked: ", h("q", {text: textOf(asked.content)})) : null,
     h("details", {class: "context"},
-      h("summary", {text: `Conversation leading to it (${shown.length} messages)`}),
+      h("summary", {text: `Conversation leading to it (${shown.length} ` +
+        `message${shown.length === 1 ? "" : "s"})`}),
       h("ol", {}, shown.map((m) => h("li", {class: `msg ${m.type}`},
         h("strong", {text: m.type === "human" ? "User" : m.name || "assistant"}), ": ",
         h("span", {class: "text", text: textOf(m.content)}))))),
@@ -43,7 +44,7 @@ function add(id, value, thread) {
       h("p", {class: "meta"}, "Thread ", chatLink(thread.thread_id), " · waiting ",
         h("span", {class: "waited", "data-since": thread.updated_at,
           text: since(thread.updated_at)})),
-      approvalSummary(value), conversation(thread.values?.messages || []), form));
+      formatArgs(value.args), conversation(thread.values?.messages || []), form));
   items.set(id, item);
   pending.append(item.node);
 }
@@ -58,7 +59,7 @@ function settle(id, item, label, outcome) {
     "aria-labelledby": headingId},
   h("h3", {id: headingId}, `${item.value.tool}: ${label}`),
   h("p", {class: "meta"}, "Thread ", chatLink(item.thread.thread_id)),
-  approvalSummary(item.value),
+  formatArgs(item.value.args),
   h("p", {class: "outcome"}, h("strong", {text: "Outcome: "}), text));
   decided.prepend(node);
   refreshCount();
