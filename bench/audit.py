@@ -2,8 +2,10 @@
 
 A turn the client saw succeed must be in its thread exactly once, followed (before the
 next user message) by an answer the stub's contract predicts; otherwise it is lost,
-duplicated, unanswered or wrongly answered. Turns that failed on the client are only
-checked for duplication (whether the server kept them is not knowable from outside).
+duplicated, unanswered or wrongly answered. A turn refused at admission must not be in its
+thread at all. Turns that failed on the client are only checked for duplication (whether
+the server kept them is not knowable from outside). A thread still ``busy`` once the load
+has drained is counted too (a run that never ended).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def check_thread(turns: list[TurnRecord], messages: list[dict[str, Any]]) -> Cou
         where = [i for i, text in humans if text == record.turn.text]
         if len(where) > 1:
             counts["duplicated"] += 1
+        if record.refused:
+            counts["refused"] += 1
+            if where:  # refused means nothing was stored
+                counts["refused_but_stored"] += 1
+            continue
         if not record.ok:
             counts["failed_on_client"] += 1
             continue
@@ -81,6 +88,10 @@ async def audit(base_url: str, records: list[TurnRecord], concurrency: int = 8,
                         totals["read_errors"] += 1
                         return
                     state = orjson.loads(await resp.read())
+                async with session.get(f"{base_url}/threads/{thread_id}") as resp:
+                    if resp.status == 200 and \
+                            orjson.loads(await resp.read()).get("status") == "busy":
+                        totals["busy_threads"] += 1
             except (TimeoutError, aiohttp.ClientError):
                 totals["read_errors"] += 1
                 return
@@ -91,7 +102,8 @@ async def audit(base_url: str, records: list[TurnRecord], concurrency: int = 8,
         await asyncio.gather(*(one(session, tid, turns) for tid, turns in by_thread.items()))
     result = {key: totals.get(key, 0) for key in
               ("ok", "lost", "duplicated", "unanswered", "wrong_answer", "extra",
-               "failed_on_client", "read_errors")}
+               "failed_on_client", "refused", "refused_but_stored", "read_errors",
+              "busy_threads")}
     result["threads"] = len(by_thread)
     result["turns"] = len(records)
     return result

@@ -31,6 +31,8 @@ from bench.stats import summary
 from bench.workload import Turn, make_turn
 
 STREAM_MODE = ["messages-tuple", "custom", "values"]  # what the SDK example in README uses
+REFUSED = "refused"
+MAX_RESUME_TRIES = 10
 
 
 @dataclass
@@ -59,6 +61,7 @@ class RunResult:
     tokens: int = 0
     interrupted: bool = False
     error: str | None = None
+    retry_after: float | None = None  # refused (503): how long the server asked to wait
 
 
 @dataclass
@@ -76,6 +79,11 @@ class TurnRecord:
     @property
     def ok(self) -> bool:
         return self.finished is not None and self.error is None
+
+    @property
+    def refused(self) -> bool:
+        """Turned away at admission: nothing was stored, the user may send it again."""
+        return self.error == REFUSED
 
     @property
     def answering(self) -> RunResult | None:
@@ -192,6 +200,9 @@ class LoadGenerator:
                     self._in_turn.discard(uid)
                 if uid in self._retired:
                     return
+                if record.refused:  # nothing stored: wait as asked, then say something new
+                    await asyncio.sleep(record.runs[-1].retry_after * self.rng.uniform(1, 1.5))
+                    continue
                 await self._think()
                 if not record.ok:
                     break  # the thread's state is uncertain: start a fresh one
@@ -226,8 +237,13 @@ class LoadGenerator:
                 record.approval_wait = self.config.approval_delay_s * self.rng.uniform(0.5, 1.5)
                 await asyncio.sleep(record.approval_wait)
                 decision = {"action": "approve", "by": "bench"}
-                run = await self.stream_run(thread_id, {"command": {"resume": decision}})
-                record.runs.append(run)
+                for _ in range(MAX_RESUME_TRIES):  # the approver tries again when refused
+                    run = await self.stream_run(thread_id, {"command": {"resume": decision}})
+                    record.runs.append(run)
+                    if run.error != REFUSED:
+                        break
+                    await asyncio.sleep(run.retry_after)
+                    record.approval_wait += run.ended - run.started + run.retry_after
         if run.error is None and run.interrupted:
             run.error = "unexpected_interrupt"
         if run.error is None and run.first_token is None:
@@ -244,6 +260,9 @@ class LoadGenerator:
             async with self._session.post(
                 f"{self.base_url}/threads/{thread_id}/runs/stream", json=body
             ) as resp:
+                if resp.status == 503 and resp.headers.get("Retry-After"):
+                    run.error, run.retry_after = REFUSED, float(resp.headers["Retry-After"])
+                    return run
                 if resp.status != 200:
                     run.error = f"http_{resp.status}"
                     return run
@@ -334,7 +353,8 @@ def summarise(records: list[TurnRecord], start: float, end: float, model: ModelT
     """
     turns = [r for r in records if start <= r.started < end]
     ok = [r for r in turns if r.ok]
-    errors: Counter[str] = Counter(r.error for r in turns if r.error)
+    refused = [r for r in turns if r.refused]
+    errors: Counter[str] = Counter(r.error for r in turns if r.error and not r.refused)
     incomplete = sum(1 for r in turns if r.finished is None) if now is not None else 0
     if incomplete:
         errors["incomplete"] = incomplete
@@ -365,5 +385,7 @@ def summarise(records: list[TurnRecord], start: float, end: float, model: ModelT
         "ttlt_overhead_ms": summary(overhead_last, 1000),
         "turn_ms": summary([r.finished - r.started - r.approval_wait for r in ok], 1000),
         "errors": dict(errors),
+        "refused": len(refused),
+        "refusal_ms": summary([r.runs[-1].ended - r.runs[-1].started for r in refused], 1000),
         "by_kind": by_kind,
     }

@@ -23,12 +23,9 @@ async def used_memory(url: str) -> int:
 
 
 async def thread_keys(redis: Redis, thread_id: str) -> list[bytes]:
-    """Keys naming the thread (its checkpoints, its specialists' sub-threads, its records)
-    and its runs' records and event streams."""
-    keys = [k async for k in redis.scan_iter(match=f"*{thread_id}*", count=5000)]
-    for run_id in await redis.zrange(f"ac:thread:{thread_id}:runs", 0, -1):
-        keys += [f"ac:run:{run_id.decode()}".encode(), f"ac:run:{run_id.decode()}:events".encode()]
-    return keys
+    """Keys naming the thread: its checkpoints, its specialists' sub-threads, and (under
+    its hash tag, ``serve_app.keys``) its records, its runs' records and event streams."""
+    return [k async for k in redis.scan_iter(match=f"*{thread_id}*", count=5000)]
 
 
 async def redis_memory(url: str, baseline: int, turns_by_thread: dict[str, int],

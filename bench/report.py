@@ -249,13 +249,50 @@ def procs_section(report: dict[str, Any]) -> str:
 
 def audit_section(report: dict[str, Any]) -> str:
     keys = ("threads", "turns", "ok", "lost", "duplicated", "unanswered", "wrong_answer",
-            "extra", "failed_on_client", "read_errors")
+            "extra", "failed_on_client", "refused", "refused_but_stored", "busy_threads",
+            "read_errors")
     rows = [[name, *[f((t.get("audit") or {}).get(k)) for k in keys]]
             for name, t in _targets(report).items()]
     return ("Every thread's state is read back through the API after the load; each turn "
             "the client saw succeed must be there exactly once, followed by the answer the "
             "stub's contract predicts (refunds: `Refund issued: $N to order M`; memory: the "
-            "previous message quoted verbatim).\n\n" + table(["target", *keys], rows))
+            "previous message quoted verbatim); a turn refused at admission must not be "
+            "there at all; no thread may be left `busy`.\n\n" + table(["target", *keys], rows))
+
+
+def overload_section(report: dict[str, Any]) -> str:
+    rows = []
+    for name, t in _targets(report).items():
+        o = t.get("overload")
+        if not o:
+            continue
+        audit = t.get("audit") or {}
+        rows.append([name, f"{f(o['users'])} ({o['factor']:g}x {f(o['users'] // o['factor'])})",
+                     f(o["capacity_runs_per_s"], 1), f(o["runs_per_s"], 1),
+                     f(o["goodput_ratio"] and o["goodput_ratio"] * 100, 0, " %"),
+                     f(o["turns_ok"]), f(o["refused"]), f(o["refusal_ms"]["p95"]),
+                     ", ".join(f"{k} {v}" for k, v in o["errors"].items()) or "0",
+                     f(audit.get("lost")), f(audit.get("duplicated")),
+                     f(o["ttft_overhead_ms"]["p95"]), f(o["ttft_overhead_ms"]["p50"]),
+                     "-" if o["recovery_s"] is None else f"{o['recovery_s']:.0f} s",
+                     f(audit.get("busy_threads"))])
+    if not rows:
+        return "-"
+    plan = report["plan"]["overload"]
+    return (f"A spike of {plan['factor']:g}x the capacity our cluster found, the same offered "
+            f"load for every target, held {f(plan['duration_s'])} s (after "
+            f"{f(plan['warmup_s'])} s of arrivals), then back to half that capacity. "
+            "Goodput: runs completed per second in the spike, against the target's own "
+            "runs/s at capacity. Refused: 503 with `Retry-After` at admission (the simulated "
+            "user waits as asked and says something new). Errors: anything else (incl. "
+            "turns unfinished 80 s after the spike). TTFT overhead: of admitted turns. "
+            "Recovery: from the spike's end to the first 5-s window of new turns within the "
+            "SLO with no refusal or error. Lost / duplicated / busy: the audit of the whole "
+            "run.\n\n"
+            + table(["target", "users", "runs/s at capacity", "goodput runs/s", "of capacity",
+                     "turns ok", "refused", "refusal p95 ms", "errors", "lost", "duplicated",
+                     "admitted TTFT overhead p95 ms", "p50 ms", "recovery", "busy threads"],
+                    rows))
 
 
 def redis_section(report: dict[str, Any]) -> str:
@@ -413,6 +450,7 @@ def render(report: dict[str, Any]) -> str:
         "## Side by side, and ratios to the peers", side_by_side(report),
         "## CPU and peak RSS per process (at each target's capacity step)",
         procs_section(report),
+        "## Overload: a spike past capacity", overload_section(report),
         "## Audit of every thread", audit_section(report),
         "## Redis memory per thread", redis_section(report),
         "## Micro-benchmarks of the hot path", micro_section(report),

@@ -34,6 +34,7 @@ from bench.console import say
 from bench.loadgen import LoadConfig, LoadGenerator
 from bench.machine import machine_info, versions
 from bench.micro import run_micro
+from bench.overload import OverloadPlan, overload
 from bench.peer_env import ensure_peer_venv
 from bench.peers import ClusterTarget, FloorTarget, LangGraphDevTarget, Target
 from bench.procs import ProcessSampler
@@ -65,6 +66,8 @@ class Plan:
     hop: bool = True
     peer_jobs_per_worker: int = 64
     target_users: int = 1000
+    overload: OverloadPlan = field(default_factory=OverloadPlan)
+    overload_targets: list[str] = field(default_factory=lambda: ["cluster-2", "langgraph-dev"])
 
 
 def smoke_plan() -> Plan:
@@ -75,6 +78,8 @@ def smoke_plan() -> Plan:
         levels=[4], steps=StepPlan(warmup_s=2.0, window_s=8.0, settle_s=8.0, bisect=0,
                                    step_down=0),
         targets=["cluster-2"], micro_scale=0.05, profile_s=2.0, hop=False, idle_s=2.0,
+        overload=OverloadPlan(warmup_s=1.0, duration_s=6.0, recovery_limit_s=6.0,
+                              recovery_window_s=3.0, settle_s=5.0),
     )
 
 
@@ -100,7 +105,10 @@ def idle_overhead_ms(calibration: dict[str, Any]) -> float:
 
 
 async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: ProcessSampler,
-                       out_dir: Path, levels: list[int], profile: bool) -> dict[str, Any]:
+                       out_dir: Path, levels: list[int], profile: bool,
+                       spike_base: int | None = None) -> dict[str, Any]:
+    """The staircase, then (for ``plan.overload_targets``) the overload step at
+    ``plan.overload.factor`` x ``spike_base`` users (default: its own capacity)."""
     began = time.monotonic()
     say(f"[{target.name}] starting")
     result: dict[str, Any] = {"name": target.name}
@@ -138,6 +146,8 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
                 best = max([s["users"] for s in stairs.steps if s["passed"]] or levels[:1])
                 result["profile"] = await profile_at(gen, best, plan, sampler,
                                                      out_dir / target.name)
+            if target.name in plan.overload_targets:
+                result["overload"] = await spike(gen, stairs, plan, model, spike_base)
             await gen.stop(drain_s=plan.load.approval_delay_s * 2 + 30)
             runs = sum(len(r.runs) for r in gen.records)  # before the audit reads them back
             result["redis_load"] = (await counters(target.redis_url)).per_run(redis_before, runs)
@@ -165,6 +175,18 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
         result["elapsed_s"] = round(time.monotonic() - began, 1)
         say(f"[{target.name}] stopped; {result['elapsed_s']} s in all")
     return result
+
+
+async def spike(gen: LoadGenerator, stairs: Stairs, plan: Plan, model: Any,
+                base: int | None) -> dict[str, Any] | None:
+    passed = [s for s in stairs.steps if s["passed"]]
+    best = max(passed, key=lambda s: s["users"]) if passed else None
+    base = base or (best["users"] if best else None)
+    if not base:
+        return None
+    at_capacity = best["runs_per_s"] if best else 0.0
+    return await overload(gen, int(plan.overload.factor * base), max(base // 2, 1),
+                          at_capacity, plan.overload, model, stairs.plan.budget_ms)
 
 
 async def profile_at(gen: LoadGenerator, users: int, plan: Plan, sampler: ProcessSampler,
@@ -203,7 +225,8 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
             for index, name in enumerate(plan.targets):
                 target = make_target(name, plan, settings, out_dir)
                 result = await bench_target(target, plan, stub, sampler, out_dir,
-                                            levels_from(plan.levels, known), profile=index == 0)
+                                            levels_from(plan.levels, known), profile=index == 0,
+                                            spike_base=known)
                 report["targets"][name] = result
                 if index == 0:
                     known = (result.get("capacity") or {}).get("users")
@@ -235,6 +258,7 @@ def main() -> None:
     parser.add_argument("--peer-venv-only", action="store_true",
                         help="create the langgraph dev venv and exit")
     parser.add_argument("--think", type=float, help="mean think time (s)")
+    parser.add_argument("--overload-s", type=float, help="length of the overload spike (s)")
     args = parser.parse_args()
     if args.peer_venv_only:
         RESULTS.mkdir(exist_ok=True)
@@ -247,6 +271,8 @@ def main() -> None:
         plan.levels = [int(x) for x in args.levels.split(",")]
     if args.window:
         plan.steps.window_s = args.window
+    if args.overload_s:
+        plan.overload = replace(plan.overload, duration_s=args.overload_s)
     if args.think:
         plan.load = replace(plan.load, think_s=args.think)
     out_dir = RESULTS / time.strftime("%Y%m%d-%H%M%S")

@@ -36,8 +36,8 @@ class StepPlan:
 
 def judge(window: dict[str, Any], budget_ms: float) -> bool:
     p95 = window["ttft_overhead_ms"]["p95"]
-    return (window["turns_ok"] > 0 and not window["errors"] and p95 is not None
-            and p95 <= budget_ms)
+    return (window["turns_ok"] > 0 and not window["errors"] and not window["refused"]
+            and p95 is not None and p95 <= budget_ms)
 
 
 class Stairs:
@@ -62,8 +62,8 @@ class Stairs:
             p95 = so_far["ttft_overhead_ms"]["p95"]
             stalled = sum(1 for r in gen.records if r.finished is None and
                           start <= r.started < now - STALLED_S)
-            if so_far["errors"] or (so_far["turns_ok"] >= 40 and p95 > 2 * plan.budget_ms) \
-                    or stalled > max(10, users // 20):
+            slow = so_far["turns_ok"] >= 40 and p95 > 2 * plan.budget_ms
+            if so_far["errors"] or so_far["refused"] or slow or stalled > max(10, users // 20):
                 cut = True  # it cannot pass any more: save the time (and the backlog)
                 break
         end = time.perf_counter()
@@ -81,7 +81,7 @@ class Stairs:
         say(f"  {users:>5} users: {'pass' if step['passed'] else 'FAIL'}"
               f"{' (cut short)' if cut else ''}  runs/s {window['runs_per_s']:.1f}  "
               f"TTFT overhead p95 {window['ttft_overhead_ms']['p95'] or 0:.0f} ms  "
-              f"errors {window['errors'] or 0}  machine CPU "
+              f"errors {window['errors'] or 0}  refused {window['refused']}  machine CPU "
               f"{step['procs']['machine_cpu_pct']:.0f}% "
               f"(foreign {step['procs']['foreign_cpu_pct']:.0f}%)")
         return step["passed"]

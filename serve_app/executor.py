@@ -86,6 +86,30 @@ async def durably(op: Callable[[], Awaitable[T]], within_s: float = 30.0) -> T:
             backoff = min(backoff * 2, 1.0)
 
 
+class Slots:
+    """How many runs a replica executes at once; resizable while in use (an operator
+    retunes admission without restarting replicas). One puller acquires; runs release."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.used >= self.size:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        self._freed.set()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._freed.set()
+
+
 class RunExecutor:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
                  settings: ApiSettings, replica_id: str, checkpointer: LeanRedisSaver,
@@ -102,7 +126,7 @@ class RunExecutor:
         self.checkpointer = checkpointer
         self.metrics = metrics or Metrics()
         self.load = PoolLoad(0, 0.0, 0, 1)  # as of the last sweep
-        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._slots = Slots(settings.max_concurrent_runs)
         self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once started
         self._in_slots: set[asyncio.Task] = set()
         self._cancel_actions: dict[str, str] = {}
@@ -121,6 +145,12 @@ class RunExecutor:
     @property
     def running(self) -> int:
         return len(self._tasks)
+
+    def retune(self, settings: ApiSettings) -> None:
+        """New limits (``max_concurrent_runs`` and the rest) for runs taken from now on."""
+        self.settings = settings
+        self._slots.resize(settings.max_concurrent_runs)
+        self.metrics.gauge("run_slots", settings.max_concurrent_runs)
 
     async def submit(self, run: dict[str, Any], first_in_thread: bool) -> None:
         """Queue an admitted run; it is ready at once if its thread has nothing before it."""
@@ -145,22 +175,23 @@ class RunExecutor:
                     await self.pool.hand_back(ref)
                     self._slots.release()
                 else:
-                    thread_id, run_id = parse_ref(ref)
-                    self.heartbeat.hold(ref, thread_lease_key(thread_id))
-                    task = asyncio.create_task(self._execute_in_slot(ref, thread_id, run_id))
+                    task = asyncio.create_task(self._execute_in_slot(ref))
                     self._in_slots.add(task)
                     task.add_done_callback(self._in_slots.discard)
         finally:
             with contextlib.suppress(Exception):
                 await conn.aclose()
 
-    async def _execute_in_slot(self, ref: str, thread_id: str, run_id: str) -> None:
+    async def _execute_in_slot(self, ref: str) -> None:
+        thread_id, run_id = parse_ref(ref)
+        holder = asyncio.current_task()
+        self.heartbeat.hold(ref, holder, thread_lease_key(thread_id))
         try:
             await self.execute(thread_id, run_id)
         except Exception:  # its lease lapses and the sweeper queues it again
             log.exception("run %s: could not be executed here", run_id)
         finally:
-            self.heartbeat.drop(ref)
+            self.heartbeat.drop(ref, holder)
             self._slots.release()
 
     # cancelling
@@ -212,7 +243,7 @@ class RunExecutor:
         if not token:  # not the thread's turn: queued again when it is
             await self.pool.let_go(ref)
             return None
-        self.heartbeat.hold(ref, thread_lease_key(thread_id), token)
+        self.heartbeat.hold(ref, asyncio.current_task(), thread_lease_key(thread_id), token)
         started = await self._started(run)
         if started is None:  # cancelled or moved on meanwhile
             await self.leases.release(thread_id, token)
@@ -257,7 +288,8 @@ class RunExecutor:
             log.exception("run %s failed", run_id)
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
         finally:
-            self._tasks.pop(run_id, None)
+            if self._tasks.get(run_id) is asyncio.current_task():
+                del self._tasks[run_id]
         return await asyncio.shield(self._finish(run, status, error, token, events))
 
     async def _started(self, run: dict[str, Any]) -> dict[str, Any] | None:
@@ -401,12 +433,10 @@ class RunExecutor:
             run, {"running"}, status="pending", **fields))
         if token:
             await durably(lambda: self.leases.release(run["thread_id"], token))
-        ref = run_ref(run["thread_id"], run["run_id"])
-        if moved:
-            await durably(lambda: self.pool.hand_back(ref))
-        else:
-            await self.pool.let_go(ref)
-        return moved is not None
+        if moved is None:  # ended, or another attempt's now: its pool entry is not ours
+            return False
+        await durably(lambda: self.pool.hand_back(run_ref(run["thread_id"], run["run_id"])))
+        return True
 
     async def _hand_back(self, run: dict[str, Any], token: str) -> None:
         """Graceful shutdown: the same attempt continues on another replica."""
@@ -483,12 +513,15 @@ class RunExecutor:
         await asyncio.gather(*self._in_slots, return_exceptions=True)
 
     async def aclose(self) -> None:
+        """Stop taking runs (a blocked pop ends within its timeout) and the background
+        work, bounded in time, then the heartbeat."""
         self._closing = True
-        if self._puller is not None:  # a blocked pop ends within its timeout
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._puller, 2.0)
         for task in self._background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        tasks = [t for t in (self._puller, *self._background) if t is not None]
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=3.0)
+            for task in stuck:
+                log.warning("executor task did not stop in time: %s", task)
+                task.cancel()
         await asyncio.to_thread(self.heartbeat.stop)

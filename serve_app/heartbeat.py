@@ -14,6 +14,7 @@ beating at once and loses them within the lease.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -46,7 +47,10 @@ class Heartbeat:
         self.replica_id = replica_id
         self.period_s = pool.lease_ms / 3000
         self.stall_limit_s = stall_limit_s
-        self._held: dict[str, tuple[str, str | None]] = {}  # run ref -> (thread, token)
+        # run ref -> (holder, thread lease key, token); the holder is the execution that
+        # holds it (two attempts of one run may meet on a replica: the old one's end must
+        # not stop the renewals of the new one)
+        self._held: dict[str, tuple[object, str, str | None]] = {}
         self._lock = threading.Lock()
         self._alive = time.monotonic()
         self._stop = threading.Event()
@@ -57,15 +61,16 @@ class Heartbeat:
     def alive(self) -> None:
         self._alive = time.monotonic()
 
-    def hold(self, ref: str, thread_key: str, token: str | None = None) -> None:
+    def hold(self, ref: str, holder: object, thread_key: str, token: str | None = None) -> None:
         """Renew the run's lease (and the thread lease ``thread_key`` once it has a
-        ``token``) until ``drop``."""
+        ``token``) for ``holder`` until it drops it."""
         with self._lock:
-            self._held[ref] = (thread_key, token)
+            self._held[ref] = (holder, thread_key, token)
 
-    def drop(self, ref: str) -> None:
+    def drop(self, ref: str, holder: object) -> None:
         with self._lock:
-            self._held.pop(ref, None)
+            if ref in self._held and self._held[ref][0] is holder:
+                del self._held[ref]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat",
@@ -73,9 +78,12 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop beating and leave the pool's live replicas at once."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with contextlib.suppress(redis.RedisError):  # else it expires on its own
+            self.client.zrem(self.pool.replicas, self.replica_id)
         self.client.close()
 
     # the thread
@@ -100,7 +108,7 @@ class Heartbeat:
         pipe.zremrangebyscore(self.pool.replicas, 0, now_ms() - 60_000)
         if held:
             pipe.zadd(self.pool.running, dict.fromkeys(held, expiry), xx=True)
-        for thread_key, token in held.values():
+        for _, thread_key, token in held.values():
             if token:
                 self._renew(keys=[thread_key], args=[token, self.pool.lease_ms], client=pipe)
         pipe.execute()

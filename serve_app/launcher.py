@@ -47,11 +47,25 @@ def service_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def load_serve_config(path: Path, port: int | None = None) -> ServeDeploySchema:
+def load_serve_config(path: Path, port: int | None = None,
+                      user_configs: dict[str, dict] | None = None) -> ServeDeploySchema:
+    """A Serve config file, on ``port``, with ``user_configs`` per deployment name (the
+    supervisor's are live admission limits, ``api.*``)."""
     config = yaml.safe_load(Path(path).read_text())
     if port is not None:
         config.setdefault("http_options", {})["port"] = port
+    for app in config["applications"]:
+        for deployment in app.get("deployments", []):
+            if deployment["name"] in (user_configs or {}):
+                deployment["user_config"] = user_configs[deployment["name"]]
     return ServeDeploySchema.model_validate(config)
+
+
+def deploy(config: ServeDeploySchema) -> None:
+    """Deploy (or update in place: a changed ``user_config`` retunes live replicas)."""
+    client = serve_private_api.serve_start(http_options=config.http_options.model_dump(),
+                                           proxy_location=config.proxy_location)
+    client.deploy_apps(config, _blocking=False)
 
 
 def wait_until_running(base_url: str, timeout_s: float = 180.0) -> None:
@@ -88,9 +102,7 @@ def serve_cluster(
         log_to_driver=False,
     )
     try:
-        client = serve_private_api.serve_start(http_options=config.http_options.model_dump(),
-                                               proxy_location=config.proxy_location)
-        client.deploy_apps(config, _blocking=False)
+        deploy(config)
         base_url = f"http://{config.http_options.host}:{port}"
         wait_until_running(base_url)
         yield base_url

@@ -114,12 +114,24 @@ class AgentService:
         self.redis = redis
         self.records = Records(redis)
         self.graphs = graphs
-        self.settings = settings
+        self.settings = self.base_settings = settings
         self.replica_id = replica_id
         self.metrics = metrics or Metrics()
         self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, pool,
                                     self.metrics)
         self.feed = EventFeed(redis)
+
+    def retune(self, **limits: Any) -> ApiSettings:
+        """Admission limits (``api.*`` fields) over the replica's own settings, live; no
+        limits: back to its own settings."""
+        unknown = sorted(set(limits) - set(ApiSettings.model_fields))
+        if unknown:
+            raise ValueError(f"not api settings: {unknown}; "
+                             f"known: {sorted(ApiSettings.model_fields)}")
+        self.settings = ApiSettings.model_validate({**self.base_settings.model_dump(),
+                                                    **limits})
+        self.executor.retune(self.settings)
+        return self.settings
 
     async def aclose(self) -> None:
         """Stop the executor's background work and the event feed (not the runs)."""

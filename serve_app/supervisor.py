@@ -49,6 +49,11 @@ class SupervisorDeployment:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.service)
 
+    def reconfigure(self, user_config: dict) -> None:
+        """The deployment's ``user_config`` (``api.*`` admission limits) applied live:
+        Serve calls this at start and on every config update, without a restart."""
+        self.service.retune(**user_config)
+
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom autoscaling metrics: runs here, runs waiting in the pool's queue."""
         executor = self.service.executor

@@ -1,0 +1,71 @@
+"""The overload step: a spike of ``factor`` x the capacity found, held for minutes, then
+back to capacity, to see whether a target degrades predictably.
+
+Reported: goodput (runs completed per second, against the runs/s at capacity), refusals
+(503 with Retry-After) and how fast they came, failures, the p95 TTFT overhead of the turns
+that were admitted, and the recovery time: how long after the spike the target is back to
+normal (a window of new turns within the latency budget, none refused or failed). Lost and
+duplicated turns come from the audit that follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.console import say
+from bench.loadgen import LoadGenerator, ModelTime, summarise
+from bench.staircase import judge
+
+
+@dataclass
+class OverloadPlan:
+    factor: float = 4.0
+    warmup_s: float = 30.0        # the spike's users arrive within one think time
+    duration_s: float = 300.0
+    recovery_limit_s: float = 60.0
+    recovery_window_s: float = 5.0
+    settle_s: float = 20.0        # for the spike's last turns to end before judging
+
+
+async def overload(gen: LoadGenerator, users: int, back_to: int, at_capacity: float,
+                   plan: OverloadPlan, model: ModelTime, budget_ms: float) -> dict[str, Any]:
+    """Hold ``users`` (the spike), then ``back_to`` users; ``at_capacity`` is the runs/s
+    the target sustained at capacity."""
+    say(f"  overload: {users} users for {plan.duration_s:.0f} s "
+        f"({plan.factor:g}x {back_to}), then back to {back_to}")
+    gen.set_users(users)
+    await asyncio.sleep(plan.warmup_s)
+    start = time.perf_counter()
+    await asyncio.sleep(plan.duration_s)
+    end = time.perf_counter()
+    gen.set_users(back_to)
+    await asyncio.sleep(plan.recovery_limit_s + plan.settle_s)
+    spike = summarise(gen.records, start, end, model, now=time.perf_counter())
+    recovered = recovery_s(gen, end, plan, model, budget_ms)
+    result = {"users": users, "factor": plan.factor, "back_to": back_to,
+              "capacity_runs_per_s": at_capacity, **spike,
+              "goodput_ratio": spike["runs_per_s"] / at_capacity if at_capacity else None,
+              "recovery_s": recovered}
+    say(f"  overload: goodput {spike['runs_per_s']:.1f} runs/s "
+        f"({(result['goodput_ratio'] or 0) * 100:.0f}% of capacity), refused "
+        f"{spike['refused']}, errors {spike['errors'] or 0}, admitted TTFT overhead p95 "
+        f"{spike['ttft_overhead_ms']['p95'] or 0:.0f} ms, recovered after "
+        f"{'-' if recovered is None else f'{recovered:.0f} s'}")
+    return result
+
+
+def recovery_s(gen: LoadGenerator, spike_end: float, plan: OverloadPlan, model: ModelTime,
+               budget_ms: float) -> float | None:
+    """Seconds from the spike's end to the first window of new turns that passes the
+    capacity step's test (None: not within ``recovery_limit_s``)."""
+    offset = 0.0
+    while offset + plan.recovery_window_s <= plan.recovery_limit_s:
+        start = spike_end + offset
+        window = summarise(gen.records, start, start + plan.recovery_window_s, model)
+        if judge(window, budget_ms):
+            return offset
+        offset += 1.0
+    return None

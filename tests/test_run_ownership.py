@@ -1,0 +1,178 @@
+"""How the lost turn of issue #9 happened, each step reproduced, and that it cannot now.
+
+Under overload, a run's replica had a busy event loop, its lease heartbeat (a task of that
+loop) missed renewals, the sweeper re-queued the healthy run, record writes raced (GET then
+SET), a write failure dropped the run's terminal event, and its client's stream ended with
+neither the answer nor an error. The client sent its next turn, which failed unseen."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from agents.settings import Settings
+from agents.system import AgentSystem
+from serve_app.keys import run_ref
+from serve_app.records import ACTIVE, Records
+from serve_app.schemas import RunCreate
+from serve_app.service import AgentService
+
+
+@pytest.fixture
+async def make_service(settings: Settings):
+    """Services over in-process graphs, each with its own run pool; closed afterwards."""
+    made: list[tuple[AgentSystem, AgentService]] = []
+
+    async def make(**api: object) -> AgentService:
+        tuned = settings.model_copy(update={"api": settings.api.model_copy(update=api)})
+        system = await AgentSystem.create(tuned)
+        service = AgentService.in_process(system, replica_id=f"r-{uuid.uuid4().hex[:6]}")
+        service.executor.start()
+        made.append((system, service))
+        return service
+
+    yield make
+    for system, service in made:
+        await service.aclose()
+        await system.aclose()
+
+
+def user(text: str) -> RunCreate:
+    return RunCreate.model_validate({
+        "assistant_id": "supervisor", "stream_mode": ["values"],
+        "input": {"messages": [{"role": "user", "content": text}]}})
+
+
+class ExpiryWatch:
+    """From another thread (the service's loop is blocked on purpose): did the run's
+    lease ever look expired to a sweeper?"""
+
+    def __init__(self, url: str, service: AgentService, run: dict):
+        self.client = redis.Redis.from_url(url)
+        self.pool = service.executor.pool
+        self.ref = run_ref(run["thread_id"], run["run_id"]).encode()
+        self.expired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> ExpiryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            now_ms = int(time.time() * 1000)
+            if self.ref in self.client.zrangebyscore(self.pool.running, 0, now_ms):
+                self.expired = True
+
+
+async def running(service: AgentService, run: dict) -> dict:
+    for _ in range(400):
+        record = await service.records.get_run(run["thread_id"], run["run_id"])
+        if record["status"] == "running":
+            return record
+        await asyncio.sleep(0.025)
+    raise AssertionError("the run never started")
+
+
+async def test_a_busy_event_loop_keeps_its_leases(make_service, settings, stub_admin):
+    service = await make_service(lease_ttl_s=1.0)
+    thread, _ = await service.records.create_thread(None, {})
+    stub_admin.post("/config", json={"ttft_ms": 400})
+    run = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+    await running(service, run)
+    with ExpiryWatch(settings.redis_url, service, run) as watch:
+        time.sleep(3.5)  # the loop runs nothing for 3.5 leases: CPU-bound work, as overloaded
+        assert await service.executor.sweep_once() == []
+    ended = await asyncio.wait_for(service.wait_for_end(thread["thread_id"], run["run_id"]), 30)
+
+    assert not watch.expired
+    assert ended["status"] == "success" and ended["attempt"] == 1
+    humans = [m for m in (await service.get_state(thread["thread_id"]))["values"]["messages"]
+              if m["type"] == "human"]
+    assert [m["content"] for m in humans] == ["What is Redis persistence?"]
+
+
+async def test_a_loop_silent_past_the_stall_limit_gives_its_runs_up(make_service, settings,
+                                                                   stub_admin):
+    service = await make_service(lease_ttl_s=1.0, stall_limit_s=1.5)
+    thread, _ = await service.records.create_thread(None, {})
+    stub_admin.post("/config", json={"ttft_ms": 400})
+    run = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+    await running(service, run)
+    with ExpiryWatch(settings.redis_url, service, run) as watch:
+        time.sleep(4.0)  # wedged past the stall limit: another replica must be able to take over
+    assert watch.expired
+    ended = await asyncio.wait_for(service.wait_for_end(thread["thread_id"], run["run_id"]), 30)
+    assert ended["status"] == "success"  # re-queued by its own sweeper, continued, not lost
+    humans = [m for m in (await service.get_state(thread["thread_id"]))["values"]["messages"]
+              if m["type"] == "human"]
+    assert len(humans) == 1
+
+
+async def test_a_requeue_cannot_overwrite_the_end_its_first_attempt_wrote(redis_client):
+    records = Records(redis_client)
+    thread_id = f"cas-{uuid.uuid4().hex[:8]}"
+    run = await records.create_run(thread_id, "a", "supervisor", {}, {}, "enqueue")
+    started = await records.transition_run(run, {"pending"}, status="running")
+    seen_by_sweeper = dict(started)  # read just before the first attempt finished
+
+    assert await records.transition_run(started, ACTIVE, status="success") is not None
+    requeued = await records.transition_run(seen_by_sweeper, {"running"}, status="pending",
+                                            attempt=2)
+    assert requeued is None
+    stored = await records.get_run(thread_id, run["run_id"])
+    assert stored["status"] == "success" and stored["attempt"] == 1
+
+
+async def test_a_stale_attempt_cannot_end_a_run_its_successor_owns(redis_client):
+    records = Records(redis_client)
+    thread_id = f"cas-{uuid.uuid4().hex[:8]}"
+    run = await records.create_run(thread_id, "a", "supervisor", {}, {}, "enqueue")
+    first = await records.transition_run(run, {"pending"}, status="running")
+    second = await records.transition_run(first, {"running"}, status="pending", attempt=2)
+    second = await records.transition_run(second, {"pending"}, status="running")
+
+    assert await records.transition_run(first, ACTIVE, status="error") is None
+    assert await records.transition_run(second, ACTIVE, status="success") is not None
+    assert (await records.get_run(thread_id, run["run_id"]))["status"] == "success"
+
+
+async def test_a_stream_whose_end_was_never_written_ends_with_the_outcome(make_service):
+    """The run ended (its record says so) but its terminal events never reached the
+    stream: the stream tells the outcome from the record instead of closing silently."""
+    service = await make_service(heartbeat_s=0.2)
+    thread, _ = await service.records.create_thread(None, {})
+    run = await service.records.create_run(thread["thread_id"], "a", "supervisor", {}, {},
+                                           "enqueue")
+    error = {"error": "ConnectionError", "message": "No connection available."}
+    await service.records.transition_run(run, ACTIVE, status="error", error=error)
+
+    frames = b"".join([f async for f in service.stream_events(thread["thread_id"],
+                                                              run["run_id"])]).decode()
+    assert "event: error" in frames and "No connection available." in frames
+    assert frames.rstrip().splitlines()[-2] == "event: end"
+
+
+async def test_a_run_waiting_behind_another_uses_no_slot_and_no_attempt(make_service,
+                                                                       stub_admin):
+    """Queued runs used to be re-dispatched (attempt + 1) every few seconds until they ran
+    out of attempts: waiting is not failing."""
+    service = await make_service(max_concurrent_runs=1, lease_ttl_s=1.0)
+    stub_admin.post("/config", json={"ttft_ms": 300})
+    threads = [(await service.records.create_thread(None, {}))[0] for _ in range(4)]
+    runs = [await service.create_run(t["thread_id"], user("What is Redis persistence?"))
+            for t in threads]
+    ended = [await asyncio.wait_for(service.wait_for_end(r["thread_id"], r["run_id"]), 60)
+             for r in runs]
+    assert [(e["status"], e["attempt"]) for e in ended] == [("success", 1)] * 4
