@@ -110,7 +110,7 @@ class ApiSettings(BaseModel):
         32, ge=0, description="per live replica: past this many queued runs, new runs "
         "are refused (503 with Retry-After)")
     max_queue_wait_s: float = Field(
-        1.0, gt=0, description="new runs are refused while the oldest queued run has "
+        0.5, gt=0, description="new runs are refused while the oldest queued run has "
         "waited longer than this (the queue is not draining)")
     max_attempts: int = Field(3, ge=1, description="executions of a run before it errors")
     run_timeout_s: float = Field(

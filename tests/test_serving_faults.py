@@ -13,6 +13,7 @@ import uuid
 import httpx
 import pytest
 from langgraph_sdk import get_client
+from langgraph_sdk.errors import APIStatusError
 
 from agents.local.redis_server import EmbeddedRedis
 
@@ -190,6 +191,19 @@ async def test_two_runs_at_once_follow_the_multitask_strategy(client, stub_admin
     assert order[-1] == "ai"
 
 
+async def create_retrying(client, thread_id: str, **kwargs) -> dict:
+    """A burst past the cluster's admission limits is refused (503, ``Retry-After``): a
+    client waits as asked and sends the run again."""
+    for _ in range(60):
+        try:
+            return await client.runs.create(thread_id, "supervisor", **kwargs)
+        except APIStatusError as exc:
+            if exc.status_code != 503:
+                raise
+            await asyncio.sleep(float(exc.response.headers["Retry-After"]))
+    raise AssertionError("never admitted")
+
+
 async def join_retrying(client, thread_id: str, run_id: str) -> dict:
     """A request in flight on a killed replica fails, or (through HAProxy) can hang until
     the client gives up (Serve does not retry it): a client retries, and the join is
@@ -218,9 +232,8 @@ async def test_many_threads_survive_a_replica_kill(client, cluster_url, stub_adm
         async with slots:
             return await call
 
-    runs = await asyncio.gather(*(bounded(
-        client.runs.create(tid, "supervisor", input=user(f"question {i}"),
-                           if_not_exists="create"))
+    runs = await asyncio.gather(*(bounded(create_retrying(
+        client, tid, input=user(f"question {i}"), if_not_exists="create"))
         for i, tid in enumerate(threads)))
     await asyncio.sleep(1.0)
     os.kill(replica_pids("supervisor")[0], signal.SIGKILL)
