@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install run test lint bench
+.PHONY: install browser run test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Headless Chromium and its driver for the console's browser tests (Debian's packages);
+# without them those tests skip, saying why.
+APT_CHROMIUM := apt-get update -q && apt-get install -y -q chromium chromium-driver
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		sh -c '$(APT_CHROMIUM)' || sudo -n sh -c '$(APT_CHROMIUM)' || \
+		echo "warning: could not install chromium + chromium-driver; browser tests will skip"
+
 run: install
 	$(PY) -m serve_app
 
-test: install
+test: install browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 

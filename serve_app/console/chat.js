@@ -25,6 +25,7 @@ let openApprovals = []; // approval cards of the current thread still waiting
 debug.dropStreams = () => debug.feeds.forEach((f) => f.drop());
 
 const encode = encodeURIComponent;
+const brief = (text, size = 140) => (text.length > size ? `${text.slice(0, size)}…` : text);
 const threadPath = (tid) => `/threads/${encode(tid)}`;
 
 /** Milestones for screen readers ("Answer ready."); connection trouble shows on screen. */
@@ -62,7 +63,8 @@ class RunView {
       const tokens = h("div", {class: "tokens"});
       const state = h("span", {class: "lane-state", text: "working"});
       const progress = h("ul", {class: "progress", "aria-label": `${role}'s tool calls`});
-      const node = h("section", {class: "lane", "data-role": role, "aria-label": `${role} lane`},
+      const node = h("section", {class: "lane", "data-role": role, "data-state": "working",
+        "aria-label": `${role} lane`},
         h("h3", {}, role, " ", state), progress, tokens);
       lane = {node, tokens, state, progress};
       this.lanes.set(role, lane);
@@ -75,7 +77,6 @@ class RunView {
     const lane = this.lane(role);
     lane.state.textContent = state;
     lane.node.dataset.state = state;
-    if (state === "done" || state === "failed") lane.node.dataset.doneAt = performance.now();
   }
 
   handle(event, data) {
@@ -93,6 +94,13 @@ class RunView {
       this.count(chunk.usage_metadata);
       const text = textOf(chunk.content);
       if (text) this.say(text);
+    } else if (event === "token" || event === "progress") { // runs made by /api/chat
+      if (data.role === "supervisor") this.say(data.text);
+      else this.custom({...data, type: event});
+    } else if (event === "approval") {
+      this.approval(data);
+    } else if (event === "answer") {
+      if (this.answer.hidden) this.say(data.text);
     } else if (event === "error") {
       this.problem.replaceChildren(h("p", {class: "error",
         text: `The run failed: ${data.message || data.error}`}));
@@ -110,10 +118,11 @@ class RunView {
       if (steps.length) {
         this.routing.append(h("li", {}, step, "supervisor → ",
           steps.map((a, i) => [i ? ", " : "", h("strong", {text: a.worker})]),
-          h("ul", {}, steps.map((a) => h("li", {class: "task", text: `${a.worker}: ${a.task}`})))));
+          h("ul", {}, steps.map((a) => h("li", {class: "task", title: a.task,
+            text: `${a.worker}: ${brief(a.task)}`})))));
         for (const a of steps) {
-          const lane = this.lanes.get(a.worker);
-          if (lane?.node.dataset.state) lane.tokens.append(h("hr"));
+          const lane = this.lanes.get(a.worker); // called again: a divider in its lane
+          if (lane && lane.node.dataset.state !== "working") lane.tokens.append(h("hr"));
           this.setLane(a.worker, "working");
         }
       } else {
@@ -137,10 +146,19 @@ class RunView {
     if (!data || !ROLES.includes(data.role)) return;
     const lane = this.lane(data.role);
     if (data.type === "token") {
-      if (!lane.node.dataset.firstTokenAt) lane.node.dataset.firstTokenAt = performance.now();
       lane.tokens.append(data.text);
     } else if (data.type === "progress") {
       lane.progress.append(h("li", {text: data.text}));
+    }
+  }
+
+  async answerFromState() {
+    try {
+      const state = await api("GET", `${threadPath(threadId)}/state`);
+      const last = state.values?.messages?.at(-1);
+      if (last?.type === "ai" && textOf(last.content)) this.say(textOf(last.content));
+    } catch {
+      // the run's facts still say how it ended
     }
   }
 
@@ -157,9 +175,7 @@ class RunView {
 
   approval({id, value}) {
     if (!value || value.type !== "approval") return;
-    for (const [role, lane] of this.lanes) {
-      if (role === value.requested_by) lane.state.textContent = "waiting for approval";
-    }
+    if (this.lanes.has(value.requested_by)) this.setLane(value.requested_by, "waiting for approval");
     const card = h("section", {class: "approval", "aria-label": `Approval: ${value.tool}`},
       h("h3", {text: "Waiting for your approval"}), approvalSummary(value));
     const form = approvalForm(value, (decision) => decideHere(id, decision, card));
@@ -194,8 +210,12 @@ class RunView {
     const trace = run?.trace_id ?? run?.metadata?.trace_id;
     if (trace) facts.push(`trace ${trace}`);
     this.facts.textContent = facts.join(" · ");
-    for (const lane of this.lanes.values()) {
-      if (lane.node.dataset.state === "working") lane.state.textContent = "stopped";
+    const succeeded = (run?.status || status) === "success";
+    for (const [role, lane] of this.lanes) {
+      if (lane.node.dataset.state === "working") this.setLane(role, succeeded ? "done" : "stopped");
+    }
+    if (succeeded && this.answer.hidden && !this.approvals.childElementCount) {
+      await this.answerFromState(); // a run streamed in modes that do not carry its answer
     }
     if (!this.answer.hidden) announce("Answer ready.");
   }

@@ -433,7 +433,8 @@ function readField(input, rule) {
  */
 export function approvalForm(pending, decide) {
   const reasonId = uid("reason");
-  const reason = h("input", {id: reasonId, name: "reason", type: "text", autocomplete: "off"});
+  const reason = h("input", {id: reasonId, name: "decision-reason", type: "text",
+    autocomplete: "off"});
   const fields = h("fieldset", {class: "edit-args", hidden: true},
     h("legend", {text: `Edit the arguments of ${pending.tool}`}));
   const errors = h("div", {class: "form-errors", role: "alert"});
