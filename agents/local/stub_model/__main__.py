@@ -47,8 +47,11 @@ class AnnouncingServer(uvicorn.Server):
 
 def main(argv: Sequence[str] | None = None) -> None:
     host, port, config = parse_args(argv)
+    # Idle connections are kept longer than the OpenAI client keeps them (httpx: 5 s, the
+    # same as uvicorn's default), so the client never reuses one the server is closing
+    # (a ReadError that fails a model call the client does not retry).
     server_config = uvicorn.Config(create_app(config), host=host, port=port,
-                                   log_level="warning", workers=1)
+                                   log_level="warning", workers=1, timeout_keep_alive=75)
     AnnouncingServer(server_config, f"http://{host}:{port}/v1").run()
 
 
