@@ -63,11 +63,25 @@ class StubModelSettings(BaseModel):
 
 
 class SandboxSettings(BaseModel):
-    """Limits of the coder's Python subprocess."""
+    """Limits and isolation of the coder's Python subprocess (``agents/tools/sandbox.py``)."""
 
     timeout_s: float = 10.0
     memory_mb: int = 512
     max_output_chars: int = 4000
+    isolation: str = Field(
+        "auto", pattern="^(auto|namespaces|user|python)$",
+        description="the strongest isolation to use (auto: the strongest this machine allows); "
+        "a weaker one is used, with a warning, where it is not permitted")
+    max_processes: int = Field(64, ge=1, description="processes + threads of one run (NPROC)")
+    max_open_files: int = Field(64, ge=16, description="open files of each process (NOFILE)")
+    max_file_mb: int = Field(16, ge=1, description="largest file a run can write (FSIZE)")
+    scratch_mb: int = Field(
+        64, ge=1, description="size of a run's working dir, a tmpfs, under namespaces")
+    uid_base: int = Field(
+        1_900_000_000, ge=1000, description="each run gets a uid (and group) of its own above "
+        "this, so runs cannot signal, trace or starve each other; it is also the group that "
+        "may write to the persist workspace")
+    uid_count: int = Field(1_000_000, ge=1, description="how many uids above uid_base")
 
 
 class ApprovalPolicy(BaseModel):
