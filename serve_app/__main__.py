@@ -18,6 +18,8 @@ from serve_app.launcher import serve_cluster
 HOW_TO_TALK = """
 Agent Cluster is up at {url}  (Redis: {redis}, model: {model})
 
+  Web console: {url}/ui/   (chat: {url}/ui/chat, approval inbox: {url}/ui/inbox)
+
   curl -N {url}/api/chat -H 'content-type: application/json' \\
        -d '{{"thread_id": "demo", "message": "Refund $500 to order 42"}}'
   curl {url}/api/approve -H 'content-type: application/json' \\

@@ -21,6 +21,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
 from agents.settings import PROJECT_ROOT
+from serve_app.__main__ import HOW_TO_TALK
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -361,3 +362,8 @@ def test_every_control_has_a_name(page, cluster_url):
     # the skip link comes first, for keyboard users
     page.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
     assert page.switch_to.active_element.text == "Skip to content"
+
+
+def test_the_run_command_prints_the_console_url():
+    told = HOW_TO_TALK.format(url="http://127.0.0.1:8000", redis="r", model="m")
+    assert "Web console: http://127.0.0.1:8000/ui/" in told
