@@ -175,7 +175,8 @@ class RunView {
 
   approval({id, value}) {
     if (!value || value.type !== "approval") return;
-    if (this.lanes.has(value.requested_by)) this.setLane(value.requested_by, "waiting for approval");
+    const asker = value.requested_by;
+    if (this.lanes.has(asker)) this.setLane(asker, "waiting for approval");
     const card = h("section", {class: "approval", "aria-label": `Approval: ${value.tool}`},
       h("h3", {text: "Waiting for your approval"}), approvalSummary(value));
     const form = approvalForm(value, (decision) => decideHere(id, decision, card));

@@ -68,7 +68,9 @@ function explain(status, detail) {
   if (status === 404) return `Not found: ${detail}`;
   if (status === 409) return `Conflict: ${detail}`;
   if (status === 422) return `Invalid request: ${detail}`;
-  if (status === 503) return `The cluster cannot take this now (503): ${detail}. Try again shortly.`;
+  if (status === 503) {
+    return `The cluster cannot take this now (503): ${detail}. Try again shortly.`;
+  }
   if (status === 502 || status === 504) {
     return `The cluster is not answering (HTTP ${status}): it may be down or restarting.`;
   }

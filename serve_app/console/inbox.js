@@ -2,7 +2,8 @@
 // LangGraph thread search (status "interrupted"); decisions go through /api/approve.
 
 import {
-  api, approvalForm, call, debug, formatArgs, h, setUpSignIn, showError, since, textOf,
+  ApiError, api, approvalForm, call, debug, formatArgs, h, setUpSignIn, showError, since,
+  textOf,
 } from "./common.js";
 
 const POLL_MS = 2000;
@@ -81,14 +82,17 @@ async function decide(id, item, decision) {
     }
     throw error; // shown in the item's form
   }
+  const failure = answer.status === 500 && answer.body.error;
+  if (answer.status === 500 && !failure) {
+    item.deciding = false; // not the run's error: the decision may not have been applied
+    throw new ApiError(500, `The cluster failed: ${answer.body.detail || "no reason given"}`);
+  }
   const verb = {approve: "approved", reject: "rejected", edit: "edited and approved"};
   const label = `${verb[decision.action]} by ${decision.by}` +
     (decision.reason ? ` (${decision.reason})` : "");
   const outcome = answer.status === 202
     ? "The run continued and is waiting for another approval (listed above)."
-    : answer.status === 500
-      ? `The run failed: ${answer.body.error?.message || answer.body.error?.error}`
-      : answer.body.answer;
+    : failure ? `The run failed: ${failure.message || failure.error}` : answer.body.answer;
   settle(id, item, label, outcome).node.focus();
 }
 
