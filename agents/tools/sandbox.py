@@ -11,8 +11,9 @@ reviewer's assert check). Isolation is the strongest the machine permits, at mos
   only its own processes and its working dir is a small tmpfs (the workspace, bound
   read-write, for an approved ``persist`` run), and a uid of its own.
 - ``user`` (root without namespaces): a uid of its own, plus the Python guard below.
-- ``python`` (not root): only the guard, an audit hook refusing sockets, new programs, ctypes,
-  writes outside its dirs and other processes' ``/proc``: best effort, not a boundary.
+- ``python`` (not root, or the interpreter is not readable by another uid): only the guard, an
+  audit hook refusing sockets, new processes, ctypes, writes outside its dirs and other
+  processes' ``/proc``: best effort, not a boundary.
 
 Always: a clean environment, no new privileges, rlimits (address space, CPU, processes, open
 files, file size), a wall-clock timeout killing all its processes, and capped output.
@@ -43,8 +44,9 @@ from agents.settings import SandboxSettings
 SCRIPT_NAME = "main.py"
 DRAIN_AFTER_KILL_S = 2.0
 MODES = ("namespaces", "user", "python")  # strongest first
-MASKED = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: empty and read-only in the sandbox
+MASKED = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # shared writables and sockets: emptied
 KILL_PASSES = 20
+EXIT_POLL_S = 0.02
 
 log = logging.getLogger(__name__)
 _modes: dict[str, str] = {}  # requested isolation -> the one that works on this machine
@@ -167,7 +169,7 @@ def _launch() -> None:
 
 def _guarded() -> None:
     """The snippet's interpreter starts here where the kernel does not isolate it (its source
-    is passed with ``-c``, the script follows): an audit hook refuses sockets, new programs,
+    is passed with ``-c``, the script follows): an audit hook refuses sockets, new processes,
     ctypes, writes outside its dirs and other processes' /proc, then the script runs.
     Python-level, so a last resort rather than a boundary."""
     import os
@@ -178,7 +180,7 @@ def _guarded() -> None:
     roots = tuple(os.path.realpath(d) + os.sep for d in (os.getcwd(), os.path.dirname(script)))
     own = (f"/proc/{os.getpid()}/", "/proc/self/", "/proc/thread-self/")
     refused = ("socket.", "subprocess.", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-               "ctypes.", "gc.get_")
+               "os.fork", "ctypes.", "gc.get_")  # fork: RLIMIT_NPROC does not bind root
     changes = frozenset({"os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.chmod",
                          "os.chown", "os.link", "os.symlink", "os.truncate", "os.utime"})
     writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -215,20 +217,25 @@ def _entry(function) -> str:
 LAUNCHER, GUARD = _entry(_launch), _entry(_guarded)
 
 
+def _closed(path: str) -> list[str]:
+    """The first ancestor of ``path`` that another uid cannot traverse (/root, say), if any."""
+    return [str(parent) for parent in reversed(Path(path).parents)
+            if not os.stat(parent).st_mode & stat.S_IXOTH][:1]
+
+
 @cache
 def _interpreter_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(masks, binds): ancestors of the interpreter's dirs that another uid cannot traverse
-    (a pyenv under /root) are hidden behind an empty tmpfs, and the dirs bound back read-only,
-    at the same paths so the venv's links still resolve."""
+    """(masks, binds): the shared writables, and ancestors of the interpreter's dirs that the
+    run's uid cannot traverse (a pyenv under /root), are hidden behind an empty tmpfs; those
+    dirs are bound back read-only at the same paths, so the venv's links still resolve."""
     masks = [path for path in MASKED if os.path.isdir(path)]
     binds = []
     for prefix in dict.fromkeys(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)):
-        closed = [str(parent) for parent in reversed(Path(prefix).parents)
-                  if not os.stat(parent).st_mode & stat.S_IXOTH]
-        masks += closed[:1]
+        closed = _closed(prefix)
+        masks += closed
         if closed or any(Path(prefix).is_relative_to(mask) for mask in masks):
             binds.append(prefix)
-    return tuple(sorted(set(masks), key=len)), tuple(binds)
+    return tuple(masks), tuple(binds)
 
 
 def _real_uid(pid: str) -> int | None:
@@ -264,6 +271,13 @@ def _kill_all(pid: int, uid: int | None) -> None:
         _kill_user(uid)
 
 
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Until the script itself exits: ``wait()`` also waits for the pipes, which processes it
+    left behind may hold until the timeout."""
+    while proc.returncode is None:
+        await asyncio.sleep(EXIT_POLL_S)
+
+
 def _retrieve(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
@@ -280,12 +294,14 @@ def _config(limits: SandboxSettings, mode: str, run_dir: Path, workdir: Path, pe
     uid = None if mode == "python" else limits.uid_base + 1 + secrets.randbelow(limits.uid_count)
     script = str(run_dir / SCRIPT_NAME)
     masks, binds = _interpreter_dirs() if mode == "namespaces" else ((), ())
+    if persist and mode == "namespaces":  # the workspace is bound read-write, past its masks
+        masks, binds = (*masks, *_closed(str(workdir))), (*binds, str(workdir))
     memory = limits.memory_mb * 1024 * 1024
     cpu_s = max(1, int(limits.timeout_s) + 1)
     return {
         "mode": mode, "uid": uid, "groups": [limits.uid_base] if persist else [],
         "script": script, "run_dir": str(run_dir), "workdir": str(workdir),
-        "masks": masks, "binds": [*binds, str(workdir)] if persist else binds,
+        "masks": sorted(set(masks), key=len), "binds": binds,
         "scratch_mb": limits.scratch_mb,
         "rlimits": [("RLIMIT_AS", memory, memory), ("RLIMIT_CPU", cpu_s, cpu_s + 1),
                     ("RLIMIT_CORE", 0, 0),
@@ -357,15 +373,17 @@ async def _execute(code: str, limits: SandboxSettings, cwd: Path | None, mode: s
                                  _read_bounded(proc.stderr, byte_limit, "tail"))
         timed_out = False
         try:
-            await asyncio.wait_for(proc.wait(), timeout=limits.timeout_s)
-        except TimeoutError:  # wait() also waits for the pipes, which leftovers may hold
-            timed_out = proc.returncode is None
+            await asyncio.wait_for(_exited(proc), timeout=limits.timeout_s)
+        except TimeoutError:
+            timed_out = True
         except BaseException:  # cancelled: never leave its processes running
             _kill_all(proc.pid, uid)
             readers.cancel()
             readers.add_done_callback(_retrieve)  # so asyncio does not log its CancelledError
             raise
-        _kill_all(proc.pid, uid)  # also whatever the snippet left running in the background
+        _kill_group(proc.pid)  # also whatever the snippet left running in the background
+        if uid is not None:
+            await asyncio.to_thread(_kill_user, uid)
         await proc.wait()
         try:  # a grandchild that left the group could hold the pipes open: don't wait forever
             out, err = await asyncio.wait_for(readers, timeout=DRAIN_AFTER_KILL_S)
