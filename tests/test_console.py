@@ -25,10 +25,6 @@ from serve_app.__main__ import HOW_TO_TALK
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="no chromium/chromedriver on PATH: `make browser` installs Debian's chromium and "
-           "chromium-driver")
 
 RESEARCH_AND_CODE = (
     "Research how Redis persistence works and write a Python function that parses a "
@@ -50,6 +46,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no chromium/chromedriver on PATH: `make browser` installs Debian's "
+                    "chromium and chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in [*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]:
@@ -143,6 +142,22 @@ def sse_replay(cluster_url: str, tid: str, run_id: str) -> list[tuple[str, str, 
         if "data" in fields:
             frames.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
     return frames
+
+
+def test_the_ingress_serves_the_console_with_nothing_from_outside(cluster_url):
+    with httpx.Client(base_url=cluster_url, timeout=10) as http:
+        assert http.get("/ui").headers["location"] == "/ui/"
+        for path in ("/ui/", "/ui/chat", "/ui/inbox"):
+            page = http.get(path)
+            assert page.status_code == 200 and page.headers["content-type"].startswith(
+                "text/html"), path
+        script = http.get("/ui/static/chat.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        schema = http.get("/ui/api/tools").json()["issue_refund"]["schema"]
+    assert schema["required"] == ["amount", "order_id", "reason"]
+    assert schema["properties"]["amount"]["type"] == "number"
+    for asset in (PROJECT_ROOT / "serve_app" / "console").iterdir():
+        assert "://" not in asset.read_text(), f"{asset.name} refers to another origin"
 
 
 def test_parallel_specialists_stream_in_their_lanes_then_the_answer(page, cluster_url,

@@ -7,6 +7,7 @@ import {
 } from "./common.js";
 
 const POLL_MS = 2000;
+const LIMIT = 200; // the newest threads waiting; each costs the cluster a state read per poll
 const OUTCOME_WAIT_MS = 120000;
 
 const $ = (id) => document.getElementById(id);
@@ -131,10 +132,10 @@ function refreshCount() {
 }
 
 async function poll() {
-  if (debug.pausePolling) return;
+  if (debug.pausePolling || document.hidden) return; // a hidden tab catches up when shown
   let threads;
   try {
-    threads = await api("POST", "/threads/search", {status: "interrupted", limit: 1000});
+    threads = await api("POST", "/threads/search", {status: "interrupted", limit: LIMIT});
   } catch (error) {
     showError(alerts, error);
     status.textContent = `Not up to date: the last refresh failed at ${clock()}.`;
@@ -152,11 +153,13 @@ async function poll() {
       }
     }
   }
+  const complete = threads.length < LIMIT; // else a missing item may just be older
   for (const [id, item] of items) {
-    if (!seen.has(id) && !item.deciding) decidedElsewhere(id, item);
+    if (complete && !seen.has(id) && !item.deciding) decidedElsewhere(id, item);
   }
   const count = refreshCount();
-  status.textContent = `${count} waiting · updated live, last at ${clock()}`;
+  const more = threads.length === LIMIT ? ` (the newest ${LIMIT} threads)` : "";
+  status.textContent = `${count} waiting${more} · updated live, last at ${clock()}`;
 }
 
 const clock = () => new Date().toLocaleTimeString();
@@ -172,6 +175,7 @@ document.addEventListener("signin", () => {
   pending.replaceChildren();
   poll();
 });
+document.addEventListener("visibilitychange", poll);
 setInterval(() => {
   for (const span of pending.querySelectorAll(".waited")) {
     span.textContent = since(span.dataset.since);
