@@ -7,9 +7,9 @@ reviewer's assert check). Isolation is the strongest the machine permits, at mos
 
 - ``namespaces`` (root, ``unshare`` permitted): its own network namespace (no interface is up:
   no route anywhere, not even to localhost), a mount namespace in which every mount is
-  read-only, ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are empty and read-only, ``/proc`` shows
-  only its own processes and its working dir is a small tmpfs (the workspace, bound
-  read-write, for an approved ``persist`` run), and a uid of its own.
+  read-only, ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run`` are empty and read-only,
+  ``/proc`` shows only its own processes and its working dir is a small tmpfs (the workspace,
+  bound read-write, for an approved ``persist`` run), and a uid of its own.
 - ``user`` (root without namespaces): a uid of its own, plus the Python guard below.
 - ``python`` (not root, or the interpreter is not readable by another uid): only the guard, an
   audit hook refusing sockets, new processes, ctypes, writes outside its dirs and other
@@ -375,7 +375,7 @@ async def _execute(code: str, limits: SandboxSettings, cwd: Path | None, mode: s
         try:
             await asyncio.wait_for(_exited(proc), timeout=limits.timeout_s)
         except TimeoutError:
-            timed_out = True
+            timed_out = proc.returncode is None
         except BaseException:  # cancelled: never leave its processes running
             _kill_all(proc.pid, uid)
             readers.cancel()
