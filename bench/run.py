@@ -160,7 +160,9 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
                                       "note": f"idle TTFT overhead {idle:.0f} ms"}
             result["thread_create_errors"] = dict(gen.thread_errors)
             result["turns_total"] = len(gen.records)
-            result["errors_total"] = dict(Counter(r.error for r in gen.records if r.error))
+            result["errors_total"] = dict(Counter(r.error for r in gen.records
+                                                  if r.error and not r.refused))
+            result["refused_total"] = sum(1 for r in gen.records if r.refused)
             say(f"[{target.name}] auditing {len(gen.records)} turns")
             result["audit"] = await audit(url, gen.records)
             turns: Counter[str] = Counter(r.thread_id for r in gen.records)
@@ -179,12 +181,15 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
 
 async def spike(gen: LoadGenerator, stairs: Stairs, plan: Plan, model: Any,
                 base: int | None) -> dict[str, Any] | None:
-    passed = [s for s in stairs.steps if s["passed"]]
-    best = max(passed, key=lambda s: s["users"]) if passed else None
-    base = base or (best["users"] if best else None)
-    if not base:
+    """The overload step at ``base`` users x the factor (default: this target's capacity,
+    else its lightest step)."""
+    if not stairs.steps:
         return None
-    at_capacity = best["runs_per_s"] if best else 0.0
+    passed = [s for s in stairs.steps if s["passed"]]
+    best = max(passed, key=lambda s: s["users"]) if passed else \
+        min(stairs.steps, key=lambda s: s["users"])
+    base = base or best["users"]
+    at_capacity = best["runs_per_s"]
     return await overload(gen, int(plan.overload.factor * base), max(base // 2, 1),
                           at_capacity, plan.overload, model, stairs.plan.budget_ms)
 

@@ -31,10 +31,16 @@ def test_bench_smoke_mode(tmp_path):
     assert "error" not in target, target["error"]
 
     audit = target["audit"]
-    assert audit["turns"] > 0 and audit["ok"] == audit["turns"], audit
+    assert audit["turns"] > 0 and audit["ok"] + audit["refused"] == audit["turns"], audit
     assert audit["lost"] == audit["duplicated"] == audit["unanswered"] == 0, audit
     assert audit["wrong_answer"] == audit["read_errors"] == 0, audit
+    assert audit["refused_but_stored"] == audit["busy_threads"] == 0, audit
+    assert audit["refused"] == target["refused_total"]
     assert target["errors_total"] == {} and target["thread_create_errors"] == {}
+
+    spike = target["overload"]  # 4x the step's users: refusals allowed, failures not
+    assert spike["users"] == 4 * target["steps"][0]["users"] and spike["turns"] > 0
+    assert spike["errors"] == {} and spike["turns_ok"] > 0
 
     step = target["steps"][0]
     assert step["errors"] == {} and step["turns_ok"] > 0 and step["runs_per_s"] > 0
