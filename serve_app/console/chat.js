@@ -313,7 +313,7 @@ function startWatching() {
       const cards = openApprovals;
       watchRun({
         location: `${threadPath(tid)}/runs/${encode(latest.run_id)}/stream`,
-        label: "Decided elsewhere",
+        label: "Continued elsewhere",
         before: () => cards.forEach((card) => settle(card, "Decided elsewhere")),
       }).catch((error) => showError(alerts, error));
     } catch {
