@@ -199,10 +199,10 @@ class RunExecutor:
         """End a run that has not started at once; ask the replica of a running one."""
         ended = await self.records.transition_run(run, {"pending"}, status="interrupted")
         if ended is not None:
+            await self._leave(run, None)
             events = self.event_writer(run)
             events.append("end", {"run_id": run["run_id"], "status": "interrupted"})
             await events.flush()
-            await self._leave(run, None)
             if action == "rollback":
                 await self.records.delete_run(run)
             return
@@ -363,6 +363,13 @@ class RunExecutor:
         record = await self._end(run, status, error)
         if record is None:
             return None  # another attempt owns the run now
+        thread_status = "error" if error else "interrupted" if interrupts else "idle"
+        await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
+                                                         error=error))
+        # The thread is free before the stream says so: a client that sends its next turn
+        # (or its approval) on seeing the end finds the thread idle, not busy (409).
+        await self._leave(run, token)
+        self.metrics.count("runs_finished", status=status)
         api_modes = run["kwargs"].get("stream_mode") or []
         if error:
             events.append("error", error)
@@ -376,11 +383,6 @@ class RunExecutor:
             await events.flush()
         except RedisError:  # readers learn the end from the record (service.stream_events)
             log.exception("run %s: its end could not be streamed", run_id)
-        thread_status = "error" if error else "interrupted" if interrupts else "idle"
-        await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
-                                                         error=error))
-        await self._leave(run, token)
-        self.metrics.count("runs_finished", status=status)
         if run.get("rolled_back_by_successor"):  # rollback: the run is gone, as if never made
             await self.records.delete_run(run)
             return None
@@ -449,14 +451,14 @@ class RunExecutor:
                             f"(max_attempts={self.settings.max_attempts})"}
         if await self._end(run, "error", error) is None:
             return
+        await self.records.update_thread(run["thread_id"], status="error", error=error)
+        await self._leave(run, token)
+        self.metrics.count("runs_finished", status="error")
         events = self.event_writer(run)
         events.append("error", error)
         events.append("end", {"run_id": run["run_id"], "status": "error"})
         with contextlib.suppress(RedisError):
             await events.flush()
-        await self.records.update_thread(run["thread_id"], status="error", error=error)
-        await self._leave(run, token)
-        self.metrics.count("runs_finished", status="error")
 
     # orphans
     async def _sweep_forever(self) -> None:
