@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ from agents.errors import InvalidDecisionError
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from agents.system import AgentSystem
+from serve_app.admission import Admission
 from serve_app.event_feed import EventFeed
 from serve_app.events import API_MODES, HEARTBEAT, sse_frame
 from serve_app.executor import RunExecutor
@@ -120,6 +120,7 @@ class AgentService:
         self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, pool,
                                     self.metrics)
         self.feed = EventFeed(redis)
+        self.admission = Admission(self.executor.pool, self.metrics)
 
     def retune(self, **limits: Any) -> ApiSettings:
         """Admission limits (``api.*`` fields) over the replica's own settings, live; no
@@ -262,20 +263,12 @@ class AgentService:
         return [r for r in runs if r and r["status"] not in TERMINAL]
 
     async def admit(self) -> None:
-        """Refuse a new run at once (503, ``Retry-After``) while the pool's queue is past
-        its depth or not draining: past capacity, queued work only adds waiting, and a
-        refusal now beats an answer too late to use."""
-        load = await self.executor.pool.load()
-        limit = self.settings.max_queued_runs * load.replicas
-        waited = load.oldest_wait_s
-        if load.queued < limit and waited <= self.settings.max_queue_wait_s:
-            return
-        reason = "queue_full" if load.queued >= limit else "queue_wait"
-        self.metrics.count("runs_refused", reason=reason)
-        retry_after = max(1, math.ceil(waited))
-        raise ApiError(503, f"at capacity: {load.queued} runs queued, the oldest for "
-                            f"{waited:.1f} s; retry after {retry_after} s",
-                       headers={"Retry-After": str(retry_after)})
+        """Refuse a new run at once (503, ``Retry-After``) past capacity
+        (``serve_app.admission``)."""
+        refusal = await self.admission.check(self.settings)
+        if refusal is not None:
+            raise ApiError(503, refusal.detail,
+                           headers={"Retry-After": str(refusal.retry_after_s)})
 
     async def create_run(self, thread_id: str | None, body: Any,
                          extra_modes: list[str] | None = None) -> dict[str, Any]:

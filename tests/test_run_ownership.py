@@ -20,7 +20,7 @@ from agents.system import AgentSystem
 from serve_app.keys import run_ref
 from serve_app.records import ACTIVE, Records
 from serve_app.schemas import RunCreate
-from serve_app.service import AgentService
+from serve_app.service import AgentService, ApiError
 
 
 @pytest.fixture
@@ -176,3 +176,21 @@ async def test_a_run_waiting_behind_another_uses_no_slot_and_no_attempt(make_ser
     ended = [await asyncio.wait_for(service.wait_for_end(r["thread_id"], r["run_id"]), 60)
              for r in runs]
     assert [(e["status"], e["attempt"]) for e in ended] == [("success", 1)] * 4
+
+
+async def test_refusals_store_nothing_and_ask_for_longer_waits_as_they_mount(make_service):
+    """Past capacity (here: no queue at all) a run is refused before anything is stored,
+    and Retry-After grows with the share refused, so waiting clients do not storm."""
+    service = await make_service(max_queued_runs=0)
+    thread, _ = await service.records.create_thread(None, {})
+    waits = []
+    for _ in range(40):
+        with pytest.raises(ApiError) as refused:
+            await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+        assert refused.value.status == 503 and "at capacity" in refused.value.detail
+        waits.append(int(refused.value.headers["Retry-After"]))
+
+    assert waits[0] == 1 and waits == sorted(waits) and 5 <= waits[-1] <= 30
+    assert await service.records.list_runs(thread["thread_id"]) == []
+    assert (await service.get_state(thread["thread_id"]))["values"] == {}
+    assert service.metrics.total("runs_refused") == 40
