@@ -47,6 +47,7 @@ MODES = ("namespaces", "user", "python")  # strongest first
 MASKED = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # shared writables and sockets: emptied
 KILL_PASSES = 20
 EXIT_POLL_S = 0.02
+PROBE_TIMEOUT_S = 30.0  # a loaded machine must not pass for one without namespaces
 
 log = logging.getLogger(__name__)
 _modes: dict[str, str] = {}  # requested isolation -> the one that works on this machine
@@ -323,7 +324,8 @@ async def isolation(limits: SandboxSettings) -> str:
             if os.geteuid() != 0:
                 why = "not running as root"
             else:
-                probe = await _execute("pass", limits, None, mode)
+                probing = limits.model_copy(update={"timeout_s": PROBE_TIMEOUT_S})
+                probe = await _execute("pass", probing, None, mode)
                 if probe.exit_code == 0:
                     break
                 why = (probe.stderr.strip().splitlines() or [f"exit {probe.exit_code}"])[-1]
