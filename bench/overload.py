@@ -34,8 +34,8 @@ async def overload(gen: LoadGenerator, users: int, back_to: int, at_capacity: fl
                    plan: OverloadPlan, model: ModelTime, budget_ms: float) -> dict[str, Any]:
     """Hold ``users`` (the spike), then ``back_to`` users; ``at_capacity`` is the runs/s
     the target sustained at capacity."""
-    say(f"  overload: {users} users for {plan.duration_s:.0f} s "
-        f"({plan.factor:g}x {back_to}), then back to {back_to}")
+    say(f"  overload: {users} users ({plan.factor:g}x) for {plan.duration_s:.0f} s, "
+        f"then back to {back_to}")
     gen.set_users(users)
     await asyncio.sleep(plan.warmup_s)
     start = time.perf_counter()
