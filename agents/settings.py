@@ -119,7 +119,11 @@ class ApiSettings(BaseModel):
         "agent-cluster", min_length=1,
         description="the queue this deployment's replicas pull runs from")
     max_concurrent_runs: int = Field(
-        8, ge=1, description="runs one replica executes at once; the rest wait queued")
+        16, ge=1, description="at most this many runs at once per replica (fewer while its "
+        "event loop lags: serve_app/concurrency.py); the rest wait queued")
+    loop_lag_target_ms: float = Field(
+        20.0, gt=0, description="a replica takes fewer runs at once while its event loop "
+        "wakes up later than this on average (CPU-bound), more while it is prompt")
     max_queued_runs: int = Field(
         32, ge=0, description="per live replica: past this many queued runs, new runs "
         "are refused (503 with Retry-After)")

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
+from serve_app.concurrency import LagLimiter, Slots
 from serve_app.event_log import EventWriter
 from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
@@ -86,30 +87,6 @@ async def durably(op: Callable[[], Awaitable[T]], within_s: float = 30.0) -> T:
             backoff = min(backoff * 2, 1.0)
 
 
-class Slots:
-    """How many runs a replica executes at once; resizable while in use (an operator
-    retunes admission without restarting replicas). One puller acquires; runs release."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.used = 0
-        self._freed = asyncio.Event()
-
-    async def acquire(self) -> None:
-        while self.used >= self.size:
-            self._freed.clear()
-            await self._freed.wait()
-        self.used += 1
-
-    def release(self) -> None:
-        self.used -= 1
-        self._freed.set()
-
-    def resize(self, size: int) -> None:
-        self.size = size
-        self._freed.set()
-
-
 class RunExecutor:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
                  settings: ApiSettings, replica_id: str, checkpointer: LeanRedisSaver,
@@ -126,7 +103,10 @@ class RunExecutor:
         self.checkpointer = checkpointer
         self.metrics = metrics or Metrics()
         self.load = PoolLoad(0, 0.0, 0, 1)  # as of the last sweep
-        self._slots = Slots(settings.max_concurrent_runs)
+        self._slots = Slots(max(1, settings.max_concurrent_runs // 2))
+        self.limiter = LagLimiter(self._slots, settings.max_concurrent_runs,
+                                  settings.loop_lag_target_ms,
+                                  on_change=lambda size: self.metrics.gauge("run_slots", size))
         self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once started
         self._in_slots: set[asyncio.Task] = set()
         self._cancel_actions: dict[str, str] = {}
@@ -137,20 +117,27 @@ class RunExecutor:
     def start(self) -> None:
         """Pull runs, listen for cancels and sweep (call inside the event loop)."""
         self.heartbeat.start()
-        self.metrics.gauge("run_slots", self.settings.max_concurrent_runs)
+        self.metrics.gauge("run_slots", self._slots.size)
+        self.metrics.gauge("run_slots_max", self.settings.max_concurrent_runs)
         self._puller = asyncio.create_task(self._pull_forever())
         self._background = [asyncio.create_task(self._listen_for_cancels()),
-                            asyncio.create_task(self._sweep_forever())]
+                            asyncio.create_task(self._sweep_forever()),
+                            asyncio.create_task(self.limiter.run_forever())]
 
     @property
     def running(self) -> int:
         return len(self._tasks)
 
+    @property
+    def slots(self) -> int:
+        """Runs this replica takes at once now (adapted to its loop's lag)."""
+        return self._slots.size
+
     def retune(self, settings: ApiSettings) -> None:
         """New limits (``max_concurrent_runs`` and the rest) for runs taken from now on."""
         self.settings = settings
-        self._slots.resize(settings.max_concurrent_runs)
-        self.metrics.gauge("run_slots", settings.max_concurrent_runs)
+        self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms)
+        self.metrics.gauge("run_slots_max", settings.max_concurrent_runs)
 
     async def submit(self, run: dict[str, Any], first_in_thread: bool) -> None:
         """Queue an admitted run; it is ready at once if its thread has nothing before it."""

@@ -19,7 +19,8 @@ DESCRIPTIONS = {
     "runs_retried": "runs handed back for another attempt, by reason",
     "runs_queued": "runs waiting in the pool's queue for a free slot",
     "runs_running": "runs executing on this replica",
-    "run_slots": "runs this replica may execute at once",
+    "run_slots": "runs this replica takes at once now (adapted to its event loop's lag)",
+    "run_slots_max": "the most runs this replica may take at once (api.max_concurrent_runs)",
 }
 
 

@@ -58,7 +58,7 @@ class SupervisorDeployment:
         """Custom autoscaling metrics: runs here, runs waiting in the pool's queue."""
         executor = self.service.executor
         return {"runs_running": executor.running, "runs_queued": executor.load.queued,
-                "run_slots": executor.settings.max_concurrent_runs}
+                "run_slots": executor.slots}
 
     async def check_health(self) -> None:
         await self.runtime.redis.ping()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -37,8 +38,9 @@ class Seen:
 
 def metric(text: str, name: str) -> float:
     """A metric of ``GET /metrics`` summed over its series."""
+    series = re.compile(rf"^agent_cluster_{name}(_total)?[{{ ]")
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(f"agent_cluster_{name}"))
+               if series.match(line))
 
 
 async def per_replica_metrics(http: httpx.AsyncClient, asks: int = 12) -> dict[str, str]:
@@ -58,7 +60,7 @@ async def retune(http: httpx.AsyncClient, port: int, limits: dict) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         answers = await per_replica_metrics(http, asks=8)
-        if all(metric(text, "run_slots") == slots for text in answers.values()):
+        if all(metric(text, "run_slots_max") == slots for text in answers.values()):
             return
         await asyncio.sleep(0.5)
     raise TimeoutError(f"replicas not retuned to {limits}")

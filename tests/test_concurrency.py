@@ -1,0 +1,59 @@
+"""A replica's run slots follow what its event loop can serve in time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from serve_app.concurrency import LagLimiter, Slots
+
+
+def limiter(size: int, used: int, ceiling: int = 16) -> LagLimiter:
+    slots = Slots(size)
+    slots.used = used
+    return LagLimiter(slots, ceiling=ceiling, target_ms=20)
+
+
+def test_a_lagging_loop_takes_fewer_runs_a_prompt_full_one_more():
+    lagging = limiter(size=8, used=8)
+    lagging.adjust(lag_ms=45)
+    assert lagging.slots.size == 6
+    for _ in range(10):
+        lagging.adjust(lag_ms=300)
+    assert lagging.slots.size == 1  # never below one
+
+    prompt = limiter(size=8, used=8, ceiling=9)
+    prompt.adjust(lag_ms=2)
+    prompt.adjust(lag_ms=2)
+    assert prompt.slots.size == 9  # one at a time, up to the ceiling
+
+    idle = limiter(size=8, used=3)
+    idle.adjust(lag_ms=2)  # slots not all in use: no evidence more would be served
+    assert idle.slots.size == 8
+
+
+async def test_lag_is_measured_from_the_loop_itself():
+    meter = LagLimiter(Slots(1), ceiling=4, target_ms=20, tick_s=0.01, window_s=0.3)
+    assert await meter.measure() < 10
+
+    async def hog() -> None:  # CPU-bound work holding the loop 30 ms at a time
+        while True:
+            time.sleep(0.03)
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(hog())
+    try:
+        assert await meter.measure() > 15
+    finally:
+        task.cancel()
+
+
+async def test_resizing_wakes_a_waiting_taker():
+    slots = Slots(1)
+    await slots.acquire()
+    waiting = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    slots.resize(2)
+    await asyncio.wait_for(waiting, 1)
+    assert slots.used == 2
