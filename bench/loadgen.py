@@ -32,7 +32,7 @@ from bench.workload import Turn, make_turn
 
 STREAM_MODE = ["messages-tuple", "custom", "values"]  # what the SDK example in README uses
 REFUSED = "refused"
-MAX_RESUME_TRIES = 10
+RESUME_PATIENCE_S = 120.0  # how long the approver keeps trying a refused approval
 
 
 @dataclass
@@ -82,8 +82,9 @@ class TurnRecord:
 
     @property
     def refused(self) -> bool:
-        """Turned away at admission: nothing was stored, the user may send it again."""
-        return self.error == REFUSED
+        """Its first run was turned away at admission: nothing was stored, the user may
+        send it again. (An approval refused after its first run is an error instead.)"""
+        return self.error == REFUSED and len(self.runs) == 1
 
     @property
     def answering(self) -> RunResult | None:
@@ -237,13 +238,16 @@ class LoadGenerator:
                 record.approval_wait = self.config.approval_delay_s * self.rng.uniform(0.5, 1.5)
                 await asyncio.sleep(record.approval_wait)
                 decision = {"action": "approve", "by": "bench"}
-                for _ in range(MAX_RESUME_TRIES):  # the approver tries again when refused
+                give_up = time.perf_counter() + RESUME_PATIENCE_S
+                while True:  # the approver tries again, as asked, when refused
                     run = await self.stream_run(thread_id, {"command": {"resume": decision}})
                     record.runs.append(run)
-                    if run.error != REFUSED:
+                    if run.error != REFUSED or time.perf_counter() > give_up:
                         break
                     await asyncio.sleep(run.retry_after)
                     record.approval_wait += run.ended - run.started + run.retry_after
+                if run.error == REFUSED:
+                    run.error = "approval_refused"
         if run.error is None and run.interrupted:
             run.error = "unexpected_interrupt"
         if run.error is None and run.first_token is None:
@@ -372,7 +376,7 @@ def summarise(records: list[TurnRecord], start: float, end: float, model: ModelT
             "model_to_first_token_ms": model.first(kind) * 1000,
             "model_to_last_token_ms": model.last(kind) * 1000,
         }
-    runs = sum(len(r.runs) for r in ok)
+    runs = sum(1 for r in ok for run in r.runs if run.error != REFUSED)  # admitted runs
     return {
         "window_s": span,
         "turns": len(turns),

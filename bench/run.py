@@ -31,7 +31,7 @@ from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, Settings
 from bench.audit import audit
 from bench.console import say
-from bench.loadgen import LoadConfig, LoadGenerator
+from bench.loadgen import REFUSED, LoadConfig, LoadGenerator
 from bench.machine import machine_info, versions
 from bench.micro import run_micro
 from bench.overload import OverloadPlan, overload
@@ -149,7 +149,8 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
             if target.name in plan.overload_targets:
                 result["overload"] = await spike(gen, stairs, plan, model, spike_base)
             await gen.stop(drain_s=plan.load.approval_delay_s * 2 + 30)
-            runs = sum(len(r.runs) for r in gen.records)  # before the audit reads them back
+            runs = sum(1 for r in gen.records for run in r.runs  # admitted ones, before the
+                       if run.error != REFUSED)  # audit reads them back
             result["redis_load"] = (await counters(target.redis_url)).per_run(redis_before, runs)
             stairs.finalize()
             result["steps"] = stairs.steps
