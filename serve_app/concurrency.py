@@ -56,9 +56,9 @@ class LagLimiter:
         self.lag_ms = 0.0  # mean lag of the last window
 
     def retune(self, ceiling: int, target_ms: float) -> None:
+        """New bounds from the operator: start again from half the ceiling, as at start."""
         self.ceiling, self.target_ms = ceiling, target_ms
-        if self.slots.size > ceiling:
-            self._resize(ceiling)
+        self._resize(max(1, ceiling // 2))
 
     async def run_forever(self) -> None:
         while True:

@@ -103,10 +103,11 @@ class RunExecutor:
         self.checkpointer = checkpointer
         self.metrics = metrics or Metrics()
         self.load = PoolLoad(0, 0.0, 0, 1)  # as of the last sweep
-        self._slots = Slots(max(1, settings.max_concurrent_runs // 2))
+        self._slots = Slots(1)
         self.limiter = LagLimiter(self._slots, settings.max_concurrent_runs,
                                   settings.loop_lag_target_ms,
                                   on_change=lambda size: self.metrics.gauge("run_slots", size))
+        self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms)
         self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once started
         self._in_slots: set[asyncio.Task] = set()
         self._cancel_actions: dict[str, str] = {}

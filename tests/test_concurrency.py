@@ -57,3 +57,11 @@ async def test_resizing_wakes_a_waiting_taker():
     slots.resize(2)
     await asyncio.wait_for(waiting, 1)
     assert slots.used == 2
+
+
+def test_new_bounds_start_again_from_half_the_ceiling():
+    tuned = limiter(size=1, used=1, ceiling=1)
+    tuned.retune(ceiling=16, target_ms=20)
+    assert tuned.slots.size == 8
+    tuned.retune(ceiling=1, target_ms=20)
+    assert tuned.slots.size == 1
