@@ -8,12 +8,13 @@ Precedence (highest first): explicit keyword arguments, environment variables
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -136,6 +137,61 @@ class ApiSettings(BaseModel):
     )
 
 
+class ApiKey(BaseModel):
+    """One key of the built-in API-key auth: only its SHA-256 is kept (``key`` given in
+    plain text, e.g. from a secret in the environment, is hashed at load and dropped)."""
+
+    identity: str = Field(min_length=1, description="who the key authenticates")
+    sha256: str = Field("", pattern="^([0-9a-f]{64})?$",
+                        description="hex SHA-256 of the key: python -m serve_app.auth hash KEY")
+    key: str | None = Field(None, exclude=True, repr=False,
+                            description="the key in plain text; hashed at once, never kept")
+    permissions: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _hash_plain_key(self) -> ApiKey:
+        if self.key:
+            self.sha256 = hashlib.sha256(self.key.encode()).hexdigest()
+            self.key = None
+        if not self.sha256:
+            raise ValueError(f"api key of {self.identity!r} needs sha256 (or key)")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Who may call the API and do what (``serve_app/auth.py``; README "Auth")."""
+
+    path: str | None = Field(
+        None, description="a LangGraph auth object, as langgraph.json names it: "
+        "'./auth.py:auth' (relative to the project root) or 'package.module:auth'")
+    api_keys: list[ApiKey] = Field(
+        default_factory=list, description="without an auth file: the built-in handler's "
+        "keys (X-API-Key or Authorization: Bearer), stored hashed")
+    approver_permission: str = Field(
+        "approvals:write", min_length=1, description="the permission that may decide a "
+        "pending approval of a sensitive tool (resume, /api/approve, update_state)")
+    open_on_loopback: bool = Field(
+        True, description="with neither an auth file nor API keys, serve without "
+        "authentication, but only on a loopback address (the embedded default)")
+
+
+class LimitsSettings(BaseModel):
+    """Per-request and per-user limits (``serve_app/limits.py``); 0 turns one off."""
+
+    max_body_bytes: int = Field(1_048_576, ge=0, description="request body; past it 413")
+    max_message_chars: int = Field(
+        32_000, ge=0, description="one message's text in a run's input; past it 413")
+    runs_per_minute: float = Field(
+        60, ge=0, description="runs a user may start per minute (a Redis token bucket "
+        "shared by every replica); past it 429 with Retry-After")
+    runs_burst: int = Field(20, ge=0, description="runs a user may start at once "
+                                                  "(the bucket's size)")
+    concurrent_runs: int = Field(
+        8, ge=0, description="runs of one user pending or running at once; past it 429")
+    threads_per_user: int = Field(
+        1000, ge=0, description="threads one user may own; past it 429")
+
+
 class RoleSettings(BaseModel):
     """One specialist: what it is for, which tools it may use, how long it may loop."""
 
@@ -178,6 +234,8 @@ class Settings(BaseSettings):
     approval: ApprovalPolicy = ApprovalPolicy()
     roles: dict[str, RoleSettings] = Field(default_factory=_default_roles)
     api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
     supervisor_max_steps: int = Field(8, ge=1, description="routing decisions per turn")
     token_linger_ms: float = Field(
         40.0, ge=0, description="a specialist's later tokens wait this long to be merged "

@@ -8,6 +8,8 @@ replicas that execute runs from one queue) carry the pool's tag (``ac:{pool:<nam
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "ac:"
 ALL_THREADS = f"{PREFIX}threads"  # every thread by creation time, for search
 RUN_SEQUENCE = f"{PREFIX}seq"  # creation order of runs
@@ -38,6 +40,12 @@ def thread_lease_key(thread_id: str) -> str:
 
 def fence_key(thread_id: str) -> str:
     return f"{_thread(thread_id)}:fence"
+
+
+def approvals_key(thread_id: str) -> str:
+    """The thread's approval log: a Redis Stream, append-only, one entry per decision of a
+    pending approval (who, when, action, original and edited args, reason, interrupt)."""
+    return f"{_thread(thread_id)}:approvals"
 
 
 def run_key(thread_id: str, run_id: str) -> str:
@@ -86,3 +94,24 @@ def parse_ref(ref: str | bytes) -> tuple[str, str]:
     text = ref.decode() if isinstance(ref, bytes) else ref
     run_id, _, thread_id = text.partition(":")
     return thread_id, run_id
+
+
+def _user(identity: str) -> str:
+    """A user's keys: tagged by a digest of the identity (any string, braces included)."""
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    return f"{PREFIX}{{user:{digest}}}"
+
+
+def user_bucket_key(identity: str) -> str:
+    """The user's run-rate token bucket (a hash: tokens, stamp)."""
+    return f"{_user(identity)}:bucket"
+
+
+def user_runs_key(identity: str) -> str:
+    """The user's runs not yet seen ended (``run_ref``s by creation time)."""
+    return f"{_user(identity)}:runs"
+
+
+def user_threads_key(identity: str) -> str:
+    """Threads the user created, by creation time."""
+    return f"{_user(identity)}:threads"
