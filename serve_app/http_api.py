@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from serve_app.console import mount_console
 from serve_app.schemas import (
@@ -24,6 +24,7 @@ from serve_app.schemas import (
     StateUpdate,
     ThreadCreate,
     ThreadPatch,
+    ThreadPrune,
     ThreadSearch,
 )
 from serve_app.service import DEFAULT_GRAPH, AgentService, ApiError
@@ -44,6 +45,12 @@ def build_api(service: AgentService) -> FastAPI:
     async def redis_error(_: Request, exc: RedisError) -> JSONResponse:
         """Redis slow or restarting: nothing was lost, the request can be sent again."""
         log.warning("request failed on Redis: %s", exc)
+        if is_out_of_memory(exc):
+            return JSONResponse({"detail": "state store full: Redis reached its maxmemory "
+                                           "(noeviction), so writes are refused; nothing "
+                                           "stored was lost. Retry once threads are deleted "
+                                           "or expire, or maxmemory is raised"},
+                                status_code=503, headers={"Retry-After": "5"})
         return JSONResponse({"detail": f"state store unavailable ({type(exc).__name__}); "
                                        "retry shortly"},
                             status_code=503, headers={"Retry-After": "1"})
@@ -110,10 +117,12 @@ def build_api(service: AgentService) -> FastAPI:
     # threads
     @api.post("/threads")
     async def create_thread(body: ThreadCreate) -> dict:
-        thread, created = await service.records.create_thread(body.thread_id, body.metadata)
-        if not created and body.if_exists == "raise":
-            raise ApiError(409, f"thread {body.thread_id!r} already exists")
-        return await service.thread_view(thread)
+        return await service.create_thread(body.thread_id, body.metadata, body.ttl,
+                                           body.if_exists)
+
+    @api.post("/threads/prune")
+    async def prune_threads(body: ThreadPrune) -> dict:
+        return await service.prune_threads(body.thread_ids, body.strategy)
 
     @api.post("/threads/search")
     async def search_threads(body: ThreadSearch) -> list[dict]:
@@ -125,12 +134,11 @@ def build_api(service: AgentService) -> FastAPI:
 
     @api.patch("/threads/{thread_id}")
     async def patch_thread(thread_id: str, body: ThreadPatch) -> dict:
-        return await service.update_thread(thread_id, body.metadata)
+        return await service.update_thread(thread_id, body.metadata, body.ttl)
 
     @api.delete("/threads/{thread_id}", status_code=204)
     async def delete_thread(thread_id: str) -> None:
-        await service.require_thread(thread_id)
-        await service.records.delete_thread(thread_id)
+        await service.delete_thread(thread_id)
 
     @api.get("/threads/{thread_id}/state")
     async def get_state(thread_id: str) -> dict:
@@ -257,3 +265,9 @@ def build_api(service: AgentService) -> FastAPI:
 
     mount_console(api, service)
     return api
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """Redis refused a write: it is at its maxmemory with policy noeviction."""
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "used memory > 'maxmemory'" in str(exc))

@@ -13,6 +13,7 @@ import hashlib
 PREFIX = "ac:"
 ALL_THREADS = f"{PREFIX}threads"  # every thread by creation time, for search
 RUN_SEQUENCE = f"{PREFIX}seq"  # creation order of runs
+THREAD_EXPIRY = f"{PREFIX}expiry"  # threads with a TTL, by when they expire (s)
 
 
 def _thread(thread_id: str) -> str:
@@ -40,6 +41,17 @@ def thread_lease_key(thread_id: str) -> str:
 
 def fence_key(thread_id: str) -> str:
     return f"{_thread(thread_id)}:fence"
+
+
+def audit_key(thread_id: str) -> str:
+    """Approval decisions (and their effects' results) of the thread's pruned specialist
+    runs, kept for audit (``retention.audit_ttl_days``)."""
+    return f"{_thread(thread_id)}:audit"
+
+
+def thread_prefix(thread_id: str) -> str:
+    """What every serving-layer key of the thread starts with."""
+    return f"{_thread(thread_id)}:"
 
 
 def approvals_key(thread_id: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -100,14 +100,17 @@ class Records:
         return decode(await self.redis.hgetall(thread_key(thread_id)))
 
     async def create_thread(
-        self, thread_id: str | None = None, metadata: dict[str, Any] | None = None
+        self, thread_id: str | None = None, metadata: dict[str, Any] | None = None,
+        ttl: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Create unless it exists; returns (record, created)."""
         thread_id = thread_id or str(uuid.uuid4())
         stamp = now_iso()
-        record, created = await self._create_record(thread_key(thread_id), {
-            "thread_id": thread_id, "created_at": stamp, "updated_at": stamp,
-            "metadata": metadata or {}, "status": "idle"})
+        fields = {"thread_id": thread_id, "created_at": stamp, "updated_at": stamp,
+                  "metadata": metadata or {}, "status": "idle"}
+        if ttl is not None:
+            fields["ttl"] = ttl
+        record, created = await self._create_record(thread_key(thread_id), fields)
         if created:
             await self.redis.zadd(ALL_THREADS, {thread_id: time.time()})
         return record, created
@@ -116,11 +119,8 @@ class Records:
         return await self._update(thread_key(thread_id), fields)
 
     async def search_threads(self, limit: int, offset: int, metadata: dict[str, Any] | None,
-                             status: str | None = None,
-                             where: Callable[[dict[str, Any]], bool] | None = None
-                             ) -> list[dict[str, Any]]:
-        """Newest first; a filter reads pages (one pipeline each) until it has enough.
-        ``where``: a predicate records must also pass (an auth handler's filter)."""
+                             status: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; a filter reads pages (one pipeline each) until it has enough."""
         wanted = (metadata or {}).items()
         found: list[dict[str, Any]] = []
         start, page = 0, max(100, limit + offset)
@@ -131,7 +131,7 @@ class Records:
             for record in await self._many(thread_key(tid.decode()) for tid in ids):
                 meta = (record or {}).get("metadata", {})
                 if record and all(meta.get(k) == v for k, v in wanted) and \
-                        status in (None, record["status"]) and (where is None or where(record)):
+                        status in (None, record["status"]):
                     found.append(record)
             start += page
         return found[offset:offset + limit]
@@ -143,6 +143,8 @@ class Records:
             return [decode(raw) for raw in await pipe.execute()]
 
     async def delete_thread(self, thread_id: str) -> None:
+        """The thread's records only; ``serve_app.retention.Retention.purge`` deletes
+        every key of a thread (its checkpoints too)."""
         run_ids = await self.redis.zrange(thread_runs_key(thread_id), 0, -1)
         keys = [thread_key(thread_id), thread_runs_key(thread_id)]
         for rid in run_ids:

@@ -24,6 +24,16 @@ class ThreadCreate(Body):
     thread_id: str | None = None
     metadata: dict[str, Any] | None = None
     if_exists: Literal["raise", "do_nothing"] = "raise"
+    ttl: float | dict[str, Any] | None = Field(
+        None, description="minutes, or {'strategy': 'delete', 'ttl': minutes}: deleted "
+        "after that long without activity")
+
+
+class ThreadPrune(Body):
+    thread_ids: list[str] = Field(min_length=1, max_length=1000)
+    strategy: Literal["delete", "keep_latest"] = "delete"
+
+
 
 
 class ThreadSearch(Body):
@@ -56,6 +66,7 @@ class StateAt(Body):
 
 class ThreadPatch(Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
+    ttl: float | dict[str, Any] | None = None
 
 
 class HistoryQuery(Body):
@@ -91,6 +102,9 @@ class RunCreate(Body):
     multitask_strategy: MultitaskStrategy = "enqueue"
     if_not_exists: Literal["create", "reject"] = "reject"
     on_disconnect: Literal["cancel", "continue"] = "continue"
+    on_completion: Literal["delete", "keep"] = Field(
+        "delete", description="thread-less runs: delete their thread after the run (after "
+        "retention.events_grace_s) or keep it")
 
 
 class ChatRequest(Body):

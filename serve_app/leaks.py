@@ -1,0 +1,247 @@
+"""Leak check: Redis keys that belong to no live thread or run.
+
+    python -m serve_app.leaks [--url redis://...] [--thread-prefix PREFIX] [--delete]
+
+An operator's tool (it scans the keyspace, which the serving layer never does). Exits 1 and
+lists ``key  reason`` when it finds orphans:
+
+- a key under a thread's hash tag (``ac:{<thread>}:...``) whose thread record is gone (an
+  audit list with a TTL, kept by ``retention.keep_audit_on_delete``, is not an orphan);
+- a run record or event stream its thread's run index does not name;
+- a checkpoint document, write, write registry or latest pointer of a thread (or of a
+  specialist's sub-thread ``<thread>/<role>/<task>``) with no thread record; writes and
+  registries of a checkpoint that is gone; a pointer to a checkpoint that is gone;
+- a specialist's sub-thread whose result is already in its idle parent (retention missed it);
+- an effect ledger entry (``ac:effect:...``) of a thread that is gone and named by no
+  audit list;
+- members of the global indexes (``ac:threads``, ``ac:expiry``) and of run pools' sets
+  naming a thread or run that is gone.
+
+Threads made without the serving layer (``AgentSystem`` in a notebook) have checkpoints but
+no thread record: they show as orphans; ``--thread-prefix`` limits the check to some ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from typing import Any
+
+from redis.asyncio import Redis
+
+from agents.effects import LEDGER_PREFIX
+from serve_app.keys import (
+    ALL_THREADS,
+    PREFIX,
+    THREAD_EXPIRY,
+    parse_ref,
+    queue_key,
+    run_key,
+    thread_key,
+)
+from serve_app.keys import thread_runs_key as runs_key
+from serve_app.retention import _text
+
+SAVER_PREFIXES = ("checkpoint_write:", "write_keys_zset:", "checkpoint_latest:", "checkpoint:")
+TAGGED = re.compile(r"^ac:\{(?P<tag>[^}]*)\}:(?P<rest>.*)$")
+SUB_THREAD = re.compile(r"^(?P<parent>.+)/[^/]+/[^/]+$")
+
+
+class LeakCheck:
+    def __init__(self, redis: Redis, thread_prefix: str = ""):
+        self.redis = redis
+        self.prefix = thread_prefix
+        self._threads: dict[str, bool] = {}
+        self._finished_subs: dict[str, set[str] | None] = {}
+        self._audited: set[str] | None = None
+
+    def mine(self, thread_id: str) -> bool:
+        return thread_id.startswith(self.prefix)
+
+    async def thread_exists(self, thread_id: str) -> bool:
+        if thread_id not in self._threads:
+            self._threads[thread_id] = bool(await self.redis.exists(thread_key(thread_id)))
+        return self._threads[thread_id]
+
+    async def owner_exists(self, thread_id: str) -> bool:
+        """A thread, or the parent of a specialist's sub-thread, with a record."""
+        if await self.thread_exists(thread_id):
+            return True
+        sub = SUB_THREAD.match(thread_id)
+        return bool(sub) and await self.thread_exists(sub["parent"])
+
+    async def run(self) -> list[tuple[str, str]]:
+        pattern = f"*{_glob(self.prefix)}*" if self.prefix else "*"
+        found: list[tuple[str, str]] = []
+        async for raw in self.redis.scan_iter(match=pattern, count=2000):
+            key = _text(raw)
+            reason = await self.classify(key)
+            if reason:
+                found.append((key, reason))
+        found += await self.index_members()
+        return sorted(found)
+
+    async def classify(self, key: str) -> str | None:
+        tagged = TAGGED.match(key)
+        if tagged and not tagged["tag"].startswith("pool:"):
+            return await self._thread_key(tagged["tag"], tagged["rest"], key)
+        if key.startswith(LEDGER_PREFIX):
+            return await self._ledger(key)
+        for prefix in SAVER_PREFIXES:
+            if key.startswith(prefix):
+                return await self._saver_key(prefix, key)
+        return None
+
+    async def _thread_key(self, thread_id: str, rest: str, key: str) -> str | None:
+        if not self.mine(thread_id):
+            return None
+        if not await self.thread_exists(thread_id):
+            if rest == "audit" and await self.redis.ttl(key) > 0:
+                return None  # kept for audit by policy, expiring
+            return "its thread is gone"
+        parts = rest.split(":")
+        if parts[0] == "run" and len(parts) >= 2 and \
+                await self.redis.zscore(runs_key(thread_id), parts[1]) is None:
+            return "a run its thread does not list"
+        return None
+
+    async def _ledger(self, key: str) -> str | None:
+        thread_id = key[len(LEDGER_PREFIX):].rsplit(":", 1)[0]
+        if not self.mine(thread_id) or await self.owner_exists(thread_id):
+            return None
+        if key in await self.audited():
+            return None
+        return "effect ledger entry of a deleted thread"
+
+    async def audited(self) -> set[str]:
+        """Ledger keys named by surviving audit lists (kept by policy)."""
+        if self._audited is None:
+            self._audited = set()
+            pattern = f"{PREFIX}{{{_glob(self.prefix)}*}}:audit"
+            async for raw in self.redis.scan_iter(match=pattern, count=2000):
+                for entry in await self.redis.lrange(raw, 0, -1):
+                    self._audited.add(json.loads(entry).get("effect_key") or "")
+        return self._audited
+
+    async def _saver_key(self, prefix: str, key: str) -> str | None:
+        rest = key[len(prefix):]
+        if prefix == "checkpoint_latest:":
+            target = await self.redis.get(key)
+            if not target or not await self.redis.exists(target):
+                return "latest pointer to a checkpoint that is gone" \
+                    if self.mine(rest) else None
+            return await self._checkpoint(_text(target))
+        if prefix == "write_keys_zset:":
+            if not self.mine(rest):
+                return None
+            if not await self.redis.exists(f"checkpoint:{rest}"):
+                return "write registry of a checkpoint that is gone"
+            return None
+        if prefix == "checkpoint_write:":
+            if not self.mine(rest):
+                return None
+            checkpoint = "checkpoint:" + rest.rsplit(":", 2)[0]
+            if not await self.redis.exists(checkpoint):
+                return "write of a checkpoint that is gone"
+            return None
+        return await self._checkpoint(key)
+
+    async def _checkpoint(self, key: str) -> str | None:
+        found = await self.redis.execute_command("JSON.GET", key, "$.thread_id")
+        if isinstance(found, bytes | str):
+            found = json.loads(found)
+        thread_id = (found or [""])[0] or ""
+        if not self.mine(thread_id):
+            return None
+        if not await self.owner_exists(thread_id):
+            return "checkpoint of a thread that is gone"
+        sub = SUB_THREAD.match(thread_id)
+        if sub and not await self.thread_exists(thread_id) and \
+                thread_id in (await self.finished_sub_threads(sub["parent"]) or ()):
+            return "sub-thread whose result is in its idle parent"
+        return None
+
+    async def finished_sub_threads(self, parent: str) -> set[str] | None:
+        """Sub-threads whose answer is a message of the idle parent's latest state (None
+        while the parent is busy: its sub-threads may be in use)."""
+        if parent not in self._finished_subs:
+            done: set[str] | None = None
+            if not await self.redis.zcard(queue_key(parent)):
+                done = set()
+                pointer = await self.redis.get(f"checkpoint_latest:{parent}:__empty__")
+                messages = await self.redis.execute_command(
+                    "JSON.GET", _text(pointer), "$.checkpoint.channel_values.messages") \
+                    if pointer else None
+                if isinstance(messages, bytes | str):
+                    messages = json.loads(messages)
+                for message in (messages or [None])[0] or []:
+                    meta = (message.get("kwargs") or {}).get("response_metadata") or {}
+                    if meta.get("worker") and meta.get("task_id"):
+                        done.add(f"{parent}/{meta['worker']}/{meta['task_id']}")
+            self._finished_subs[parent] = done
+        return self._finished_subs[parent]
+
+    async def index_members(self) -> list[tuple[str, str]]:
+        found = []
+        for index in (ALL_THREADS, THREAD_EXPIRY):
+            async for member, _ in self.redis.zscan_iter(index, count=2000):
+                thread_id = _text(member)
+                if self.mine(thread_id) and not await self.thread_exists(thread_id):
+                    found.append((f"{index}[{thread_id}]", "index entry of a thread that "
+                                                           "is gone"))
+        async for raw in self.redis.scan_iter(match=f"{PREFIX}{{pool:*", count=2000):
+            pool_key = _text(raw)
+            if await self.redis.type(raw) not in (b"zset", "zset"):
+                continue
+            async for member, _ in self.redis.zscan_iter(raw, count=2000):
+                ref = _text(member)
+                thread_id, run_id = parse_ref(ref)
+                if self.mine(thread_id) and not await self.redis.exists(
+                        run_key(thread_id, run_id)):
+                    found.append((f"{pool_key}[{ref}]", "pool entry of a run that is gone"))
+        return found
+
+
+def _glob(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+async def find_orphans(redis: Redis, thread_prefix: str = "") -> list[tuple[str, str]]:
+    return await LeakCheck(redis, thread_prefix).run()
+
+
+async def _main(args: Any) -> int:
+    redis = Redis.from_url(args.url)
+    try:
+        orphans = await find_orphans(redis, args.thread_prefix)
+        for key, reason in orphans:
+            print(f"{key}\t{reason}")
+        if args.delete:
+            keys = [k for k, _ in orphans if not k.endswith("]")]
+            for start in range(0, len(keys), 500):
+                await redis.delete(*keys[start:start + 500])
+        print(f"{len(orphans)} orphan(s)", file=sys.stderr)
+        return 1 if orphans and not args.delete else 0
+    finally:
+        await redis.aclose()
+
+
+def main() -> None:
+    from agents.settings import get_settings
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default=get_settings().redis_url,
+                        help="Redis URL (default: REDIS_URL)")
+    parser.add_argument("--thread-prefix", default="",
+                        help="check only threads whose id starts with this")
+    parser.add_argument("--delete", action="store_true", help="delete the orphan keys")
+    args = parser.parse_args()
+    if not args.url:
+        parser.error("no Redis URL: pass --url or set REDIS_URL")
+    sys.exit(asyncio.run(_main(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,524 @@
+"""What a thread keeps in Redis, and how all of it goes.
+
+Applied as each run ends (``RunExecutor._finish``, while the run still holds its thread),
+never by a scan of the keyspace: the saver's own RediSearch indexes name a thread's
+checkpoint documents and writes, the thread's hash tag (``serve_app.keys``) names the rest.
+
+- **Checkpoints.** Per checkpoint namespace a thread keeps its latest ``keep_latest``
+  checkpoints, those younger than ``keep_for_s`` (time travel), and every checkpoint a
+  queued or running run needs (where it started: rollback; the checkpoint it was asked to
+  start from). Older ones go with their writes and write registries. The latest is always
+  kept, and with it any pending interrupt.
+- **Specialists' sub-threads** (``<thread>/<role>/<task id>``, ``agents.supervisor``) go
+  once their result is in the parent: every one not named by a pending interrupt of the
+  parent or by the assignments its next step still has to run. Their approval decisions
+  are copied first into the thread's audit list, with the effect ledger's result.
+- **Runs.** A finished run's event stream expires ``events_grace_s`` after its end; the
+  thread keeps its ``keep_runs`` newest finished run records.
+- **Threads** with a TTL (their own ``ttl`` or ``thread_ttl_minutes``) are in one sorted set
+  by expiry time; each replica's sweeper deletes those due. A thread-less run's thread is
+  due ``events_grace_s`` after the run (``on_completion: delete``).
+
+``purge`` deletes every key of a thread: records, runs, events, queue, lease, fencing
+counter, every checkpoint namespace with its writes, its sub-threads, and (unless the
+policy keeps them for audit) its audit list and effect ledger entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from langgraph.checkpoint.redis.util import from_storage_safe_str, to_storage_safe_id
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agents.effects import effect_key
+from agents.redis_saver import LeanRedisSaver
+from agents.settings import RetentionSettings
+from agents.supervisor import sub_thread_id
+from serve_app.keys import (
+    ALL_THREADS,
+    THREAD_EXPIRY,
+    audit_key,
+    events_key,
+    fence_key,
+    queue_key,
+    run_key,
+    run_ref,
+    thread_key,
+    thread_lease_key,
+    thread_runs_key,
+)
+from serve_app.metrics import Metrics
+from serve_app.records import TERMINAL, Records
+
+log = logging.getLogger(__name__)
+PAGE = 1000
+SPECIAL_WRITES = ("__interrupt__", "__error__")
+
+
+def tag(value: str) -> str:
+    """A value as a RediSearch tag query term (every non-word character escaped)."""
+    return re.sub(r"([^A-Za-z0-9_])", r"\\\1", value)
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One of the saver's documents, as its index names it."""
+
+    key: str
+    thread_id: str
+    ns: str
+    checkpoint_id: str
+    fields: dict[str, str]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_search(reply: Any) -> tuple[int, list[tuple[str, dict[str, str]]]]:
+    """``FT.SEARCH`` as RESP3 (a map) or RESP2 (a flat list): (total, [(key, fields)])."""
+    if isinstance(reply, dict):
+        reply = {_text(k): v for k, v in reply.items()}
+        rows = []
+        for row in reply.get("results", []):
+            row = {_text(k): v for k, v in row.items()}
+            attrs = {_text(k): _text(v) for k, v in (row.get("extra_attributes") or {}).items()}
+            rows.append((_text(row["id"]), attrs))
+        return int(reply.get("total_results", 0)), rows
+    total, rest = int(reply[0]), reply[1:]
+    rows = []
+    for key, pairs in zip(rest[::2], rest[1::2], strict=False):
+        rows.append((_text(key), {_text(k): _text(v) for k, v in zip(pairs[::2], pairs[1::2],
+                                                                          strict=False)}))
+    return total, rows
+
+
+class CheckpointStore:
+    """The saver's documents of a thread (or of its sub-threads), found by its indexes."""
+
+    def __init__(self, redis: Redis, saver: LeanRedisSaver):
+        self.redis = redis
+        self.saver = saver
+
+    async def _search(self, index: str, query: str, fields: Iterable[str]) -> list[Doc]:
+        fields = ["thread_id", "checkpoint_ns", "checkpoint_id", *fields]
+        docs, offset = [], 0
+        while True:
+            reply = await self.redis.execute_command(
+                "FT.SEARCH", index, query, "RETURN", len(fields), *fields,
+                "LIMIT", offset, PAGE, "DIALECT", 2)
+            total, rows = parse_search(reply)
+            for key, attrs in rows:
+                docs.append(Doc(key, from_storage_safe_str(attrs.get("thread_id", "")),
+                                from_storage_safe_str(attrs.get("checkpoint_ns", "")),
+                                attrs.get("checkpoint_id", ""), attrs))
+            offset += PAGE
+            if offset >= total or not rows:
+                return docs
+
+    @staticmethod
+    def _query(thread_id: str, sub_threads: bool) -> str:
+        if sub_threads:
+            return f"@thread_id:{{{tag(thread_id + '/')}*}}"
+        return f"@thread_id:{{{tag(to_storage_safe_id(thread_id))}}}"
+
+    @staticmethod
+    def _mine(thread_id: str, sub_threads: bool, docs: list[Doc]) -> list[Doc]:
+        """Tags match case-insensitively and by prefix: keep exact matches only."""
+        if not sub_threads:
+            return [d for d in docs if d.thread_id == thread_id]
+        return [d for d in docs if is_sub_thread(thread_id, d.thread_id)]
+
+    async def checkpoints(self, thread_id: str, sub_threads: bool = False) -> list[Doc]:
+        docs = await self._search(self.saver._checkpoint_prefix,
+                                  self._query(thread_id, sub_threads),
+                                  ["checkpoint_ts", "run_id"])
+        return self._mine(thread_id, sub_threads, docs)
+
+    async def writes(self, thread_id: str, sub_threads: bool = False) -> list[Doc]:
+        docs = await self._search(self.saver._checkpoint_write_prefix,
+                                  self._query(thread_id, sub_threads), ["task_id", "channel"])
+        return self._mine(thread_id, sub_threads, docs)
+
+    def latest_key(self, thread_id: str, ns: str = "") -> str:
+        return self.saver._make_redis_checkpoint_latest_key(thread_id, ns)
+
+    def registry_key(self, doc: Doc) -> str | None:
+        registry = self.saver._key_registry
+        if registry is None:
+            return None
+        return registry.make_write_keys_zset_key(doc.thread_id, doc.ns, doc.checkpoint_id)
+
+    def keys_of(self, checkpoints: Iterable[Doc], writes: Iterable[Doc]) -> list[str]:
+        """The documents, their writes and write registries."""
+        checkpoints = list(checkpoints)
+        gone = {(d.thread_id, d.ns, d.checkpoint_id) for d in checkpoints}
+        keys = [d.key for d in checkpoints]
+        keys += [k for k in map(self.registry_key, checkpoints) if k]
+        keys += [w.key for w in writes if (w.thread_id, w.ns, w.checkpoint_id) in gone]
+        return keys
+
+    async def everything(self, thread_id: str, sub_threads: bool = False) -> list[str]:
+        """Every key the saver holds for the thread (or for its sub-threads)."""
+        checkpoints = await self.checkpoints(thread_id, sub_threads)
+        writes = await self.writes(thread_id, sub_threads)
+        keys = [d.key for d in checkpoints] + [w.key for w in writes]
+        keys += [k for k in map(self.registry_key, checkpoints) if k]
+        pointers = {(d.thread_id, d.ns) for d in [*checkpoints, *writes]}
+        if not sub_threads:
+            pointers.add((thread_id, ""))
+        keys += [self.latest_key(t, ns) for t, ns in pointers]
+        return keys
+
+
+def is_sub_thread(parent: str, thread_id: str) -> bool:
+    """``<parent>/<role>/<task id>`` (``agents.supervisor.sub_thread_id``)."""
+    if not thread_id.startswith(parent + "/"):
+        return False
+    return len(thread_id[len(parent) + 1:].split("/")) == 2
+
+
+async def delete_keys(redis: Redis, keys: Iterable[str], batch: int = 500) -> int:
+    keys = list(dict.fromkeys(keys))
+    deleted = 0
+    for start in range(0, len(keys), batch):
+        deleted += await redis.delete(*keys[start:start + batch])
+    return deleted
+
+
+class Retention:
+    def __init__(self, redis: Redis, saver: LeanRedisSaver, settings: RetentionSettings,
+                 records: Records | None = None, metrics: Metrics | None = None):
+        self.redis = redis
+        self.saver = saver
+        self.settings = settings
+        self.records = records or Records(redis)
+        self.metrics = metrics or Metrics()
+        self.store = CheckpointStore(redis, saver)
+        self._memory_warned = False
+
+    # as runs end
+    async def after_run(self, run: dict[str, Any], graph: Any = None,
+                        state: Any | None = None) -> None:
+        """Prune the thread of a run that just ended (``state``: the thread's state after
+        it, if read; else read here from ``graph``); a rolled-back run's checkpoints go.
+        Called while the run still holds its thread; never fails the run."""
+        thread_id = run["thread_id"]
+        try:
+            if run.get("rolled_back_by_successor"):
+                await self.roll_back(run)
+                state = None
+            if self.settings.enabled:
+                if state is None and graph is not None:
+                    state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+                await self.redis.expire(events_key(thread_id, run["run_id"]),
+                                        self.settings.events_grace_s)
+                await self.prune_checkpoints(thread_id)
+                if state is not None:  # unknown: which sub-threads it needs is unknown
+                    await self.prune_sub_threads(thread_id, state)
+                await self.prune_runs(thread_id)
+            if (run.get("kwargs") or {}).get("on_completion") == "delete":
+                await self.expire_at(thread_id, time.time() + self.settings.events_grace_s)
+            else:
+                await self.touch(thread_id)
+        except Exception:
+            log.exception("retention of thread %s after run %s failed", thread_id,
+                          run["run_id"])
+
+    async def needed(self, thread_id: str) -> set[str]:
+        """Checkpoint ids that the thread's queued and running runs need."""
+        ids: set[str] = set()
+        for rid in await self.redis.zrange(queue_key(thread_id), 0, -1):
+            run = await self.records.get_run(thread_id, _text(rid))
+            if not run or run["status"] in TERMINAL:
+                continue
+            kwargs = run.get("kwargs") or {}
+            ids.update(i for i in (run.get("checkpoint_before"), kwargs.get("checkpoint_id"),
+                                   (kwargs.get("rollback_to") or {}).get("checkpoint_id")) if i)
+        return ids
+
+    async def prune_checkpoints(self, thread_id: str, keep_latest: int | None = None,
+                                keep_for_s: float | None = None) -> int:
+        """Drop the thread's checkpoints the policy does not keep; how many went."""
+        keep_latest = max(1, keep_latest or self.settings.keep_latest)
+        keep_for_s = self.settings.keep_for_s if keep_for_s is None else keep_for_s
+        docs = await self.store.checkpoints(thread_id)
+        by_ns: dict[str, list[Doc]] = defaultdict(list)
+        for doc in docs:
+            by_ns[doc.ns].append(doc)
+        if all(len(chain) <= keep_latest for chain in by_ns.values()):
+            return 0
+        needed = await self.needed(thread_id)
+        young = (time.time() - keep_for_s) * 1000
+        doomed = []
+        for ns, chain in by_ns.items():
+            latest = await self.redis.get(self.store.latest_key(thread_id, ns))
+            latest = _text(latest) if latest else None
+            chain.sort(key=lambda d: d.checkpoint_id, reverse=True)
+            for doc in chain[keep_latest:]:
+                if doc.checkpoint_id in needed or doc.key == latest or \
+                        float(doc.fields.get("checkpoint_ts") or 0) >= young:
+                    continue
+                doomed.append(doc)
+        if doomed:
+            writes = await self.store.writes(thread_id)
+            await delete_keys(self.redis, self.store.keys_of(doomed, writes))
+            self.metrics.count("checkpoints_pruned", len(doomed))
+        return len(doomed)
+
+    async def prune_sub_threads(self, thread_id: str, state: Any) -> int:
+        """Delete the specialists' sub-threads whose result is in the parent (every one the
+        parent's pending interrupts and next assignments do not name); how many went."""
+        docs = await self.store.checkpoints(thread_id, sub_threads=True)
+        subs = {d.thread_id for d in docs}
+        if not subs:
+            return 0
+        doomed = subs - self._live_sub_threads(thread_id, state)
+        for sub in sorted(doomed):
+            await self._audit(thread_id, sub)
+        if doomed:
+            writes = await self.store.writes(thread_id, sub_threads=True)
+            gone = [d for d in docs if d.thread_id in doomed]
+            keys = self.store.keys_of(gone, writes)
+            keys += [self.store.latest_key(t, ns) for t, ns in
+                     {(d.thread_id, d.ns) for d in gone}]
+            await delete_keys(self.redis, keys)
+            self.metrics.count("sub_threads_pruned", len(doomed))
+        return len(doomed)
+
+    @staticmethod
+    def _live_sub_threads(thread_id: str, state: Any) -> set[str]:
+        live = set()
+        for item in getattr(state, "interrupts", ()) or ():
+            value = item.value if hasattr(item, "value") else item.get("value")
+            if isinstance(value, dict) and value.get("thread_id"):
+                live.add(value["thread_id"])
+        values = getattr(state, "values", None) or {}
+        if getattr(state, "next", None):
+            for assignment in values.get("assignments") or []:
+                live.add(sub_thread_id(thread_id, assignment))
+        return live
+
+    async def _audit(self, thread_id: str, sub: str) -> None:
+        """Copy a sub-thread's approval decisions (and their effects' recorded results)
+        into the thread's audit list before the sub-thread goes."""
+        pointer = await self.redis.get(self.store.latest_key(sub))
+        if not pointer:
+            return
+        found = await self.redis.execute_command(
+            "JSON.GET", _text(pointer), "$.checkpoint.channel_values.decisions")
+        if isinstance(found, bytes | str):
+            found = json.loads(found)
+        decisions = (found or [None])[0] or []
+        if not decisions:
+            return
+        entries = []
+        for decision in decisions:
+            ledger = effect_key(sub, decision.get("tool_call_id", ""))
+            result = await self.redis.get(ledger)
+            entries.append(json.dumps({**decision, "thread_id": sub,
+                                       "role": sub.rsplit("/", 2)[-2],
+                                       "effect_key": ledger,
+                                       "result": _text(result) if result else None,
+                                       "recorded_at": time.time()}))
+        if not await self.records.get_thread(thread_id):
+            return  # deleted meanwhile: nothing to audit into
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(audit_key(thread_id), *entries)
+            pipe.expire(audit_key(thread_id), int(self.settings.audit_ttl_days * 86400))
+            await pipe.execute()
+
+    async def prune_runs(self, thread_id: str) -> int:
+        """Keep the ``keep_runs`` newest finished run records of the thread."""
+        run_ids = [_text(r) for r in await self.redis.zrevrange(thread_runs_key(thread_id),
+                                                                0, -1)]
+        older = run_ids[self.settings.keep_runs:]
+        if not older:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in older:
+                pipe.hget(run_key(thread_id, rid), "status")
+            statuses = await pipe.execute()
+        doomed = [rid for rid, status in zip(older, statuses, strict=True)
+                  if status is None or json.loads(status) in TERMINAL]
+        if doomed:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(thread_runs_key(thread_id), *doomed)
+                pipe.delete(*[k for rid in doomed for k in (run_key(thread_id, rid),
+                                                            events_key(thread_id, rid))])
+                await pipe.execute()
+        return len(doomed)
+
+    # rollback
+    async def roll_back_safely(self, run: dict[str, Any]) -> None:
+        try:
+            await self.roll_back(run)
+        except Exception:
+            log.exception("rolling back run %s failed", run["run_id"])
+
+    async def roll_back(self, run: dict[str, Any]) -> int:
+        """Remove every checkpoint the run wrote (and its writes) and point the thread back
+        at where it stood before; also the writes the run added to that checkpoint (a
+        resume's answer and the resumed task's results), so its interrupt is pending again."""
+        thread_id, run_id = run["thread_id"], run["run_id"]
+        docs = await self.store.checkpoints(thread_id)
+        mine = [d for d in docs if d.fields.get("run_id") == run_id]
+        writes = await self.store.writes(thread_id)
+        keys = self.store.keys_of(mine, writes)
+        before = run.get("checkpoint_before")
+        if before:
+            on_before = [w for w in writes if w.checkpoint_id == before and w.ns == ""]
+            interrupted = {w.fields.get("task_id") for w in on_before
+                           if w.fields.get("channel") == "__interrupt__"}
+            keys += [w.key for w in on_before if w.fields.get("channel") == "__resume__" or
+                     (w.fields.get("task_id") in interrupted and
+                      w.fields.get("channel") not in SPECIAL_WRITES)]
+        await delete_keys(self.redis, keys)
+        remaining = [d for d in docs if d.fields.get("run_id") != run_id]
+        for ns in {d.ns for d in mine}:
+            chain = sorted((d for d in remaining if d.ns == ns), key=lambda d: d.checkpoint_id)
+            pointer = self.store.latest_key(thread_id, ns)
+            if chain:
+                await self.redis.set(pointer, chain[-1].key)
+            else:
+                await self.redis.delete(pointer)
+        return len(mine)
+
+    # thread TTLs
+    def ttl_minutes(self, thread: dict[str, Any] | None) -> float | None:
+        ttl = (thread or {}).get("ttl")
+        if isinstance(ttl, dict) and ttl.get("ttl") is not None:
+            return float(ttl["ttl"])
+        return self.settings.thread_ttl_minutes
+
+    async def touch(self, thread_id: str, thread: dict[str, Any] | None = None) -> None:
+        """The thread was active: its idle TTL (if any) starts again now."""
+        thread = thread or await self.records.get_thread(thread_id)
+        minutes = self.ttl_minutes(thread)
+        if thread is None:
+            return
+        if minutes is None:
+            await self.redis.zrem(THREAD_EXPIRY, thread_id)
+        else:
+            await self.expire_at(thread_id, time.time() + minutes * 60)
+
+    async def expire_at(self, thread_id: str, when: float) -> None:
+        await self.redis.zadd(THREAD_EXPIRY, {thread_id: when})
+
+    async def sweep_once(self, executor: Any = None, limit: int = 100) -> list[str]:
+        """Delete the threads whose TTL is due (one replica wins each); a busy one is
+        looked at again next sweep. Returns the ids deleted."""
+        due = await self.redis.zrangebyscore(THREAD_EXPIRY, "-inf", time.time(),
+                                             start=0, num=limit)
+        deleted = []
+        for raw in due:
+            thread_id = _text(raw)
+            if not await self.redis.zrem(THREAD_EXPIRY, thread_id):
+                continue  # another replica took it
+            if await self.busy(thread_id):
+                await self.expire_at(thread_id, time.time() + self.settings.sweep_interval_s)
+                continue
+            await self.purge(thread_id, pool=getattr(executor, "pool", None))
+            deleted.append(thread_id)
+        if deleted:
+            self.metrics.count("threads_expired", len(deleted))
+        return deleted
+
+    async def busy(self, thread_id: str) -> bool:
+        for rid in await self.redis.zrange(queue_key(thread_id), 0, -1):
+            run = await self.records.get_run(thread_id, _text(rid))
+            if run and run["status"] not in TERMINAL:
+                return True
+        return False
+
+    async def check_memory(self) -> float | None:
+        """Redis's used share of its maxmemory (None: no limit); warns once past
+        ``memory_warn_ratio``."""
+        info = await self.redis.info("memory")
+        limit = int(info.get("maxmemory") or 0)
+        if not limit:
+            return None
+        ratio = int(info["used_memory"]) / limit
+        self.metrics.gauge("redis_memory_ratio", round(ratio, 4))
+        if ratio >= self.settings.memory_warn_ratio and not self._memory_warned:
+            log.warning("Redis uses %.0f%% of its maxmemory (%d of %d bytes): past 100%% "
+                        "writes are refused (503); delete or expire threads, or raise "
+                        "maxmemory", ratio * 100, info["used_memory"], limit)
+        self._memory_warned = ratio >= self.settings.memory_warn_ratio
+        return ratio
+
+    async def sweep_forever(self, executor: Any = None) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.check_memory()
+                await self.sweep_once(executor)
+            except RedisError as exc:
+                log.warning("retention sweep: %s", exc)
+            except Exception:
+                log.exception("retention sweep failed")
+
+    # deleting everything
+    async def purge(self, thread_id: str, pool: Any = None) -> int:
+        """Delete every key of the thread; how many keys went. Idempotent."""
+        run_ids = [_text(r) for r in await self.redis.zrange(thread_runs_key(thread_id), 0, -1)]
+        run_ids += [_text(r) for r in await self.redis.zrange(queue_key(thread_id), 0, -1)]
+        run_ids = list(dict.fromkeys(run_ids))
+        keys = [thread_key(thread_id), thread_runs_key(thread_id), queue_key(thread_id),
+                thread_lease_key(thread_id), fence_key(thread_id)]
+        keys += [k for rid in run_ids for k in (run_key(thread_id, rid),
+                                                events_key(thread_id, rid))]
+        ledger = await self._ledger_keys(thread_id)
+        if self.settings.keep_audit_on_delete:
+            await self.redis.expire(audit_key(thread_id),
+                                    int(self.settings.audit_ttl_days * 86400))
+        else:
+            keys += [audit_key(thread_id), *ledger]
+        deleted = await delete_keys(self.redis, keys)
+        await self.redis.zrem(ALL_THREADS, thread_id)
+        await self.redis.zrem(THREAD_EXPIRY, thread_id)
+        if pool is not None:
+            for rid in run_ids:
+                await pool.done(run_ref(thread_id, rid))
+        for _ in range(3):  # a write that raced the first pass
+            saver_keys = await self.store.everything(thread_id)
+            saver_keys += await self.store.everything(thread_id, sub_threads=True)
+            found = await delete_keys(self.redis, saver_keys)
+            deleted += found
+            if not found:
+                break
+        return deleted
+
+    async def _ledger_keys(self, thread_id: str) -> list[str]:
+        """Effect ledger entries of the thread: those its audit list names and those of
+        its live sub-threads' decisions."""
+        keys = []
+        for raw in await self.redis.lrange(audit_key(thread_id), 0, -1):
+            entry = json.loads(raw)
+            if entry.get("effect_key"):
+                keys.append(entry["effect_key"])
+        docs = await self.store.checkpoints(thread_id, sub_threads=True)
+        for sub in {d.thread_id for d in docs}:
+            pointer = await self.redis.get(self.store.latest_key(sub))
+            if not pointer:
+                continue
+            found = await self.redis.execute_command(
+                "JSON.GET", _text(pointer), "$.checkpoint.channel_values.messages")
+            if isinstance(found, bytes | str):
+                found = json.loads(found)
+            for message in (found or [None])[0] or []:
+                for call in (message.get("kwargs") or {}).get("tool_calls") or []:
+                    if call.get("id"):
+                        keys.append(effect_key(sub, call["id"]))
+        return keys
+
