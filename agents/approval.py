@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -27,6 +27,9 @@ class ApprovalDecision(BaseModel):
     by: str = "unknown"
     reason: str | None = None
     key: str | None = Field(None, description="idempotency key set by the worker seam")
+    approval: dict[str, str] | None = Field(
+        None, description="where the serving layer recorded this decision: {'log': thread "
+        "id, 'id': entry id}; set by the server, never taken from a client")
 
     @model_validator(mode="after")
     def _edit_needs_args(self) -> ApprovalDecision:
@@ -45,3 +48,11 @@ def parse_decision(value: Any) -> ApprovalDecision:
         return ApprovalDecision.model_validate(value)
     except ValidationError as exc:
         raise InvalidDecisionError(f"invalid approval decision {value!r}: {exc}") from exc
+
+
+class ApprovalVerifier(Protocol):
+    """Checks, just before a sensitive call runs, that its approval was recorded (the
+    serving layer's approval log): None if it was, else why not."""
+
+    async def check(self, thread_id: str, call: dict[str, Any],
+                    decision: dict[str, Any]) -> str | None: ...

@@ -21,7 +21,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import interrupt
 
-from agents.approval import ApprovalRequest, parse_decision
+from agents.approval import ApprovalRequest, ApprovalVerifier, parse_decision
 from agents.effects import EffectLedger, effect_key
 from agents.errors import StepLimitExceeded
 from agents.settings import ApprovalPolicy, RoleSettings
@@ -74,11 +74,14 @@ def build_specialist(
     policy: ApprovalPolicy,
     checkpointer: BaseCheckpointSaver | None = None,
     ledger: EffectLedger | None = None,
+    verifier: ApprovalVerifier | None = None,
 ) -> CompiledStateGraph:
     """Compile one specialist's graph; every role is built by this one function.
 
     With a ``ledger``, sensitive calls run at most once per (thread, tool call id), even
-    when the tools node is replayed after a crash."""
+    when the tools node is replayed after a crash. A sensitive call runs only with an
+    approve or edit decision in the state, and with a ``verifier`` only if that decision
+    was recorded by the serving layer, whatever the messages or a state update say."""
     tools_by_name = {tool.name: tool for tool in tools}
     bound_model = model.bind_tools(tools) if tools else model
     prompt = SystemMessage(system_prompt(role, settings))
@@ -119,6 +122,8 @@ def build_specialist(
         )
         if decision.reason:
             record["reason"] = decision.reason
+        if decision.approval:
+            record["approval"] = decision.approval
         update: dict[str, Any] = {"decisions": [record]}
         if decision.action == "edit":
             message = last_ai_message(state)
@@ -130,12 +135,29 @@ def build_specialist(
     def after_approve(state: SpecialistState) -> str:
         return "approve" if undecided_sensitive_calls(state) else "tools"
 
-    async def run_call(call: dict[str, Any], rejected: dict[str, Decision]) -> ToolMessage:
+    async def unapproved(call: dict[str, Any], decisions: dict[str, Decision]) -> str | None:
+        """Why a sensitive call may not run (None: it may): it needs an approve or edit
+        decision in the state and, with a ``verifier``, one the serving layer recorded."""
+        if not policy.requires_approval(call["name"], call["args"]):
+            return None
+        decision = decisions.get(call["id"])
+        if decision is None or decision["action"] not in ("approve", "edit"):
+            return "it needs a human approval and none was given"
+        if verifier is None:
+            return None
+        thread_id = get_config()["configurable"]["thread_id"]
+        return await verifier.check(thread_id, call, decision)
+
+    async def run_call(call: dict[str, Any], decisions: dict[str, Decision]) -> ToolMessage:
         name, call_id = call["name"], call["id"]
-        if call_id in rejected:
-            decision = rejected[call_id]
+        decision = decisions.get(call_id)
+        if decision is not None and decision["action"] == "reject":
             why = f": {decision['reason']}" if decision.get("reason") else ""
             return ToolMessage(f"Rejected by {decision['by']}{why}", tool_call_id=call_id,
+                               name=name, status="error")
+        refused = await unapproved(call, decisions)
+        if refused is not None:
+            return ToolMessage(f"Error: {name} was not run: {refused}", tool_call_id=call_id,
                                name=name, status="error")
         tool = tools_by_name.get(name)
         if tool is None:
@@ -157,9 +179,8 @@ def build_specialist(
 
     async def run_tools(state: SpecialistState) -> dict[str, Any]:
         message = last_ai_message(state)
-        rejected = {d["tool_call_id"]: d for d in state.get("decisions") or []
-                    if d["action"] == "reject"}
-        results = await asyncio.gather(*(run_call(c, rejected) for c in message.tool_calls))
+        decisions = {d["tool_call_id"]: d for d in state.get("decisions") or []}
+        results = await asyncio.gather(*(run_call(c, decisions) for c in message.tool_calls))
         malformed = [
             ToolMessage(
                 f"Error: the arguments of {bad.get('name')!r} are not valid JSON for its schema "

@@ -41,6 +41,7 @@ class Decision(TypedDict):
     args: dict[str, Any]
     by: str
     reason: NotRequired[str]
+    approval: NotRequired[dict[str, str]]  # where the serving layer recorded it
 
 
 class SpecialistState(AgentState):

@@ -20,7 +20,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from redis.asyncio import Redis
 
-from agents.approval import parse_decision
+from agents.approval import ApprovalVerifier, parse_decision
 from agents.checkpoint import check_redis, create_checkpointer, create_redis
 from agents.effects import EffectLedger
 from agents.models import build_chat_model
@@ -40,6 +40,9 @@ class Runtime:
     checkpointer: BaseCheckpointSaver
     model: BaseChatModel
     toolbox: dict[str, Any]
+    # The serving layer's check that a sensitive call's approval was recorded (None in a
+    # notebook: whoever calls ``AgentSystem.resume`` is the approver).
+    approval_verifier: ApprovalVerifier | None = None
 
     @classmethod
     async def create(cls, settings: Settings) -> Runtime:
@@ -57,7 +60,7 @@ class Runtime:
         tools = [self.toolbox[name] for name in role_settings.tools]
         return build_specialist(role, self.model, tools, role_settings,
                                 self.settings.approval, self.checkpointer,
-                                EffectLedger(self.redis))
+                                EffectLedger(self.redis), self.approval_verifier)
 
     def worker(self, roles: Iterable[str]) -> SpecialistWorker:
         """These roles' specialists, run in this process behind the worker-call seam."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -119,8 +119,11 @@ class Records:
         return await self._update(thread_key(thread_id), fields)
 
     async def search_threads(self, limit: int, offset: int, metadata: dict[str, Any] | None,
-                             status: str | None = None) -> list[dict[str, Any]]:
-        """Newest first; a filter reads pages (one pipeline each) until it has enough."""
+                             status: str | None = None,
+                             where: Callable[[dict[str, Any]], bool] | None = None
+                             ) -> list[dict[str, Any]]:
+        """Newest first; a filter reads pages (one pipeline each) until it has enough.
+        ``where``: a predicate records must also pass (an auth handler's filter)."""
         wanted = (metadata or {}).items()
         found: list[dict[str, Any]] = []
         start, page = 0, max(100, limit + offset)
@@ -131,7 +134,7 @@ class Records:
             for record in await self._many(thread_key(tid.decode()) for tid in ids):
                 meta = (record or {}).get("metadata", {})
                 if record and all(meta.get(k) == v for k, v in wanted) and \
-                        status in (None, record["status"]):
+                        status in (None, record["status"]) and (where is None or where(record)):
                     found.append(record)
             start += page
         return found[offset:offset + limit]

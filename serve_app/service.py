@@ -211,9 +211,10 @@ class AgentService:
         return {**thread, "values": to_jsonable(snapshot.values), "interrupts": interrupts,
                 "error": thread.get("error")}
 
-    async def search_threads(self, body: Any) -> list[dict[str, Any]]:
+    async def search_threads(self, body: Any, where: Any = None) -> list[dict[str, Any]]:
+        """``where``: a predicate on thread records (an auth handler's filter) on top."""
         found = await self.records.search_threads(body.limit, body.offset, body.metadata,
-                                                  body.status)
+                                                  body.status, where)
         return list(await asyncio.gather(*(self.thread_view(t) for t in found)))
 
     async def create_thread(self, thread_id: str | None, metadata: dict[str, Any] | None,
@@ -328,7 +329,9 @@ class AgentService:
                            headers={"Retry-After": str(refusal.retry_after_s)})
 
     async def create_run(self, thread_id: str | None, body: Any,
-                         extra_modes: list[str] | None = None) -> dict[str, Any]:
+                         extra_modes: list[str] | None = None,
+                         thread_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``thread_metadata``: of the thread, if the run creates it (the auth handler's)."""
         graph_id = self.graph_id(body.assistant_id)
         modes = [body.stream_mode] if isinstance(body.stream_mode, str) else body.stream_mode
         modes = list(dict.fromkeys([*modes, *(extra_modes or [])]))
@@ -343,7 +346,8 @@ class AgentService:
                 check_goto(body.command.goto, self.graphs[graph_id])
         await self.admit()
         stateless = thread_id is None
-        thread = await self._run_thread(thread_id, graph_id, body.if_not_exists)
+        thread = await self._run_thread(thread_id, graph_id, body.if_not_exists,
+                                        thread_metadata)
         thread_id = thread["thread_id"]
         if body.checkpoint_id:
             await self.snapshot(thread, body.checkpoint_id)  # 404 if none (or pruned)
@@ -380,10 +384,12 @@ class AgentService:
         return run
 
     async def _run_thread(self, thread_id: str | None, graph_id: str,
-                          if_not_exists: str) -> dict[str, Any]:
+                          if_not_exists: str, metadata: dict[str, Any] | None = None
+                          ) -> dict[str, Any]:
         """The run's thread: a new one for thread-less runs, created on demand if asked."""
+        new_metadata = {**(metadata or {}), "graph_id": graph_id}
         if thread_id is None:
-            thread, _ = await self.records.create_thread(None, {"graph_id": graph_id})
+            thread, _ = await self.records.create_thread(None, new_metadata)
             return thread
         thread = await self.records.get_thread(thread_id)
         if thread is None:
