@@ -1,5 +1,8 @@
 """The HTTP API: LangGraph Platform's routes (so ``langgraph_sdk`` works unchanged) plus the
-seed's ``/api/chat`` and ``/api/approve``. Thin: every route delegates to ``AgentService``."""
+seed's ``/api/chat`` and ``/api/approve``. Thin: every route delegates to ``AgentService``,
+through ``Access`` (auth handlers' checks and filters, approvals, per-user limits) for
+anything a user owns. Every request is authenticated first unless its route is public
+(``serve_app.routes_auth``), and no body is read past ``limits.max_body_bytes``."""
 
 from __future__ import annotations
 
@@ -8,12 +11,18 @@ import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from starlette.exceptions import HTTPException
 
+from agents.settings import AuthSettings, LimitsSettings, get_settings
+from serve_app.access import Access
+from serve_app.auth import Authorizer, matches
 from serve_app.console import mount_console
+from serve_app.limits import BodyLimit, Limits
+from serve_app.routes_auth import match
 from serve_app.schemas import (
     ApproveRequest,
     AssistantSearch,
@@ -33,8 +42,15 @@ log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
-def build_api(service: AgentService) -> FastAPI:
+def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = None,
+              limits: LimitsSettings | None = None) -> FastAPI:
+    """The app over ``service``; ``auth`` and ``limits`` default to the process settings."""
+    authorizer = auth if isinstance(auth, Authorizer) else \
+        Authorizer.from_settings(auth or get_settings().auth)
+    limits = limits or get_settings().limits
+    access = Access(service, authorizer, Limits(service.redis, limits))
     api = FastAPI(title="Agent Cluster", version="0.1.0")
+    api.state.access = access
 
     @api.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -71,6 +87,26 @@ def build_api(service: AgentService) -> FastAPI:
         response.headers["x-replica-id"] = service.replica_id
         return response
 
+    @api.middleware("http")
+    async def authenticate(request: Request, call_next):
+        """Who is calling, before any route runs (public routes excepted); a route that
+        has no rule is refused, so a new one cannot be open by omission."""
+        rule, path_params, matched = match(api.router.routes, request.scope)
+        if matched:
+            try:
+                if rule is None:
+                    raise ApiError(403, "this route has no auth rule (serve_app/routes_auth.py)")
+                if not rule.public:
+                    request.state.user = await authorizer.authenticate(request, path_params)
+            except ApiError as exc:
+                return JSONResponse({"detail": exc.detail}, status_code=exc.status,
+                                    headers=exc.headers)
+            except HTTPException as exc:  # the body, read for the handler, was too large
+                return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return await call_next(request)
+
+    api.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+
     def sse(run: dict[str, Any], frames: AsyncIterator[bytes]) -> StreamingResponse:
         location = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
         return StreamingResponse(frames, media_type="text/event-stream", headers={
@@ -97,153 +133,175 @@ def build_api(service: AgentService) -> FastAPI:
 
     # assistants
     @api.post("/assistants/search")
-    async def search_assistants(body: AssistantSearch) -> list[dict]:
+    async def search_assistants(request: Request, body: AssistantSearch) -> list[dict]:
+        where = await access.assistants(request, "search", body.model_dump())
         found = [a for a in service.assistants()
-                 if body.graph_id in (None, a["graph_id"])]
+                 if body.graph_id in (None, a["graph_id"]) and matches(a["metadata"], where)]
         return found[body.offset:body.offset + body.limit]
 
     @api.get("/assistants/{assistant_id}")
-    async def get_assistant(assistant_id: str) -> dict:
-        return service.get_assistant(assistant_id)
+    async def get_assistant(request: Request, assistant_id: str) -> dict:
+        assistant = service.get_assistant(assistant_id)
+        await access.assistant(request, assistant_id)
+        return assistant
 
     @api.get("/assistants/{assistant_id}/graph")
-    async def get_graph(assistant_id: str, xray: bool | int = False) -> dict:
-        return service.graph_drawing(assistant_id, xray)
+    async def get_graph(request: Request, assistant_id: str, xray: bool | int = False) -> dict:
+        return service.graph_drawing(await access.assistant(request, assistant_id), xray)
 
     @api.get("/assistants/{assistant_id}/schemas")
-    async def get_schemas(assistant_id: str) -> dict:
-        return service.schemas(assistant_id)
+    async def get_schemas(request: Request, assistant_id: str) -> dict:
+        return service.schemas(await access.assistant(request, assistant_id))
 
     # threads
     @api.post("/threads")
-    async def create_thread(body: ThreadCreate) -> dict:
-        return await service.create_thread(body.thread_id, body.metadata, body.ttl,
-                                           body.if_exists)
+    async def create_thread(request: Request, body: ThreadCreate) -> dict:
+        return await access.create_thread(request, body)
 
     @api.post("/threads/prune")
-    async def prune_threads(body: ThreadPrune) -> dict:
-        return await service.prune_threads(body.thread_ids, body.strategy)
+    async def prune_threads(request: Request, body: ThreadPrune) -> dict:
+        return await access.prune_threads(request, body)
 
     @api.post("/threads/search")
-    async def search_threads(body: ThreadSearch) -> list[dict]:
-        return await service.search_threads(body)
+    async def search_threads(request: Request, body: ThreadSearch) -> list[dict]:
+        return await access.search_threads(request, body)
 
     @api.get("/threads/{thread_id}")
-    async def get_thread(thread_id: str) -> dict:
-        return await service.thread_view(await service.require_thread(thread_id))
+    async def get_thread(request: Request, thread_id: str) -> dict:
+        return await service.thread_view(await access.thread(request, thread_id))
 
     @api.patch("/threads/{thread_id}")
-    async def patch_thread(thread_id: str, body: ThreadPatch) -> dict:
-        return await service.update_thread(thread_id, body.metadata, body.ttl)
+    async def patch_thread(request: Request, thread_id: str, body: ThreadPatch) -> dict:
+        return await access.update_thread(request, thread_id, body)
 
     @api.delete("/threads/{thread_id}", status_code=204)
-    async def delete_thread(thread_id: str) -> None:
-        await service.delete_thread(thread_id)
+    async def delete_thread(request: Request, thread_id: str) -> None:
+        await access.delete_thread(request, thread_id)
 
     @api.get("/threads/{thread_id}/state")
-    async def get_state(thread_id: str) -> dict:
+    async def get_state(request: Request, thread_id: str) -> dict:
+        await access.thread(request, thread_id)
         return await service.get_state(thread_id)
 
     @api.get("/threads/{thread_id}/state/{checkpoint_id}")
-    async def get_state_at(thread_id: str, checkpoint_id: str) -> dict:
+    async def get_state_at(request: Request, thread_id: str, checkpoint_id: str) -> dict:
+        await access.thread(request, thread_id)
         return await service.get_state(thread_id, checkpoint_id)
 
     @api.post("/threads/{thread_id}/state/checkpoint")
-    async def post_state_at(thread_id: str, body: StateAt) -> dict:
+    async def post_state_at(request: Request, thread_id: str, body: StateAt) -> dict:
+        await access.thread(request, thread_id)
         return await service.get_state(thread_id, body.checkpoint.checkpoint_id)
 
     @api.post("/threads/{thread_id}/state")
-    async def update_state(thread_id: str, body: StateUpdate) -> dict:
-        return await service.update_state(thread_id, body.values, body.as_node, body.target)
+    async def update_state(request: Request, thread_id: str, body: StateUpdate) -> dict:
+        return await access.update_state(request, thread_id, body)
 
     @api.post("/threads/{thread_id}/history")
-    async def history(thread_id: str, body: HistoryQuery) -> list[dict]:
+    async def history(request: Request, thread_id: str, body: HistoryQuery) -> list[dict]:
+        await access.thread(request, thread_id)
         return await service.history(thread_id, body.limit, body.before, body.metadata)
+
+    @api.get("/threads/{thread_id}/approvals")
+    async def approval_log(request: Request, thread_id: str,
+                           after: Annotated[str | None, Query(max_length=64)] = None,
+                           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+        """The thread's approval log, oldest first: who decided what, when, on which call
+        (original and edited args, reason, interrupt); ``after`` an entry id to page."""
+        return await access.approval_log(request, thread_id, after, limit)
 
     # runs on a thread, and thread-less runs
     @api.post("/threads/{thread_id}/runs")
-    async def create_run(thread_id: str, body: RunCreate) -> JSONResponse:
-        run = await service.create_run(thread_id, body)
+    async def create_run(request: Request, thread_id: str, body: RunCreate) -> JSONResponse:
+        run = await access.create_run(request, thread_id, body)
         location = f"/threads/{thread_id}/runs/{run['run_id']}"
         return JSONResponse(run, headers={"Content-Location": location})
 
     @api.post("/runs")
-    async def create_stateless_run(body: RunCreate) -> dict:
-        return await service.create_run(None, body)
+    async def create_stateless_run(request: Request, body: RunCreate) -> dict:
+        return await access.create_run(request, None, body)
 
     @api.post("/threads/{thread_id}/runs/stream")
-    async def stream_run(thread_id: str, body: RunCreate) -> StreamingResponse:
-        run = await service.create_run(thread_id, body)
+    async def stream_run(request: Request, thread_id: str, body: RunCreate) -> StreamingResponse:
+        run = await access.create_run(request, thread_id, body)
         return sse(run, service.stream_events(thread_id, run["run_id"]))
 
     @api.post("/runs/stream")
-    async def stream_stateless_run(body: RunCreate) -> StreamingResponse:
-        run = await service.create_run(None, body)
+    async def stream_stateless_run(request: Request, body: RunCreate) -> StreamingResponse:
+        run = await access.create_run(request, None, body)
         return sse(run, service.stream_events(run["thread_id"], run["run_id"]))
 
     @api.post("/threads/{thread_id}/runs/wait")
-    async def wait_run(thread_id: str, body: RunCreate) -> dict:
-        run = await service.create_run(thread_id, body)
+    async def wait_run(request: Request, thread_id: str, body: RunCreate) -> dict:
+        run = await access.create_run(request, thread_id, body)
         return await service.run_output(await service.wait_for_end(thread_id, run["run_id"]))
 
     @api.post("/runs/wait")
-    async def wait_stateless_run(body: RunCreate) -> dict:
-        run = await service.create_run(None, body)
+    async def wait_stateless_run(request: Request, body: RunCreate) -> dict:
+        run = await access.create_run(request, None, body)
         return await service.run_output(
             await service.wait_for_end(run["thread_id"], run["run_id"]))
 
     @api.get("/threads/{thread_id}/runs")
-    async def list_runs(thread_id: str, limit: int = 10, offset: int = 0) -> list[dict]:
-        await service.require_thread(thread_id)
+    async def list_runs(request: Request, thread_id: str,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+                        offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+        await access.thread(request, thread_id)
         return await service.records.list_runs(thread_id, limit, offset)
 
     @api.get("/threads/{thread_id}/runs/{run_id}")
-    async def get_run(thread_id: str, run_id: str) -> dict:
+    async def get_run(request: Request, thread_id: str, run_id: str) -> dict:
+        await access.thread(request, thread_id, "read", {"run_id": run_id})
         return await service.get_run(thread_id, run_id)
 
     @api.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
-    async def delete_run(thread_id: str, run_id: str) -> None:
+    async def delete_run(request: Request, thread_id: str, run_id: str) -> None:
+        await access.thread(request, thread_id, "delete", {"run_id": run_id})
         await service.delete_run(thread_id, run_id)
 
     @api.get("/threads/{thread_id}/runs/{run_id}/join")
-    async def join_run(thread_id: str, run_id: str) -> dict:
+    async def join_run(request: Request, thread_id: str, run_id: str) -> dict:
+        await access.thread(request, thread_id, "read", {"run_id": run_id})
         await service.get_run(thread_id, run_id)
         return await service.run_output(await service.wait_for_end(thread_id, run_id))
 
     @api.get("/threads/{thread_id}/runs/{run_id}/stream")
     async def join_stream(
-        thread_id: str, run_id: str,
+        request: Request, thread_id: str, run_id: str,
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> StreamingResponse:
         """Join a run's stream from any replica, resuming after ``Last-Event-ID``."""
+        await access.thread(request, thread_id, "read", {"run_id": run_id})
         run = await service.get_run(thread_id, run_id)
-        return sse(run, service.stream_events(thread_id, run_id, last_event_id or "0"))
+        return sse(run, service.stream_events(thread_id, run_id,
+                                              event_id(last_event_id) or "0"))
 
     @api.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202)
-    async def cancel_run(thread_id: str, run_id: str, wait: bool = False,
+    async def cancel_run(request: Request, thread_id: str, run_id: str, wait: bool = False,
                          action: str = "interrupt") -> None:
         if action not in ("interrupt", "rollback"):
             raise ApiError(422, "action must be 'interrupt' or 'rollback'")
+        await access.thread(request, thread_id, "update",
+                            {"run_id": run_id, "action": action})
         await service.cancel_run(thread_id, run_id, wait, action)
 
     # the seed's simple chat endpoints
     @api.post("/api/chat")
-    async def chat(body: ChatRequest):
+    async def chat(request: Request, body: ChatRequest):
         run_body = RunCreate(assistant_id=DEFAULT_GRAPH, if_not_exists="create", stream_mode=[],
                              input={"messages": [{"role": "user", "content": body.message}]})
-        run = await service.create_run(body.thread_id, run_body, extra_modes=["chat"])
+        run = await access.create_run(request, body.thread_id, run_body, extra_modes=["chat"])
         return await chat_response(run, body.stream)
 
     @api.post("/api/approve")
-    async def approve(body: ApproveRequest):
-        await service.require_thread(body.thread_id)
-        if not await service.pending_approvals(body.thread_id):
-            raise ApiError(409, f"thread {body.thread_id!r} has no pending approval")
+    async def approve(request: Request, body: ApproveRequest):
+        """Decide a pending approval; it needs the approver permission, and the decision
+        records the authenticated identity (a body's ``by`` counts only without auth)."""
         decision = body.model_dump(include={"action", "args", "by", "reason"}, exclude_none=True)
         resume = {body.interrupt_id: decision} if body.interrupt_id else decision
         run_body = RunCreate(assistant_id=DEFAULT_GRAPH, stream_mode=[],
                              command={"resume": resume})
-        run = await service.create_run(body.thread_id, run_body, extra_modes=["chat"])
+        run = await access.approve(request, body, run_body)
         return await chat_response(run, body.stream)
 
     async def chat_response(run: dict[str, Any], stream: bool):
@@ -265,6 +323,17 @@ def build_api(service: AgentService) -> FastAPI:
 
     mount_console(api, service)
     return api
+
+
+def event_id(value: str | None) -> str | None:
+    """A ``Last-Event-ID`` as a Redis Stream id (``<ms>-<seq>`` or ``<ms>``); anything else
+    (forged, garbled) is refused rather than passed to Redis."""
+    if value is None or value == "":
+        return None
+    ms, _, seq = value.partition("-")
+    if ms.isdigit() and len(ms) <= 20 and (not seq or (seq.isdigit() and len(seq) <= 20)):
+        return value
+    raise ApiError(422, f"Last-Event-ID {value[:64]!r} is not an event id of this stream")
 
 
 def is_out_of_memory(exc: Exception) -> bool:
