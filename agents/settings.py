@@ -41,6 +41,9 @@ class RedisSettings(BaseModel):
     checkpoint_ttl_minutes: float | None = Field(
         None, description="expire checkpoints this long after their last write (None: keep)"
     )
+    maxmemory: str | None = Field(
+        "2gb", description="the embedded Redis's maxmemory (policy noeviction: when full, "
+        "writes are refused, nothing stored is evicted); None: no limit")
 
 
 class ModelSettings(BaseModel):
@@ -192,6 +195,40 @@ class LimitsSettings(BaseModel):
         1000, ge=0, description="threads one user may own; past it 429")
 
 
+class RetentionSettings(BaseModel):
+    """What a thread keeps in Redis, applied as each run ends (no keyspace scans)."""
+
+    enabled: bool = Field(True, description="False: keep everything (as before retention)")
+    keep_latest: int = Field(
+        1, ge=1, description="checkpoints kept per thread (and checkpoint namespace), newest "
+        "first; besides these, every checkpoint a pending interrupt or a queued run needs")
+    keep_for_s: float = Field(
+        0.0, ge=0, description="also keep checkpoints younger than this, for time travel")
+    keep_runs: int = Field(
+        10, ge=1, description="finished run records kept per thread, newest first")
+    events_grace_s: int = Field(
+        60, ge=1, description="a finished run's event stream expires this long after its "
+        "end (time to reconnect and read it); so does a thread-less run's thread")
+    thread_ttl_minutes: float | None = Field(
+        None, gt=0, description="default idle TTL of threads (minutes since their last "
+        "activity), as ttl on threads.create sets it per thread; None: threads stay")
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="how often each replica deletes expired threads and checks "
+        "Redis memory")
+    delete_wait_s: float = Field(
+        10.0, ge=0, description="DELETE of a busy thread cancels its runs and waits this "
+        "long for them to end; past it 409")
+    audit_ttl_days: float = Field(
+        30.0, gt=0, description="approval decisions of pruned specialists' runs are kept "
+        "this long (the thread's audit list, with the effect ledger's results)")
+    keep_audit_on_delete: bool = Field(
+        False, description="True: deleting a thread leaves its audit list and ledger "
+        "entries to expire after audit_ttl_days instead of removing them")
+    memory_warn_ratio: float = Field(
+        0.85, gt=0, le=1, description="log a warning (and gauge redis_memory_ratio) once "
+        "Redis uses this share of its maxmemory")
+
+
 class RoleSettings(BaseModel):
     """One specialist: what it is for, which tools it may use, how long it may loop."""
 
@@ -234,6 +271,7 @@ class Settings(BaseSettings):
     approval: ApprovalPolicy = ApprovalPolicy()
     roles: dict[str, RoleSettings] = Field(default_factory=_default_roles)
     api: ApiSettings = ApiSettings()
+    retention: RetentionSettings = RetentionSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     supervisor_max_steps: int = Field(8, ge=1, description="routing decisions per turn")

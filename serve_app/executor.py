@@ -44,6 +44,7 @@ from serve_app.keys import cancel_channel, parse_ref, run_ref, thread_lease_key
 from serve_app.leases import Leases
 from serve_app.metrics import Metrics
 from serve_app.records import ACTIVE, TERMINAL, Records
+from serve_app.retention import Retention
 from serve_app.run_pool import PoolLoad, RunPool
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class RunExecutor:
         self._background: list[asyncio.Task] = []
         self._puller: asyncio.Task | None = None
         self._closing = False
+        self.retention: Retention | None = None  # what a thread keeps (the service sets it)
 
     def start(self) -> None:
         """Pull runs, listen for cancels and sweep (call inside the event loop)."""
@@ -124,6 +126,8 @@ class RunExecutor:
         self._background = [asyncio.create_task(self._listen_for_cancels()),
                             asyncio.create_task(self._sweep_forever()),
                             asyncio.create_task(self.limiter.run_forever())]
+        if self.retention is not None:
+            self._background.append(asyncio.create_task(self.retention.sweep_forever(self)))
 
     @property
     def running(self) -> int:
@@ -192,6 +196,8 @@ class RunExecutor:
             events.append("end", {"run_id": run["run_id"], "status": "interrupted"})
             await events.flush()
             if action == "rollback":
+                if self.retention is not None:
+                    await self.retention.roll_back_safely(run)
                 await self.records.delete_run(run)
             return
         await self.redis.publish(cancel_channel(self.pool.name),
@@ -336,7 +342,7 @@ class RunExecutor:
         the thread. Each write is retried through transient Redis errors: a client must
         always learn how its run ended."""
         run_id, thread_id = run["run_id"], run["thread_id"]
-        interrupts, answer = [], ""
+        interrupts, answer, state = [], "", None
         if not error:
             graph = self.graphs[run["graph_id"]]
             try:
@@ -354,6 +360,8 @@ class RunExecutor:
         thread_status = "error" if error else "interrupted" if interrupts else "idle"
         await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
                                                          error=error))
+        if self.retention is not None:  # while the run still holds its thread
+            await self.retention.after_run(run, self.graphs[run["graph_id"]], state)
         # The thread is free before the stream says so: a client that sends its next turn
         # (or its approval) on seeing the end finds the thread idle, not busy (409).
         await self._leave(run, token)

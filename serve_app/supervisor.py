@@ -43,7 +43,7 @@ class SupervisorDeployment:
         context = serve.get_replica_context()
         self.service = AgentService(self.runtime.redis, graphs, settings.api,
                                     context.replica_id.unique_id, fenced,
-                                    metrics=RayMetrics())
+                                    metrics=RayMetrics(), retention=settings.retention)
         self.service.executor.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
