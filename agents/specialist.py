@@ -26,6 +26,7 @@ from agents.effects import EffectLedger, effect_key
 from agents.errors import StepLimitExceeded
 from agents.settings import ApprovalPolicy, RoleSettings
 from agents.state import Decision, SpecialistState
+from agents.telemetry import tool_call, traced_node
 
 
 def system_prompt(role: str, settings: RoleSettings) -> str:
@@ -166,14 +167,18 @@ def build_specialist(
                                tool_call_id=call_id, name=name, status="error")
         get_stream_writer()({"type": "progress", "role": role, "tool": name,
                              "text": progress_text(tool, call["args"])})
-        try:
-            if ledger is not None and policy.requires_approval(name, call["args"]):
-                key = effect_key(get_config()["configurable"]["thread_id"], call_id)
-                output = await ledger.run_once(key, lambda: _as_text(tool.ainvoke(call["args"])))
-            else:
-                output = await tool.ainvoke(call["args"])
-        except Exception as exc:  # the model sees the error and corrects itself
-            return ToolMessage(tool_error(exc), tool_call_id=call_id, name=name, status="error")
+        with tool_call(name, role, call_id) as traced:
+            try:
+                if ledger is not None and policy.requires_approval(name, call["args"]):
+                    key = effect_key(get_config()["configurable"]["thread_id"], call_id)
+                    output = await ledger.run_once(
+                        key, lambda: _as_text(tool.ainvoke(call["args"])))
+                else:
+                    output = await tool.ainvoke(call["args"])
+            except Exception as exc:  # the model sees the error and corrects itself
+                traced["outcome"] = "error"
+                return ToolMessage(tool_error(exc), tool_call_id=call_id, name=name,
+                                   status="error")
         content = output if isinstance(output, str) else json.dumps(output, default=str)
         return ToolMessage(content, tool_call_id=call_id, name=name)
 
@@ -192,9 +197,9 @@ def build_specialist(
         return {"messages": [*results, *malformed]}
 
     graph = StateGraph(SpecialistState)
-    graph.add_node("agent", agent)
-    graph.add_node("approve", approve)
-    graph.add_node("tools", run_tools)
+    graph.add_node("agent", traced_node(agent, "agent", role))
+    graph.add_node("approve", traced_node(approve, "approve", role))
+    graph.add_node("tools", traced_node(run_tools, "tools", role))
     graph.add_edge(START, "agent")
     graph.add_conditional_edges("agent", after_agent, ["approve", "tools", END])
     graph.add_conditional_edges("approve", after_approve, ["approve", "tools"])

@@ -28,6 +28,7 @@ from agents.errors import StepLimitExceeded
 from agents.settings import RoleSettings
 from agents.specialist import steps_this_turn
 from agents.state import Assignment, SupervisorState, WorkerInput
+from agents.telemetry import add_usage, inject, span, traced_node
 from agents.workers import Worker, WorkerResult
 
 FINISH = "FINISH"
@@ -137,8 +138,8 @@ def build_supervisor(
         return {"messages": [answer]}
 
     graph = StateGraph(SupervisorState)
-    graph.add_node("supervisor", supervisor)
-    graph.add_node("worker", worker)
+    graph.add_node("supervisor", traced_node(supervisor, "supervisor", "supervisor"))
+    graph.add_node("worker", traced_node(worker, "worker", "supervisor"))
     graph.add_edge(START, "supervisor")
     graph.add_conditional_edges("supervisor", fan_out, ["worker", END])
     graph.add_edge("worker", "supervisor")
@@ -148,8 +149,15 @@ def build_supervisor(
 async def call_worker(worker: Worker, request: dict[str, Any]) -> WorkerResult:
     """Stream one worker call, relaying its tokens and progress to this run's stream."""
     write = get_stream_writer()
-    async for event in worker.stream(request):
-        if event["type"] == "result":
-            return WorkerResult.model_validate(event["result"])
-        write(event)
-    raise RuntimeError(f"worker {request['role']} ended its stream without a result")
+    role = request["role"]
+    with span(f"call {role}", kind="client", **{
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": role,
+            "agent_cluster.worker_thread_id": request["thread_id"],
+            "agent_cluster.resume": request.get("resume") is not None}):
+        async for event in worker.stream({**request, "trace": inject()}):
+            if event["type"] == "result":
+                result = WorkerResult.model_validate(event["result"])
+                add_usage(result.usage)  # the specialist's tokens count for this run
+                return result
+            write(event)
+    raise RuntimeError(f"worker {role} ended its stream without a result")

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from agents.errors import UnknownRoleError
 from agents.streaming import relay
+from agents.telemetry import Usage, collect_usage, continue_trace, span
 
 _CONTINUE = object()  # graph input meaning: resume from the last checkpoint
 
@@ -31,6 +32,7 @@ class WorkerRequest(BaseModel):
     task: str | None = Field(None, description="start (or continue) the run with this task")
     resume: dict[str, Any] | None = Field(None, description="an approval decision to apply")
     resume_key: str | None = Field(None, description="applied at most once per key")
+    trace: dict[str, str] | None = Field(None, description="the caller's W3C trace context")
 
 
 class WorkerResult(BaseModel):
@@ -40,6 +42,7 @@ class WorkerResult(BaseModel):
     answer: str = ""
     interrupt: dict[str, Any] | None = Field(None, description="the pending approval, if any")
     steps: int = 0
+    usage: dict[str, Any] | None = Field(None, description="tokens and time of this call")
 
 
 class Worker(Protocol):
@@ -60,11 +63,26 @@ class SpecialistWorker:
             raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
         config = {"configurable": {"thread_id": req.thread_id}}
         graph_input = await self._next_input(graph, config, req)
+        usage = Usage()
         if graph_input is not None:
-            events = self._events(graph, graph_input, config, req.role)
+            events = self._traced(self._events(graph, graph_input, config, req.role), req, usage)
             async for event in relay(events, self.token_linger_s):
                 yield event
-        yield {"type": "result", "result": (await self.status(graph, config, req)).model_dump()}
+        result = await self.status(graph, config, req)
+        result.usage = usage.as_dict()
+        yield {"type": "result", "result": result.model_dump()}
+
+    @staticmethod
+    async def _traced(events: AsyncIterator[dict[str, Any]], req: WorkerRequest,
+                      usage: Usage) -> AsyncIterator[dict[str, Any]]:
+        """The specialist's run in the caller's trace, its usage collected (``relay`` runs
+        this in a task and context of its own)."""
+        with continue_trace(req.trace), collect_usage(usage, role=req.role), \
+                span(f"invoke_agent {req.role}", kind="server", **{
+                    "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": req.role,
+                    "langgraph.thread_id": req.thread_id, "langgraph.graph_id": req.role}):
+            async for event in events:
+                yield event
 
     async def invoke(self, request: dict[str, Any]) -> WorkerResult:
         """The result alone, dropping the token and progress events."""

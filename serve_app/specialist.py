@@ -8,15 +8,20 @@ from typing import Any
 
 from ray import serve
 
+from agents import telemetry
 from agents.errors import WorkerFailed
 from agents.settings import get_settings
 from agents.system import Runtime
+from serve_app import tracing
+from serve_app.metrics import RayMetrics
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class SpecialistDeployment:
     async def __init__(self, role: str):
         self.role = role
+        tracing.configure(role, serve.get_replica_context().replica_id.unique_id)
+        telemetry.set_meter(RayMetrics())  # exported by Ray's metrics endpoint
         self.runtime = await Runtime.create(get_settings())
         self.worker = self.runtime.worker([role])
 

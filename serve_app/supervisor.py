@@ -17,8 +17,10 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from agents import telemetry
 from agents.settings import get_settings
 from agents.system import Runtime
+from serve_app import tracing
 from serve_app.fencing import FencedRedisSaver
 from serve_app.http_api import build_api
 from serve_app.leases import Leases
@@ -41,9 +43,11 @@ class SupervisorDeployment:
         graphs = {"supervisor": self.runtime.supervisor(remote)}
         graphs |= {role: self.runtime.specialist(role) for role in settings.roles}
         context = serve.get_replica_context()
+        tracing.configure("supervisor", context.replica_id.unique_id)
         self.service = AgentService(self.runtime.redis, graphs, settings.api,
                                     context.replica_id.unique_id, fenced,
                                     metrics=RayMetrics(), retention=settings.retention)
+        telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
         self.service.executor.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from agents.checkpoint import create_redis
+from agents.local.otlp_receiver import Receiver
 from agents.local.process import free_port
 from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, Settings
@@ -50,11 +51,21 @@ def stub_admin(stub_url: str):
 
 
 @pytest.fixture(scope="session")
-def cluster_url(settings: Settings) -> str:
+def otlp_receiver() -> Receiver:
+    """An OTLP/HTTP receiver the session's cluster exports its spans to."""
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def cluster_url(settings: Settings, otlp_receiver: Receiver) -> str:
     """One local Ray with the Serve app of configs/local.yaml for the whole session.
-    HAProxy's stats and metrics ports are free ones, so two sessions on a machine can run."""
+    HAProxy's stats and metrics ports are free ones, so two sessions on a machine can run.
+    Every replica traces to ``otlp_receiver`` (standard OTEL_* variables, all sampled)."""
     for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
         os.environ.setdefault(name, str(free_port()))
+    os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_receiver.url}/v1/traces")
+    os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")  # ms: spans arrive within a second
     with serve_cluster(settings, PROJECT_ROOT / "configs" / "local.yaml",
                        port=free_port()) as url:
         yield url
