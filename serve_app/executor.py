@@ -34,8 +34,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
-from serve_app.concurrency import LagLimiter, Slots
 from serve_app import run_telemetry
+from serve_app.concurrency import LagLimiter, Slots
 from serve_app.event_log import EventWriter
 from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
