@@ -462,4 +462,19 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
-    path.write_text(render(report))
+    """The rendered report, keeping the sections other scripts own (between their marker
+    comments, e.g. ``bench/thread_bytes.py``'s) from the file being replaced."""
+    path.write_text(render(report) + kept_sections(path))
+
+
+KEPT = (("<!-- thread-bytes:start", "<!-- thread-bytes:end -->"),)
+
+
+def kept_sections(path: Path) -> str:
+    current = path.read_text() if path.exists() else ""
+    kept = []
+    for start, end in KEPT:
+        if start in current and end in current.split(start, 1)[1]:
+            body = current.split(start, 1)[1].split(end, 1)[0]
+            kept.append(f"\n{start}{body}{end}\n")
+    return "".join(kept)

@@ -409,3 +409,29 @@ async def test_no_orphans_after_a_mixed_workload(service, stub_admin):
     for thread_id in threads[1:]:
         await service.delete_thread(thread_id)
     assert await find_orphans(service.redis, prefix) == []
+
+
+async def test_a_run_caught_by_a_full_redis_ends_cleanly_once_space_is_freed(
+        service, redis_client, stub_admin):
+    thread_id = new_id()
+    await service.create_thread(thread_id, {})
+    await turn(service, thread_id, user("What is Redis persistence?"))
+    before = await service.get_state(thread_id)
+    original = (await redis_client.config_get("maxmemory"))["maxmemory"]
+    stub_admin.post("/config", json={"ttft_ms": 400})
+    run = await service.create_run(thread_id, user("What is Redis persistence?"))
+    await wait_until(lambda: _status_is(service, run, "running"))
+    used = int((await redis_client.info("memory"))["used_memory"])
+    try:
+        await redis_client.config_set("maxmemory", used // 2)  # full mid-run
+        await asyncio.sleep(1.5)
+    finally:
+        await redis_client.config_set("maxmemory", original)
+    stub_admin.post("/config", json={"ttft_ms": 0})
+    outcome = await settled(service, run, timeout_s=90)
+    assert outcome["status"] in ("success", "error")  # retried from its last checkpoint
+    state = await service.get_state(thread_id)  # readable, and the earlier turn intact
+    assert state["values"]["messages"][:len(before["values"]["messages"])] == \
+        before["values"]["messages"]
+    assert (await turn(service, thread_id, user("What did I ask before?")))["status"] == \
+        "success"
