@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -105,30 +106,36 @@ def svg(result: dict[str, Any], width: int = 640, height: int = 320) -> str:
                   [(r["turns"], GOAL * r["raw"]) for r in result["after"]], "#2ca02c",
                   ' stroke-dasharray="6 4"')}
     max_x = max(result["turns"], 1)
-    max_y = max(y for points, _, _ in series.values() for _, y in points) or 1
+    values = [v for points, _, _ in series.values() for _, v in points if v > 0]
+    low = 10 ** math.floor(math.log10(min(values)))
+    high = 10 ** math.ceil(math.log10(max(values)))
 
     def x(v: float) -> float:
         return left + (width - left - right) * v / max_x
 
-    def y(v: float) -> float:
-        return height - bottom - (height - top - bottom) * v / max_y
+    def y(v: float) -> float:  # log scale: before and after differ ~100x
+        share = (math.log10(max(v, low)) - math.log10(low)) / (math.log10(high / low))
+        return height - bottom - (height - top - bottom) * share
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="11">',
              f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<line x1="{left}" y1="{y(0)}" x2="{width - right}" y2="{y(0)}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{y(0)}" stroke="#333"/>']
-    for i in range(5):
-        value = max_y * i / 4
+             f'<line x1="{left}" y1="{y(low)}" x2="{width - right}" y2="{y(low)}" '
+             'stroke="#333"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{y(low)}" stroke="#333"/>']
+    value = low
+    while value <= high:
+        label = f"{value / 1000:,.0f} kB" if value < 10**6 else f"{value / 10**6:,.0f} MB"
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
-                     f'{value / 2**20:.1f} MiB</text>')
+                     f'{label}</text>')
         parts.append(f'<line x1="{left}" y1="{y(value):.1f}" x2="{width - right}" '
                      f'y2="{y(value):.1f}" stroke="#eee"/>')
+        value *= 10
     for turn in range(0, max_x + 1, max(1, max_x // 10)):
-        parts.append(f'<text x="{x(turn):.1f}" y="{y(0) + 16}" text-anchor="middle">'
+        parts.append(f'<text x="{x(turn):.1f}" y="{y(low) + 16}" text-anchor="middle">'
                      f'{turn}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" '
-                 'text-anchor="middle">turns</text>')
+                 'text-anchor="middle">turns (bytes on a log scale)</text>')
     for i, (name, (points, colour, dash)) in enumerate(series.items()):
         path = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in points)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" '
@@ -167,7 +174,8 @@ def section(result: dict[str, Any], plot_path: str) -> str:
         "thread's messages as `GET /threads/{id}/state` returns them, compact JSON. "
         "Before: `retention.enabled: false` (everything kept, as before issue 11); after: "
         f"the default policy (`keep_latest: {settings['keep_latest']}`, `keep_for_s: "
-        f"{settings['keep_for_s']:g}`, `keep_runs: {settings['keep_runs']}`).",
+        f"{settings['keep_for_s']:g}`, `keep_runs: {settings['keep_runs']}`); both on the "
+        "same embedded Redis (`hash-max-listpack-value 1024`).",
         "",
         "\n".join(lines),
         "",
