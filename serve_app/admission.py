@@ -1,26 +1,33 @@
 """Admission control: whether the run pool can take one more run now, and if not, how long
 a client should wait before asking again.
 
-A new run is refused while the pool's ready queue is past its depth (``max_queued_runs``
-per live replica) or not draining (its oldest run has waited ``max_queue_wait_s``): past
-capacity, queuing more only adds waiting, and a refusal in milliseconds beats an answer
-too late to use. ``Retry-After`` grows with the share of recent requests refused (1 s when
-refusals are rare, 4 s when three in four are, up to 30 s), so clients that wait as asked
-retry at a rate the cluster can refuse cheaply instead of a storm that eats the CPU the
-admitted runs need.
+A new run waits behind every run queued before it, and the queue drains at the rate the
+pool's replicas take runs (measured: the pool's ``started`` counter over time). So a run
+is refused when the wait it would face (queued / drain rate) exceeds ``max_queue_wait_s``,
+when the queue's oldest run has already waited that long (not draining at all), or past
+the hard cap of ``max_queued_runs`` per live replica. Past capacity, queuing more only
+adds waiting: a refusal in milliseconds beats an answer too late to use, and the runs
+admitted keep their latency.
+
+``Retry-After`` grows with the share of recent requests refused (1 s when refusals are
+rare, 4 s when three in four are, up to 30 s), so clients that wait as asked retry at a
+rate the cluster can refuse cheaply instead of a storm that eats the CPU the admitted runs
+need.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 from agents.settings import ApiSettings
 from serve_app.metrics import Metrics
-from serve_app.run_pool import RunPool
+from serve_app.run_pool import PoolLoad, RunPool
 
 MAX_RETRY_AFTER_S = 30
 SMOOTHING = 0.05  # weight of each decision in the refused share (~20 decisions of memory)
+RATE_WINDOW_S = 1.0  # the drain rate is re-measured at most this often (then averaged)
 
 
 @dataclass
@@ -30,24 +37,53 @@ class Refusal:
     reason: str
 
 
+class DrainRate:
+    """Runs per second the pool takes from its queue, from its ``started`` counter."""
+
+    def __init__(self) -> None:
+        self.per_s = 0.0
+        self._last: tuple[float, int] | None = None
+
+    def update(self, started: int, now: float) -> float:
+        if self._last is None or started < self._last[1]:  # first sample, or a reset
+            self._last = (now, started)
+        elif now - self._last[0] >= RATE_WINDOW_S:
+            then, before = self._last
+            latest = (started - before) / (now - then)
+            self.per_s = latest if self.per_s == 0 else (self.per_s + latest) / 2
+            self._last = (now, started)
+        return self.per_s
+
+
 class Admission:
     def __init__(self, pool: RunPool, metrics: Metrics):
         self.pool = pool
         self.metrics = metrics
         self.refused_share = 0.0
+        self.drain = DrainRate()
 
     async def check(self, settings: ApiSettings) -> Refusal | None:
         """None to admit; else why not and when to retry (counted either way)."""
         load = await self.pool.load()
-        limit = settings.max_queued_runs * load.replicas
-        waited = load.oldest_wait_s
-        refused = load.queued >= limit or waited > settings.max_queue_wait_s
-        self.refused_share += SMOOTHING * (refused - self.refused_share)
-        if not refused:
+        reason = self.reason(load, settings, self.drain.update(load.started, time.monotonic()))
+        self.refused_share += SMOOTHING * ((reason is not None) - self.refused_share)
+        if reason is None:
             return None
-        reason = "queue_full" if load.queued >= limit else "queue_wait"
         self.metrics.count("runs_refused", reason=reason)
         backoff = 1 / max(1 - self.refused_share, 1 / MAX_RETRY_AFTER_S)
-        retry_after = min(MAX_RETRY_AFTER_S, max(1, math.ceil(waited), round(backoff)))
+        retry_after = min(MAX_RETRY_AFTER_S,
+                          max(1, math.ceil(load.oldest_wait_s), round(backoff)))
         return Refusal(f"at capacity: {load.queued} runs queued, the oldest for "
-                       f"{waited:.1f} s; retry after {retry_after} s", retry_after, reason)
+                       f"{load.oldest_wait_s:.1f} s; retry after {retry_after} s",
+                       retry_after, reason)
+
+    @staticmethod
+    def reason(load: PoolLoad, settings: ApiSettings, drain_per_s: float) -> str | None:
+        if load.queued >= settings.max_queued_runs * load.replicas:
+            return "queue_full"
+        if load.oldest_wait_s > settings.max_queue_wait_s:
+            return "queue_wait"
+        if load.queued and drain_per_s > 0 and \
+                (load.queued + 1) / drain_per_s > settings.max_queue_wait_s:
+            return "expected_wait"
+        return None

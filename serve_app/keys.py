@@ -87,6 +87,11 @@ def pending_key(pool: str) -> str:
     return f"{_pool(pool)}:pending"
 
 
+def started_key(pool: str) -> str:
+    """How many runs the pool has taken, ever: its drain rate, for admission."""
+    return f"{_pool(pool)}:started"
+
+
 def replicas_key(pool: str) -> str:
     """Live replicas of the pool, scored by when their heartbeat expires (ms)."""
     return f"{_pool(pool)}:replicas"

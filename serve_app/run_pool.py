@@ -25,13 +25,15 @@ from serve_app.keys import (
     ready_key,
     replicas_key,
     running_key,
+    started_key,
 )
 
-# KEYS[1]: running; ARGV: ref, now (ms), lease (ms). One live owner per run.
+# KEYS: running, started; ARGV: ref, now (ms), lease (ms). One live owner per run.
 _CLAIM = """
 local expires = redis.call('zscore', KEYS[1], ARGV[1])
 if expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
 redis.call('zadd', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+redis.call('incr', KEYS[2])
 return 1
 """
 
@@ -48,6 +50,7 @@ class PoolLoad:
     oldest_wait_s: float  # how long the oldest of them has waited
     running: int
     replicas: int  # live replicas (at least 1: the one asking)
+    started: int = 0  # runs taken from the queue, ever (a counter: its rate drains it)
 
 
 class RunPool:
@@ -60,6 +63,7 @@ class RunPool:
         self.running = running_key(name)
         self.pending = pending_key(name)
         self.replicas = replicas_key(name)
+        self.started = started_key(name)
 
     async def add(self, ref: str, ready: bool) -> None:
         """A new run: always pending; ready too if it is its thread's next run."""
@@ -81,7 +85,8 @@ class RunPool:
         if not popped:
             return None
         ref = popped[1].decode()
-        claimed = await self._claim(keys=[self.running], args=[ref, now_ms(), self.lease_ms])
+        claimed = await self._claim(keys=[self.running, self.started],
+                                    args=[ref, now_ms(), self.lease_ms])
         return ref if claimed else None
 
     async def hand_back(self, ref: str) -> None:
@@ -139,6 +144,7 @@ class RunPool:
             pipe.zrange(self.ready, 0, 0, withscores=True)
             pipe.zcard(self.running)
             pipe.zcount(self.replicas, now_ms(), "+inf")
-            queued, oldest, running, replicas = await pipe.execute()
+            pipe.get(self.started)
+            queued, oldest, running, replicas, started = await pipe.execute()
         wait = now - oldest[0][1] if oldest else 0.0
-        return PoolLoad(queued, max(wait, 0.0), running, max(replicas, 1))
+        return PoolLoad(queued, max(wait, 0.0), running, max(replicas, 1), int(started or 0))

@@ -1,11 +1,15 @@
-"""A replica's run slots follow what its event loop can serve in time."""
+"""A replica's run slots follow what its event loop can serve in time; admission bounds
+the wait of the runs it lets in."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from agents.settings import ApiSettings
+from serve_app.admission import Admission, DrainRate
 from serve_app.concurrency import LagLimiter, Slots
+from serve_app.run_pool import PoolLoad
 
 
 def limiter(size: int, used: int, ceiling: int = 16) -> LagLimiter:
@@ -65,3 +69,25 @@ def test_new_bounds_start_again_from_half_the_ceiling():
     assert tuned.slots.size == 8
     tuned.retune(ceiling=1, target_ms=20)
     assert tuned.slots.size == 1
+
+
+def test_admission_bounds_the_wait_a_new_run_would_face():
+    api = ApiSettings(max_queued_runs=32, max_queue_wait_s=0.5)
+
+    def load(queued: int, oldest_wait_s: float = 0.1) -> PoolLoad:
+        return PoolLoad(queued=queued, oldest_wait_s=oldest_wait_s, running=8, replicas=2)
+
+    assert Admission.reason(load(0), api, drain_per_s=4.0) is None
+    assert Admission.reason(load(1), api, drain_per_s=4.0) is None  # 2 / 4 = 0.5 s
+    assert Admission.reason(load(2), api, drain_per_s=4.0) == "expected_wait"
+    assert Admission.reason(load(2), api, drain_per_s=0.0) is None  # not measured yet
+    assert Admission.reason(load(1, oldest_wait_s=0.8), api, 40.0) == "queue_wait"
+    assert Admission.reason(load(64), api, drain_per_s=1000.0) == "queue_full"
+
+
+def test_the_drain_rate_is_measured_from_the_started_counter():
+    rate = DrainRate()
+    assert rate.update(100, now=0.0) == 0.0
+    assert rate.update(104, now=0.5) == 0.0  # under a window: not yet
+    assert rate.update(108, now=2.0) == 4.0
+    assert rate.update(116, now=3.0) == 6.0  # averaged with the last
