@@ -59,6 +59,7 @@ def content_enabled() -> bool:
 class Meter(Protocol):
     def count(self, name: str, value: float = 1.0, **tags: str) -> None: ...
     def observe(self, name: str, value: float, **tags: str) -> None: ...
+    def gauge(self, name: str, value: float) -> None: ...
 
 
 _meter: Meter | None = None
@@ -77,6 +78,23 @@ def count(name: str, value: float = 1.0, **tags: str) -> None:
 def observe(name: str, value: float, **tags: str) -> None:
     if _meter is not None:
         _meter.observe(name, value, **tags)
+
+
+def gauge(name: str, value: float) -> None:
+    if _meter is not None:
+        _meter.gauge(name, value)
+
+
+def timed(name: str, fn: Callable) -> Callable:
+    """``fn`` (a coroutine function) with its latency observed as ``name``."""
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            observe(name, time.perf_counter() - started)
+    return wrapper
 
 
 # usage

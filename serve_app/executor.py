@@ -360,7 +360,7 @@ class RunExecutor:
             else:
                 interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
                 answer = final_answer(state.values)
-        summary = run_telemetry.finish(run, status, error)  # tokens, cost, trace id
+        summary = run_telemetry.finish(run, status, error, bool(interrupts))  # tokens, cost
         record = await self._end(run, status, error)
         if record is None:
             return None  # another attempt owns the run now

@@ -36,7 +36,9 @@ DESCRIPTIONS = {
     "tool_seconds": "tool call latency, by tool",
     "http_request_seconds": "HTTP request latency (SSE: the stream's life), by method/status",
     "sse_streams_open": "SSE streams open on this replica",
-    "approvals_pending": "threads waiting for an approval decision (pool-wide, last sweep)",
+    "approvals_requested": "runs that ended waiting for an approval, by graph",
+    "approvals_decided": "approval decisions (resume runs) finished, by graph; pending "
+                         "approvals = approvals_requested - approvals_decided",
     "approval_wait_seconds": "time from an approval's request to its decision",
     "checkpoint_write_seconds": "checkpoint write latency (one round trip per step)",
 }

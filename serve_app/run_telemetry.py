@@ -38,8 +38,10 @@ _active: weakref.WeakValueDictionary[tuple[str, int], RunTelemetry] = \
     weakref.WeakValueDictionary()
 STREAMED = frozenset({"token", "messages", "messages/partial"})
 
-# KEYS[1]: the thread record; ARGV[1]: JSON of totals to add. Its ``usage`` field (JSON)
-# becomes the cumulative totals of the thread's runs.
+# KEYS[1]: the thread record; ARGV[1]: JSON of totals to add, ARGV[2]: the pending
+# approval this run leaves (JSON: when, and the span that asked), '' for none; ARGV[3]: '1'
+# if this run answered one. The thread's ``usage`` field (JSON) sums its runs; returns it
+# and the approval this run answered, if any.
 _ADD_TO_THREAD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local add = cjson.decode(ARGV[1])
@@ -48,7 +50,11 @@ local usage = raw and cjson.decode(raw) or {}
 for k, v in pairs(add) do usage[k] = (tonumber(usage[k]) or 0) + v end
 local out = cjson.encode(usage)
 redis.call('HSET', KEYS[1], 'usage', out)
-return out
+local answered = false
+if ARGV[3] == '1' then answered = redis.call('HGET', KEYS[1], 'approval_requested') end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'approval_requested', ARGV[2])
+elseif ARGV[3] == '1' then redis.call('HDEL', KEYS[1], 'approval_requested') end
+return {out, answered}
 """
 
 
@@ -131,7 +137,8 @@ class RunTelemetry:
         return usage
 
 
-def finish(run: dict[str, Any], status: str, error: dict | None = None) -> dict[str, Any]:
+def finish(run: dict[str, Any], status: str, error: dict | None = None,
+           interrupted: bool = False) -> dict[str, Any]:
     """End the run's span and count its metrics; the fields its record, its ``end`` event
     and its thread's totals get ({} if the run was not observed in this process)."""
     observed = _active.pop((run["run_id"], run["attempt"]), None)
@@ -167,6 +174,8 @@ def finish(run: dict[str, Any], status: str, error: dict | None = None) -> dict[
     if observed.trace_id:
         out["trace_id"] = observed.trace_id
     out["_responses"] = observed.responses
+    out["_span"] = span
+    out["_interrupted"] = interrupted
     return out
 
 
@@ -191,19 +200,57 @@ async def save(redis: Redis, record: dict[str, Any], summary: dict[str, Any]
     if "trace_id" in summary:
         fields["trace_id"] = summary["trace_id"]
     thread_id, run_id = record["thread_id"], record["run_id"]
+    span = summary.get("_span")
+    asks = ""
+    if summary.get("_interrupted"):  # this run waits for an approval from now on
+        context = span.get_span_context() if span is not None else None
+        asks = json.dumps({"at": time.time(), "trace_id": summary.get("trace_id"),
+                           "span_id": format(context.span_id, "016x") if context else None})
+        telemetry.count("approvals_requested", graph=record["graph_id"])
+    answers = bool(((record.get("kwargs") or {}).get("command") or {}).get("resume"))
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(run_key(thread_id, run_id),
                   mapping={k: json.dumps(v) for k, v in fields.items()})
         pipe.eval(_ADD_TO_THREAD, 1, thread_key(thread_id),
-                  json.dumps({**compact, "runs": 1, "model_calls": usage["model_calls"]}))
-        await pipe.execute()
+                  json.dumps({**compact, "runs": 1, "model_calls": usage["model_calls"]}),
+                  asks, "1" if answers else "")
+        _, added = await pipe.execute()
+    answered = added[1] if added else None
+    if answered:
+        _approval_waited(json.loads(answered), record, span)
     return {**record, **fields}
 
 
-def _age_s(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
+def _approval_waited(asked: dict[str, Any], record: dict[str, Any], run_span: Any) -> None:
+    """The wait from an approval's request to the decision (the resume run's creation): a
+    metric, and an ``approval wait`` span in the resume's trace linked to the asking run."""
+    decided = _timestamp(record.get("created_at")) or time.time()
+    waited = max(0.0, decided - float(asked["at"]))
+    telemetry.count("approvals_decided", graph=record["graph_id"])
+    telemetry.observe("approval_wait_seconds", waited, graph=record["graph_id"])
+    if run_span is None:
+        return
+    from opentelemetry import trace
+    links = []
+    if asked.get("trace_id") and asked.get("span_id"):
+        links.append(trace.Link(trace.SpanContext(
+            int(asked["trace_id"], 16), int(asked["span_id"], 16), is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))))
+    parent = trace.set_span_in_context(run_span)
+    wait = trace.get_tracer(telemetry.SCOPE).start_span(
+        "approval wait", context=parent, links=links, start_time=int(float(asked["at"]) * 1e9),
+        attributes={"langgraph.thread_id": record["thread_id"],
+                    "langgraph.run_id": record["run_id"], "agent_cluster.wait_s": waited})
+    wait.end(end_time=int(decided * 1e9))
+
+
+def _timestamp(stamp: str | None) -> float | None:
     try:
-        return max(0.0, time.time() - datetime.fromisoformat(stamp).timestamp())
+        return datetime.fromisoformat(stamp).timestamp() if stamp else None
     except ValueError:
         return None
+
+
+def _age_s(stamp: str | None) -> float | None:
+    at = _timestamp(stamp)
+    return None if at is None else max(0.0, time.time() - at)

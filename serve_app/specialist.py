@@ -23,6 +23,7 @@ class SpecialistDeployment:
         tracing.configure(role, serve.get_replica_context().replica_id.unique_id)
         telemetry.set_meter(RayMetrics())  # exported by Ray's metrics endpoint
         self.runtime = await Runtime.create(get_settings())
+        tracing.instrument_checkpointer(self.runtime.checkpointer)
         self.worker = self.runtime.worker([role])
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

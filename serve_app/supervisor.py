@@ -38,6 +38,7 @@ class SupervisorDeployment:
         fenced = FencedRedisSaver(redis_client=runtime.redis,
                                   leases=Leases(runtime.redis, settings.api.lease_ttl_s))
         await fenced.asetup()
+        tracing.instrument_checkpointer(fenced)
         self.runtime = dataclasses.replace(runtime, checkpointer=fenced)
         remote = {role: RemoteWorker(handle) for role, handle in workers.items()}
         graphs = {"supervisor": self.runtime.supervisor(remote)}

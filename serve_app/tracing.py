@@ -87,6 +87,11 @@ class TraceMiddleware:
     def __init__(self, app: Any, skip: tuple[str, ...] = ("/ok", "/metrics", "/ui")):
         self.app = app
         self.skip = skip
+        self.open_streams = 0
+
+    def _streams(self, change: int) -> None:
+        self.open_streams += change
+        telemetry.gauge("sse_streams_open", self.open_streams)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.skip):
@@ -96,7 +101,7 @@ class TraceMiddleware:
                    if k in (b"traceparent", b"tracestate")}
         route = scope["path"]
         started = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 500, "sse": False}
         with telemetry.continue_trace(headers, fresh=True), \
                 telemetry.span(f"{scope['method']} {route}", kind="server", **{
                     "http.request.method": scope["method"], "url.path": route}) as span:
@@ -105,6 +110,10 @@ class TraceMiddleware:
             async def send_with_id(message: dict) -> None:
                 if message["type"] == "http.response.start":
                     status["code"] = message["status"]
+                    if any(k == b"content-type" and v.startswith(b"text/event-stream")
+                           for k, v in message.get("headers") or ()):
+                        status["sse"] = True
+                        self._streams(+1)
                     if trace_id:
                         message.setdefault("headers", [])
                         message["headers"] = [*message["headers"],
@@ -114,7 +123,15 @@ class TraceMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                if status["sse"]:
+                    self._streams(-1)
                 if span is not None:
                     span.set_attribute("http.response.status_code", status["code"])
                 telemetry.observe("http_request_seconds", time.perf_counter() - started,
                                   method=scope["method"], status=str(status["code"]))
+
+
+def instrument_checkpointer(saver: Any) -> Any:
+    """Checkpoint writes timed (``checkpoint_write_seconds``), on this instance only."""
+    saver.aput = telemetry.timed("checkpoint_write_seconds", saver.aput)
+    return saver

@@ -107,6 +107,33 @@ async def test_a_run_reports_tokens_cost_and_one_trace(service, spans):
     assert metrics.total("cost_usd") == pytest.approx(usage["cost_usd"])
 
 
+async def test_an_approval_wait_is_measured_and_the_thread_sums_its_runs(service, spans):
+    service, metrics = service
+    spans.clear()
+    thread, _ = await service.records.create_thread(None, {})
+    tid = thread["thread_id"]
+    paused = await service.create_run(tid, RunCreate.model_validate({
+        "assistant_id": "supervisor",
+        "input": {"messages": [{"role": "user", "content": "Refund $500 to order 42"}]}}))
+    first = await service.wait_for_end(tid, paused["run_id"])
+    assert await service.pending_approvals(tid)
+    resumed = await service.create_run(tid, RunCreate.model_validate({
+        "assistant_id": "supervisor",
+        "command": {"resume": {"action": "approve", "by": "ops"}}}))
+    second = await service.wait_for_end(tid, resumed["run_id"])
+
+    assert second["status"] == "success" and not await service.pending_approvals(tid)
+    usage = (await service.records.get_thread(tid))["usage"]
+    assert usage["runs"] == 2
+    assert usage["cost_usd"] == pytest.approx(first["usage"]["cost_usd"] +
+                                              second["usage"]["cost_usd"])
+    assert metrics.total("approvals_requested") == metrics.total("approvals_decided") == 1
+    assert 'approval_wait_seconds_count{graph="supervisor"} 1' in metrics.prometheus()
+    wait = next(s for s in spans.get_finished_spans() if s.name == "approval wait")
+    assert format(wait.context.trace_id, "032x") == second["trace_id"]
+    assert format(wait.links[0].context.trace_id, "032x") == first["trace_id"]
+
+
 def sse_events(text: str) -> list[tuple[str, dict]]:
     events = []
     for frame in text.strip().split("\n\n"):
