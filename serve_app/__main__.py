@@ -10,9 +10,11 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, get_settings
+from serve_app.auth import check_bind
 from serve_app.launcher import serve_cluster
 
 HOW_TO_TALK = """
@@ -24,6 +26,7 @@ Agent Cluster is up at {url}  (Redis: {redis}, model: {model})
        -d '{{"thread_id": "demo", "message": "Refund $500 to order 42"}}'
   curl {url}/api/approve -H 'content-type: application/json' \\
        -d '{{"thread_id": "demo", "action": "approve", "by": "me"}}'
+  (with auth on, add -H 'x-api-key: <key>'; approving needs the approver permission)
 
   from langgraph_sdk import get_client; client = get_client(url="{url}")
 
@@ -45,6 +48,7 @@ def main() -> None:
             signal.signal(sig, lambda *_: stop.set())
         print(HOW_TO_TALK.format(url=url, redis=settings.redis_url,
                                  model=settings.model.base_url), flush=True)
+        print(check_bind(urlsplit(url).hostname or "", settings.auth), flush=True)
         stop.wait()
     print("stopped", flush=True)
 

@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -109,7 +110,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     api.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
     def sse(run: dict[str, Any], frames: AsyncIterator[bytes]) -> StreamingResponse:
-        location = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+        location = f"/threads/{quote(run['thread_id'], safe='')}/runs/{run['run_id']}"
         return StreamingResponse(frames, media_type="text/event-stream", headers={
             **SSE_HEADERS, "Location": f"{location}/stream", "Content-Location": location})
 
@@ -215,7 +216,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     @api.post("/threads/{thread_id}/runs")
     async def create_run(request: Request, thread_id: str, body: RunCreate) -> JSONResponse:
         run = await access.create_run(request, thread_id, body)
-        location = f"/threads/{thread_id}/runs/{run['run_id']}"
+        location = f"/threads/{quote(thread_id, safe='')}/runs/{run['run_id']}"
         return JSONResponse(run, headers={"Content-Location": location})
 
     @api.post("/runs")

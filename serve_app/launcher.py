@@ -18,6 +18,7 @@ from ray.serve._private import api as serve_private_api
 from ray.serve.schema import ServeDeploySchema
 
 from agents.settings import PROJECT_ROOT, Settings
+from serve_app.auth import check_bind
 from serve_app.tracing import otel_env
 
 # Ray options read by every Ray process at start (not settable in a Serve config file).
@@ -95,6 +96,7 @@ def serve_cluster(
 ) -> Iterator[str]:
     """Yield the base URL of the deployed app; shut Serve and Ray down afterwards."""
     config = load_serve_config(config_path, port)
+    check_bind(config.http_options.host, settings.auth)  # no open API on a public address
     for name, value in RAY_ENV.items():  # the local Ray's processes inherit this environment
         os.environ.setdefault(name, value)
     ray.init(

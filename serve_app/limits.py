@@ -76,18 +76,35 @@ class BodyLimit:
                 "invalid Content-Length"
             await _json(send, status, detail)
             return
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def counted() -> Message:
-            nonlocal seen
+            """The body as it arrives; past the limit the app is told the client left."""
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
+                    over = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded(message: Message) -> None:
+            """What the app answers, unless the body was too large: then 413 instead."""
+            nonlocal started
+            if over and not started:
+                started = True
+                await _json(send, 413, BodyTooLarge(self.limit).detail)
+            if over:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, guarded)
+        if over and not started:
+            await _json(send, 413, BodyTooLarge(self.limit).detail)
 
 
 async def _json(send: Send, status: int, detail: str) -> None:

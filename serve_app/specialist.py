@@ -13,6 +13,7 @@ from agents.errors import WorkerFailed
 from agents.settings import get_settings
 from agents.system import Runtime
 from serve_app import tracing
+from serve_app.approvals import RecordedApprovals
 from serve_app.metrics import RayMetrics
 
 
@@ -23,6 +24,8 @@ class SpecialistDeployment:
         tracing.configure(role, serve.get_replica_context().replica_id.unique_id)
         telemetry.set_meter(RayMetrics())  # exported by Ray's metrics endpoint
         self.runtime = await Runtime.create(get_settings())
+        # a sensitive call runs only if the API recorded its approval (serve_app.approvals)
+        self.runtime.approval_verifier = RecordedApprovals(self.runtime.redis)
         tracing.instrument_checkpointer(self.runtime.checkpointer)
         self.worker = self.runtime.worker([role])
 

@@ -12,6 +12,7 @@ queue through ``record_autoscaling_stats`` and ``serve_app.autoscaling.runs_poli
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from fastapi import FastAPI
 from ray import serve
@@ -21,6 +22,8 @@ from agents import telemetry
 from agents.settings import get_settings
 from agents.system import Runtime
 from serve_app import tracing
+from serve_app.approvals import RecordedApprovals
+from serve_app.auth import check_bind
 from serve_app.fencing import FencedRedisSaver
 from serve_app.http_api import build_api
 from serve_app.leases import Leases
@@ -28,18 +31,34 @@ from serve_app.metrics import RayMetrics
 from serve_app.remote_worker import RemoteWorker
 from serve_app.service import AgentService
 
+log = logging.getLogger(__name__)
+
+
+def serve_http_host() -> str | None:
+    """The address Serve's HTTP ingress binds (its http_options), None if unknown."""
+    try:
+        from ray.serve.context import _get_global_client
+        return _get_global_client().http_config.host
+    except Exception as exc:
+        log.error("could not read Serve's http_options host: %r", exc)
+        return None
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class SupervisorDeployment:
     async def __init__(self, workers: dict[str, DeploymentHandle]):
         settings = get_settings()
+        host = serve_http_host()
+        if host is not None:  # refuse to start open on a non-loopback address
+            log.warning("%s", check_bind(host, settings.auth))
         runtime = await Runtime.create(settings)
         fenced = FencedRedisSaver(redis_client=runtime.redis,
                                   leases=Leases(runtime.redis, settings.api.lease_ttl_s))
         await fenced.asetup()
         tracing.instrument_checkpointer(fenced)
-        self.runtime = dataclasses.replace(runtime, checkpointer=fenced)
+        self.runtime = dataclasses.replace(runtime, checkpointer=fenced,
+                                           approval_verifier=RecordedApprovals(runtime.redis))
         remote = {role: RemoteWorker(handle) for role, handle in workers.items()}
         graphs = {"supervisor": self.runtime.supervisor(remote)}
         graphs |= {role: self.runtime.specialist(role) for role in settings.roles}
