@@ -99,7 +99,7 @@ class LeakCheck:
         if not self.mine(thread_id):
             return None
         if not await self.thread_exists(thread_id):
-            if rest == "audit" and await self.redis.ttl(key) > 0:
+            if rest in ("audit", "approvals") and await self.redis.ttl(key) > 0:
                 return None  # kept for audit by policy, expiring
             return "its thread is gone"
         parts = rest.split(":")

@@ -21,7 +21,7 @@ checkpoint documents and writes, the thread's hash tag (``serve_app.keys``) name
 
 ``purge`` deletes every key of a thread: records, runs, events, queue, lease, fencing
 counter, every checkpoint namespace with its writes, its sub-threads, and (unless the
-policy keeps them for audit) its audit list and effect ledger entries.
+policy keeps them for audit) its audit list, approval log and effect ledger entries.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from agents.supervisor import sub_thread_id
 from serve_app.keys import (
     ALL_THREADS,
     THREAD_EXPIRY,
+    approvals_key,
     audit_key,
     events_key,
     fence_key,
@@ -479,11 +480,12 @@ class Retention:
         keys += [k for rid in run_ids for k in (run_key(thread_id, rid),
                                                 events_key(thread_id, rid))]
         ledger = await self._ledger_keys(thread_id)
+        audit = [audit_key(thread_id), approvals_key(thread_id)]  # + the API's approval log
         if self.settings.keep_audit_on_delete:
-            await self.redis.expire(audit_key(thread_id),
-                                    int(self.settings.audit_ttl_days * 86400))
+            for key in audit:
+                await self.redis.expire(key, int(self.settings.audit_ttl_days * 86400))
         else:
-            keys += [audit_key(thread_id), *ledger]
+            keys += [*audit, *ledger]
         deleted = await delete_keys(self.redis, keys)
         await self.redis.zrem(ALL_THREADS, thread_id)
         await self.redis.zrem(THREAD_EXPIRY, thread_id)
