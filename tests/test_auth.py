@@ -184,7 +184,8 @@ def test_filters_match_like_langgraph():
 def test_an_auth_path_names_a_file_or_module_and_must_be_an_auth_object():
     assert isinstance(load_auth(AUTH_FILE), Auth)
     assert isinstance(load_auth("tests.langgraph_auth:auth"), Auth)
-    for bad in ["./tests/langgraph_auth.py", "./missing.py:auth", "./tests/langgraph_auth.py:USERS"]:
+    for bad in ["./tests/langgraph_auth.py", "./missing.py:auth",
+                "./tests/langgraph_auth.py:USERS"]:
         with pytest.raises(ValueError):
             load_auth(bad)
 
@@ -192,7 +193,7 @@ def test_an_auth_path_names_a_file_or_module_and_must_be_an_auth_object():
 def test_no_auth_serves_only_on_loopback():
     assert "NONE" in check_bind("127.0.0.1", AuthSettings())
     assert "NONE" in check_bind("::1", AuthSettings())
-    with pytest.raises(ValueError, match="refusing to serve on '0.0.0.0' without auth"):
+    with pytest.raises(ValueError, match=r"refusing to serve on '0\.0\.0\.0' without auth"):
         check_bind("0.0.0.0", AuthSettings())
     with pytest.raises(ValueError):
         check_bind("127.0.0.1", AuthSettings(open_on_loopback=False))
