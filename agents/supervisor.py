@@ -28,7 +28,7 @@ from agents.errors import StepLimitExceeded
 from agents.settings import RoleSettings
 from agents.specialist import steps_this_turn
 from agents.state import Assignment, SupervisorState, WorkerInput
-from agents.telemetry import add_usage, inject, span, traced_node
+from agents.telemetry import add_responses, add_usage, inject, span, traced_node
 from agents.workers import Worker, WorkerResult
 
 FINISH = "FINISH"
@@ -158,6 +158,7 @@ async def call_worker(worker: Worker, request: dict[str, Any]) -> WorkerResult:
             if event["type"] == "result":
                 result = WorkerResult.model_validate(event["result"])
                 add_usage(result.usage)  # the specialist's tokens count for this run
+                add_responses(result.responses)
                 return result
             write(event)
     raise RuntimeError(f"worker {role} ended its stream without a result")

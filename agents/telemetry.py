@@ -167,6 +167,18 @@ def collect_usage(usage: Usage, **ids: str) -> Iterator[Usage]:
         _usage.reset(tokens[0])
 
 
+def current_role() -> str | None:
+    """The role whose graph node is running (set by ``traced_node``)."""
+    return _ids.get().get("role")
+
+
+def add_responses(responses: list[dict[str, Any]] | None) -> None:
+    """A specialist call's recorded model responses, added to the run's recording."""
+    recorder = _recorder.get()
+    if recorder is not None and responses:
+        recorder.extend(responses)
+
+
 def current_usage() -> Usage | None:
     return _usage.get()
 
@@ -466,7 +478,7 @@ class ModelCallback(BaseCallbackHandler):
             run_usage.add_call(call.model, call.role, input_tokens, output_tokens, elapsed)
         recorder = _recorder.get()
         if recorder is not None and message is not None:
-            recorder.append(_recorded(message))
+            recorder.append({**_recorded(message), "role": call.role, "model": call.model})
         observe("model_seconds", elapsed, model=call.model, role=call.role)
         if ttft is not None:
             observe("model_ttft_seconds", ttft, model=call.model, role=call.role)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from agents.errors import UnknownRoleError
 from agents.streaming import relay
-from agents.telemetry import Usage, collect_usage, continue_trace, span
+from agents.telemetry import Usage, collect_usage, continue_trace, record_responses, span
 
 _CONTINUE = object()  # graph input meaning: resume from the last checkpoint
 
@@ -43,6 +43,8 @@ class WorkerResult(BaseModel):
     interrupt: dict[str, Any] | None = Field(None, description="the pending approval, if any")
     steps: int = 0
     usage: dict[str, Any] | None = Field(None, description="tokens and time of this call")
+    responses: list[dict[str, Any]] | None = Field(
+        None, description="the model's responses in this call (regression cases replay them)")
 
 
 class Worker(Protocol):
@@ -63,21 +65,23 @@ class SpecialistWorker:
             raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
         config = {"configurable": {"thread_id": req.thread_id}}
         graph_input = await self._next_input(graph, config, req)
-        usage = Usage()
+        usage, responses = Usage(), []
         if graph_input is not None:
-            events = self._traced(self._events(graph, graph_input, config, req.role), req, usage)
+            events = self._traced(self._events(graph, graph_input, config, req.role), req,
+                                  usage, responses)
             async for event in relay(events, self.token_linger_s):
                 yield event
         result = await self.status(graph, config, req)
-        result.usage = usage.as_dict()
+        result.usage, result.responses = usage.as_dict(), responses
         yield {"type": "result", "result": result.model_dump()}
 
     @staticmethod
     async def _traced(events: AsyncIterator[dict[str, Any]], req: WorkerRequest,
-                      usage: Usage) -> AsyncIterator[dict[str, Any]]:
-        """The specialist's run in the caller's trace, its usage collected (``relay`` runs
-        this in a task and context of its own)."""
+                      usage: Usage, responses: list) -> AsyncIterator[dict[str, Any]]:
+        """The specialist's run in the caller's trace, its usage and model responses
+        collected (``relay`` runs this in a task and context of its own)."""
         with continue_trace(req.trace), collect_usage(usage, role=req.role), \
+                record_responses(responses), \
                 span(f"invoke_agent {req.role}", kind="server", **{
                     "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": req.role,
                     "langgraph.thread_id": req.thread_id, "langgraph.graph_id": req.role}):

@@ -30,6 +30,10 @@ Agent Cluster is up at {url}  (Redis: {redis}, model: {model})
 
   from langgraph_sdk import get_client; client = get_client(url="{url}")
 
+  Metrics (Prometheus): http://127.0.0.1:{metrics_port}/metrics (Ray's export: Serve's and
+  ray_agent_cluster_*), and {url}/metrics (the answering replica's agent_cluster_*).
+  Traces: set OTEL_EXPORTER_OTLP_ENDPOINT before make run (README: Observability).
+
 Ctrl-C stops everything.
 """
 
@@ -38,16 +42,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "local.yaml")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8085,
+                        help="Ray's Prometheus export port")
     args = parser.parse_args()
 
     stop = threading.Event()
     with local_services(get_settings()) as settings, \
-            serve_cluster(settings, args.config, port=args.port) as url:
+            serve_cluster(settings, args.config, port=args.port,
+                          metrics_port=args.metrics_port) as url:
         # After ray.init, which installs handlers that would exit without our clean-up.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         print(HOW_TO_TALK.format(url=url, redis=settings.redis_url,
-                                 model=settings.model.base_url), flush=True)
+                                 model=settings.model.base_url,
+                                 metrics_port=args.metrics_port), flush=True)
         print(check_bind(urlsplit(url).hostname or "", settings.auth), flush=True)
         stop.wait()
     print("stopped", flush=True)

@@ -364,7 +364,8 @@ class RunExecutor:
         record = await self._end(run, status, error)
         if record is None:
             return None  # another attempt owns the run now
-        record = await run_telemetry.save(self.redis, record, summary)
+        record = await run_telemetry.save(self.redis, record, summary,
+                                          self.graphs[run["graph_id"]])
         thread_status = "error" if error else "interrupted" if interrupts else "idle"
         await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
                                                          error=error))

@@ -23,6 +23,7 @@ from serve_app.access import Access
 from serve_app.auth import Authorizer, matches
 from serve_app.console import mount_console
 from serve_app.limits import BodyLimit, Limits
+from serve_app.regressions import RunFeedback, record_feedback
 from serve_app.routes_auth import match
 from serve_app.schemas import (
     ApproveRequest,
@@ -322,6 +323,13 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
         messages = output.get("messages") or []
         answer = messages[-1].get("content", "") if messages else ""
         return {**base, "status": "done", "answer": answer}
+
+    @api.post("/threads/{thread_id}/runs/{run_id}/feedback")
+    async def run_feedback(request: Request, thread_id: str, run_id: str,
+                           body: RunFeedback) -> dict:
+        """A user's score of a run; a low one keeps it as a regression case."""
+        await access.thread(request, thread_id, "update", {"run_id": run_id})
+        return await record_feedback(service, await service.get_run(thread_id, run_id), body)
 
     mount_console(api, service)
     api.add_middleware(TraceMiddleware)  # outermost: a span and x-trace-id per request

@@ -93,8 +93,10 @@ def serve_cluster(
     port: int = 8000,
     num_cpus: int = 2,
     extra_env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
 ) -> Iterator[str]:
-    """Yield the base URL of the deployed app; shut Serve and Ray down afterwards."""
+    """Yield the base URL of the deployed app; shut Serve and Ray down afterwards.
+    ``metrics_port``: where Ray exports Prometheus metrics (Serve's and ours)."""
     config = load_serve_config(config_path, port)
     check_bind(config.http_options.host, settings.auth)  # no open API on a public address
     for name, value in RAY_ENV.items():  # the local Ray's processes inherit this environment
@@ -102,7 +104,7 @@ def serve_cluster(
     ray.init(
         num_cpus=num_cpus, include_dashboard=False, namespace="serve",
         runtime_env={"env_vars": {**service_env(settings), **(extra_env or {})}},
-        log_to_driver=False,
+        log_to_driver=False, _metrics_export_port=metrics_port,
     )
     try:
         deploy(config)

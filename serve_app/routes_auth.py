@@ -71,6 +71,7 @@ ROUTE_AUTH: dict[tuple[str, str], Rule] = {
     ("GET", "/threads/{thread_id}/runs/{run_id}/join"): THREADS_READ,
     ("GET", "/threads/{thread_id}/runs/{run_id}/stream"): THREADS_READ,
     ("POST", "/threads/{thread_id}/runs/{run_id}/cancel"): THREADS_UPDATE,
+    ("POST", "/threads/{thread_id}/runs/{run_id}/feedback"): THREADS_UPDATE,
     # the seed's chat endpoints: runs on a thread like any other
     ("POST", "/api/chat"): CREATE_RUN,
     ("POST", "/api/approve"): CREATE_RUN,

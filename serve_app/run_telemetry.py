@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from agents import pricing, telemetry
+from serve_app import regressions
 from serve_app.keys import run_key, thread_key
 
 # runs observed here, until their executor lets go of them (weak: a run handed back or
@@ -184,10 +185,11 @@ def end_event(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if not k.startswith("_")}
 
 
-async def save(redis: Redis, record: dict[str, Any], summary: dict[str, Any]
-               ) -> dict[str, Any]:
+async def save(redis: Redis, record: dict[str, Any], summary: dict[str, Any],
+               graph: Any = None) -> dict[str, Any]:
     """Usage and trace id on the run record (and a compact copy in its metadata, as
-    LangGraph Platform clients read runs); the thread's cumulative totals. One round trip."""
+    LangGraph Platform clients read runs); the thread's cumulative totals; the model's
+    responses (a day); a failed run kept as a regression case (``serve_app.regressions``)."""
     if not summary:
         return record
     usage = summary["usage"]
@@ -214,11 +216,17 @@ async def save(redis: Redis, record: dict[str, Any], summary: dict[str, Any]
         pipe.eval(_ADD_TO_THREAD, 1, thread_key(thread_id),
                   json.dumps({**compact, "runs": 1, "model_calls": usage["model_calls"]}),
                   asks, "1" if answers else "")
-        _, added = await pipe.execute()
+        pipe.set(regressions.responses_key(thread_id, run_id),
+                 json.dumps(summary.get("_responses") or [], default=str),
+                 ex=regressions.RESPONSES_TTL_S)
+        _, added, _ = await pipe.execute()
     answered = added[1] if added else None
     if answered:
         _approval_waited(json.loads(answered), record, span)
-    return {**record, **fields}
+    record = {**record, **fields}
+    if graph is not None:
+        await regressions.after_run(redis, record, summary.get("_responses") or [], graph)
+    return record
 
 
 def _approval_waited(asked: dict[str, Any], record: dict[str, Any], run_span: Any) -> None:
