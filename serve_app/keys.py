@@ -68,6 +68,13 @@ def events_key(thread_id: str, run_id: str) -> str:
     return f"{_thread(thread_id)}:run:{run_id}:events"
 
 
+def run_scoped_keys(thread_id: str, run_id: str) -> list[str]:
+    """Every key of one run: what deleting the run (or its thread) removes. A new per-run
+    key belongs here, or DELETE leaves it behind (``python -m serve_app.leaks`` shows it)."""
+    return [run_key(thread_id, run_id), events_key(thread_id, run_id),
+            f"{_thread(thread_id)}:responses:{run_id}"]  # run telemetry: model responses
+
+
 def _pool(pool: str) -> str:
     return f"{PREFIX}{{pool:{pool}}}"
 

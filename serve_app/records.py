@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from serve_app.keys import ALL_THREADS, events_key, run_key, thread_key, thread_runs_key
+from serve_app.keys import (
+    ALL_THREADS,
+    events_key,
+    run_key,
+    run_scoped_keys,
+    thread_key,
+    thread_runs_key,
+)
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -176,7 +183,7 @@ class Records:
         thread_id, run_id = run["thread_id"], run["run_id"]
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(thread_runs_key(thread_id), run_id)
-            pipe.delete(run_key(thread_id, run_id), events_key(thread_id, run_id))
+            pipe.delete(*run_scoped_keys(thread_id, run_id))
             await pipe.execute()
 
     async def get_run(self, thread_id: str, run_id: str) -> dict[str, Any] | None:

@@ -54,6 +54,7 @@ from serve_app.keys import (
     queue_key,
     run_key,
     run_ref,
+    run_scoped_keys,
     thread_key,
     thread_lease_key,
     thread_runs_key,
@@ -355,8 +356,7 @@ class Retention:
         if doomed:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(thread_runs_key(thread_id), *doomed)
-                pipe.delete(*[k for rid in doomed for k in (run_key(thread_id, rid),
-                                                            events_key(thread_id, rid))])
+                pipe.delete(*[k for rid in doomed for k in run_scoped_keys(thread_id, rid)])
                 await pipe.execute()
         return len(doomed)
 
@@ -477,8 +477,7 @@ class Retention:
         run_ids = list(dict.fromkeys(run_ids))
         keys = [thread_key(thread_id), thread_runs_key(thread_id), queue_key(thread_id),
                 thread_lease_key(thread_id), fence_key(thread_id)]
-        keys += [k for rid in run_ids for k in (run_key(thread_id, rid),
-                                                events_key(thread_id, rid))]
+        keys += [k for rid in run_ids for k in run_scoped_keys(thread_id, rid)]
         ledger = await self._ledger_keys(thread_id)
         audit = [audit_key(thread_id), approvals_key(thread_id)]  # + the API's approval log
         if self.settings.keep_audit_on_delete:

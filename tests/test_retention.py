@@ -435,3 +435,44 @@ async def test_a_run_caught_by_a_full_redis_ends_cleanly_once_space_is_freed(
         before["values"]["messages"]
     assert (await turn(service, thread_id, user("What did I ask before?")))["status"] == \
         "success"
+
+
+async def test_no_orphans_after_a_replica_dies_mid_run(service, stub_admin):
+    """A replica killed mid-run (no terminal writes, its lease left to expire): the
+    replica that inherits the run finishes it, and nothing is left behind."""
+    prefix = f"ret-kill-{uuid.uuid4().hex[:8]}"
+    thread_id = f"{prefix}-0"
+    await service.create_thread(thread_id, {})
+    pool = f"victim-{uuid.uuid4().hex[:6]}"
+    checkpointer = service.executor.checkpointer
+
+    def replica(name: str) -> AgentService:
+        built = AgentService(service.redis, service.graphs, service.settings, name,
+                             checkpointer, pool=pool, retention=service.retention.settings)
+        built.executor.start()
+        return built
+
+    victim = replica("victim")
+    stub_admin.post("/config", json={"ttft_ms": 500})
+    run = await victim.create_run(thread_id, user("What is Redis persistence?"))
+    await wait_until(lambda: _status_is(service, run, "running"))
+    await asyncio.sleep(0.8)
+
+    async def dead(*_args, **_kwargs) -> None:  # a dead process writes no ending
+        return None
+    victim.executor._finish = dead
+    for task in list(victim.executor._in_slots):
+        task.cancel()
+    await victim.aclose()  # no more pulls, sweeps or lease renewals
+    stub_admin.post("/config", json={"ttft_ms": 0})
+
+    heir = replica("heir")
+    try:
+        outcome = await settled(heir, run, timeout_s=60)
+    finally:
+        await heir.aclose()
+    assert outcome["status"] == "success" and outcome["attempt"] == 2
+    await asyncio.sleep(1.2)  # the event stream's grace
+    assert await find_orphans(service.redis, prefix) == []
+    await service.delete_thread(thread_id)
+    assert await find_orphans(service.redis, prefix) == []
