@@ -205,7 +205,7 @@ class RetentionSettings(BaseModel):
     keep_for_s: float = Field(
         0.0, ge=0, description="also keep checkpoints younger than this, for time travel")
     keep_runs: int = Field(
-        10, ge=1, description="finished run records kept per thread, newest first")
+        5, ge=1, description="finished run records kept per thread, newest first")
     events_grace_s: int = Field(
         60, ge=1, description="a finished run's event stream expires this long after its "
         "end (time to reconnect and read it); so does a thread-less run's thread")
