@@ -34,8 +34,6 @@ class ThreadPrune(Body):
     strategy: Literal["delete", "keep_latest"] = "delete"
 
 
-
-
 class ThreadSearch(Body):
     metadata: dict[str, Any] | None = None
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
