@@ -51,9 +51,10 @@ def stub_admin(stub_url: str):
 
 
 @pytest.fixture(scope="session")
-def otlp_receiver() -> Receiver:
-    """An OTLP/HTTP receiver the session's cluster exports its spans to."""
-    with Receiver() as receiver:
+def otlp_receiver(tmp_path_factory: pytest.TempPathFactory) -> Receiver:
+    """An OTLP/HTTP receiver the session's cluster exports its spans to (also appended to
+    its ``out`` file, which the notebooks read)."""
+    with Receiver(out=tmp_path_factory.mktemp("otlp") / "spans.jsonl") as receiver:
         yield receiver
 
 
