@@ -80,7 +80,7 @@ async def drive(settings: Settings, turns: int, label: str) -> list[dict[str, An
     return rows
 
 
-async def measure(turns: int) -> dict[str, Any]:
+async def measure(turns: int, before_rows: list | None = None) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="thread-bytes-"))
     base = Settings(redis_url=None, data_dir=data_dir, workspace_dir=data_dir / "workspace",
                     model={"base_url": None, "max_retries": 0})
@@ -90,7 +90,7 @@ async def measure(turns: int) -> dict[str, Any]:
         after = ready.model_copy(update={"retention": ready.retention.model_copy(
             update={"events_grace_s": GRACE_S})})
         return {"turns": turns, "settings": ready.retention.model_dump(),
-                "before": await drive(before, turns, "before"),
+                "before": before_rows or await drive(before, turns, "before"),
                 "after": await drive(after, turns, "after"),
                 "measured_at": time.strftime("%Y-%m-%d %H:%M %Z")}
 
@@ -212,11 +212,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "BENCHMARKS.md")
     parser.add_argument("--from-json", type=Path, default=None,
                         help="render a saved result (bench/results/thread_bytes.json)")
+    parser.add_argument("--reuse-before", type=Path, default=None,
+                        help="take the 'before' rows from a saved result, measure 'after'")
     args = parser.parse_args()
     if args.from_json:
         result = json.loads(args.from_json.read_text())
     else:
-        result = asyncio.run(measure(args.turns))
+        before = json.loads(args.reuse_before.read_text())["before"] \
+            if args.reuse_before else None
+        result = asyncio.run(measure(args.turns, before))
         results = PROJECT_ROOT / "bench" / "results"
         results.mkdir(parents=True, exist_ok=True)
         (results / "thread_bytes.json").write_text(json.dumps(result, indent=1))
