@@ -26,6 +26,7 @@ import contextvars
 import functools
 import inspect
 import json
+import logging
 import os
 import secrets
 import time
@@ -46,6 +47,7 @@ except ImportError:  # pragma: no cover - opentelemetry-api ships with ray
     trace = None
 
 SCOPE = "agent_cluster"
+log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator() if trace else None
 CONTROL_FLOW = ("GraphInterrupt", "GraphBubbleUp", "ParentCommand", "CancelledError")
 
@@ -70,19 +72,31 @@ def set_meter(meter: Meter | None) -> None:
     _meter = meter
 
 
+def _record(method: str, *args: Any, **tags: str) -> None:
+    """Metrics never break the work they measure: a failing meter is logged, once."""
+    if _meter is None:
+        return
+    try:
+        getattr(_meter, method)(*args, **tags)
+    except Exception:
+        if method not in _failed:
+            _failed.add(method)
+            log.exception("metrics: %s%r failed (logged once)", method, args)
+
+
+_failed: set[str] = set()
+
+
 def count(name: str, value: float = 1.0, **tags: str) -> None:
-    if _meter is not None:
-        _meter.count(name, value, **tags)
+    _record("count", name, value, **tags)
 
 
 def observe(name: str, value: float, **tags: str) -> None:
-    if _meter is not None:
-        _meter.observe(name, value, **tags)
+    _record("observe", name, value, **tags)
 
 
 def gauge(name: str, value: float) -> None:
-    if _meter is not None:
-        _meter.gauge(name, value)
+    _record("gauge", name, value)
 
 
 def timed(name: str, fn: Callable) -> Callable:

@@ -467,7 +467,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     path.write_text(render(report) + kept_sections(path))
 
 
-KEPT = (("<!-- thread-bytes:start", "<!-- thread-bytes:end -->"),)
+KEPT = (("<!-- thread-bytes:start", "<!-- thread-bytes:end -->"),
+        ("<!-- tracing-overhead:start", "<!-- tracing-overhead:end -->"))
 
 
 def kept_sections(path: Path) -> str:
