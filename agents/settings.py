@@ -128,6 +128,9 @@ class ApiSettings(BaseModel):
     loop_lag_target_ms: float = Field(
         20.0, gt=0, description="a replica takes fewer runs at once while its event loop "
         "wakes up later than this on average (CPU-bound), more while it is prompt")
+    overhead_budget_s: float = Field(
+        0.5, gt=0, description="...and while its runs' time outside model calls and tools "
+        "(90th percentile) is more than this above the lowest seen lately")
     max_queued_runs: int = Field(
         32, ge=0, description="per live replica: past this many queued runs, new runs "
         "are refused (503 with Retry-After)")
@@ -138,6 +141,40 @@ class ApiSettings(BaseModel):
     run_timeout_s: float = Field(
         600.0, gt=0, description="one execution of a run; then it ends with status timeout"
     )
+
+
+class RetentionSettings(BaseModel):
+    """What a thread keeps in Redis, applied as each run ends (no keyspace scans)."""
+
+    enabled: bool = Field(True, description="False: keep everything (as before retention)")
+    keep_latest: int = Field(
+        1, ge=1, description="checkpoints kept per thread (and checkpoint namespace), newest "
+        "first; besides these, every checkpoint a pending interrupt or a queued run needs")
+    keep_for_s: float = Field(
+        0.0, ge=0, description="also keep checkpoints younger than this, for time travel")
+    keep_runs: int = Field(
+        5, ge=1, description="finished run records kept per thread, newest first")
+    events_grace_s: int = Field(
+        60, ge=1, description="a finished run's event stream expires this long after its "
+        "end (time to reconnect and read it); so does a thread-less run's thread")
+    thread_ttl_minutes: float | None = Field(
+        None, gt=0, description="default idle TTL of threads (minutes since their last "
+        "activity), as ttl on threads.create sets it per thread; None: threads stay")
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="how often each replica deletes expired threads and checks "
+        "Redis memory")
+    delete_wait_s: float = Field(
+        10.0, ge=0, description="DELETE of a busy thread cancels its runs and waits this "
+        "long for them to end; past it 409")
+    audit_ttl_days: float = Field(
+        30.0, gt=0, description="approval decisions of pruned specialists' runs are kept "
+        "this long (the thread's audit list, with the effect ledger's results)")
+    keep_audit_on_delete: bool = Field(
+        False, description="True: deleting a thread leaves its audit list and ledger "
+        "entries to expire after audit_ttl_days instead of removing them")
+    memory_warn_ratio: float = Field(
+        0.85, gt=0, le=1, description="log a warning (and gauge redis_memory_ratio) once "
+        "Redis uses this share of its maxmemory")
 
 
 class ApiKey(BaseModel):
@@ -193,40 +230,6 @@ class LimitsSettings(BaseModel):
         8, ge=0, description="runs of one user pending or running at once; past it 429")
     threads_per_user: int = Field(
         1000, ge=0, description="threads one user may own; past it 429")
-
-
-class RetentionSettings(BaseModel):
-    """What a thread keeps in Redis, applied as each run ends (no keyspace scans)."""
-
-    enabled: bool = Field(True, description="False: keep everything (as before retention)")
-    keep_latest: int = Field(
-        1, ge=1, description="checkpoints kept per thread (and checkpoint namespace), newest "
-        "first; besides these, every checkpoint a pending interrupt or a queued run needs")
-    keep_for_s: float = Field(
-        0.0, ge=0, description="also keep checkpoints younger than this, for time travel")
-    keep_runs: int = Field(
-        5, ge=1, description="finished run records kept per thread, newest first")
-    events_grace_s: int = Field(
-        60, ge=1, description="a finished run's event stream expires this long after its "
-        "end (time to reconnect and read it); so does a thread-less run's thread")
-    thread_ttl_minutes: float | None = Field(
-        None, gt=0, description="default idle TTL of threads (minutes since their last "
-        "activity), as ttl on threads.create sets it per thread; None: threads stay")
-    sweep_interval_s: float = Field(
-        5.0, gt=0, description="how often each replica deletes expired threads and checks "
-        "Redis memory")
-    delete_wait_s: float = Field(
-        10.0, ge=0, description="DELETE of a busy thread cancels its runs and waits this "
-        "long for them to end; past it 409")
-    audit_ttl_days: float = Field(
-        30.0, gt=0, description="approval decisions of pruned specialists' runs are kept "
-        "this long (the thread's audit list, with the effect ledger's results)")
-    keep_audit_on_delete: bool = Field(
-        False, description="True: deleting a thread leaves its audit list and ledger "
-        "entries to expire after audit_ttl_days instead of removing them")
-    memory_warn_ratio: float = Field(
-        0.85, gt=0, le=1, description="log a warning (and gauge redis_memory_ratio) once "
-        "Redis uses this share of its maxmemory")
 
 
 class RoleSettings(BaseModel):

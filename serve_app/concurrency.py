@@ -1,19 +1,29 @@
-"""How many runs one replica executes at once: as many as its event loop serves in time.
+"""How many runs one replica executes at once: as many as are served in time.
 
-A fixed number is wrong whenever the CPU a replica gets changes (a noisy neighbour, a
-heavier mix of turns, a smaller node): too high and every admitted run slows down (time
-to first token grows with every run added to a saturated loop), too low and capacity is
-left idle. ``LagLimiter`` measures the loop's scheduling lag (how late a short sleep
-wakes up: the direct sign of a CPU-bound loop) and adapts the slots, additive increase
-while the slots are full and the loop is prompt, multiplicative decrease once it lags,
-between 1 and the configured ceiling (``api.max_concurrent_runs``). Runs past the slots
-wait in the pool's queue, where admission control bounds the wait.
+A fixed number is wrong whenever the capacity behind a replica changes (a noisy
+neighbour, a heavier mix of turns, a smaller node, a saturated specialist deployment or
+model server): too high and every admitted run slows down, too low and capacity is left
+idle. ``LagLimiter`` watches two signals and adapts the slots, additive increase while
+the slots are full and both are fine, multiplicative decrease once either is not,
+between 1 and the configured ceiling (``api.max_concurrent_runs``):
+
+- the replica's own event-loop lag (how late a short sleep wakes up: a CPU-bound loop);
+- its runs' overhead (a run's time not spent in model calls or tools: graph steps,
+  checkpoints, Ray hops, specialists' queues), against the lowest seen recently: runs
+  whose overhead grows more than ``api.overhead_budget_s`` past that wait on something
+  saturated downstream (a specialist deployment, Redis), and more runs at once would only
+  wait longer. The model's own time is left out: a slow model is not a reason to run
+  fewer turns, and turn kinds differ by their model calls much more than by overhead.
+
+Runs past the slots wait in the pool's queue, where admission control bounds the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -44,26 +54,49 @@ class Slots:
 class LagLimiter:
     DECREASE = 0.75
 
+    BASELINE_DRIFT = 1.002  # per window: an old lowest overhead ages out within minutes
+
     def __init__(self, slots: Slots, ceiling: int, target_ms: float,
+                 overhead_budget_s: float = 0.5,
                  on_change: Callable[[int], None] = lambda size: None,
-                 tick_s: float = 0.05, window_s: float = 1.0):
+                 tick_s: float = 0.05, window_s: float = 1.0, samples: int = 16):
         self.slots = slots
         self.ceiling = ceiling
         self.target_ms = target_ms
+        self.overhead_budget_s = overhead_budget_s
         self.on_change = on_change
         self.tick_s = tick_s
         self.window_s = window_s
         self.lag_ms = 0.0  # mean lag of the last window
+        self.overheads: deque[float] = deque(maxlen=samples)  # recent runs' overheads (s)
+        self.lowest: float | None = None
 
-    def retune(self, ceiling: int, target_ms: float) -> None:
+    def retune(self, ceiling: int, target_ms: float, overhead_budget_s: float) -> None:
         """New bounds from the operator: start again from half the ceiling, as at start."""
         self.ceiling, self.target_ms = ceiling, target_ms
+        self.overhead_budget_s = overhead_budget_s
         self._resize(max(1, ceiling // 2))
+
+    def run_ended(self, overhead_s: float) -> None:
+        """A run here spent ``overhead_s`` outside model calls and tools."""
+        self.overheads.append(overhead_s)
 
     async def run_forever(self) -> None:
         while True:
             self.lag_ms = await self.measure()
-            self.adjust(self.lag_ms)
+            self.adjust(self.lag_ms, self.excess_overhead())
+
+    def excess_overhead(self) -> float | None:
+        """How far the recent runs' overhead (90th percentile) is above the lowest typical
+        overhead seen lately, once there are a few runs to judge (updates that baseline)."""
+        if len(self.overheads) < 4:
+            return None
+        typical = statistics.median(self.overheads)
+        if self.lowest is None or typical < self.lowest:
+            self.lowest = typical
+        else:
+            self.lowest *= self.BASELINE_DRIFT
+        return statistics.quantiles(self.overheads, n=10)[-1] - self.lowest
 
     async def measure(self) -> float:
         """Mean lateness (ms) of short sleeps over one window."""
@@ -74,11 +107,14 @@ class LagLimiter:
             lags.append(time.monotonic() - asked - self.tick_s)
         return 1000 * sum(lags) / len(lags)
 
-    def adjust(self, lag_ms: float) -> None:
+    def adjust(self, lag_ms: float, excess_s: float | None = None) -> None:
         size = self.slots.size
-        if lag_ms > self.target_ms:
+        late = excess_s is not None and excess_s > self.overhead_budget_s
+        if lag_ms > self.target_ms or late:
             self._resize(max(1, int(size * self.DECREASE)))
-        elif lag_ms < self.target_ms / 2 and self.slots.used >= size:
+            self.overheads.clear()  # judge the smaller size by its own runs
+        elif lag_ms < self.target_ms / 2 and self.slots.used >= size and \
+                (excess_s is None or excess_s < self.overhead_budget_s / 2):
             self._resize(min(self.ceiling, size + 1))
 
     def _resize(self, size: int) -> None:

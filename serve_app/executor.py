@@ -109,7 +109,8 @@ class RunExecutor:
         self.limiter = LagLimiter(self._slots, settings.max_concurrent_runs,
                                   settings.loop_lag_target_ms,
                                   on_change=lambda size: self.metrics.gauge("run_slots", size))
-        self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms)
+        self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms,
+                            settings.overhead_budget_s)
         self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once started
         self._in_slots: set[asyncio.Task] = set()
         self._cancel_actions: dict[str, str] = {}
@@ -142,7 +143,8 @@ class RunExecutor:
     def retune(self, settings: ApiSettings) -> None:
         """New limits (``max_concurrent_runs`` and the rest) for runs taken from now on."""
         self.settings = settings
-        self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms)
+        self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms,
+                            settings.overhead_budget_s)
         self.metrics.gauge("run_slots_max", settings.max_concurrent_runs)
 
     async def submit(self, run: dict[str, Any], first_in_thread: bool) -> None:
@@ -361,6 +363,8 @@ class RunExecutor:
                 interrupts = [{"value": i.value, "id": i.id} for i in state.interrupts]
                 answer = final_answer(state.values)
         summary = run_telemetry.finish(run, status, error, bool(interrupts))  # tokens, cost
+        if "usage" in summary:
+            self.limiter.run_ended(summary["usage"]["other_s"])
         record = await self._end(run, status, error)
         if record is None:
             return None  # another attempt owns the run now

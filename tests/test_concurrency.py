@@ -65,10 +65,27 @@ async def test_resizing_wakes_a_waiting_taker():
 
 def test_new_bounds_start_again_from_half_the_ceiling():
     tuned = limiter(size=1, used=1, ceiling=1)
-    tuned.retune(ceiling=16, target_ms=20)
+    tuned.retune(ceiling=16, target_ms=20, overhead_budget_s=0.5)
     assert tuned.slots.size == 8
-    tuned.retune(ceiling=1, target_ms=20)
+    tuned.retune(ceiling=1, target_ms=20, overhead_budget_s=0.5)
     assert tuned.slots.size == 1
+
+
+def test_runs_slowed_downstream_make_the_replica_take_fewer():
+    """The loop is prompt but runs wait on something saturated behind it (a specialist
+    deployment): their overhead above the lowest seen lately shrinks the slots."""
+    watched = limiter(size=8, used=8)
+    for overhead in (0.10, 0.12, 0.11, 0.10, 0.13):  # unloaded: the baseline
+        watched.run_ended(overhead)
+    watched.adjust(lag_ms=2, excess_s=watched.excess_overhead())
+    assert watched.slots.size == 9
+
+    for overhead in (0.9, 1.4, 1.1, 1.6, 1.3):  # the same runs, now queued downstream
+        watched.run_ended(overhead)
+    excess = watched.excess_overhead()
+    assert excess > 0.5
+    watched.adjust(lag_ms=2, excess_s=excess)
+    assert watched.slots.size == 6 and not watched.overheads  # judged afresh
 
 
 def test_admission_bounds_the_wait_a_new_run_would_face():
