@@ -72,16 +72,17 @@ def set_meter(meter: Meter | None) -> None:
     _meter = meter
 
 
-def _record(method: str, *args: Any, **tags: str) -> None:
-    """Metrics never break the work they measure: a failing meter is logged, once."""
+def _record(kind: str, /, *args: Any, **tags: str) -> None:
+    """Metrics never break the work they measure: a failing meter is logged, once. (The
+    kind is positional-only: a tag may be called anything, ``method`` included.)"""
     if _meter is None:
         return
     try:
-        getattr(_meter, method)(*args, **tags)
+        getattr(_meter, kind)(*args, **tags)
     except Exception:
-        if method not in _failed:
-            _failed.add(method)
-            log.exception("metrics: %s%r failed (logged once)", method, args)
+        if kind not in _failed:
+            _failed.add(kind)
+            log.exception("metrics: %s%r failed (logged once)", kind, args)
 
 
 _failed: set[str] = set()
