@@ -380,5 +380,6 @@ def test_every_control_has_a_name(page, cluster_url):
 
 
 def test_the_run_command_prints_the_console_url():
-    told = HOW_TO_TALK.format(url="http://127.0.0.1:8000", redis="r", model="m")
+    told = HOW_TO_TALK.format(url="http://127.0.0.1:8000", redis="r", model="m",
+                              metrics_port=8085)
     assert "Web console: http://127.0.0.1:8000/ui/" in told
