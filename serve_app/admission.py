@@ -28,6 +28,7 @@ from serve_app.run_pool import PoolLoad, RunPool
 MAX_RETRY_AFTER_S = 30
 SMOOTHING = 0.05  # weight of each decision in the refused share (~20 decisions of memory)
 RATE_WINDOW_S = 1.0  # the drain rate is re-measured at most this often (then averaged)
+SHARE_HALF_LIFE_S = 10.0  # with no requests, the refused share halves this often
 
 
 @dataclass
@@ -59,14 +60,24 @@ class Admission:
     def __init__(self, pool: RunPool, metrics: Metrics):
         self.pool = pool
         self.metrics = metrics
-        self.refused_share = 0.0
+        self._share = 0.0
+        self._decided_at = time.monotonic()
         self.drain = DrainRate()
+
+    @property
+    def refused_share(self) -> float:
+        """The share of recent requests refused (fades while none arrive): offered load is
+        about served load / (1 - share), which autoscaling reads."""
+        idle = time.monotonic() - self._decided_at
+        return self._share * 0.5 ** (idle / SHARE_HALF_LIFE_S)
 
     async def check(self, settings: ApiSettings) -> Refusal | None:
         """None to admit; else why not and when to retry (counted either way)."""
         load = await self.pool.load()
         reason = self.reason(load, settings, self.drain.update(load.started, time.monotonic()))
-        self.refused_share += SMOOTHING * ((reason is not None) - self.refused_share)
+        self._share = self.refused_share + SMOOTHING * ((reason is not None) -
+                                                        self.refused_share)
+        self._decided_at = time.monotonic()
         if reason is None:
             return None
         self.metrics.count("runs_refused", reason=reason)

@@ -79,10 +79,12 @@ class SupervisorDeployment:
         self.service.retune(**user_config)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Custom autoscaling metrics: runs here, runs waiting in the pool's queue."""
+        """Custom autoscaling metrics: runs here, runs waiting in the pool's queue, the
+        share of run requests refused (``serve_app.autoscaling``)."""
         executor = self.service.executor
         return {"runs_running": executor.running, "runs_queued": executor.load.queued,
-                "run_slots": executor.slots}
+                "run_slots": executor.slots,
+                "refused_share": self.service.admission.refused_share}
 
     async def check_health(self) -> None:
         await self.runtime.redis.ping()

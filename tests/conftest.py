@@ -67,8 +67,11 @@ def cluster_url(settings: Settings, otlp_receiver: Receiver) -> str:
         os.environ.setdefault(name, str(free_port()))
     os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_receiver.url}/v1/traces")
     os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")  # ms: spans arrive within a second
-    with serve_cluster(settings, PROJECT_ROOT / "configs" / "local.yaml",
-                       port=free_port()) as url:
+    # Ten minutes of checkpoints are kept (retention.keep_for_s), so the history and time
+    # travel tests have a history to read; the default (the latest only) is measured in
+    # tests/test_retention.py.
+    with serve_cluster(settings, PROJECT_ROOT / "configs" / "local.yaml", port=free_port(),
+                       extra_env={"AGENT_CLUSTER_RETENTION__KEEP_FOR_S": "600"}) as url:
         yield url
 
 

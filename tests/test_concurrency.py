@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 from agents.settings import ApiSettings
 from serve_app.admission import Admission, DrainRate
+from serve_app.autoscaling import runs_policy
 from serve_app.concurrency import LagLimiter, Slots
 from serve_app.run_pool import PoolLoad
 
@@ -108,3 +110,16 @@ def test_the_drain_rate_is_measured_from_the_started_counter():
     assert rate.update(104, now=0.5) == 0.0  # under a window: not yet
     assert rate.update(108, now=2.0) == 4.0
     assert rate.update(116, now=3.0) == 6.0  # averaged with the last
+
+
+def test_autoscaling_asks_for_the_load_offered_not_only_the_load_admitted():
+    def ctx(refused: float, queued: float = 0.0) -> SimpleNamespace:
+        per_replica = {"a": 1.0, "b": 1.0}
+        return SimpleNamespace(current_num_replicas=2, aggregated_metrics={
+            "runs_running": per_replica, "runs_queued": {"a": queued, "b": queued},
+            "run_slots": per_replica, "refused_share": {"a": refused, "b": refused}})
+
+    assert runs_policy(ctx(refused=0.0))[0] == 2
+    assert runs_policy(ctx(refused=0.05))[0] == 2  # a refusal now and then is no reason
+    assert runs_policy(ctx(refused=0.75))[0] == 8  # 4x offered: 4x the replicas
+    assert runs_policy(ctx(refused=0.0, queued=4))[0] == 6  # a backlog in slots
