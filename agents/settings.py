@@ -130,7 +130,7 @@ class ApiSettings(BaseModel):
         "wakes up later than this on average (CPU-bound), more while it is prompt")
     overhead_budget_s: float = Field(
         0.5, gt=0, description="...and while its runs' time outside model calls and tools "
-        "(90th percentile) is more than this above the lowest seen lately")
+        "(median) is more than this above the lowest seen lately")
     max_queued_runs: int = Field(
         32, ge=0, description="per live replica: past this many queued runs, new runs "
         "are refused (503 with Retry-After)")

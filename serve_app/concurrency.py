@@ -9,11 +9,13 @@ between 1 and the configured ceiling (``api.max_concurrent_runs``):
 
 - the replica's own event-loop lag (how late a short sleep wakes up: a CPU-bound loop);
 - its runs' overhead (a run's time not spent in model calls or tools: graph steps,
-  checkpoints, Ray hops, specialists' queues), against the lowest seen recently: runs
-  whose overhead grows more than ``api.overhead_budget_s`` past that wait on something
-  saturated downstream (a specialist deployment, Redis), and more runs at once would only
-  wait longer. The model's own time is left out: a slow model is not a reason to run
-  fewer turns, and turn kinds differ by their model calls much more than by overhead.
+  checkpoints, Ray hops, specialists' queues): when the median of recent runs grows more
+  than ``api.overhead_budget_s`` past the lowest median seen lately, runs wait on
+  something saturated downstream (a specialist deployment, Redis), and more runs at once
+  would only wait longer. Medians compare like with like (the mix of turn kinds is
+  steady; a 90th percentile judged the mix's spread and kept a half-idle box at 3 slots
+  per replica, measured). The model's own time is left out: a slow model is not a reason
+  to run fewer turns, and turn kinds differ by their model calls more than by overhead.
 
 Runs past the slots wait in the pool's queue, where admission control bounds the wait.
 """
@@ -87,8 +89,8 @@ class LagLimiter:
             self.adjust(self.lag_ms, self.excess_overhead())
 
     def excess_overhead(self) -> float | None:
-        """How far the recent runs' overhead (90th percentile) is above the lowest typical
-        overhead seen lately, once there are a few runs to judge (updates that baseline)."""
+        """How far the recent runs' median overhead is above the lowest median seen
+        lately, once there are a few runs to judge (updates that baseline)."""
         if len(self.overheads) < 4:
             return None
         typical = statistics.median(self.overheads)
@@ -96,7 +98,7 @@ class LagLimiter:
             self.lowest = typical
         else:
             self.lowest *= self.BASELINE_DRIFT
-        return statistics.quantiles(self.overheads, n=10)[-1] - self.lowest
+        return typical - self.lowest
 
     async def measure(self) -> float:
         """Mean lateness (ms) of short sleeps over one window."""

@@ -82,7 +82,7 @@ def test_runs_slowed_downstream_make_the_replica_take_fewer():
     watched.adjust(lag_ms=2, excess_s=watched.excess_overhead())
     assert watched.slots.size == 9
 
-    for overhead in (0.9, 1.4, 1.1, 1.6, 1.3):  # the same runs, now queued downstream
+    for overhead in (0.9, 1.4, 1.1, 1.6, 1.3) * 2:  # the same runs, now queued downstream
         watched.run_ended(overhead)
     excess = watched.excess_overhead()
     assert excess > 0.5
