@@ -106,9 +106,5 @@ class Leases:
         """Give the thread up but stay queued (a run handed back to the pool)."""
         await self._release([thread_lease_key(thread_id)], [token])
 
-    async def head(self, thread_id: str) -> str | None:
-        first = await self.redis.zrange(queue_key(thread_id), 0, 0)
-        return first[0].decode() if first else None
-
     async def queued(self, thread_id: str) -> list[str]:
         return [rid.decode() for rid in await self.redis.zrange(queue_key(thread_id), 0, -1)]
