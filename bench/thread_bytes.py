@@ -44,7 +44,7 @@ async def thread_bytes(service: AgentService, thread_id: str) -> tuple[int, int]
 
 
 async def raw_bytes(service: AgentService, thread_id: str) -> int:
-    state = await service.get_state(thread_id)
+    state = await service.threads.get_state(thread_id)
     return len(json.dumps(state["values"].get("messages", []), separators=(",", ":"),
                           ensure_ascii=False).encode())
 
@@ -55,15 +55,15 @@ async def drive(settings: Settings, turns: int, label: str) -> list[dict[str, An
         service = AgentService.in_process(system, replica_id=f"bytes-{label}")
         service.executor.start()
         try:
-            thread = await service.create_thread(None, {"bench": "thread_bytes"})
+            thread = await service.threads.create(None, {"bench": "thread_bytes"})
             thread_id = thread["thread_id"]
             for n in range(1, turns + 1):
                 started = time.perf_counter()
-                run = await service.create_run(thread_id, RunCreate.model_validate({
+                run = await service.runs.create(thread_id, RunCreate.model_validate({
                     "assistant_id": "supervisor", "stream_mode": ["values"],
                     "input": {"messages": [{"role": "user",
                                             "content": f"What is Redis persistence? ({n})"}]}}))
-                record = await service.wait_for_end(thread_id, run["run_id"])
+                record = await service.streams.wait_for_end(thread_id, run["run_id"])
                 while await service.executor.leases.queued(thread_id):
                     await asyncio.sleep(0.01)
                 turn_s = time.perf_counter() - started

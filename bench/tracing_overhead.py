@@ -58,8 +58,9 @@ async def measure(runs: int, concurrency: int) -> dict:
 
             async def one() -> str:
                 thread, _ = await service.records.create_thread(None, {})
-                run = await service.create_run(thread["thread_id"], body)
-                return (await service.wait_for_end(run["thread_id"], run["run_id"]))["status"]
+                run = await service.runs.create(thread["thread_id"], body)
+                ended = await service.streams.wait_for_end(run["thread_id"], run["run_id"])
+                return ended["status"]
 
             for _ in range(3):
                 await one()  # warm-up

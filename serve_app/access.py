@@ -16,10 +16,11 @@ from typing import Any
 
 from fastapi import Request
 
+from serve_app.api_errors import ApiError
 from serve_app.approvals import Approvals
 from serve_app.auth import Authorizer, User, matches
 from serve_app.limits import Limits
-from serve_app.service import AgentService, ApiError
+from serve_app.service import AgentService
 
 
 def equalities(where: dict[str, Any] | None) -> dict[str, Any]:
@@ -87,10 +88,10 @@ class Access:
             if existing is not None:
                 if body.if_exists == "raise" or not matches(existing.get("metadata"), where):
                     raise ApiError(409, f"thread {body.thread_id!r} already exists")
-                return await self.service.thread_view(existing)
+                return await self.service.threads.view(existing)
         if self.per_user:
             await self.limits.check_threads(user.identity)
-        view = await self.service.create_thread(body.thread_id, metadata, body.ttl,
+        view = await self.service.threads.create(body.thread_id, metadata, body.ttl,
                                                 body.if_exists)
         if self.per_user:
             await self.limits.owns(user.identity, view["thread_id"])
@@ -101,8 +102,8 @@ class Access:
                  "limit": body.limit, "offset": body.offset}
         where = await self.auth.authorize(self.user(request), "threads", "search", value)
         if where is None:
-            return await self.service.search_threads(body)
-        return await self.service.search_threads(
+            return await self.service.threads.search(body)
+        return await self.service.threads.search(
             body, lambda record: matches(record.get("metadata"), where))
 
     async def update_thread(self, request: Request, thread_id: str,
@@ -116,11 +117,11 @@ class Access:
         metadata = _metadata(value)
         if not matches({**thread["metadata"], **metadata}, where):
             raise ApiError(403, "this metadata would take the thread out of your reach")
-        return await self.service.update_thread(thread_id, metadata, body.ttl)
+        return await self.service.threads.update(thread_id, metadata, body.ttl)
 
     async def delete_thread(self, request: Request, thread_id: str) -> None:
         await self.thread(request, thread_id, "delete")
-        await self.service.delete_thread(thread_id)
+        await self.service.threads.delete(thread_id)
 
     async def prune_threads(self, request: Request, body: Any) -> dict[str, int]:
         """Only the threads the user may delete; others are skipped as if absent."""
@@ -136,7 +137,7 @@ class Access:
             allowed.append(thread_id)
         if not allowed:
             return {"pruned_count": 0}
-        return await self.service.prune_threads(allowed, body.strategy)
+        return await self.service.threads.prune(allowed, body.strategy)
 
     async def update_state(self, request: Request, thread_id: str, body: Any) -> dict:
         user = self.user(request)
@@ -145,7 +146,7 @@ class Access:
         self.limits.check_messages(body.values)
         await self.approvals.guard_state_change(user, self.auth.open, thread,
                                                 "a state update")
-        return await self.service.update_state(thread_id, body.values, body.as_node,
+        return await self.service.threads.update_state(thread_id, body.values, body.as_node,
                                                body.target)
 
     async def approval_log(self, request: Request, thread_id: str, after: str | None,
@@ -195,7 +196,7 @@ class Access:
             if self.per_user:
                 await self.limits.check_runs(user.identity)
                 await self.limits.take_run(user.identity)
-            run = await self.service.create_run(thread_id, body, extra_modes, thread_metadata)
+            run = await self.service.runs.create(thread_id, body, extra_modes, thread_metadata)
         except ApiError as exc:
             if entries:
                 await self.approvals.not_applied(thread_id, entries, exc.detail)
@@ -221,8 +222,8 @@ class Access:
     async def assistant(self, request: Request, assistant_id: str) -> str:
         """The graph of a readable assistant (404 if the handler's filter hides it)."""
         where = await self.assistants(request, "read", {"assistant_id": assistant_id})
-        graph = self.service.graph_id(assistant_id)
-        found = next(a for a in self.service.assistants() if a["graph_id"] == graph)
+        graph = self.service.assistants.graph_id(assistant_id)
+        found = next(a for a in self.service.assistants.all() if a["graph_id"] == graph)
         if not matches(found["metadata"], where):
             raise ApiError(404, f"assistant {assistant_id!r} not found")
         return graph

@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 
 from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
+from serve_app.api_errors import ApiError
 from serve_app.keys import approvals_key
 from serve_app.records import now_iso
-from serve_app.service import ApiError
 
 
 def _text(value: Any) -> str:
@@ -96,7 +96,7 @@ class Approvals:
         self.log = ApprovalLog(service.redis)
 
     async def pending(self, thread: dict[str, Any]) -> dict[str, Any]:
-        snapshot = await self.service.snapshot(thread)
+        snapshot = await self.service.threads.snapshot(thread)
         return {i.id: i.value for i in snapshot.interrupts}
 
     def require_approver(self, user: Any, open_mode: bool, what: str) -> None:

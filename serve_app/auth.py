@@ -39,7 +39,7 @@ from langgraph_sdk.auth.exceptions import HTTPException as AuthHTTPException
 from langgraph_sdk.auth.types import AuthContext
 
 from agents.settings import PROJECT_ROOT, ApiKey, AuthSettings
-from serve_app.service import ApiError
+from serve_app.api_errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException
 
 from agents.settings import AuthSettings, LimitsSettings, get_settings
 from serve_app.access import Access
+from serve_app.api_errors import ApiError
+from serve_app.assistants import DEFAULT_GRAPH
 from serve_app.auth import Authorizer, matches
 from serve_app.console import mount_console
 from serve_app.limits import BodyLimit, Limits
@@ -38,7 +40,7 @@ from serve_app.schemas import (
     ThreadPrune,
     ThreadSearch,
 )
-from serve_app.service import DEFAULT_GRAPH, AgentService, ApiError
+from serve_app.service import AgentService
 from serve_app.tracing import TraceMiddleware
 
 log = logging.getLogger(__name__)
@@ -138,23 +140,23 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     @api.post("/assistants/search")
     async def search_assistants(request: Request, body: AssistantSearch) -> list[dict]:
         where = await access.assistants(request, "search", body.model_dump())
-        found = [a for a in service.assistants()
+        found = [a for a in service.assistants.all()
                  if body.graph_id in (None, a["graph_id"]) and matches(a["metadata"], where)]
         return found[body.offset:body.offset + body.limit]
 
     @api.get("/assistants/{assistant_id}")
     async def get_assistant(request: Request, assistant_id: str) -> dict:
-        assistant = service.get_assistant(assistant_id)
+        assistant = service.assistants.get(assistant_id)
         await access.assistant(request, assistant_id)
         return assistant
 
     @api.get("/assistants/{assistant_id}/graph")
     async def get_graph(request: Request, assistant_id: str, xray: bool | int = False) -> dict:
-        return service.graph_drawing(await access.assistant(request, assistant_id), xray)
+        return service.assistants.graph_drawing(await access.assistant(request, assistant_id), xray)
 
     @api.get("/assistants/{assistant_id}/schemas")
     async def get_schemas(request: Request, assistant_id: str) -> dict:
-        return service.schemas(await access.assistant(request, assistant_id))
+        return service.assistants.schemas(await access.assistant(request, assistant_id))
 
     # threads
     @api.post("/threads")
@@ -171,7 +173,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
 
     @api.get("/threads/{thread_id}")
     async def get_thread(request: Request, thread_id: str) -> dict:
-        return await service.thread_view(await access.thread(request, thread_id))
+        return await service.threads.view(await access.thread(request, thread_id))
 
     @api.patch("/threads/{thread_id}")
     async def patch_thread(request: Request, thread_id: str, body: ThreadPatch) -> dict:
@@ -184,17 +186,17 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     @api.get("/threads/{thread_id}/state")
     async def get_state(request: Request, thread_id: str) -> dict:
         await access.thread(request, thread_id)
-        return await service.get_state(thread_id)
+        return await service.threads.get_state(thread_id)
 
     @api.get("/threads/{thread_id}/state/{checkpoint_id}")
     async def get_state_at(request: Request, thread_id: str, checkpoint_id: str) -> dict:
         await access.thread(request, thread_id)
-        return await service.get_state(thread_id, checkpoint_id)
+        return await service.threads.get_state(thread_id, checkpoint_id)
 
     @api.post("/threads/{thread_id}/state/checkpoint")
     async def post_state_at(request: Request, thread_id: str, body: StateAt) -> dict:
         await access.thread(request, thread_id)
-        return await service.get_state(thread_id, body.checkpoint.checkpoint_id)
+        return await service.threads.get_state(thread_id, body.checkpoint.checkpoint_id)
 
     @api.post("/threads/{thread_id}/state")
     async def update_state(request: Request, thread_id: str, body: StateUpdate) -> dict:
@@ -203,7 +205,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     @api.post("/threads/{thread_id}/history")
     async def history(request: Request, thread_id: str, body: HistoryQuery) -> list[dict]:
         await access.thread(request, thread_id)
-        return await service.history(thread_id, body.limit, body.before, body.metadata)
+        return await service.threads.history(thread_id, body.limit, body.before, body.metadata)
 
     @api.get("/threads/{thread_id}/approvals")
     async def approval_log(request: Request, thread_id: str,
@@ -227,23 +229,22 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     @api.post("/threads/{thread_id}/runs/stream")
     async def stream_run(request: Request, thread_id: str, body: RunCreate) -> StreamingResponse:
         run = await access.create_run(request, thread_id, body)
-        return sse(run, service.stream_events(thread_id, run["run_id"]))
+        return sse(run, service.streams.events(thread_id, run["run_id"]))
 
     @api.post("/runs/stream")
     async def stream_stateless_run(request: Request, body: RunCreate) -> StreamingResponse:
         run = await access.create_run(request, None, body)
-        return sse(run, service.stream_events(run["thread_id"], run["run_id"]))
+        return sse(run, service.streams.events(run["thread_id"], run["run_id"]))
 
     @api.post("/threads/{thread_id}/runs/wait")
     async def wait_run(request: Request, thread_id: str, body: RunCreate) -> dict:
         run = await access.create_run(request, thread_id, body)
-        return await service.run_output(await service.wait_for_end(thread_id, run["run_id"]))
+        return await service.runs.join(thread_id, run["run_id"])
 
     @api.post("/runs/wait")
     async def wait_stateless_run(request: Request, body: RunCreate) -> dict:
         run = await access.create_run(request, None, body)
-        return await service.run_output(
-            await service.wait_for_end(run["thread_id"], run["run_id"]))
+        return await service.runs.join(run["thread_id"], run["run_id"])
 
     @api.get("/threads/{thread_id}/runs")
     async def list_runs(request: Request, thread_id: str,
@@ -255,18 +256,18 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     @api.get("/threads/{thread_id}/runs/{run_id}")
     async def get_run(request: Request, thread_id: str, run_id: str) -> dict:
         await access.thread(request, thread_id, "read", {"run_id": run_id})
-        return await service.get_run(thread_id, run_id)
+        return await service.runs.get(thread_id, run_id)
 
     @api.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
     async def delete_run(request: Request, thread_id: str, run_id: str) -> None:
         await access.thread(request, thread_id, "delete", {"run_id": run_id})
-        await service.delete_run(thread_id, run_id)
+        await service.runs.delete(thread_id, run_id)
 
     @api.get("/threads/{thread_id}/runs/{run_id}/join")
     async def join_run(request: Request, thread_id: str, run_id: str) -> dict:
         await access.thread(request, thread_id, "read", {"run_id": run_id})
-        await service.get_run(thread_id, run_id)
-        return await service.run_output(await service.wait_for_end(thread_id, run_id))
+        await service.runs.get(thread_id, run_id)
+        return await service.runs.join(thread_id, run_id)
 
     @api.get("/threads/{thread_id}/runs/{run_id}/stream")
     async def join_stream(
@@ -275,9 +276,9 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     ) -> StreamingResponse:
         """Join a run's stream from any replica, resuming after ``Last-Event-ID``."""
         await access.thread(request, thread_id, "read", {"run_id": run_id})
-        run = await service.get_run(thread_id, run_id)
-        return sse(run, service.stream_events(thread_id, run_id,
-                                              event_id(last_event_id) or "0"))
+        run = await service.runs.get(thread_id, run_id)
+        return sse(run, service.streams.events(thread_id, run_id,
+                                               event_id(last_event_id) or "0"))
 
     @api.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202)
     async def cancel_run(request: Request, thread_id: str, run_id: str, wait: bool = False,
@@ -286,7 +287,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
             raise ApiError(422, "action must be 'interrupt' or 'rollback'")
         await access.thread(request, thread_id, "update",
                             {"run_id": run_id, "action": action})
-        await service.cancel_run(thread_id, run_id, wait, action)
+        await service.runs.cancel(thread_id, run_id, wait, action)
 
     # the seed's simple chat endpoints
     @api.post("/api/chat")
@@ -309,15 +310,15 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
 
     async def chat_response(run: dict[str, Any], stream: bool):
         if stream:
-            return sse(run, service.stream_events(run["thread_id"], run["run_id"]))
-        run = await service.wait_for_end(run["thread_id"], run["run_id"])
-        output = await service.run_output(run)
+            return sse(run, service.streams.events(run["thread_id"], run["run_id"]))
+        run = await service.streams.wait_for_end(run["thread_id"], run["run_id"])
+        output = await service.runs.output(run)
         base = {"thread_id": run["thread_id"], "run_id": run["run_id"]}
         if "__error__" in output:
             return JSONResponse({**base, "status": "error", "error": output["__error__"]},
                                 status_code=500)
         if "__interrupt__" in output:
-            approvals = await service.pending_approvals(run["thread_id"])
+            approvals = await service.threads.pending_approvals(run["thread_id"])
             return JSONResponse({**base, "status": "awaiting_approval", "approvals": approvals},
                                 status_code=202)
         messages = output.get("messages") or []
@@ -329,7 +330,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
                            body: RunFeedback) -> dict:
         """A user's score of a run; a low one keeps it as a regression case."""
         await access.thread(request, thread_id, "update", {"run_id": run_id})
-        return await record_feedback(service, await service.get_run(thread_id, run_id), body)
+        return await record_feedback(service, await service.runs.get(thread_id, run_id), body)
 
     mount_console(api, service)
     api.add_middleware(TraceMiddleware)  # outermost: a span and x-trace-id per request

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agents.settings import LimitsSettings
+from serve_app.api_errors import ApiError
 from serve_app.jsonable import dumps
 from serve_app.keys import (
     parse_ref,
@@ -34,7 +35,6 @@ from serve_app.keys import (
     user_threads_key,
 )
 from serve_app.records import TERMINAL
-from serve_app.service import ApiError
 
 # KEYS[1]: the bucket; ARGV: refill per second, size. Takes a token if there is one:
 # returns {1, "0"} or {0, seconds until one is there}.

@@ -66,11 +66,11 @@ async def test_a_run_reports_tokens_cost_and_one_trace(service, spans):
                                                              "content": RESEARCH}]}})
     with telemetry.span("POST /test", kind="server"):
         request_trace = telemetry.trace_id()
-        run = await service.create_run(thread["thread_id"], body, extra_modes=["chat"])
-    frames = b"".join([f async for f in service.stream_events(run["thread_id"], run["run_id"])])
+        run = await service.runs.create(thread["thread_id"], body, extra_modes=["chat"])
+    frames = b"".join([f async for f in service.streams.events(run["thread_id"], run["run_id"])])
     events = [(e.split(b"\n")[1][7:], json.loads(e.split(b"data: ", 1)[1]))
               for e in frames.strip().split(b"\n\n") if b"data: " in e]
-    record = await service.wait_for_end(run["thread_id"], run["run_id"])
+    record = await service.streams.wait_for_end(run["thread_id"], run["run_id"])
 
     assert record["status"] == "success", record
     usage = record["usage"]
@@ -112,17 +112,17 @@ async def test_an_approval_wait_is_measured_and_the_thread_sums_its_runs(service
     spans.clear()
     thread, _ = await service.records.create_thread(None, {})
     tid = thread["thread_id"]
-    paused = await service.create_run(tid, RunCreate.model_validate({
+    paused = await service.runs.create(tid, RunCreate.model_validate({
         "assistant_id": "supervisor",
         "input": {"messages": [{"role": "user", "content": "Refund $500 to order 42"}]}}))
-    first = await service.wait_for_end(tid, paused["run_id"])
-    assert await service.pending_approvals(tid)
-    resumed = await service.create_run(tid, RunCreate.model_validate({
+    first = await service.streams.wait_for_end(tid, paused["run_id"])
+    assert await service.threads.pending_approvals(tid)
+    resumed = await service.runs.create(tid, RunCreate.model_validate({
         "assistant_id": "supervisor",
         "command": {"resume": {"action": "approve", "by": "ops"}}}))
-    second = await service.wait_for_end(tid, resumed["run_id"])
+    second = await service.streams.wait_for_end(tid, resumed["run_id"])
 
-    assert second["status"] == "success" and not await service.pending_approvals(tid)
+    assert second["status"] == "success" and not await service.threads.pending_approvals(tid)
     usage = (await service.records.get_thread(tid))["usage"]
     assert usage["runs"] == 2
     assert usage["cost_usd"] == pytest.approx(first["usage"]["cost_usd"] +

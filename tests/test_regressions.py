@@ -36,10 +36,10 @@ async def test_exported_case_replays_without_failing(path, settings: Settings):
 
 async def run_once(service: AgentService, text: str) -> dict:
     thread, _ = await service.records.create_thread(None, {})
-    run = await service.create_run(thread["thread_id"], RunCreate.model_validate({
+    run = await service.runs.create(thread["thread_id"], RunCreate.model_validate({
         "assistant_id": "supervisor",
         "input": {"messages": [{"role": "user", "content": text}]}}))
-    return await service.wait_for_end(run["thread_id"], run["run_id"])
+    return await service.streams.wait_for_end(run["thread_id"], run["run_id"])
 
 
 async def test_a_failed_run_is_kept_exported_and_replays_green_once_fixed(settings, tmp_path,

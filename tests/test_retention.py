@@ -16,11 +16,12 @@ from redis.asyncio import Redis
 from agents.settings import Settings
 from agents.system import AgentSystem
 from agents.tools.backoffice import effect_counts
+from serve_app.api_errors import ApiError
 from serve_app.http_api import build_api
 from serve_app.keys import ALL_THREADS, THREAD_EXPIRY, audit_key
 from serve_app.leaks import find_orphans
 from serve_app.schemas import RunCreate
-from serve_app.service import AgentService, ApiError
+from serve_app.service import AgentService
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def approval(by: str = "alice") -> RunCreate:
 
 async def settled(service: AgentService, run: dict, timeout_s: float = 60) -> dict:
     """The run's record once it is over and its thread is free (retention done)."""
-    record = await asyncio.wait_for(service.wait_for_end(run["thread_id"], run["run_id"]),
+    record = await asyncio.wait_for(service.streams.wait_for_end(run["thread_id"], run["run_id"]),
                                     timeout_s)
     while await service.executor.leases.queued(run["thread_id"]):
         await asyncio.sleep(0.02)
@@ -61,7 +62,7 @@ async def settled(service: AgentService, run: dict, timeout_s: float = 60) -> di
 
 
 async def turn(service: AgentService, thread_id: str | None, body: RunCreate) -> dict:
-    return await settled(service, await service.create_run(thread_id, body))
+    return await settled(service, await service.runs.create(thread_id, body))
 
 
 async def keys_of(redis: Redis, thread_id: str) -> list[str]:
@@ -77,7 +78,7 @@ async def bytes_of(redis: Redis, thread_id: str) -> int:
 
 async def raw_conversation(service: AgentService, thread_id: str) -> int:
     """The thread's messages as GET /threads/{id}/state returns them (compact JSON)."""
-    state = await service.get_state(thread_id)
+    state = await service.threads.get_state(thread_id)
     return len(json.dumps(state["values"]["messages"], separators=(",", ":")).encode())
 
 
@@ -91,7 +92,7 @@ async def wait_until(check, timeout_s: float = 15.0) -> None:
 async def test_twenty_turns_stay_within_five_times_the_conversation_and_grow_linearly(
         service):
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     sizes = {}
     for n in range(1, 21):
         run = await turn(service, thread_id, user(f"What is Redis persistence? ({n})"))
@@ -109,18 +110,18 @@ async def test_twenty_turns_stay_within_five_times_the_conversation_and_grow_lin
 
 async def test_a_pruned_checkpoint_is_404_with_a_clear_detail(service):
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     await turn(service, thread_id, user("What is Redis persistence?"))
-    first = (await service.get_state(thread_id))["checkpoint_id"]
+    first = (await service.threads.get_state(thread_id))["checkpoint_id"]
     await turn(service, thread_id, user("What is Redis persistence?"))
-    history = await service.history(thread_id, 100, None, None)
+    history = await service.threads.history(thread_id, 100, None, None)
     assert [h["checkpoint_id"] for h in history] == \
-        [(await service.get_state(thread_id))["checkpoint_id"]]
+        [(await service.threads.get_state(thread_id))["checkpoint_id"]]
     with pytest.raises(ApiError) as gone:
-        await service.get_state(thread_id, first)
+        await service.threads.get_state(thread_id, first)
     assert gone.value.status == 404 and "pruned" in gone.value.detail
     with pytest.raises(ApiError) as fork:
-        await service.create_run(thread_id, user("again", checkpoint_id=first))
+        await service.runs.create(thread_id, user("again", checkpoint_id=first))
     assert fork.value.status == 404
 
 
@@ -128,19 +129,19 @@ async def test_history_keeps_the_latest_k_and_young_ones(service):
     service.retention.settings = service.retention.settings.model_copy(
         update={"keep_latest": 3})
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     for _ in range(3):
         await turn(service, thread_id, user("What is Redis persistence?"))
-    assert len(await service.history(thread_id, 100, None, None)) == 3
+    assert len(await service.threads.history(thread_id, 100, None, None)) == 3
     service.retention.settings = service.retention.settings.model_copy(
         update={"keep_latest": 1, "keep_for_s": 3600})
     await turn(service, thread_id, user("What is Redis persistence?"))
-    assert len(await service.history(thread_id, 100, None, None)) > 3  # all young
+    assert len(await service.threads.history(thread_id, 100, None, None)) > 3  # all young
 
 
 async def test_delete_removes_every_key_and_the_id_comes_back_empty(service):
     thread_id = new_id()
-    await service.create_thread(thread_id, {"owner": "alice"}, ttl=60)
+    await service.threads.create(thread_id, {"owner": "alice"}, ttl=60)
     await turn(service, thread_id, user("What is Redis persistence?"))
     await turn(service, thread_id, user("Refund $5 to order 42"))
     await turn(service, thread_id, approval())  # a ledger entry and an audit record
@@ -150,30 +151,30 @@ async def test_delete_removes_every_key_and_the_id_comes_back_empty(service):
     assert await service.redis.llen(audit_key(thread_id)) == 1
     assert any("/coder/" in k for k in keys)
 
-    await service.delete_thread(thread_id)
+    await service.threads.delete(thread_id)
     assert await keys_of(service.redis, thread_id) == []
     assert await service.redis.zscore(ALL_THREADS, thread_id) is None
     assert await service.redis.zscore(THREAD_EXPIRY, thread_id) is None
     with pytest.raises(ApiError) as gone:
-        await service.get_state(thread_id)
+        await service.threads.get_state(thread_id)
     assert gone.value.status == 404
 
-    again = await service.create_thread(thread_id, {})
+    again = await service.threads.create(thread_id, {})
     assert again["values"] == {} and again["metadata"] == {}
-    assert (await service.get_state(thread_id))["values"] == {}
-    assert await service.history(thread_id, 10, None, None) == []
-    await service.delete_thread(thread_id)
+    assert (await service.threads.get_state(thread_id))["values"] == {}
+    assert await service.threads.history(thread_id, 10, None, None) == []
+    await service.threads.delete(thread_id)
 
 
 async def test_deleting_a_busy_thread_cancels_its_runs_first(service, stub_admin):
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     await turn(service, thread_id, user("What is Redis persistence?"))
     stub_admin.post("/config", json={"ttft_ms": 800})
-    running = await service.create_run(thread_id, user("What is Redis persistence?"))
-    queued = await service.create_run(thread_id, user("What is Redis persistence?"))
+    running = await service.runs.create(thread_id, user("What is Redis persistence?"))
+    queued = await service.runs.create(thread_id, user("What is Redis persistence?"))
     await wait_until(lambda: _status_is(service, running, "running"))
-    await service.delete_thread(thread_id)
+    await service.threads.delete(thread_id)
     await asyncio.sleep(0.5)  # anything the cancelled runs might still write
     assert await keys_of(service.redis, thread_id) == []
     assert await service.records.get_run(thread_id, queued["run_id"]) is None
@@ -186,14 +187,14 @@ async def _status_is(service: AgentService, run: dict, status: str) -> bool:
 
 async def test_retention_keeps_what_a_pending_approval_needs(service, settings):
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     await turn(service, thread_id, user("What is Redis persistence?"))
     await turn(service, thread_id, user("Refund $9 to order 42"))
-    pending = await service.pending_approvals(thread_id)
+    pending = await service.threads.pending_approvals(thread_id)
     assert [p["tool"] for p in pending] == ["issue_refund"]
-    await service.prune_threads([thread_id], "keep_latest")  # as hard as pruning goes
+    await service.threads.prune([thread_id], "keep_latest")  # as hard as pruning goes
     await service.retention.prune_checkpoints(thread_id)
-    assert await service.pending_approvals(thread_id) == pending
+    assert await service.threads.pending_approvals(thread_id) == pending
     before = (await effect_counts(service.redis)).get("issue_refund", 0)
 
     # approved through another replica (its own process-local pool and executor)
@@ -206,7 +207,7 @@ async def test_retention_keeps_what_a_pending_approval_needs(service, settings):
             await other.aclose()
     assert done["status"] == "success"
     assert (await effect_counts(service.redis)).get("issue_refund", 0) == before + 1
-    assert await service.pending_approvals(thread_id) == []
+    assert await service.threads.pending_approvals(thread_id) == []
     audit = [json.loads(e) for e in await service.redis.lrange(audit_key(thread_id), 0, -1)]
     assert [(a["tool"], a["action"], a["by"]) for a in audit] == \
         [("issue_refund", "approve", "bob")]
@@ -218,7 +219,7 @@ async def test_retention_keeps_what_a_pending_approval_needs(service, settings):
 
 async def test_a_thread_ttl_deletes_it_entirely(service):
     thread_id = new_id()
-    created = await service.create_thread(thread_id, {}, ttl={"strategy": "delete",
+    created = await service.threads.create(thread_id, {}, ttl={"strategy": "delete",
                                                               "ttl": 0.05})  # 3 s
     assert created["ttl"] == {"strategy": "delete", "ttl": 0.05}
     await turn(service, thread_id, user("What is Redis persistence?"))
@@ -229,27 +230,27 @@ async def test_a_thread_ttl_deletes_it_entirely(service):
     await wait_until(gone, timeout_s=20)
     assert await service.redis.zscore(ALL_THREADS, thread_id) is None
     with pytest.raises(ApiError) as refused:
-        await service.create_thread(new_id(), {}, ttl={"strategy": "archive", "ttl": 1})
+        await service.threads.create(new_id(), {}, ttl={"strategy": "archive", "ttl": 1})
     assert refused.value.status == 422
 
 
 async def test_update_sets_a_ttl_and_the_default_idle_ttl_applies(service):
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     assert await service.redis.zscore(THREAD_EXPIRY, thread_id) is None
-    await service.update_thread(thread_id, {}, ttl=30)
+    await service.threads.update(thread_id, {}, ttl=30)
     due = await service.redis.zscore(THREAD_EXPIRY, thread_id)
     assert abs(due - (time.time() + 1800)) < 60
     service.retention.settings = service.retention.settings.model_copy(
         update={"thread_ttl_minutes": 0.02})
     idle = new_id()
-    await service.create_thread(idle, {})
+    await service.threads.create(idle, {})
 
     async def gone() -> bool:
         return await service.records.get_thread(idle) is None
     await wait_until(gone)
     assert await keys_of(service.redis, idle) == []
-    await service.delete_thread(thread_id)
+    await service.threads.delete(thread_id)
 
 
 async def test_prune_deletes_or_keeps_the_latest(service):
@@ -257,11 +258,11 @@ async def test_prune_deletes_or_keeps_the_latest(service):
         update={"keep_latest": 10})
     keep, drop = new_id(), new_id()
     for thread_id in (keep, drop):
-        await service.create_thread(thread_id, {})
+        await service.threads.create(thread_id, {})
         for _ in range(2):
             await turn(service, thread_id, user("What is Redis persistence?"))
-    values = (await service.get_state(keep))["values"]
-    assert len(await service.history(keep, 100, None, None)) > 1
+    values = (await service.threads.get_state(keep))["values"]
+    assert len(await service.threads.history(keep, 100, None, None)) > 1
 
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(service)),
                             base_url="http://test")
@@ -269,8 +270,8 @@ async def test_prune_deletes_or_keeps_the_latest(service):
         kept = await api.post("/threads/prune", json={"thread_ids": [keep, new_id()],
                                                       "strategy": "keep_latest"})
         assert kept.status_code == 200 and kept.json() == {"pruned_count": 1}
-        assert len(await service.history(keep, 100, None, None)) == 1
-        assert (await service.get_state(keep))["values"] == values
+        assert len(await service.threads.history(keep, 100, None, None)) == 1
+        assert (await service.threads.get_state(keep))["values"] == values
 
         dropped = await api.post("/threads/prune", json={"thread_ids": [drop]})  # SDK default
         assert dropped.json() == {"pruned_count": 1}
@@ -284,31 +285,31 @@ async def test_rollback_leaves_no_checkpoint_of_the_rolled_back_run(service, stu
     service.retention.settings = service.retention.settings.model_copy(
         update={"keep_latest": 50})
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     await turn(service, thread_id, user("What is Redis persistence?"))
-    before = await service.get_state(thread_id)
-    kept = {h["checkpoint_id"] for h in await service.history(thread_id, 100, None, None)}
+    before = await service.threads.get_state(thread_id)
+    kept = {h["checkpoint_id"] for h in await service.threads.history(thread_id, 100, None, None)}
 
     stub_admin.post("/config", json={"ttft_ms": 600})
-    run = await service.create_run(thread_id, user("Research how Redis persistence works "
+    run = await service.runs.create(thread_id, user("Research how Redis persistence works "
                                                    "and write a Python function that "
                                                    "parses a redis.conf line"))
 
     async def wrote() -> bool:
-        return (await service.get_state(thread_id))["checkpoint_id"] != \
+        return (await service.threads.get_state(thread_id))["checkpoint_id"] != \
             before["checkpoint_id"]
     await wait_until(wrote)
     await asyncio.sleep(1.0)  # a step or two in, specialists at work
-    await service.cancel_run(thread_id, run["run_id"], wait=True, action="rollback")
+    await service.runs.cancel(thread_id, run["run_id"], wait=True, action="rollback")
     while await service.executor.leases.queued(thread_id):
         await asyncio.sleep(0.02)
 
     store = service.retention.store
     assert [d for d in await store.checkpoints(thread_id)
             if d.fields.get("run_id") == run["run_id"]] == []
-    assert {h["checkpoint_id"] for h in await service.history(thread_id, 100, None, None)} \
+    assert {h["checkpoint_id"] for h in await service.threads.history(thread_id, 100, None, None)} \
         == kept
-    after = await service.get_state(thread_id)
+    after = await service.threads.get_state(thread_id)
     assert after["checkpoint_id"] == before["checkpoint_id"]
     assert after["values"] == before["values"]
     assert await service.records.get_run(thread_id, run["run_id"]) is None
@@ -329,15 +330,15 @@ async def test_thread_less_runs_honour_on_completion(service):
         return not await keys_of(service.redis, gone["thread_id"])
     await wait_until(deleted)
     assert await service.records.get_thread(kept["thread_id"])
-    await service.delete_thread(kept["thread_id"])
+    await service.threads.delete(kept["thread_id"])
 
 
 async def test_redis_full_is_503_then_writes_work_again_and_nothing_is_lost(
         service, redis_client, caplog):
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     await turn(service, thread_id, user("What is Redis persistence?"))
-    state = await service.get_state(thread_id)
+    state = await service.threads.get_state(thread_id)
     original = (await redis_client.config_get("maxmemory"))["maxmemory"]
     used = int((await redis_client.info("memory"))["used_memory"])
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(service)),
@@ -375,7 +376,7 @@ async def test_no_orphans_after_a_mixed_workload(service, stub_admin):
     prefix = f"ret-leak-{uuid.uuid4().hex[:8]}"
     threads = [f"{prefix}-{i}" for i in range(5)]
     for thread_id in threads:
-        await service.create_thread(thread_id, {})
+        await service.threads.create(thread_id, {})
     # plain turns, an approval, a rejected approval, a pending approval
     await turn(service, threads[0], user("What is Redis persistence?"))
     await turn(service, threads[0], user("Refund $5 to order 42"))
@@ -390,14 +391,14 @@ async def test_no_orphans_after_a_mixed_workload(service, stub_admin):
     failed = await turn(service, threads[3], user("What is Redis persistence?"))
     assert failed["status"] == "error"
     stub_admin.post("/config", json={"fault_rate": 0.0, "ttft_ms": 500})
-    cancelled = await service.create_run(threads[3], user("What is Redis persistence?"))
-    rolled = await service.create_run(threads[4], user("What is Redis persistence?"))
+    cancelled = await service.runs.create(threads[3], user("What is Redis persistence?"))
+    rolled = await service.runs.create(threads[4], user("What is Redis persistence?"))
     await asyncio.sleep(1.2)
-    await service.cancel_run(threads[3], cancelled["run_id"], wait=True, action="interrupt")
-    await service.cancel_run(threads[4], rolled["run_id"], wait=True, action="rollback")
+    await service.runs.cancel(threads[3], cancelled["run_id"], wait=True, action="interrupt")
+    await service.runs.cancel(threads[4], rolled["run_id"], wait=True, action="rollback")
     stub_admin.post("/config", json={"ttft_ms": 0})
     await turn(service, threads[3], user("What is Redis persistence?"))
-    await service.delete_thread(threads[0])
+    await service.threads.delete(threads[0])
     # a thread-less run whose thread goes after the grace
     await turn(service, None, user("What is Redis persistence?"))
     for thread_id in threads[1:]:
@@ -407,19 +408,19 @@ async def test_no_orphans_after_a_mixed_workload(service, stub_admin):
     assert await find_orphans(service.redis, prefix) == []
     assert await find_orphans(service.redis, "ret-") == []
     for thread_id in threads[1:]:
-        await service.delete_thread(thread_id)
+        await service.threads.delete(thread_id)
     assert await find_orphans(service.redis, prefix) == []
 
 
 async def test_a_run_caught_by_a_full_redis_ends_cleanly_once_space_is_freed(
         service, redis_client, stub_admin):
     thread_id = new_id()
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     await turn(service, thread_id, user("What is Redis persistence?"))
-    before = await service.get_state(thread_id)
+    before = await service.threads.get_state(thread_id)
     original = (await redis_client.config_get("maxmemory"))["maxmemory"]
     stub_admin.post("/config", json={"ttft_ms": 400})
-    run = await service.create_run(thread_id, user("What is Redis persistence?"))
+    run = await service.runs.create(thread_id, user("What is Redis persistence?"))
     await wait_until(lambda: _status_is(service, run, "running"))
     used = int((await redis_client.info("memory"))["used_memory"])
     try:
@@ -430,7 +431,7 @@ async def test_a_run_caught_by_a_full_redis_ends_cleanly_once_space_is_freed(
     stub_admin.post("/config", json={"ttft_ms": 0})
     outcome = await settled(service, run, timeout_s=90)
     assert outcome["status"] in ("success", "error")  # retried from its last checkpoint
-    state = await service.get_state(thread_id)  # readable, and the earlier turn intact
+    state = await service.threads.get_state(thread_id)  # readable, and the earlier turn intact
     assert state["values"]["messages"][:len(before["values"]["messages"])] == \
         before["values"]["messages"]
     assert (await turn(service, thread_id, user("What did I ask before?")))["status"] == \
@@ -442,7 +443,7 @@ async def test_no_orphans_after_a_replica_dies_mid_run(service, stub_admin):
     replica that inherits the run finishes it, and nothing is left behind."""
     prefix = f"ret-kill-{uuid.uuid4().hex[:8]}"
     thread_id = f"{prefix}-0"
-    await service.create_thread(thread_id, {})
+    await service.threads.create(thread_id, {})
     pool = f"victim-{uuid.uuid4().hex[:6]}"
     checkpointer = service.executor.checkpointer
 
@@ -454,7 +455,7 @@ async def test_no_orphans_after_a_replica_dies_mid_run(service, stub_admin):
 
     victim = replica("victim")
     stub_admin.post("/config", json={"ttft_ms": 500})
-    run = await victim.create_run(thread_id, user("What is Redis persistence?"))
+    run = await victim.runs.create(thread_id, user("What is Redis persistence?"))
     await wait_until(lambda: _status_is(service, run, "running"))
     await asyncio.sleep(0.8)
 
@@ -474,5 +475,5 @@ async def test_no_orphans_after_a_replica_dies_mid_run(service, stub_admin):
     assert outcome["status"] == "success" and outcome["attempt"] == 2
     await asyncio.sleep(1.2)  # the event stream's grace
     assert await find_orphans(service.redis, prefix) == []
-    await service.delete_thread(thread_id)
+    await service.threads.delete(thread_id)
     assert await find_orphans(service.redis, prefix) == []

@@ -17,10 +17,11 @@ import redis
 
 from agents.settings import Settings
 from agents.system import AgentSystem
+from serve_app.api_errors import ApiError
 from serve_app.keys import run_ref
 from serve_app.records import ACTIVE, Records
 from serve_app.schemas import RunCreate
-from serve_app.service import AgentService, ApiError
+from serve_app.service import AgentService
 
 
 @pytest.fixture
@@ -89,16 +90,18 @@ async def test_a_busy_event_loop_keeps_its_leases(make_service, settings, stub_a
     service = await make_service(lease_ttl_s=1.0)
     thread, _ = await service.records.create_thread(None, {})
     stub_admin.post("/config", json={"ttft_ms": 400})
-    run = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+    run = await service.runs.create(thread["thread_id"], user("What is Redis persistence?"))
     await running(service, run)
     with ExpiryWatch(settings.redis_url, service, run) as watch:
         time.sleep(3.5)  # the loop runs nothing for 3.5 leases: CPU-bound work, as overloaded
         assert await service.executor.sweep_once() == []
-    ended = await asyncio.wait_for(service.wait_for_end(thread["thread_id"], run["run_id"]), 30)
+    ended = await asyncio.wait_for(
+        service.streams.wait_for_end(thread["thread_id"], run["run_id"]), 30)
 
     assert not watch.expired
     assert ended["status"] == "success" and ended["attempt"] == 1
-    humans = [m for m in (await service.get_state(thread["thread_id"]))["values"]["messages"]
+    state = await service.threads.get_state(thread["thread_id"])
+    humans = [m for m in state["values"]["messages"]
               if m["type"] == "human"]
     assert [m["content"] for m in humans] == ["What is Redis persistence?"]
 
@@ -108,14 +111,16 @@ async def test_a_loop_silent_past_the_stall_limit_gives_its_runs_up(make_service
     service = await make_service(lease_ttl_s=1.0, stall_limit_s=1.5)
     thread, _ = await service.records.create_thread(None, {})
     stub_admin.post("/config", json={"ttft_ms": 400})
-    run = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+    run = await service.runs.create(thread["thread_id"], user("What is Redis persistence?"))
     await running(service, run)
     with ExpiryWatch(settings.redis_url, service, run) as watch:
         time.sleep(4.0)  # wedged past the stall limit: another replica must be able to take over
     assert watch.expired
-    ended = await asyncio.wait_for(service.wait_for_end(thread["thread_id"], run["run_id"]), 30)
+    ended = await asyncio.wait_for(
+        service.streams.wait_for_end(thread["thread_id"], run["run_id"]), 30)
     assert ended["status"] == "success"  # re-queued by its own sweeper, continued, not lost
-    humans = [m for m in (await service.get_state(thread["thread_id"]))["values"]["messages"]
+    state = await service.threads.get_state(thread["thread_id"])
+    humans = [m for m in state["values"]["messages"]
               if m["type"] == "human"]
     assert len(humans) == 1
 
@@ -158,7 +163,7 @@ async def test_a_stream_whose_end_was_never_written_ends_with_the_outcome(make_s
     error = {"error": "ConnectionError", "message": "No connection available."}
     await service.records.transition_run(run, ACTIVE, status="error", error=error)
 
-    frames = b"".join([f async for f in service.stream_events(thread["thread_id"],
+    frames = b"".join([f async for f in service.streams.events(thread["thread_id"],
                                                               run["run_id"])]).decode()
     assert "event: error" in frames and "No connection available." in frames
     assert frames.rstrip().splitlines()[-2] == "event: end"
@@ -171,9 +176,9 @@ async def test_a_run_waiting_behind_another_uses_no_slot_and_no_attempt(make_ser
     service = await make_service(max_concurrent_runs=1, lease_ttl_s=1.0)
     stub_admin.post("/config", json={"ttft_ms": 300})
     threads = [(await service.records.create_thread(None, {}))[0] for _ in range(4)]
-    runs = [await service.create_run(t["thread_id"], user("What is Redis persistence?"))
+    runs = [await service.runs.create(t["thread_id"], user("What is Redis persistence?"))
             for t in threads]
-    ended = [await asyncio.wait_for(service.wait_for_end(r["thread_id"], r["run_id"]), 60)
+    ended = [await asyncio.wait_for(service.streams.wait_for_end(r["thread_id"], r["run_id"]), 60)
              for r in runs]
     assert [(e["status"], e["attempt"]) for e in ended] == [("success", 1)] * 4
 
@@ -186,11 +191,11 @@ async def test_refusals_store_nothing_and_ask_for_longer_waits_as_they_mount(mak
     waits = []
     for _ in range(40):
         with pytest.raises(ApiError) as refused:
-            await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+            await service.runs.create(thread["thread_id"], user("What is Redis persistence?"))
         assert refused.value.status == 503 and "at capacity" in refused.value.detail
         waits.append(int(refused.value.headers["Retry-After"]))
 
     assert waits[0] == 1 and waits == sorted(waits) and 5 <= waits[-1] <= 30
     assert await service.records.list_runs(thread["thread_id"]) == []
-    assert (await service.get_state(thread["thread_id"]))["values"] == {}
+    assert (await service.threads.get_state(thread["thread_id"]))["values"] == {}
     assert service.metrics.total("runs_refused") == 40

@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from agents.settings import Settings
 from agents.system import AgentSystem
 from agents.tools.backoffice import effect_counts
+from serve_app.api_errors import ApiError
 from serve_app.schemas import RunCreate, ThreadSearch
-from serve_app.service import AgentService, ApiError
+from serve_app.service import AgentService
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ async def service(settings: Settings):
 
 async def ended(service: AgentService, run: dict, timeout_s: float = 30) -> dict:
     """The run's record once it is terminal."""
-    return await asyncio.wait_for(service.wait_for_end(run["thread_id"], run["run_id"]),
+    return await asyncio.wait_for(service.streams.wait_for_end(run["thread_id"], run["run_id"]),
                                   timeout_s)
 
 
@@ -45,8 +46,8 @@ def user(text: str) -> RunCreate:
 async def test_a_run_past_its_deadline_ends_timeout_and_the_thread_goes_on(service, stub_admin):
     thread, _ = await service.records.create_thread(None, {})
     stub_admin.post("/config", json={"ttft_ms": 3000})  # every model call takes 3 s
-    run = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
-    frames = b"".join([f async for f in service.stream_events(run["thread_id"], run["run_id"])])
+    run = await service.runs.create(thread["thread_id"], user("What is Redis persistence?"))
+    frames = b"".join([f async for f in service.streams.events(run["thread_id"], run["run_id"])])
     outcome = await ended(service, run)
 
     assert outcome["status"] == "timeout"
@@ -55,7 +56,7 @@ async def test_a_run_past_its_deadline_ends_timeout_and_the_thread_goes_on(servi
     assert (await service.records.get_thread(thread["thread_id"]))["status"] == "error"
 
     stub_admin.post("/config", json={"ttft_ms": 0})
-    again = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+    again = await service.runs.create(thread["thread_id"], user("What is Redis persistence?"))
     finished = await ended(service, again)
     assert finished["status"] == "success"
     assert (await service.records.get_thread(thread["thread_id"]))["status"] == "idle"
@@ -67,22 +68,22 @@ async def test_unreadable_input_messages_are_refused_and_the_thread_stays_clean(
     body = RunCreate.model_validate({"assistant_id": "supervisor",
                                      "input": {"messages": messages}})
     with pytest.raises(ApiError) as refused:
-        await service.create_run(thread["thread_id"], body)
+        await service.runs.create(thread["thread_id"], body)
     assert refused.value.status == 422 and "input.messages" in refused.value.detail
 
     assert await service.executor.leases.queued(thread["thread_id"]) == []
-    assert (await service.get_state(thread["thread_id"]))["values"] == {}
-    ok = await service.create_run(thread["thread_id"], user("What is Redis persistence?"))
+    assert (await service.threads.get_state(thread["thread_id"]))["values"] == {}
+    ok = await service.runs.create(thread["thread_id"], user("What is Redis persistence?"))
     assert (await ended(service, ok))["status"] == "success"
 
 
 async def test_state_updates_the_graph_cannot_apply_are_422(service):
     thread, _ = await service.records.create_thread(None, {})
     with pytest.raises(ApiError) as unknown_node:
-        await service.update_state(thread["thread_id"], {"steps": 1}, as_node="nonexistent")
+        await service.threads.update_state(thread["thread_id"], {"steps": 1}, as_node="nonexistent")
     assert unknown_node.value.status == 422 and "nonexistent" in unknown_node.value.detail
     with pytest.raises(ApiError) as bad_messages:
-        await service.update_state(thread["thread_id"], {"messages": [{"foo": 1}]}, None)
+        await service.threads.update_state(thread["thread_id"], {"messages": [{"foo": 1}]}, None)
     assert bad_messages.value.status == 422 and "values.messages" in bad_messages.value.detail
 
 
@@ -94,7 +95,7 @@ async def test_state_updates_the_graph_cannot_apply_are_422(service):
 async def test_run_bodies_the_graph_cannot_run_are_refused(service, body, field):
     thread, _ = await service.records.create_thread(None, {})
     with pytest.raises((ApiError, ValidationError)) as refused:
-        await service.create_run(thread["thread_id"],
+        await service.runs.create(thread["thread_id"],
                                  RunCreate.model_validate({"assistant_id": "supervisor", **body}))
     assert field in str(refused.value)
     assert await service.executor.leases.queued(thread["thread_id"]) == []
@@ -105,9 +106,9 @@ async def test_a_goto_naming_a_node_runs_from_that_node(service):
     body = RunCreate.model_validate({"assistant_id": "supervisor", "command": {
         "goto": "supervisor",
         "update": {"messages": [{"role": "user", "content": "What is Redis persistence?"}]}}})
-    run = await service.create_run(thread["thread_id"], body)
+    run = await service.runs.create(thread["thread_id"], body)
     assert (await ended(service, run))["status"] == "success"
-    state = await service.get_state(thread["thread_id"])
+    state = await service.threads.get_state(thread["thread_id"])
     assert state["values"]["messages"][-1]["type"] == "ai"
 
 
@@ -115,31 +116,31 @@ async def test_thread_search_filters_by_status_and_shows_values(service):
     tag = uuid.uuid4().hex
     idle, _ = await service.records.create_thread(None, {"tag": tag})
     waiting, _ = await service.records.create_thread(None, {"tag": tag})
-    run = await service.create_run(waiting["thread_id"], user("Refund $5 to order 42"))
+    run = await service.runs.create(waiting["thread_id"], user("Refund $5 to order 42"))
     assert (await ended(service, run))["status"] == "success"
 
-    found = await service.search_threads(ThreadSearch(metadata={"tag": tag}, status="interrupted"))
+    found = await service.threads.search(ThreadSearch(metadata={"tag": tag}, status="interrupted"))
     assert [t["thread_id"] for t in found] == [waiting["thread_id"]]
     assert found[0]["values"]["messages"][0]["content"] == "Refund $5 to order 42"
     assert [i["value"]["tool"] for i in next(iter(found[0]["interrupts"].values()))] == \
         ["issue_refund"]
-    both = await service.search_threads(ThreadSearch(metadata={"tag": tag}))
+    both = await service.threads.search(ThreadSearch(metadata={"tag": tag}))
     assert [t["thread_id"] for t in both] == [waiting["thread_id"], idle["thread_id"]]
 
 
 async def test_state_carries_flat_checkpoint_ids_too(service):
     thread, _ = await service.records.create_thread(None, {})
-    empty = await service.get_state(thread["thread_id"])
+    empty = await service.threads.get_state(thread["thread_id"])
     assert empty["checkpoint"] is None and empty["checkpoint_id"] is None
-    updated = await service.update_state(thread["thread_id"], {"steps": 3}, None)
+    updated = await service.threads.update_state(thread["thread_id"], {"steps": 3}, None)
     assert updated["checkpoint_id"] == updated["checkpoint"]["checkpoint_id"] is not None
-    state = await service.get_state(thread["thread_id"])
+    state = await service.threads.get_state(thread["thread_id"])
     assert state["checkpoint_id"] == updated["checkpoint_id"] and state["values"]["steps"] == 3
 
 
 async def test_concurrent_approvals_of_one_call_apply_once(service):
     thread, _ = await service.records.create_thread(None, {})
-    paused = await service.create_run(thread["thread_id"], user("Refund $500 to order 42"))
+    paused = await service.runs.create(thread["thread_id"], user("Refund $500 to order 42"))
     await ended(service, paused)
     before = (await effect_counts(service.redis)).get("issue_refund", 0)
 
@@ -147,7 +148,7 @@ async def test_concurrent_approvals_of_one_call_apply_once(service):
         return RunCreate.model_validate({"assistant_id": "supervisor", "command": {
             "resume": {"action": "approve", "by": by}}})
     outcomes = await asyncio.gather(
-        *(service.create_run(thread["thread_id"], approval(f"ops-{i}")) for i in range(5)),
+        *(service.runs.create(thread["thread_id"], approval(f"ops-{i}")) for i in range(5)),
         return_exceptions=True)
 
     accepted = [o for o in outcomes if isinstance(o, dict)]
@@ -156,7 +157,7 @@ async def test_concurrent_approvals_of_one_call_apply_once(service):
     assert {o.status for o in refused} == {409}
     assert (await ended(service, accepted[0]))["status"] == "success"
     assert (await effect_counts(service.redis)).get("issue_refund", 0) == before + 1
-    assert await service.pending_approvals(thread["thread_id"]) == []
+    assert await service.threads.pending_approvals(thread["thread_id"]) == []
 
 
 class Counter(TypedDict):
@@ -181,11 +182,11 @@ async def test_subgraph_events_carry_their_namespace_when_asked(service, stream_
                           service.settings, "nested-replica", checkpointer, pool="nested")
     nested.executor.start()
     thread, _ = await nested.records.create_thread(None, {})
-    run = await nested.create_run(thread["thread_id"], RunCreate.model_validate({
+    run = await nested.runs.create(thread["thread_id"], RunCreate.model_validate({
         "assistant_id": "nested", "input": {"n": 1}, "stream_mode": ["updates"],
         "stream_subgraphs": stream_subgraphs}))
     frames = b"".join(
-        [f async for f in nested.stream_events(run["thread_id"], run["run_id"])]).decode()
+        [f async for f in nested.streams.events(run["thread_id"], run["run_id"])]).decode()
     await nested.aclose()
 
     names = [line.removeprefix("event: ") for line in frames.splitlines()

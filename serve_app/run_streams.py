@@ -1,0 +1,78 @@
+"""Following a run's events from its Redis Stream, from any replica, until it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from serve_app.events import HEARTBEAT, sse_frame
+from serve_app.jsonable import dumps
+from serve_app.keys import events_key
+from serve_app.records import TERMINAL
+from serve_app.service_context import ServiceContext
+
+
+class RunStreams:
+    def __init__(self, ctx: ServiceContext):
+        self.ctx = ctx
+
+    async def events(self, thread_id: str, run_id: str,
+                     last_id: str = "0") -> AsyncIterator[bytes]:
+        """SSE frames of a run from its Redis Stream, after ``last_id``, until it ends.
+
+        Stays open across the run's attempts and always ends with its outcome: if the run
+        is over but its stream never got the end (the writes failed, or the events
+        expired), the end is told from the run's record. Redis errors while waiting are
+        waited out, not turned into a cut connection a client would take for the end."""
+        key = events_key(thread_id, run_id)
+        ended_seen = False
+        batches = self.ctx.feed.follow(key, last_id, self.ctx.settings.heartbeat_s)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                if batch is None:
+                    try:
+                        run = await self.ctx.records.get_run(thread_id, run_id)
+                    except RedisError:
+                        run = {"status": "unknown"}
+                    if run is None:
+                        return  # deleted (rollback)
+                    if run["status"] in TERMINAL:
+                        if ended_seen:  # a whole idle period after the end: none will come
+                            yield end_frames(run)
+                            return
+                        ended_seen = True
+                    yield HEARTBEAT
+                    continue
+                frames, ended = [], False
+                for event_id, fields in batch:
+                    frames.append(sse_frame(fields[b"event"], fields[b"data"], event_id))
+                    if fields[b"event"] in (b"end", b"error"):
+                        ended = True
+                        break
+                yield b"".join(frames)  # one chunk per batch: fewer messages to the proxy
+                if ended:
+                    return
+
+    async def wait_for_end(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        """Block until the run is terminal (whichever replica runs it)."""
+        async for _ in self.events(thread_id, run_id):
+            pass
+        for _ in range(100):  # the record is written just before the stream's end event
+            run = await self.ctx.records.get_run(thread_id, run_id)
+            if run is None or run["status"] in TERMINAL:
+                return run
+            await asyncio.sleep(0.05)
+        return run
+
+
+def end_frames(run: dict[str, Any]) -> bytes:
+    """The end of a run told from its record (no event id: nothing to resume after)."""
+    frames = b""
+    if run.get("error"):
+        frames += sse_frame(b"error", dumps(run["error"]).encode(), None)
+    status = {"run_id": run["run_id"], "status": run["status"]}
+    return frames + sse_frame(b"end", dumps(status).encode(), None)

@@ -1,0 +1,176 @@
+"""Runs: admitted, checked, recorded and handed to the executor; read, cancelled, deleted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+
+from agents import telemetry
+from agents.approval import parse_decision
+from agents.errors import InvalidDecisionError
+from serve_app.api_errors import ApiError
+from serve_app.assistants import AssistantsService, assistant_id
+from serve_app.events import API_MODES
+from serve_app.jsonable import to_jsonable
+from serve_app.records import TERMINAL
+from serve_app.run_streams import RunStreams
+from serve_app.service_context import ServiceContext
+from serve_app.threads import ThreadsService, check_messages
+
+
+def check_goto(goto: Any, graph: CompiledStateGraph) -> None:
+    """``command.goto`` must name nodes of the run's graph (LangGraph would skip others)."""
+    targets = goto if isinstance(goto, list) else [goto]
+    names = [t.get("node") if isinstance(t, dict) else t for t in targets]
+    nodes = set(graph.nodes) - {"__start__"}
+    unknown = [name for name in names if name not in nodes]
+    if unknown:
+        raise ApiError(422, f"command.goto names no node of this graph: {unknown}; "
+                            f"nodes: {sorted(nodes)}")
+
+
+class RunsService:
+    def __init__(self, ctx: ServiceContext, assistants: AssistantsService,
+                 threads: ThreadsService, streams: RunStreams):
+        self.ctx = ctx
+        self.assistants = assistants
+        self.threads = threads
+        self.streams = streams
+
+    async def admit(self) -> None:
+        """Refuse a new run at once (503, ``Retry-After``) past capacity
+        (``serve_app.admission``)."""
+        refusal = await self.ctx.admission.check(self.ctx.settings)
+        if refusal is not None:
+            raise ApiError(503, refusal.detail,
+                           headers={"Retry-After": str(refusal.retry_after_s)})
+
+    async def create(self, thread_id: str | None, body: Any,
+                     extra_modes: list[str] | None = None,
+                     thread_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``thread_metadata``: of the thread, if the run creates it (the auth handler's)."""
+        ctx = self.ctx
+        graph_id = self.assistants.graph_id(body.assistant_id)
+        modes = [body.stream_mode] if isinstance(body.stream_mode, str) else body.stream_mode
+        modes = list(dict.fromkeys([*modes, *(extra_modes or [])]))
+        unsupported = [m for m in modes if m not in API_MODES and m not in (extra_modes or [])]
+        if unsupported:
+            raise ApiError(422, f"unsupported stream_mode {unsupported}; "
+                                f"supported: {sorted(API_MODES)}")
+        check_messages(body.input, "input")
+        if body.command is not None:
+            check_messages(body.command.update, "command.update")
+            if body.command.goto is not None:
+                check_goto(body.command.goto, ctx.graphs[graph_id])
+        await self.admit()
+        stateless = thread_id is None
+        thread = await self.run_thread(thread_id, graph_id, body.if_not_exists,
+                                       thread_metadata)
+        thread_id = thread["thread_id"]
+        if body.checkpoint_id:
+            await self.threads.snapshot(thread, body.checkpoint_id)  # 404 if none (or pruned)
+        resume = body.command is not None and body.command.resume is not None
+        if resume:
+            await self.check_resume(thread, body.command.resume)
+        inflight = await ctx.inflight_runs(thread_id)
+        kwargs = {
+            "input": body.input,
+            "command": body.command.model_dump(exclude_none=True) if body.command else None,
+            "stream_mode": modes,
+            "config": body.config.model_dump(exclude_none=True) if body.config else {},
+            "checkpoint_id": body.checkpoint_id, "stream_subgraphs": body.stream_subgraphs,
+            "trace": telemetry.inject(),  # the run's span continues this request's trace
+        }
+        if stateless:  # its thread goes after the run unless asked to keep it
+            kwargs["on_completion"] = body.on_completion
+        if body.multitask_strategy == "rollback":
+            started = [r for r in inflight if "checkpoint_before" in r]
+            if started:
+                kwargs["rollback_to"] = {"checkpoint_id": started[0]["checkpoint_before"]}
+        run = await ctx.records.create_run(thread_id, assistant_id(graph_id), graph_id, kwargs,
+                                           body.metadata or {}, body.multitask_strategy)
+        # A resume must answer the interrupt it saw: never queue it behind another run.
+        reject = body.multitask_strategy == "reject" or resume
+        joined = await ctx.executor.leases.join(thread_id, run["run_id"], reject)
+        if not joined:
+            await ctx.records.delete_run(run)
+            raise ApiError(409, f"thread {thread_id!r} is busy with another run "
+                                f"(multitask_strategy={body.multitask_strategy})")
+        await ctx.executor.submit(run, first_in_thread=joined == 1)
+        if body.multitask_strategy in ("interrupt", "rollback"):
+            for active in inflight:
+                await ctx.executor.cancel(active, body.multitask_strategy)
+        return run
+
+    async def run_thread(self, thread_id: str | None, graph_id: str,
+                         if_not_exists: str, metadata: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+        """The run's thread: a new one for thread-less runs, created on demand if asked."""
+        records = self.ctx.records
+        new_metadata = {**(metadata or {}), "graph_id": graph_id}
+        if thread_id is None:
+            thread, _ = await records.create_thread(None, new_metadata)
+            return thread
+        thread = await records.get_thread(thread_id)
+        if thread is None:
+            if if_not_exists != "create":
+                raise ApiError(404, f"thread {thread_id!r} not found")
+            thread, created = await records.create_thread(thread_id, new_metadata)
+            if created:
+                await self.ctx.retention.touch(thread_id, thread)
+        if "graph_id" not in thread["metadata"]:
+            thread = await records.update_thread(
+                thread_id, metadata={**thread["metadata"], "graph_id": graph_id})
+        return thread
+
+    async def check_resume(self, thread: dict[str, Any], resume: Any) -> None:
+        """Reject a resume that answers nothing, or an approval decision that is malformed."""
+        snapshot = await self.threads.snapshot(thread)
+        pending = {i.id: i.value for i in snapshot.interrupts}
+        if not pending:
+            raise ApiError(409, f"thread {thread['thread_id']!r} has no pending interrupt")
+        answers = resume if isinstance(resume, dict) and set(resume) <= set(pending) and resume \
+            else dict.fromkeys(pending, resume)
+        for interrupt_id, value in answers.items():
+            if isinstance(pending.get(interrupt_id), dict) and \
+                    pending[interrupt_id].get("type") == "approval":
+                try:
+                    parse_decision(value)
+                except InvalidDecisionError as exc:
+                    raise ApiError(422, str(exc)) from exc
+
+    async def get(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        run = await self.ctx.records.get_run(thread_id, run_id)
+        if run is None:
+            raise ApiError(404, f"run {run_id!r} not found in thread {thread_id!r}")
+        return run
+
+    async def delete(self, thread_id: str, run_id: str) -> None:
+        run = await self.get(thread_id, run_id)
+        if run["status"] not in TERMINAL:
+            raise ApiError(409, f"run {run_id!r} is {run['status']}; cancel it first")
+        await self.ctx.records.delete_run(run)
+
+    async def output(self, run: dict[str, Any]) -> dict[str, Any]:
+        """The ``wait`` / ``join`` body: final values, with ``__interrupt__`` or ``__error__``."""
+        if run.get("error"):
+            return {"__error__": run["error"]}
+        thread = await self.threads.require(run["thread_id"])
+        snapshot = await self.threads.snapshot(thread)
+        output = to_jsonable(snapshot.values)
+        if snapshot.interrupts:
+            output["__interrupt__"] = to_jsonable(list(snapshot.interrupts))
+        return output
+
+    async def join(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        """Wait for the run's end, then its ``output``."""
+        return await self.output(await self.streams.wait_for_end(thread_id, run_id))
+
+    async def cancel(self, thread_id: str, run_id: str, wait: bool, action: str) -> None:
+        run = await self.get(thread_id, run_id)
+        if run["status"] in TERMINAL:
+            return
+        await self.ctx.executor.cancel(run, action)
+        if wait:
+            await self.streams.wait_for_end(thread_id, run_id)
