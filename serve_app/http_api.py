@@ -16,7 +16,6 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
-from starlette.exceptions import HTTPException
 
 from agents.settings import AuthSettings, LimitsSettings, get_settings
 from serve_app.access import Access
@@ -25,8 +24,8 @@ from serve_app.assistants import DEFAULT_GRAPH
 from serve_app.auth import Authorizer, matches
 from serve_app.console import mount_console
 from serve_app.limits import BodyLimit, Limits
+from serve_app.middleware import Authenticate, ReplicaHeader
 from serve_app.regressions import RunFeedback, record_feedback
-from serve_app.routes_auth import match
 from serve_app.schemas import (
     ApproveRequest,
     AssistantSearch,
@@ -86,30 +85,8 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": exc.errors()}, status_code=422)
 
-    @api.middleware("http")
-    async def replica_header(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["x-replica-id"] = service.replica_id
-        return response
-
-    @api.middleware("http")
-    async def authenticate(request: Request, call_next):
-        """Who is calling, before any route runs (public routes excepted); a route that
-        has no rule is refused, so a new one cannot be open by omission."""
-        rule, path_params, matched = match(api.router.routes, request.scope)
-        if matched:
-            try:
-                if rule is None:
-                    raise ApiError(403, "this route has no auth rule (serve_app/routes_auth.py)")
-                if not rule.public:
-                    request.state.user = await authorizer.authenticate(request, path_params)
-            except ApiError as exc:
-                return JSONResponse({"detail": exc.detail}, status_code=exc.status,
-                                    headers=exc.headers)
-            except HTTPException as exc:  # the body, read for the handler, was too large
-                return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        return await call_next(request)
-
+    api.add_middleware(Authenticate, api=api, authorizer=authorizer)
+    api.add_middleware(ReplicaHeader, replica_id=lambda: service.replica_id)
     api.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
     def sse(run: dict[str, Any], frames: AsyncIterator[bytes]) -> StreamingResponse:
