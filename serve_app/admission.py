@@ -9,6 +9,11 @@ the hard cap of ``max_queued_runs`` per live replica. Past capacity, queuing mor
 adds waiting: a refusal in milliseconds beats an answer too late to use, and the runs
 admitted keep their latency.
 
+Decisions share reads of the pool's load: one read at most every ``LOAD_MAX_AGE_S`` per
+replica (one in flight at a time), plus the runs this replica admitted since, so a storm
+of requests costs a refusal in memory instead of a Redis round trip each (the overshoot
+is what other replicas admit within that age).
+
 ``Retry-After`` grows with the share of recent requests refused (1 s when refusals are
 rare, 4 s when three in four are, up to 30 s), so clients that wait as asked retry at a
 rate the cluster can refuse cheaply instead of a storm that eats the CPU the admitted runs
@@ -17,6 +22,8 @@ need.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ MAX_RETRY_AFTER_S = 30
 SMOOTHING = 0.05  # weight of each decision in the refused share (~20 decisions of memory)
 RATE_WINDOW_S = 1.0  # the drain rate is re-measured at most this often (then averaged)
 SHARE_HALF_LIFE_S = 10.0  # with no requests, the refused share halves this often
+LOAD_MAX_AGE_S = 0.05  # decisions reuse a read of the pool's load this young
 
 
 @dataclass
@@ -63,6 +71,9 @@ class Admission:
         self._share = 0.0
         self._decided_at = time.monotonic()
         self.drain = DrainRate()
+        self._read: asyncio.Future[PoolLoad] | None = None
+        self._read_at = 0.0
+        self._admitted_since_read = 0
 
     @property
     def refused_share(self) -> float:
@@ -73,8 +84,9 @@ class Admission:
 
     async def check(self, settings: ApiSettings) -> Refusal | None:
         """None to admit; else why not and when to retry (counted either way)."""
-        load = await self.pool.load()
+        load = await self._load()
         reason = self.reason(load, settings, self.drain.update(load.started, time.monotonic()))
+        self._admitted_since_read += reason is None
         self._share = self.refused_share + SMOOTHING * ((reason is not None) -
                                                         self.refused_share)
         self._decided_at = time.monotonic()
@@ -87,6 +99,18 @@ class Admission:
         return Refusal(f"at capacity: {load.queued} runs queued, the oldest for "
                        f"{load.oldest_wait_s:.1f} s; retry after {retry_after} s",
                        retry_after, reason)
+
+    async def _load(self) -> PoolLoad:
+        """The pool's load as of a read at most ``LOAD_MAX_AGE_S`` old (the one in flight,
+        if any), counting the runs admitted here since as queued."""
+        read = self._read
+        if read is None or read.get_loop() is not asyncio.get_running_loop() or \
+                (read.done() and time.monotonic() - self._read_at > LOAD_MAX_AGE_S):
+            self._read_at = time.monotonic()
+            self._read = asyncio.ensure_future(self.pool.load())
+            self._admitted_since_read = 0
+        load = await asyncio.shield(self._read)
+        return dataclasses.replace(load, queued=load.queued + self._admitted_since_read)
 
     @staticmethod
     def reason(load: PoolLoad, settings: ApiSettings, drain_per_s: float) -> str | None:

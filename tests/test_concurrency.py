@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from types import SimpleNamespace
 
 from agents.settings import ApiSettings
 from serve_app.admission import Admission, DrainRate
 from serve_app.autoscaling import runs_policy
 from serve_app.concurrency import LagLimiter, Slots
-from serve_app.run_pool import PoolLoad
+from serve_app.metrics import Metrics
+from serve_app.run_pool import PoolLoad, RunPool
 
 
 def limiter(size: int, used: int, ceiling: int = 16) -> LagLimiter:
@@ -102,6 +104,19 @@ def test_admission_bounds_the_wait_a_new_run_would_face():
     assert Admission.reason(load(2), api, drain_per_s=0.0) is None  # not measured yet
     assert Admission.reason(load(1, oldest_wait_s=0.8), api, 40.0) == "queue_wait"
     assert Admission.reason(load(64), api, drain_per_s=1000.0) == "queue_full"
+
+
+async def test_concurrent_decisions_share_one_read_and_count_what_they_admitted(
+        redis_client):
+    """A storm of requests costs one read of the pool (the one in flight), and the runs
+    admitted meanwhile count as queued: with room for one run, two requests at once get
+    one admission and one refusal, not two admissions."""
+    pool = RunPool(redis_client, f"pool-{uuid.uuid4().hex[:8]}", lease_ttl_s=3)
+    admission = Admission(pool, Metrics())
+    api = ApiSettings(max_queued_runs=1)
+    first, second = await asyncio.gather(admission.check(api), admission.check(api))
+    assert first is None
+    assert second is not None and second.reason == "queue_full"
 
 
 def test_the_drain_rate_is_measured_from_the_started_counter():

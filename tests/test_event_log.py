@@ -30,6 +30,21 @@ async def test_events_are_stored_in_order_with_their_ttl(redis_client):
     assert 0 < await redis_client.ttl(events_key("log-thread", run_id)) <= 600
 
 
+async def test_a_burst_of_tokens_goes_out_in_a_few_writes(redis_client):
+    """Tokens a few ms apart share writes (the linger), in order; each write tags its
+    last entry, so the tags count the writes."""
+    run_id = f"log-{uuid.uuid4().hex[:8]}"
+    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.05)
+    for index in range(40):
+        writer.append("messages", {"n": index})
+        await asyncio.sleep(0.002)
+    await writer.flush()
+    stored = await redis_client.xrange(events_key("log-thread", run_id))
+    assert [json.loads(fields[b"data"])["n"] for _, fields in stored] == list(range(40))
+    writes = sum(1 for _, fields in stored if b"b" in fields)
+    assert 1 <= writes <= 4, writes
+
+
 async def test_a_failed_write_is_raised_once_then_writing_goes_on():
     dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     writer = EventWriter(dead, "thread-x", "run-x", ttl_s=60, retry_s=0)
