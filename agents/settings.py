@@ -232,6 +232,32 @@ class LimitsSettings(BaseModel):
         1000, ge=0, description="threads one user may own; past it 429")
 
 
+class WebhookSettings(BaseModel):
+    """Webhooks of runs and crons, and the approval webhook (``serve_app/webhooks.py``)."""
+
+    secret: str | None = Field(
+        None, repr=False, description="HMAC-SHA256 key: each delivery carries "
+        "X-Webhook-Signature: sha256=<hex of HMAC(secret, '<timestamp>.<body>')>; None: unsigned")
+    approval_url: str | None = Field(
+        None, description="POSTed when an approval becomes pending (thread, tool, args)")
+    allow_private_hosts: bool = Field(
+        False, description="allow destinations on loopback and private ranges (otherwise "
+        "refused 422 'Webhook host blocked: ...', as LangGraph Platform does)")
+    max_attempts: int = Field(5, ge=1, description="deliveries tried before giving up")
+    backoff_s: float = Field(1.0, gt=0, description="wait before the first retry, doubled "
+                                                    "after each failure (at most 5 minutes)")
+    timeout_s: float = Field(10.0, gt=0, description="one delivery's HTTP timeout")
+    poll_interval_s: float = Field(0.5, gt=0, description="how often each replica drains "
+                                                          "the outbox")
+
+
+class CronSettings(BaseModel):
+    """Scheduled runs (``serve_app/crons.py``)."""
+
+    tick_interval_s: float = Field(1.0, gt=0, description="how often each replica looks "
+                                                          "for due crons")
+
+
 class RoleSettings(BaseModel):
     """One specialist: what it is for, which tools it may use, how long it may loop."""
 
@@ -243,8 +269,9 @@ class RoleSettings(BaseModel):
 def _default_roles() -> dict[str, RoleSettings]:
     return {
         "researcher": RoleSettings(
-            description="finds facts in the document corpus and cites its sources",
-            tools=["search_corpus", "read_document"],
+            description="finds facts in the document corpus and cites its sources, and "
+                        "remembers users' stated preferences across threads",
+            tools=["search_corpus", "read_document", "remember", "recall"],
         ),
         "coder": RoleSettings(
             description="writes and runs Python, and performs back-office actions",
@@ -277,6 +304,8 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    crons: CronSettings = CronSettings()
     supervisor_max_steps: int = Field(8, ge=1, description="routing decisions per turn")
     token_linger_ms: float = Field(
         40.0, ge=0, description="a specialist's later tokens wait this long to be merged "

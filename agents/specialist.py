@@ -19,6 +19,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import interrupt
 
 from agents.approval import ApprovalRequest, ApprovalVerifier, parse_decision
@@ -76,13 +77,15 @@ def build_specialist(
     checkpointer: BaseCheckpointSaver | None = None,
     ledger: EffectLedger | None = None,
     verifier: ApprovalVerifier | None = None,
+    store: BaseStore | None = None,
 ) -> CompiledStateGraph:
     """Compile one specialist's graph; every role is built by this one function.
 
     With a ``ledger``, sensitive calls run at most once per (thread, tool call id), even
     when the tools node is replayed after a crash. A sensitive call runs only with an
     approve or edit decision in the state, and with a ``verifier`` only if that decision
-    was recorded by the serving layer, whatever the messages or a state update say."""
+    was recorded by the serving layer, whatever the messages or a state update say. The
+    ``store`` is the long-term memory its tools reach with ``get_store()``."""
     tools_by_name = {tool.name: tool for tool in tools}
     bound_model = model.bind_tools(tools) if tools else model
     prompt = SystemMessage(system_prompt(role, settings))
@@ -204,4 +207,4 @@ def build_specialist(
     graph.add_conditional_edges("agent", after_agent, ["approve", "tools", END])
     graph.add_conditional_edges("approve", after_approve, ["approve", "tools"])
     graph.add_edge("tools", "agent")
-    return graph.compile(checkpointer=checkpointer, name=role)
+    return graph.compile(checkpointer=checkpointer, store=store, name=role)

@@ -21,10 +21,12 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import Send, interrupt
 from pydantic import BaseModel, Field
 
 from agents.errors import StepLimitExceeded
+from agents.memory import current_user
 from agents.settings import RoleSettings
 from agents.specialist import steps_this_turn
 from agents.state import Assignment, SupervisorState, WorkerInput
@@ -87,8 +89,10 @@ def build_supervisor(
     roles: Mapping[str, RoleSettings],
     max_steps: int,
     checkpointer: BaseCheckpointSaver | None = None,
+    store: BaseStore | None = None,
 ) -> CompiledStateGraph:
-    """Compile the supervisor graph; ``workers`` maps each role to the seam that runs it."""
+    """Compile the supervisor graph; ``workers`` maps each role to the seam that runs it.
+    Each worker call carries the run's user, whose memories the specialist uses."""
     router = model.bind_tools([route_tool()], tool_choice="auto")
     prompt = SystemMessage(supervisor_prompt(roles))
 
@@ -108,9 +112,10 @@ def build_supervisor(
     async def worker(state: WorkerInput) -> dict[str, Any]:
         assignment = state["assignment"]
         role, task_id = assignment["worker"], assignment["task_id"]
-        parent_thread = get_config()["configurable"]["thread_id"]
+        config = get_config()
+        parent_thread = config["configurable"]["thread_id"]
         request = {"role": role, "thread_id": sub_thread_id(parent_thread, assignment),
-                   "task": assignment["task"]}
+                   "task": assignment["task"], "user_id": current_user(config)}
         started = time.time()
         try:
             result = await call_worker(workers[role], request)
@@ -143,7 +148,7 @@ def build_supervisor(
     graph.add_edge(START, "supervisor")
     graph.add_conditional_edges("supervisor", fan_out, ["worker", END])
     graph.add_edge("worker", "supervisor")
-    return graph.compile(checkpointer=checkpointer, name="supervisor")
+    return graph.compile(checkpointer=checkpointer, store=store, name="supervisor")
 
 
 async def call_worker(worker: Worker, request: dict[str, Any]) -> WorkerResult:

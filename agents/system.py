@@ -17,12 +17,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.store.base import BaseStore
 from langgraph.types import Command
 from redis.asyncio import Redis
 
 from agents.approval import ApprovalVerifier, parse_decision
 from agents.checkpoint import check_redis, create_checkpointer, create_redis
 from agents.effects import EffectLedger
+from agents.memory import create_store
 from agents.models import build_chat_model
 from agents.settings import Settings
 from agents.specialist import build_specialist
@@ -33,11 +35,13 @@ from agents.workers import SpecialistWorker, Worker
 
 @dataclass
 class Runtime:
-    """What one process needs to run graphs: settings, Redis, checkpointer, model, tools."""
+    """What one process needs to run graphs: settings, Redis, checkpointer, long-term
+    memory store, model, tools."""
 
     settings: Settings
     redis: Redis
     checkpointer: BaseCheckpointSaver
+    store: BaseStore
     model: BaseChatModel
     toolbox: dict[str, Any]
     # The serving layer's check that a sensitive call's approval was recorded (None in a
@@ -52,15 +56,15 @@ class Runtime:
         await check_redis(redis, settings.redis_url)
         checkpointer = await create_checkpointer(redis, settings.redis)
         await prepare_tools(redis, settings)
-        return cls(settings, redis, checkpointer, build_chat_model(settings.model),
-                   build_toolbox(redis, settings))
+        return cls(settings, redis, checkpointer, await create_store(redis),
+                   build_chat_model(settings.model), build_toolbox(redis, settings))
 
     def specialist(self, role: str) -> CompiledStateGraph:
         role_settings = self.settings.roles[role]
         tools = [self.toolbox[name] for name in role_settings.tools]
         return build_specialist(role, self.model, tools, role_settings,
                                 self.settings.approval, self.checkpointer,
-                                EffectLedger(self.redis), self.approval_verifier)
+                                EffectLedger(self.redis), self.approval_verifier, self.store)
 
     def worker(self, roles: Iterable[str]) -> SpecialistWorker:
         """These roles' specialists, run in this process behind the worker-call seam."""
@@ -69,7 +73,8 @@ class Runtime:
 
     def supervisor(self, workers: Mapping[str, Worker]) -> CompiledStateGraph:
         return build_supervisor(self.model, workers, self.settings.roles,
-                                self.settings.supervisor_max_steps, self.checkpointer)
+                                self.settings.supervisor_max_steps, self.checkpointer,
+                                self.store)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -20,6 +20,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from agents.errors import UnknownRoleError
+from agents.memory import USER_KEY
 from agents.streaming import relay
 from agents.telemetry import Usage, collect_usage, continue_trace, record_responses, span
 
@@ -33,6 +34,7 @@ class WorkerRequest(BaseModel):
     resume: dict[str, Any] | None = Field(None, description="an approval decision to apply")
     resume_key: str | None = Field(None, description="applied at most once per key")
     trace: dict[str, str] | None = Field(None, description="the caller's W3C trace context")
+    user_id: str | None = Field(None, description="whose long-term memories it uses")
 
 
 class WorkerResult(BaseModel):
@@ -63,7 +65,7 @@ class SpecialistWorker:
         graph = self.graphs.get(req.role)
         if graph is None:
             raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
-        config = {"configurable": {"thread_id": req.thread_id}}
+        config = {"configurable": {"thread_id": req.thread_id, USER_KEY: req.user_id}}
         graph_input = await self._next_input(graph, config, req)
         usage, responses = Usage(), []
         if graph_input is not None:

@@ -16,11 +16,15 @@ from typing import Any
 
 from fastapi import Request
 
+from agents.memory import AUTH_USER_KEY
+from agents.settings import WebhookSettings, get_settings
 from serve_app.api_errors import ApiError
 from serve_app.approvals import Approvals
 from serve_app.auth import Authorizer, User, matches
 from serve_app.limits import Limits
+from serve_app.schemas import RunConfig
 from serve_app.service import AgentService
+from serve_app.webhooks import Outbox, check_destination
 
 
 def equalities(where: dict[str, Any] | None) -> dict[str, Any]:
@@ -41,11 +45,13 @@ def _metadata(value: dict[str, Any], fallback: Any = None) -> dict[str, Any]:
 
 
 class Access:
-    def __init__(self, service: AgentService, authorizer: Authorizer, limits: Limits):
+    def __init__(self, service: AgentService, authorizer: Authorizer, limits: Limits,
+                 webhooks: WebhookSettings | None = None):
         self.service = service
         self.auth = authorizer
         self.limits = limits
         self.approvals = Approvals(service, authorizer.settings.approver_permission)
+        self.outbox = Outbox(service.redis, webhooks or get_settings().webhooks)
 
     @staticmethod
     def user(request: Request) -> User:
@@ -172,6 +178,12 @@ class Access:
         }
         where = await self.auth.authorize(user, "threads", "create_run", value)
         body.metadata = _metadata(value, body.metadata)
+        webhook = getattr(body, "webhook", None)
+        if webhook is not None:  # refused now (422) if it may not receive webhooks
+            await check_destination(webhook, self.outbox.settings)
+        if not self.auth.open:  # the run's long-term memories are its user's (agents.memory)
+            body.config = body.config or RunConfig()
+            body.config.configurable[AUTH_USER_KEY] = user.identity
         thread = await self.service.records.get_thread(thread_id) if thread_id else None
         thread_metadata = None
         if thread is not None:
@@ -205,6 +217,7 @@ class Access:
             await self.limits.ran(user.identity, run)
             if thread is None:
                 await self.limits.owns(user.identity, run["thread_id"])
+        await self.outbox.watch(run, webhook)  # its webhook, approvals it leaves pending
         return run
 
     async def approve(self, request: Request, body: Any, run_body: Any) -> dict[str, Any]:

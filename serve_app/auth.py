@@ -13,7 +13,8 @@ resource (``serve_app.access``), and ``Auth.exceptions.HTTPException`` answers i
 
 Without an auth file, the built-in handler checks API keys from the settings (only their
 SHA-256 is kept), sent as ``X-API-Key`` (the SDK's ``api_key``) or ``Authorization: Bearer``,
-and keeps each user to the threads it created (metadata ``owner``). With neither, the API
+and keeps each user to the threads it created (metadata ``owner``) and to the store's
+namespaces under its identity. With neither, the API
 is open, which is allowed only on a loopback address (``check_bind``).
 
     python -m serve_app.auth hash <key>     # the sha256 to put in auth.api_keys
@@ -177,6 +178,14 @@ def builtin_api_key_auth(keys: Sequence[ApiKey]) -> Auth:
             value["metadata"] = {**(metadata if isinstance(metadata, dict) else {}),
                                  OWNER: ctx.user.identity}
         return {OWNER: ctx.user.identity}
+
+    @auth.on.store
+    async def own_namespaces(ctx: AuthContext, value: Any) -> None:
+        """Each user's store is the namespaces under its identity (LangGraph's recipe):
+        ``["memories"]`` is the user's ``[<identity>, "memories"]``."""
+        namespace = tuple(value.get("namespace") or ())
+        if namespace[:1] != (ctx.user.identity,):
+            value["namespace"] = (ctx.user.identity, *namespace)
 
     return auth
 

@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from langgraph.graph.state import CompiledStateGraph
@@ -119,8 +119,10 @@ class RunExecutor:
         self._closing = False
         self.retention: Retention | None = None  # what a thread keeps (the service sets it)
 
-    def start(self) -> None:
-        """Pull runs, listen for cancels and sweep (call inside the event loop)."""
+    def start(self, *loops: Coroutine[Any, Any, None]) -> None:
+        """Pull runs, listen for cancels and sweep, and run ``loops``, the replica's other
+        background work (``serve_app.scheduled``), stopped with these (call inside the
+        event loop)."""
         self.heartbeat.start()
         self.metrics.gauge("run_slots", self._slots.size)
         self.metrics.gauge("run_slots_max", self.settings.max_concurrent_runs)
@@ -130,6 +132,7 @@ class RunExecutor:
                             asyncio.create_task(self.limiter.run_forever())]
         if self.retention is not None:
             self._background.append(asyncio.create_task(self.retention.sweep_forever(self)))
+        self._background += [asyncio.create_task(loop) for loop in loops]
 
     @property
     def running(self) -> int:

@@ -23,9 +23,12 @@ from serve_app.api_errors import ApiError
 from serve_app.assistants import DEFAULT_GRAPH
 from serve_app.auth import Authorizer, matches
 from serve_app.console import mount_console
+from serve_app.crons import Crons
 from serve_app.limits import BodyLimit, Limits
 from serve_app.middleware import Authenticate, ReplicaHeader
 from serve_app.regressions import RunFeedback, record_feedback
+from serve_app.routes_crons import CronAccess, add_cron_routes
+from serve_app.routes_store import add_store_routes
 from serve_app.schemas import (
     ApproveRequest,
     AssistantSearch,
@@ -40,6 +43,7 @@ from serve_app.schemas import (
     ThreadSearch,
 )
 from serve_app.service import AgentService
+from serve_app.store import StoreService
 from serve_app.tracing import TraceMiddleware
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,9 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     access = Access(service, authorizer, Limits(service.redis, limits))
     api = FastAPI(title="Agent Cluster", version="0.1.0")
     api.state.access = access
+    # the Store API, crons (their ticks run in serve_app.scheduled) and webhooks
+    add_store_routes(api, StoreService(service.redis, authorizer))
+    add_cron_routes(api, CronAccess(access, Crons(service.redis), access.outbox))
 
     @api.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -101,7 +108,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
 
     @api.get("/info")
     async def info() -> dict:
-        return {"version": "0.1.0", "flags": {"assistants": True, "crons": False}}
+        return {"version": "0.1.0", "flags": {"assistants": True, "crons": True}}
 
     @api.get("/metrics")
     async def metrics() -> PlainTextResponse:

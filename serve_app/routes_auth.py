@@ -31,6 +31,10 @@ THREADS_SEARCH = Rule("threads", "search")
 CREATE_RUN = Rule("threads", "create_run")
 ASSISTANTS_READ = Rule("assistants", "read")
 ASSISTANTS_SEARCH = Rule("assistants", "search")
+CRONS_CREATE = Rule("crons", "create")
+CRONS_UPDATE = Rule("crons", "update")
+CRONS_DELETE = Rule("crons", "delete")
+CRONS_SEARCH = Rule("crons", "search")
 
 ALL_METHODS = "*"  # a mount (static files): every method
 
@@ -72,6 +76,19 @@ ROUTE_AUTH: dict[tuple[str, str], Rule] = {
     ("GET", "/threads/{thread_id}/runs/{run_id}/stream"): THREADS_READ,
     ("POST", "/threads/{thread_id}/runs/{run_id}/cancel"): THREADS_UPDATE,
     ("POST", "/threads/{thread_id}/runs/{run_id}/feedback"): THREADS_UPDATE,
+    # the Store API: the handlers may rewrite the namespace (serve_app.store)
+    ("PUT", "/store/items"): Rule("store", "put"),
+    ("GET", "/store/items"): Rule("store", "get"),
+    ("DELETE", "/store/items"): Rule("store", "delete"),
+    ("POST", "/store/items/search"): Rule("store", "search"),
+    ("POST", "/store/namespaces"): Rule("store", "list_namespaces"),
+    # crons (a thread's cron also needs create_run on the thread)
+    ("POST", "/threads/{thread_id}/runs/crons"): CRONS_CREATE,
+    ("POST", "/runs/crons"): CRONS_CREATE,
+    ("POST", "/runs/crons/search"): CRONS_SEARCH,
+    ("POST", "/runs/crons/count"): CRONS_SEARCH,
+    ("PATCH", "/runs/crons/{cron_id}"): CRONS_UPDATE,
+    ("DELETE", "/runs/crons/{cron_id}"): CRONS_DELETE,
     # the seed's chat endpoints: runs on a thread like any other
     ("POST", "/api/chat"): CREATE_RUN,
     ("POST", "/api/approve"): CREATE_RUN,

@@ -29,6 +29,7 @@ from serve_app.http_api import build_api
 from serve_app.leases import Leases
 from serve_app.metrics import RayMetrics
 from serve_app.remote_worker import RemoteWorker
+from serve_app.scheduled import background_loops
 from serve_app.service import AgentService
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class SupervisorDeployment:
                                     context.replica_id.unique_id, fenced,
                                     metrics=RayMetrics(), retention=settings.retention)
         telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
-        self.service.executor.start()
+        self.service.executor.start(*background_loops(self.service, settings))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.service)

@@ -12,6 +12,7 @@ from agents.checkpoint import create_redis
 from agents.local.otlp_receiver import Receiver
 from agents.local.process import free_port
 from agents.local.services import local_services
+from agents.local.webhook_receiver import Receiver as WebhookReceiver
 from agents.settings import PROJECT_ROOT, Settings
 from serve_app.launcher import serve_cluster
 
@@ -59,7 +60,16 @@ def otlp_receiver(tmp_path_factory: pytest.TempPathFactory) -> Receiver:
 
 
 @pytest.fixture(scope="session")
-def cluster_url(settings: Settings, otlp_receiver: Receiver) -> str:
+def webhook_receiver() -> WebhookReceiver:
+    """Where the session's cluster sends webhooks: runs' and crons' (tests pass its URL)
+    and every pending approval (``<url>/approvals``); ``/fail...`` paths answer 500."""
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def cluster_url(settings: Settings, otlp_receiver: Receiver,
+                webhook_receiver: WebhookReceiver) -> str:
     """One local Ray with the Serve app of configs/local.yaml for the whole session.
     HAProxy's stats and metrics ports are free ones, so two sessions on a machine can run.
     Every replica traces to ``otlp_receiver`` (standard OTEL_* variables, all sampled)."""
@@ -71,8 +81,20 @@ def cluster_url(settings: Settings, otlp_receiver: Receiver) -> str:
     # travel tests have a history to read; the default (the latest only) is measured in
     # tests/test_retention.py.
     with serve_cluster(settings, PROJECT_ROOT / "configs" / "local.yaml", port=free_port(),
-                       extra_env={"AGENT_CLUSTER_RETENTION__KEEP_FOR_S": "600"}) as url:
+                       extra_env={"AGENT_CLUSTER_RETENTION__KEEP_FOR_S": "600",
+                                  **webhook_env(webhook_receiver)}) as url:
         yield url
+
+
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+def webhook_env(receiver: WebhookReceiver) -> dict[str, str]:
+    """Webhooks to the local receiver (a loopback address: allowed), signed, retried fast."""
+    return {"AGENT_CLUSTER_WEBHOOKS__ALLOW_PRIVATE_HOSTS": "true",
+            "AGENT_CLUSTER_WEBHOOKS__SECRET": WEBHOOK_SECRET,
+            "AGENT_CLUSTER_WEBHOOKS__APPROVAL_URL": f"{receiver.url}/approvals",
+            "AGENT_CLUSTER_WEBHOOKS__BACKOFF_S": "0.2"}
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from agents.tools.corpus import INDEX, PREFIX, VERSION_KEY, index_corpus, load_c
 from agents.tools.sandbox import run_sandboxed
 
 TOOL_NAMES = {"search_corpus", "read_document", "run_python", "review_code", "issue_refund",
-              "delete_records"}
+              "delete_records", "remember", "recall"}
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "data" / "corpus"
 
 
@@ -68,7 +68,8 @@ async def eventually_dead(pid: int, timeout_s: float = 3.0) -> bool:
 def test_toolbox_has_every_tool_with_a_progress_line(toolbox):
     assert set(toolbox) == TOOL_NAMES
     samples = {"query": "aof", "doc_id": "redis-streams", "code": "x", "amount": 5,
-               "order_id": "42", "customer_id": "7", "reason": "r", "persist": False}
+               "order_id": "42", "customer_id": "7", "reason": "r", "persist": False,
+               "preference": "tea"}
     for name, tool in toolbox.items():
         assert tool.coroutine is not None, name
         progress = tool.metadata["progress"].format(**samples)

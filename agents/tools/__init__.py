@@ -5,6 +5,7 @@ from __future__ import annotations
 from langchain_core.tools import BaseTool
 from redis.asyncio import Redis
 
+from agents.memory import memory_tools
 from agents.settings import Settings
 from agents.tools.backoffice import backoffice_tools, seed_backoffice
 from agents.tools.code import code_tools
@@ -16,7 +17,7 @@ __all__ = ["build_toolbox", "prepare_tools"]
 def build_toolbox(redis: Redis, settings: Settings) -> dict[str, BaseTool]:
     """All tools by name; the roles' settings pick theirs from it."""
     tools = [*corpus_tools(redis, settings.corpus_dir), *code_tools(settings),
-             *backoffice_tools(redis)]
+             *backoffice_tools(redis), *memory_tools()]
     return {tool.name: tool for tool in tools}
 
 

@@ -25,6 +25,8 @@ FIRST_TOOL = {"researcher": "search_corpus", "coder": "run_python", "reviewer": 
 REFUND_RE = re.compile(r"refund\s+\$?(\d+(?:\.\d+)?)\s+(?:to|for)\s+order\s+#?(\w+)", re.I)
 DELETE_RE = re.compile(r"delete\s+(?:all\s+)?records\s+(?:of|for)\s+customer\s+#?(\w+)", re.I)
 READ_DOC_RE = re.compile(r"read the document ([a-z0-9-]+)")
+REMEMBER_RE = re.compile(r"remember that i prefer\s+(.+?)[.!]*\s*$", re.I | re.S)
+RECALL_RE = re.compile(r"what do i prefer", re.I)
 CODE_BLOCK_RE = re.compile(r"```python\n(.*?)```", re.S)
 SOURCE_RE = re.compile(r"\(source: ([A-Za-z0-9_.-]+)\)")
 VERDICT_RE = re.compile(r"Verdict:\s*([A-Za-z_]+)")
@@ -347,6 +349,11 @@ def researcher(conv: Conversation) -> Reply:
     """Search, read the top hit, answer with its first two sentences and the source."""
     results = conv.usable_results
     if not results:
+        preference = REMEMBER_RE.search(conv.task)
+        if preference:
+            return call(conv, "remember", {"preference": preference.group(1)})
+        if RECALL_RE.search(conv.t):
+            return call(conv, "recall", {})
         wanted = READ_DOC_RE.search(conv.t)
         if wanted:
             return call(conv, "read_document", {"doc_id": wanted.group(1)})
@@ -356,7 +363,19 @@ def researcher(conv: Conversation) -> Reply:
         return after_read(conv, last)
     if last.name == "search_corpus":
         return after_search(conv, last)
+    if last.name in ("remember", "recall") and last.ok:
+        return after_memory(last)
     return say(f"I could not use {last.name}. {last.text}")
+
+
+def after_memory(result: ToolResult) -> Reply:
+    """The long-term memory tools' outcome, in words."""
+    if result.name == "remember":
+        return say(f"I will remember that you prefer {result.data.get('remembered')}.")
+    preferences = [str(p) for p in result.data.get("preferences") or ()]
+    if not preferences:
+        return say("I do not know your preferences yet.")
+    return say(f"You told me you prefer: {'; '.join(preferences)}.")
 
 
 def after_read(conv: Conversation, result: ToolResult) -> Reply:

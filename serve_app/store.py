@@ -1,0 +1,111 @@
+"""The Store API's logic: LangGraph Platform's ``/store`` operations on the long-term memory
+store the graphs use (``agents.memory``), through the ``store`` auth handlers.
+
+Each operation passes the ``("store", action)`` handler (``put``, ``get``, ``delete``,
+``search``, ``list_namespaces``) with a mutable value, as on LangGraph Platform: a handler
+scopes a user by rewriting ``value["namespace"]`` (the built-in API-key auth puts the
+user's identity first, ``serve_app.auth``), and a filter it returns narrows a search. In
+the open mode namespaces are shared by every caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from langgraph.store.base import BaseStore, Item
+from redis.asyncio import Redis
+
+from agents.memory import create_store
+from serve_app.api_errors import ApiError
+from serve_app.auth import Authorizer, User
+
+
+def check_namespace(namespace: Any, what: str = "namespace") -> tuple[str, ...]:
+    """A namespace as a tuple of labels: non-empty strings without periods (the SDK joins
+    them with periods in a query string)."""
+    if not isinstance(namespace, list | tuple):
+        raise ApiError(422, f"{what} must be a list of labels")
+    for label in namespace:
+        if not isinstance(label, str) or not label or "." in label:
+            raise ApiError(422, f"{what} label {label!r} must be a non-empty string "
+                                "without periods")
+    return tuple(namespace)
+
+
+def item_view(item: Item) -> dict[str, Any]:
+    """An item as the API returns it (``score`` only from a search that ranks)."""
+    return item.dict()
+
+
+class StoreService:
+    """One replica's access to the store; the store object is built on first use, inside
+    the serving event loop (its batching task lives there)."""
+
+    def __init__(self, redis: Redis, authorizer: Authorizer):
+        self.redis = redis
+        self.auth = authorizer
+        self._store: BaseStore | None = None
+        self._lock = asyncio.Lock()
+
+    async def store(self) -> BaseStore:
+        async with self._lock:
+            if self._store is None:
+                self._store = await create_store(self.redis)
+        return self._store
+
+    async def _authorized(self, user: User, action: str, value: dict[str, Any],
+                          field: str = "namespace") -> dict[str, Any] | None:
+        """Run the handler (it may rewrite the namespace) and check what it left."""
+        where = await self.auth.authorize(user, "store", action, value)
+        if value.get(field) is not None:
+            value[field] = check_namespace(value[field])
+        return where
+
+    async def put(self, user: User, namespace: Sequence[str], key: str,
+                  value: dict[str, Any], index: Any, ttl: float | None) -> None:
+        args = {"namespace": check_namespace(namespace), "key": key, "value": value,
+                "index": index, "ttl": ttl}
+        await self._authorized(user, "put", args)
+        await (await self.store()).aput(args["namespace"], args["key"], args["value"],
+                                        index=args["index"], ttl=args["ttl"])
+
+    async def get(self, user: User, namespace: str, key: str,
+                  refresh_ttl: bool | None) -> dict[str, Any] | None:
+        args = {"namespace": check_namespace(namespace.split(".")), "key": key,
+                "refresh_ttl": refresh_ttl}
+        await self._authorized(user, "get", args)
+        item = await (await self.store()).aget(args["namespace"], args["key"],
+                                               refresh_ttl=args["refresh_ttl"])
+        return None if item is None else item_view(item)
+
+    async def delete(self, user: User, namespace: Sequence[str], key: str) -> None:
+        args = {"namespace": check_namespace(namespace), "key": key}
+        await self._authorized(user, "delete", args)
+        await (await self.store()).adelete(args["namespace"], args["key"])
+
+    async def search(self, user: User, body: Any) -> dict[str, Any]:
+        args = {"namespace": check_namespace(body.namespace_prefix, "namespace_prefix"),
+                "filter": body.filter, "limit": body.limit, "offset": body.offset,
+                "query": body.query, "refresh_ttl": body.refresh_ttl}
+        where = await self._authorized(user, "search", args)
+        if where:
+            args["filter"] = {**(args["filter"] or {}), **where}
+        items = await (await self.store()).asearch(
+            args["namespace"], filter=args["filter"], limit=args["limit"],
+            offset=args["offset"], query=args["query"], refresh_ttl=args["refresh_ttl"])
+        return {"items": [item_view(item) for item in items]}
+
+    async def namespaces(self, user: User, body: Any) -> dict[str, Any]:
+        args = {"namespace": None if body.prefix is None else
+                check_namespace(body.prefix, "prefix"),
+                "suffix": None if body.suffix is None else check_namespace(body.suffix, "suffix"),
+                "max_depth": body.max_depth, "limit": body.limit, "offset": body.offset}
+        await self._authorized(user, "list_namespaces", args)
+        if args["suffix"] is not None:
+            args["suffix"] = check_namespace(args["suffix"], "suffix")
+        found = await (await self.store()).alist_namespaces(
+            prefix=args["namespace"] or None, suffix=args["suffix"] or None,
+            max_depth=args["max_depth"], limit=args["limit"], offset=args["offset"])
+        return {"namespaces": [list(ns) for ns in found]}
