@@ -3,8 +3,9 @@ result is recorded under that key in Redis before the effect is reported done.
 
 A node replayed after a crash (its checkpoint was not written) calls the tool again with the
 same key and gets the recorded result instead of a second effect. Tools whose effect lives in
-Redis (the back office) record the key in the same MULTI/EXEC as the effect: exactly once.
-Other tools record it right after the effect: a crash in between can repeat it.
+Redis (the back office) keep a receipt of the key in the same MULTI/EXEC as the effect, as an
+external system keeps the idempotency keys it was sent: exactly once. Other tools can only
+be recorded right after the effect: a crash in between can repeat it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+
+from agents.slots import tagged
 
 LEDGER_PREFIX = "ac:effect:"
 LEDGER_TTL_S = 30 * 24 * 3600
@@ -23,8 +25,9 @@ current_effect_key: ContextVar[str | None] = ContextVar("current_effect_key", de
 
 
 def effect_key(thread_id: str, tool_call_id: str) -> str:
-    """Unique per call: tool call ids repeat across threads, not within one."""
-    return f"{LEDGER_PREFIX}{thread_id}:{tool_call_id}"
+    """Unique per call: tool call ids repeat across threads, not within one. In the
+    thread's hash slot (``agents.slots``)."""
+    return f"{LEDGER_PREFIX}{tagged(thread_id)}:{tool_call_id}"
 
 
 class EffectLedger:
@@ -34,11 +37,6 @@ class EffectLedger:
     async def recorded(self, key: str) -> str | None:
         value = await self.redis.get(key)
         return value.decode() if isinstance(value, bytes) else value
-
-    @staticmethod
-    def record(pipe: Pipeline, key: str, result: str) -> None:
-        """Queue the record into the caller's MULTI, beside the effect itself."""
-        pipe.set(key, result, ex=LEDGER_TTL_S)
 
     async def run_once(self, key: str, effect: Callable[[], Awaitable[str]]) -> str:
         """The recorded result if ``key`` already ran, else run ``effect`` and record it."""

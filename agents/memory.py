@@ -22,9 +22,11 @@ from langgraph.store.base import GetOp
 from langgraph.store.redis import AsyncRedisStore
 from langgraph.store.redis.base import _namespace_to_text
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redisvl.index import SearchIndex
 from redisvl.query.filter import Tag
+
+from agents.slots import shard_of
 
 AUTH_USER_KEY = "langgraph_auth_user_id"  # set by the serving layer when auth is on
 USER_KEY = "user_id"  # a client's own choice of user, in the open mode
@@ -49,10 +51,16 @@ class RedisStore(AsyncRedisStore):
                 for namespace, items in groups.items()]
 
 
-async def create_store(redis: Redis) -> RedisStore:
-    """The store on ``redis`` (its search index created once, idempotently)."""
+async def create_store(redis: Redis | RedisCluster) -> RedisStore:
+    """The store on ``redis`` (its search index created once, idempotently). On a Redis
+    Cluster every item is in one hash slot (tag ``{store}``) and the store talks to the
+    master that holds it: RediSearch cannot search across shards (``agents.slots``)."""
+    prefixes: dict[str, str] = {}
+    if isinstance(redis, RedisCluster):
+        prefixes = {"store_prefix": "{store}", "vector_prefix": "{store}_vectors"}
+        redis = shard_of(redis, "{store}").client
     with _sync_index_tolerated():
-        store = RedisStore(redis_client=redis)
+        store = RedisStore(redis_client=redis, **prefixes)
     await store.setup()
     return store
 

@@ -6,14 +6,25 @@ checkpoint, parses it back and dumps it again with the standard ``json`` module,
 two round trips. ``LeanRedisSaver`` writes the same documents, key for key (so the stock
 saver and its tools read them unchanged), with each message serialised once in its life,
 the checkpoint encoded once, and one pipeline per write.
+
+On a Redis Cluster (``cluster_mode``, detected from a ``RedisCluster`` client) the layout
+differs from the stock one in one place: the thread id in every key is hash-tagged
+(``checkpoint:{<thread>}:<ns>:<id>``, ``agents.slots``; sub-threads take their parent's
+tag), so a thread's checkpoints, writes, write registries and latest pointer share the hash
+slot of the thread's serving keys, and a write stays one pipeline (and one fenced script).
+The stock saver builds untagged keys, so it cannot read a cluster's checkpoints. RediSearch
+on an OSS cluster indexes each shard's own keys and has no cross-shard query: the indexes are
+created on every master, and each search runs on the master that holds the thread's slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -28,8 +39,13 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.base import REDIS_KEY_SEPARATOR
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
+from langgraph.checkpoint.redis.key_registry import AsyncCheckpointKeyRegistry
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
+from redis.asyncio import RedisCluster
+from redisvl.index import AsyncSearchIndex
 from ulid import ULID
+
+from agents.slots import Shard, every_shard, shard_of, tagged
 
 Command = tuple[Any, ...]
 MAY_FAIL = "may-fail"  # first word of a command whose failure does not fail the write
@@ -83,6 +99,78 @@ class LeanRedisSaver(AsyncRedisSaver):
         super().__init__(*args, **kwargs)
         self.serde = MessageCachingSerializer()
 
+    async def asetup(self) -> None:
+        """On a cluster: the stock setup, but with the indexes created on every master
+        (through the cluster client ``FT.CREATE`` reaches one node only) and searched on
+        the thread's shard, and the write registry's keys tagged."""
+        if not isinstance(self._redis, RedisCluster):
+            return await super().asetup()
+        self.loop = asyncio.get_running_loop()
+        self.cluster_mode = True
+        self.create_indexes()
+        for index in (self.checkpoints_index, self.checkpoint_writes_index):
+            for shard in every_shard(self._redis):
+                schema = index.schema.model_copy(deep=True)
+                schema.index.name = shard.index(schema.index.name)
+                await AsyncSearchIndex(schema, redis_client=shard.client).create(
+                    overwrite=False)
+            index._redis_client = ShardRouter(self._redis)
+        self._key_registry = TaggedKeyRegistry(self._redis)
+
+    # cluster: keys tagged by thread, searches on the thread's shard
+    def _thread_part(self, thread_id: str) -> str:
+        """The thread id as keys carry it: hash-tagged on a cluster."""
+        return tagged(str(to_storage_safe_id(thread_id))) if self.cluster_mode else thread_id
+
+    def _make_redis_checkpoint_key(self, thread_id: str, *rest: Any) -> str:
+        return super()._make_redis_checkpoint_key(self._thread_part(thread_id), *rest)
+
+    def _make_redis_checkpoint_key_cached(self, thread_id: str, *rest: Any) -> str:
+        return super()._make_redis_checkpoint_key_cached(self._thread_part(thread_id), *rest)
+
+    def _make_redis_checkpoint_latest_key(self, thread_id: str, *rest: Any) -> str:
+        return super()._make_redis_checkpoint_latest_key(self._thread_part(thread_id), *rest)
+
+    def _make_redis_checkpoint_writes_key(self, thread_id: str, *rest: Any) -> str:
+        return super()._make_redis_checkpoint_writes_key(self._thread_part(thread_id), *rest)
+
+    def _make_redis_checkpoint_writes_key_cached(self, thread_id: str, *rest: Any) -> str:
+        return super()._make_redis_checkpoint_writes_key_cached(self._thread_part(thread_id),
+                                                                *rest)
+
+    def shard_of(self, thread_id: str) -> Shard:
+        """Where to ``FT.SEARCH`` a thread's (and its sub-threads') documents: on a cluster,
+        the master that holds the thread's slot, whose own copies of the indexes cover them."""
+        return shard_of(self._redis, self._make_redis_checkpoint_latest_key(thread_id, ""))
+
+    @contextlib.contextmanager
+    def _on_shard_of(self, thread_id: str | None) -> Iterator[None]:
+        token = _SHARD.set(self.shard_of(thread_id)
+                           if self.cluster_mode and thread_id is not None else None)
+        try:
+            yield
+        finally:
+            _SHARD.reset(token)
+
+    async def aget_tuple(self, config: RunnableConfig) -> Any:
+        with self._on_shard_of(config["configurable"].get("thread_id")):
+            return await super().aget_tuple(config)
+
+    async def alist(self, config: RunnableConfig | None, **kwargs: Any) -> AsyncIterator[Any]:
+        thread_id = (config or {}).get("configurable", {}).get("thread_id")
+        if not self.cluster_mode or thread_id is None:
+            async for item in super().alist(config, **kwargs):
+                yield item
+            return
+        with self._on_shard_of(thread_id):  # collected before yielding: the context is ours
+            items = [item async for item in super().alist(config, **kwargs)]
+        for item in items:
+            yield item
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        with self._on_shard_of(thread_id):
+            await super().adelete_thread(thread_id)
+
     async def alatest_checkpoint_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
         """The id of a thread's latest checkpoint from its pointer alone: one ``GET``, no
         document read or deserialisation (the pointer's value is the checkpoint's key,
@@ -102,7 +190,7 @@ class LeanRedisSaver(AsyncRedisSaver):
         body = {"type": "json", **checkpoint, "pending_sends": []}
         body["channel_versions"] = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
         type_, data = self.serde.dumps_typed(body)
-        if self.cluster_mode or type_ != "json" or not checkpoint_id:
+        if type_ != "json" or not checkpoint_id:
             await self._before_stock_write(config)  # the stock path covers the rare cases
             return await super().aput(config, checkpoint, metadata, new_versions, *args,
                                       **kwargs)
@@ -131,7 +219,7 @@ class LeanRedisSaver(AsyncRedisSaver):
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                           task_id: str, task_path: str = "") -> None:
         """The stock documents and pipeline, each encoded once by orjson."""
-        if self.cluster_mode or not writes:
+        if not writes:
             await self._before_stock_write(config)
             return await super().aput_writes(config, writes, task_id, task_path)
         configurable = config["configurable"]
@@ -183,6 +271,38 @@ class LeanRedisSaver(AsyncRedisSaver):
         if not (self.ttl_config and "default_ttl" in self.ttl_config):
             return []
         return [("EXPIRE", key, int(self.ttl_config["default_ttl"] * 60)) for key in keys]
+
+
+_SHARD: ContextVar[Shard | None] = ContextVar("checkpoint_search_shard", default=None)
+
+
+class ShardRouter:
+    """The client the saver's RediSearch indexes use on a cluster: the shard chosen for the
+    current call (``LeanRedisSaver._on_shard_of``) with its copy of the index, else the
+    cluster client itself."""
+
+    def __init__(self, cluster: RedisCluster):
+        self._cluster = cluster
+
+    def ft(self, index_name: str) -> Any:
+        shard = _SHARD.get()
+        if shard is None:
+            return self._cluster.ft(index_name)
+        return shard.client.ft(shard.index(index_name))
+
+    def __getattr__(self, name: str) -> Any:
+        shard = _SHARD.get()
+        return getattr(shard.client if shard else self._cluster, name)
+
+
+class TaggedKeyRegistry(AsyncCheckpointKeyRegistry):
+    """The stock write registry with the thread id hash-tagged, as the saver's cluster keys."""
+
+    @staticmethod
+    def make_write_keys_zset_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str
+                                 ) -> str:
+        return AsyncCheckpointKeyRegistry.make_write_keys_zset_key(
+            tagged(str(to_storage_safe_id(thread_id))), checkpoint_ns, checkpoint_id)
 
 
 def with_run_metadata(config: RunnableConfig, metadata: CheckpointMetadata

@@ -44,6 +44,19 @@ class RedisSettings(BaseModel):
     maxmemory: str | None = Field(
         "2gb", description="the embedded Redis's maxmemory (policy noeviction: when full, "
         "writes are refused, nothing stored is evicted); None: no limit")
+    cluster: bool = Field(
+        False, description="REDIS_URL is a node of a Redis Cluster (OSS cluster protocol): "
+        "every process uses RedisCluster clients")
+    shards: int = Field(
+        0, ge=0, description="without REDIS_URL: start an embedded Redis Cluster of this many "
+        "masters (implies cluster) instead of one embedded Redis; 0: one Redis")
+    replicas: int = Field(0, ge=0, description="replicas per master of the embedded cluster")
+
+    @model_validator(mode="after")
+    def _shards_are_a_cluster(self) -> RedisSettings:
+        if self.shards:
+            self.cluster = True
+        return self
 
 
 class ModelSettings(BaseModel):

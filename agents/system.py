@@ -22,7 +22,7 @@ from langgraph.types import Command
 from redis.asyncio import Redis
 
 from agents.approval import ApprovalVerifier, parse_decision
-from agents.checkpoint import check_redis, create_checkpointer, create_redis
+from agents.checkpoint import check_redis, close_redis, create_checkpointer, create_redis
 from agents.effects import EffectLedger
 from agents.memory import create_store
 from agents.models import build_chat_model
@@ -77,8 +77,7 @@ class Runtime:
                                 self.store)
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
-        await self.redis.connection_pool.disconnect()
+        await close_redis(self.redis)
 
 
 def config_for(thread_id: str) -> dict[str, Any]:

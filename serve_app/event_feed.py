@@ -7,6 +7,10 @@ with one XREAD on one connection and hands each reader its entries. A new reader
 entry to the feed's own wake stream, which the pending XREAD also watches: it returns at
 once and the next one covers the new stream (no race, since the wake stream is read from
 the last id the feed saw, not from ``$``).
+
+On a Redis Cluster one XREAD cannot span hash slots (each thread has its own), so each reader
+blocks on its own stream, on a connection of the feed's own client: readers still never
+hold a connection of the pool that checkpoint writes need.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
+from agents.checkpoint import connection_kwargs, dedicated_client
 from serve_app.keys import PREFIX
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,7 @@ class _Reader:
 class EventFeed:
     def __init__(self, redis: Redis, block_ms: int = 2000, count: int = 200):
         self.redis = redis
-        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = connection_kwargs(redis).get("socket_timeout")
         # An idle read must end well before the socket would time out on it.
         self.block_ms = min(block_ms, int(socket_timeout * 500)) if socket_timeout else block_ms
         self.count = count
@@ -64,6 +70,10 @@ class EventFeed:
                      idle_s: float = 5.0) -> AsyncIterator[list[Entry] | None]:
         """Batches of ``key``'s entries after ``last_id`` as they arrive; ``None`` after
         ``idle_s`` without any (time for a heartbeat or a look at the run)."""
+        if isinstance(self.redis, RedisCluster):
+            async for batch in self._follow_alone(key, parse_id(last_id), idle_s):
+                yield batch
+            return
         reader = _Reader(parse_id(last_id))
         self._readers[key].add(reader)
         try:
@@ -81,6 +91,27 @@ class EventFeed:
                 if not readers:
                     del self._readers[key]
 
+    async def _follow_alone(self, key: str, last: StreamId,
+                            idle_s: float) -> AsyncIterator[list[Entry] | None]:
+        self._conn = self._conn or dedicated_client(self.redis)
+        quiet_since = time.monotonic()
+        while not self._closing:
+            try:
+                reply = await self._conn.xread({key: format_id(last)}, count=self.count,
+                                               block=min(self.block_ms, int(idle_s * 1000)))
+            except Exception as exc:  # a failover: the reader waits, the feed retries
+                log.warning("event feed: XREAD failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                reply = None
+            entries = reply[0][1] if reply else []
+            if entries:
+                last = parse_id(entries[-1][0])
+                quiet_since = time.monotonic()
+                yield entries
+            elif time.monotonic() - quiet_since >= idle_s:
+                quiet_since = time.monotonic()
+                yield None
+
     async def aclose(self) -> None:
         self._closing = True
         if self._task is not None and not self._task.done():
@@ -97,8 +128,7 @@ class EventFeed:
     def _start(self) -> None:
         if self._task is None or self._task.done():
             # One connection of the shared pool, held for the feed's blocking reads.
-            self._conn = self._conn or Redis(connection_pool=self.redis.connection_pool,
-                                             single_connection_client=True)
+            self._conn = self._conn or dedicated_client(self.redis)
             self._task = asyncio.create_task(self._read_forever())
 
     async def _wake(self) -> None:

@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agents.checkpoint import dedicated_client, sync_client
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from serve_app import run_telemetry
@@ -39,7 +40,7 @@ from serve_app.concurrency import LagLimiter, Slots
 from serve_app.event_log import EventWriter
 from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
-from serve_app.heartbeat import Heartbeat, sync_client
+from serve_app.heartbeat import Heartbeat
 from serve_app.jsonable import to_jsonable
 from serve_app.keys import cancel_channel, parse_ref, run_ref, thread_lease_key
 from serve_app.leases import Leases
@@ -97,7 +98,7 @@ class RunExecutor:
         self.records = Records(redis)
         self.leases = Leases(redis, settings.lease_ttl_s)
         self.pool = RunPool(redis, pool or settings.run_pool, settings.lease_ttl_s)
-        self.heartbeat = Heartbeat(sync_client(redis.connection_pool.connection_kwargs),
+        self.heartbeat = Heartbeat(sync_client(redis),
                                    self.pool, replica_id, settings.stall_limit_s)
         self.graphs = graphs
         self.settings = settings
@@ -157,7 +158,7 @@ class RunExecutor:
 
     # taking runs
     async def _pull_forever(self) -> None:
-        conn = Redis(connection_pool=self.redis.connection_pool, single_connection_client=True)
+        conn = dedicated_client(self.redis)
         try:
             while not self._closing:
                 await self._slots.acquire()

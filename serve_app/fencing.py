@@ -19,8 +19,9 @@ from serve_app.leases import Leases
 
 FENCE = "fence_token"
 
-# KEYS[1]: the thread's lease; ARGV[1]: the writer's token; then each command as its word
-# count followed by its words, the first word MAY_FAIL for a command allowed to fail.
+# KEYS[1]: the thread's lease, then every key the commands write (declared, as a cluster
+# requires; all in the thread's slot); ARGV[1]: the writer's token; then each command as its
+# word count followed by its words, the first word MAY_FAIL for a command allowed to fail.
 _FENCED_WRITE = f"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local i = 2
@@ -55,9 +56,11 @@ class FencedRedisSaver(LeanRedisSaver):
         if not token:
             return await super()._write(config, commands)
         args: list[Any] = [token]
+        keys = [thread_lease_key(thread_id)]
         for command in commands:
             args += [len(command), *command]
-        if not await asyncio.shield(self._fenced_write(keys=[thread_lease_key(thread_id)],
+            keys.append(command[2] if command[0] == MAY_FAIL else command[1])
+        if not await asyncio.shield(self._fenced_write(keys=list(dict.fromkeys(keys)),
                                                        args=args)):
             raise LeaseLost(f"run lost thread {thread_id!r} (token {token})")
 

@@ -26,21 +26,9 @@ from serve_app.run_pool import RunPool, now_ms
 
 log = logging.getLogger(__name__)
 
-# What a synchronous connection can take from the asyncio pool's settings.
-_SYNC_KWARGS = ("host", "port", "db", "username", "password", "path", "socket_timeout",
-                "socket_connect_timeout", "ssl", "ssl_cert_reqs", "ssl_ca_certs")
-
-
-def sync_client(connection_kwargs: dict) -> redis.Redis:
-    """A synchronous client on the same server as an asyncio pool's connections."""
-    kwargs = {k: v for k, v in connection_kwargs.items() if k in _SYNC_KWARGS}
-    if "path" in kwargs:
-        return redis.Redis(unix_socket_path=kwargs.pop("path"), **kwargs)
-    return redis.Redis(**kwargs)
-
 
 class Heartbeat:
-    def __init__(self, client: redis.Redis, pool: RunPool, replica_id: str,
+    def __init__(self, client: redis.Redis | redis.RedisCluster, pool: RunPool, replica_id: str,
                  stall_limit_s: float):
         self.client = client
         self.pool = pool

@@ -1,23 +1,30 @@
 """Every Redis key the serving layer writes, in one place (prefix ``ac:``).
 
-Keys of one thread carry the thread's hash tag (``ac:{<thread id>}:...``): its record, its
-runs' records and event streams, its run queue, lease and fencing counter live in one hash
-slot, so a Lua script over them stays valid on a Redis Cluster. Keys of a run pool (the
-replicas that execute runs from one queue) carry the pool's tag (``ac:{pool:<name>}:...``).
+Keys of one thread carry the thread's hash tag (``ac:{<thread id>}:...``,
+``agents.slots``): its record, its runs' records and event streams, its run queue, lease,
+fencing counter, approval log and audit list live in one hash slot with its checkpoints and
+its specialists' sub-threads, so a Lua script over them stays valid on a Redis Cluster.
+Keys of a run pool (the replicas that execute runs from one queue) carry the pool's tag
+(``ac:{pool:<name>}:...``).
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from agents.slots import tagged
+
 PREFIX = "ac:"
+# Cross-thread indexes: one key each, so in one slot (one shard) of a cluster by design,
+# touched by single-key commands only (never in a script or MULTI with a thread's keys); at
+# ~60 bytes a thread, one shard holds millions.
 ALL_THREADS = f"{PREFIX}threads"  # every thread by creation time, for search
 RUN_SEQUENCE = f"{PREFIX}seq"  # creation order of runs
 THREAD_EXPIRY = f"{PREFIX}expiry"  # threads with a TTL, by when they expire (s)
 
 
 def _thread(thread_id: str) -> str:
-    return f"{PREFIX}{{{thread_id}}}"
+    return f"{PREFIX}{tagged(thread_id)}"
 
 
 def thread_key(thread_id: str) -> str:

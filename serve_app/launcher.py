@@ -46,6 +46,8 @@ def service_env(settings: Settings) -> dict[str, str]:
     }
     if settings.redis_url:
         env["REDIS_URL"] = settings.redis_url
+    if settings.redis.cluster:
+        env["AGENT_CLUSTER_REDIS__CLUSTER"] = "true"
     return {**env, **otel_env()}  # OTEL_* (tracing) reach every replica
 
 

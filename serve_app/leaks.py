@@ -33,6 +33,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from agents.effects import LEDGER_PREFIX
+from agents.slots import untagged
 from serve_app.keys import (
     ALL_THREADS,
     PREFIX,
@@ -109,7 +110,7 @@ class LeakCheck:
         return None
 
     async def _ledger(self, key: str) -> str | None:
-        thread_id = key[len(LEDGER_PREFIX):].rsplit(":", 1)[0]
+        thread_id = untagged(key[len(LEDGER_PREFIX):].rsplit(":", 1)[0])
         if not self.mine(thread_id) or await self.owner_exists(thread_id):
             return None
         if key in await self.audited():

@@ -112,12 +112,15 @@ class CheckpointStore:
         self.redis = redis
         self.saver = saver
 
-    async def _search(self, index: str, query: str, fields: Iterable[str]) -> list[Doc]:
+    async def _search(self, thread_id: str, index: str, query: str,
+                      fields: Iterable[str]) -> list[Doc]:
+        """On the shard that holds the thread (and its sub-threads) on a cluster."""
         fields = ["thread_id", "checkpoint_ns", "checkpoint_id", *fields]
         docs, offset = [], 0
+        shard = self.saver.shard_of(thread_id)
         while True:
-            reply = await self.redis.execute_command(
-                "FT.SEARCH", index, query, "RETURN", len(fields), *fields,
+            reply = await shard.client.execute_command(
+                "FT.SEARCH", shard.index(index), query, "RETURN", len(fields), *fields,
                 "LIMIT", offset, PAGE, "DIALECT", 2)
             total, rows = parse_search(reply)
             for key, attrs in rows:
@@ -142,14 +145,15 @@ class CheckpointStore:
         return [d for d in docs if is_sub_thread(thread_id, d.thread_id)]
 
     async def checkpoints(self, thread_id: str, sub_threads: bool = False) -> list[Doc]:
-        docs = await self._search(self.saver._checkpoint_prefix,
+        docs = await self._search(thread_id, self.saver._checkpoint_prefix,
                                   self._query(thread_id, sub_threads),
                                   ["checkpoint_ts", "run_id"])
         return self._mine(thread_id, sub_threads, docs)
 
     async def writes(self, thread_id: str, sub_threads: bool = False) -> list[Doc]:
-        docs = await self._search(self.saver._checkpoint_write_prefix,
-                                  self._query(thread_id, sub_threads), ["task_id", "channel"])
+        docs = await self._search(thread_id, self.saver._checkpoint_write_prefix,
+                                  self._query(thread_id, sub_threads),
+                                  ["task_id", "channel"])
         return self._mine(thread_id, sub_threads, docs)
 
     def latest_key(self, thread_id: str, ns: str = "") -> str:

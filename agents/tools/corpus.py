@@ -1,8 +1,10 @@
 """The researcher's document corpus: markdown files indexed with RediSearch in the shared Redis.
 
-Documents live in hashes ``corpus:doc:<id>`` (``title``, ``body``) under the full-text index
-``idx:corpus``. Every process may call ``index_corpus``; only a changed corpus (a new hash under
-``corpus:version``) is written again, under a Redis lock so that concurrent starts agree.
+Documents live in hashes ``corpus:{corpus}:doc:<id>`` (``title``, ``body``) under the
+full-text index ``idx:corpus``; on a Redis Cluster all of them (hash tag ``{corpus}``) and the
+index live on one shard, which every search goes to. Every process may call
+``index_corpus``; only a changed corpus (a new hash under ``corpus:{corpus}:version``) is
+written again, under a Redis lock so that concurrent starts agree.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from pathlib import Path
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.commands.search import AsyncSearch as Search
 from redis.commands.search.field import TextField
 from redis.commands.search.index_definition import IndexDefinition, IndexType
 from redis.commands.search.query import Query
 from redis.exceptions import ResponseError
 
+from agents.slots import shard_of
+
 INDEX = "idx:corpus"
-PREFIX = "corpus:doc:"
-VERSION_KEY = "corpus:version"
-LOCK_KEY = "corpus:lock"
+PREFIX = "corpus:{corpus}:doc:"
+VERSION_KEY = "corpus:{corpus}:version"
+LOCK_KEY = "corpus:{corpus}:lock"
 SCHEMA = (TextField("title", weight=2.0), TextField("body"))
 SCORER = "BM25STD"  # the textbook BM25; RediSearch's TFIDF ranks unions of terms oddly
 SNIPPET_CHARS = 200
@@ -61,9 +66,15 @@ def corpus_version(docs: list[Document]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _index(redis: Redis | RedisCluster) -> Search:
+    """The index, on the shard that holds the corpus on a cluster."""
+    shard = shard_of(redis, VERSION_KEY)
+    return shard.client.ft(shard.index(INDEX))
+
+
 async def _index_exists(redis: Redis) -> bool:
     try:
-        await redis.ft(INDEX).info()
+        await _index(redis).info()
     except ResponseError:
         return False
     return True
@@ -86,10 +97,10 @@ async def index_corpus(redis: Redis, corpus_dir: Path) -> bool:
         if await current():  # another process indexed it while we waited
             return False
         if await _index_exists(redis):
-            await redis.ft(INDEX).dropindex(delete_documents=False)
+            await _index(redis).dropindex(delete_documents=False)
         # No initial scan: racing our writes, it indexed documents twice (RediSearch 2.10),
         # which skews every score. All documents are (re)written below instead.
-        await redis.ft(INDEX).create_index(
+        await _index(redis).create_index(
             SCHEMA, stopwords=[], skip_initial_scan=True,
             definition=IndexDefinition(prefix=[PREFIX], index_type=IndexType.HASH),
         )
@@ -142,7 +153,7 @@ async def search_corpus(redis: Redis, query: str, limit: int = 3) -> dict:
         Query(" | ".join(terms)).scorer(SCORER).with_scores().paging(0, limit)
         .return_fields("title", "body")
     )
-    result = await redis.ft(INDEX).search(search)
+    result = await _index(redis).search(search)
     hits = [
         {
             "doc_id": _text(doc.id).removeprefix(PREFIX),
