@@ -5,7 +5,10 @@ Every run that ends ``error`` or ``timeout``, and every run a user flags with
 below 0.5 flags it), is kept in Redis (``ac:regressions``) as a case: the run's input, the
 conversation it started from (the messages at its ``checkpoint_before``), its config, the
 model responses it received (recorded by ``agents.telemetry``, the specialists' included,
-per role, in order), the error, the trace id and the feedback.
+per role, in order), the error, the trace id and the feedback. A resume (the run an
+approval's decision starts) also keeps the run that stopped for that approval
+(``interrupted_by``: its input, the conversation it started from, its responses), so the
+replay can reach the same interrupt before it resumes.
 
     python -m serve_app.regressions export [--redis URL] [--out tests/regressions]
 
@@ -32,11 +35,14 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, messages_from_dict, messages_to_dict
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langgraph.types import Command
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from agents import telemetry
 from agents.settings import PROJECT_ROOT
+from serve_app.keys import thread_runs_key
+from serve_app.records import Records
 
 CASES = "ac:regressions"
 RESPONSES_TTL_S = 86_400  # a run's model responses, kept a day for feedback to flag it
@@ -50,10 +56,13 @@ def responses_key(thread_id: str, run_id: str) -> str:
 
 
 async def keep(redis: Redis, record: dict[str, Any], responses: list[dict[str, Any]],
-               messages_before: list[dict[str, Any]] | None, reason: str,
-               feedback: dict[str, Any] | None = None) -> dict[str, Any]:
+               graph: Any, reason: str, feedback: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     """Store the case of a run (``reason``: its status, or ``feedback``)."""
     kwargs = record.get("kwargs") or {}
+    messages_before = await messages_at(graph, record["thread_id"],
+                                        record.get("checkpoint_before"))
+    resumes = (kwargs.get("command") or {}).get("resume") is not None
     case = {
         "case_id": record["run_id"], "reason": reason, "kept_at": time.time(),
         "graph_id": record["graph_id"], "thread_id": record["thread_id"],
@@ -66,6 +75,7 @@ async def keep(redis: Redis, record: dict[str, Any], responses: list[dict[str, A
         "usage": {k: (record.get("usage") or {}).get(k)
                   for k in ("input_tokens", "output_tokens", "cost_usd")},
         "feedback": feedback,
+        "interrupted_by": await interrupted_run(redis, record, graph) if resumes else None,
     }
     await redis.hset(CASES, case["case_id"], json.dumps(case, default=str))
     telemetry.count("regression_cases_kept", reason=reason)
@@ -82,13 +92,32 @@ async def messages_at(graph: Any, thread_id: str, checkpoint_id: str | None
     return messages_to_dict(state.values.get("messages") or [])
 
 
+async def interrupted_run(redis: Redis, record: dict[str, Any], graph: Any
+                          ) -> dict[str, Any] | None:
+    """The thread's run before this resume (the one that stopped for the approval), as a
+    replay needs it; None if it is gone (deleted, pruned, or its responses expired)."""
+    thread_id = record["thread_id"]
+    run_ids = [r.decode() if isinstance(r, bytes) else r
+               for r in await redis.zrange(thread_runs_key(thread_id), 0, -1)]
+    if record["run_id"] not in run_ids or run_ids.index(record["run_id"]) == 0:
+        return None
+    before_id = run_ids[run_ids.index(record["run_id"]) - 1]
+    before = await Records(redis).get_run(thread_id, before_id)
+    raw = await redis.get(responses_key(thread_id, before_id))
+    if before is None or raw is None:
+        return None
+    return {"run_id": before_id, "input": (before.get("kwargs") or {}).get("input"),
+            "messages_before": await messages_at(graph, thread_id,
+                                                 before.get("checkpoint_before")),
+            "responses": json.loads(raw)}
+
+
 async def after_run(redis: Redis, record: dict[str, Any], responses: list[dict[str, Any]],
                     graph: Any) -> None:
     """Keep a failed run's case (every run's responses are kept a day by
     ``run_telemetry.save``, for feedback to flag it later)."""
     if record.get("status") in FAILED:
-        before = await messages_at(graph, record["thread_id"], record.get("checkpoint_before"))
-        await keep(redis, record, responses, before, record["status"])
+        await keep(redis, record, responses, graph, record["status"])
 
 
 class RunFeedback(BaseModel):
@@ -112,8 +141,7 @@ async def feedback(redis: Redis, record: dict[str, Any], score: float, comment: 
     kept = False
     if score < 0.5:
         raw = await redis.get(responses_key(record["thread_id"], record["run_id"]))
-        before = await messages_at(graph, record["thread_id"], record.get("checkpoint_before"))
-        await keep(redis, record, json.loads(raw) if raw else [], before, "feedback", entry)
+        await keep(redis, record, json.loads(raw) if raw else [], graph, "feedback", entry)
         kept = True
     telemetry.count("run_feedback", flagged=str(kept).lower())
     return {**entry, "kept_as_case": kept}
@@ -205,24 +233,33 @@ def by_role(responses: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 async def replay(case: dict[str, Any], settings: Any) -> dict[str, Any]:
     """Run the case again through the real graphs in this process, the model replaced by
-    its recorded responses; returns ``{"status": "success" | "error", "error"?}``."""
+    its recorded responses; returns ``{"status": "success" | "error", "error"?}``. A resume
+    replays the run that stopped for the approval first, then resumes with the decision."""
     from agents.system import AgentSystem, Runtime
 
-    if case.get("command"):
-        return {"status": "skipped", "error": "resume cases are kept and exported, but "
-                                              "replaying a resume is not supported yet"}
+    resume = (case.get("command") or {}).get("resume")
+    stopped = case.get("interrupted_by")
+    if resume is not None and not stopped:
+        return {"status": "skipped", "error": "a resume kept without the run that stopped "
+                                              "for its approval (gone when it was kept)"}
+    first = stopped or case
+    responses = [*(stopped or {}).get("responses", []), *case["responses"]]
     runtime = await Runtime.create(settings)
-    recorded_models = {r.get("model") for r in case["responses"]} - {None}
-    model = ReplayModel(responses=by_role(case["responses"]),
+    recorded_models = {r.get("model") for r in responses} - {None}
+    model = ReplayModel(responses=by_role(responses),
                         stub_after=recorded_models <= {"stub-model"})
     system = AgentSystem(dataclasses.replace(runtime, model=model))
-    thread_id = f"replay-{case['case_id']}-{uuid.uuid4().hex[:6]}"
-    messages = [*messages_from_dict(case["messages_before"]),
+    config = {"configurable": {"thread_id": f"replay-{case['case_id']}-{uuid.uuid4().hex[:6]}"}}
+    messages = [*messages_from_dict(first["messages_before"]),
                 *(HumanMessage(m["content"]) if isinstance(m, dict) else HumanMessage(str(m))
-                  for m in (case.get("input") or {}).get("messages") or [])]
+                  for m in (first.get("input") or {}).get("messages") or [])]
     try:
-        await system.supervisor.ainvoke({"messages": messages},
-                                        {"configurable": {"thread_id": thread_id}})
+        await system.supervisor.ainvoke({"messages": messages}, config)
+        if resume is not None:
+            if not (await system.supervisor.aget_state(config)).interrupts:
+                return {"status": "error", "error": "the replay did not stop for the "
+                                                    "approval the case resumes"}
+            await system.supervisor.ainvoke(Command(resume=resume), config)
         return {"status": "success"}
     except Exception as exc:
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}

@@ -71,3 +71,29 @@ async def test_a_failed_run_is_kept_exported_and_replays_green_once_fixed(settin
     assert still["status"] == "error" and "StepLimitExceeded" in still["error"]
     fixed = await regressions.replay(exported, settings)  # the default step limit
     assert fixed == {"status": "success"}
+
+
+async def test_a_flagged_resume_is_kept_with_the_run_that_stopped_and_replays(settings,
+                                                                             redis_client):
+    """An approval's resume, flagged: its case carries the run that stopped for the
+    approval, and the replay reaches that interrupt before it resumes."""
+    async with await AgentSystem.create(settings) as system:
+        service = AgentService.in_process(system, replica_id="regressions")
+        service.executor.start()
+        try:
+            stopped = await run_once(service, "Refund $5 to order 3")
+            resumed = await service.runs.create(stopped["thread_id"], RunCreate.model_validate({
+                "assistant_id": "supervisor",
+                "command": {"resume": {"action": "approve", "by": "alice"}}}))
+            resumed = await service.streams.wait_for_end(resumed["thread_id"],
+                                                         resumed["run_id"])
+            verdict = await record_feedback(service, resumed, RunFeedback(score=0.1))
+        finally:
+            await service.aclose()
+
+    assert resumed["status"] == "success" and verdict["kept_as_case"]
+    case = {c["case_id"]: c for c in await regressions.cases(redis_client)}[resumed["run_id"]]
+    assert case["interrupted_by"]["run_id"] == stopped["run_id"]
+    assert case["interrupted_by"]["responses"]
+    assert await regressions.replay(json.loads(json.dumps(case)), settings) == \
+        {"status": "success"}
