@@ -34,6 +34,11 @@ def check_namespace(namespace: Any, what: str = "namespace") -> tuple[str, ...]:
     return tuple(namespace)
 
 
+def no_semantic_index(field: str) -> ApiError:
+    return ApiError(422, f"{field}: the store has no semantic index (no embeddings are "
+                         "configured), so it cannot embed or rank by meaning")
+
+
 def item_view(item: Item) -> dict[str, Any]:
     """An item as the API returns it (``score`` only from a search that ranks)."""
     return item.dict()
@@ -65,6 +70,8 @@ class StoreService:
 
     async def put(self, user: User, namespace: Sequence[str], key: str,
                   value: dict[str, Any], index: Any, ttl: float | None) -> None:
+        if isinstance(index, list):
+            raise no_semantic_index("index")
         args = {"namespace": check_namespace(namespace), "key": key, "value": value,
                 "index": index, "ttl": ttl}
         await self._authorized(user, "put", args)
@@ -86,6 +93,8 @@ class StoreService:
         await (await self.store()).adelete(args["namespace"], args["key"])
 
     async def search(self, user: User, body: Any) -> dict[str, Any]:
+        if body.query:
+            raise no_semantic_index("query")
         args = {"namespace": check_namespace(body.namespace_prefix, "namespace_prefix"),
                 "filter": body.filter, "limit": body.limit, "offset": body.offset,
                 "query": body.query, "refresh_ttl": body.refresh_ttl}

@@ -1,6 +1,7 @@
 """End to end through ``langgraph_sdk`` on the session's cluster (2 supervisor replicas): the
 Store API and agents' long-term memory, webhooks (signed, retried, approvals), crons (one
-run per tick across replicas, the missed-tick rule)."""
+run per tick across replicas, the missed-tick rule); and, on an in-process API with API
+keys, each user's own namespaces and crons."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 
 from agents.local.webhook_receiver import signature_ok
-from agents.settings import WebhookSettings
+from agents.settings import ApiKey, AuthSettings, WebhookSettings
+from agents.system import AgentSystem
 from serve_app.api_errors import ApiError
 from serve_app.crons import DUE, TICK
+from serve_app.http_api import build_api
+from serve_app.service import AgentService
 from serve_app.webhooks import check_destination
 
 
@@ -61,6 +65,8 @@ async def test_store_items_through_the_sdk(client, cluster_url):
     assert sorted(spaces["namespaces"]) == [ns, [*ns, "deeper"]]
     assert (await client.store.list_namespaces(prefix=ns, max_depth=2))["namespaces"] == [ns]
 
+    with pytest.raises(UnprocessableEntityError):  # no embeddings: no semantic search
+        await client.store.search_items(ns, query="blue things")
     await client.store.delete_item(ns, key="a")
     assert await client.store.get_item(ns, key="a") is None  # as LangGraph Platform answers
 
@@ -239,3 +245,50 @@ async def test_ticks_missed_while_down_run_the_latest_once(client, redis_client)
     assert ran[0] == latest_missed  # the latest missed tick ran, once
     assert all(tick > latest_missed for tick in ran[1:])  # older ones were skipped
     assert datetime.fromisoformat(current["next_run_date"]).timestamp() > now
+
+
+# with auth: each user's store and crons
+
+
+@pytest.fixture(scope="module")
+async def keyed_sdks(settings):
+    """Two users (built-in API keys) on an in-process API over the session's Redis/stub."""
+    async with await AgentSystem.create(settings) as system:
+        service = AgentService.in_process(system, replica_id=f"h4-{uuid.uuid4().hex[:6]}")
+        service.executor.start()
+        app = build_api(service, AuthSettings(api_keys=[
+            ApiKey(identity="erin", key="erin-key"), ApiKey(identity="frank", key="frank-key")]))
+        sdks = []
+        for key in ("erin-key", "frank-key"):
+            sdk = get_client(url="http://api", api_key=key)
+            sdk.http.client._transport = httpx.ASGITransport(app=app)
+            sdks.append(sdk)
+        yield sdks
+        await service.aclose()
+
+
+async def test_with_auth_namespaces_and_crons_are_per_user(keyed_sdks):
+    erin, frank = keyed_sdks
+    await erin.store.put_item(["notes"], key="n", value={"text": "erin's"})
+    assert (await erin.store.get_item(["notes"], key="n"))["namespace"] == ["erin", "notes"]
+    assert await frank.store.get_item(["notes"], key="n") is None
+    assert await frank.store.get_item(["erin", "notes"], key="n") is None  # frank's own erin
+    assert (await frank.store.search_items(["notes"]))["items"] == []
+    assert ["erin", "notes"] in (await erin.store.list_namespaces())["namespaces"]
+    assert (await frank.store.list_namespaces())["namespaces"] == []
+
+    thread = await erin.threads.create()
+    out = await erin.runs.wait(thread["thread_id"], "supervisor",
+                               input=user("Remember that I prefer short answers."),
+                               config={"configurable": {"user_id": "frank"}})  # not obeyed
+    assert "short answers" in out["messages"][-1]["content"]
+    memories = await erin.store.search_items(["memories"])
+    assert [i["namespace"] for i in memories["items"]] == [["erin", "memories"]]
+    assert (await frank.store.search_items(["memories"]))["items"] == []
+
+    cron = await erin.crons.create("supervisor", schedule="0 9 * * *", input=user("hi"))
+    assert cron["user_id"] == "erin"
+    assert await frank.crons.count() == 0 and await erin.crons.count() == 1
+    with pytest.raises(NotFoundError):
+        await frank.crons.delete(cron["cron_id"])
+    await erin.crons.delete(cron["cron_id"])
