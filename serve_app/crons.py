@@ -182,6 +182,9 @@ class Crons:
                     if exc.status == 503:  # admission: try this tick again next round
                         await self.redis.delete(lease)
                         continue
+                    if exc.status == 404 and cron["thread_id"]:  # its thread is gone
+                        await self.delete(cron_id)
+                        continue
                 else:
                     created += 1
                     log.info("cron %s: tick %s ran as run %s", cron_id, iso(tick),

@@ -24,6 +24,9 @@ def run_body(cron: dict[str, Any], tick: str | None = None) -> RunCreate:
                            "cron_tick": tick}
     if cron["thread_id"] is None and cron.get("on_run_completed"):
         payload["on_completion"] = cron["on_run_completed"]
+    unknown = sorted(set(payload) - set(RunCreate.model_fields))
+    if unknown:
+        raise ApiError(422, f"unknown fields of a cron: {unknown}")
     try:
         return RunCreate.model_validate(payload)
     except ValidationError as exc:

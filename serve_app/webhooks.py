@@ -101,12 +101,13 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest.hexdigest()}"
 
 
-def run_payload(run: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
+def run_payload(run: dict[str, Any], output: dict[str, Any], ended_at: str
+                ) -> dict[str, Any]:
     """What a run's webhook receives (LangGraph Platform's shape)."""
     payload = {key: value for key, value in run.items()
                if key not in ("webhook_deliveries", "approval_deliveries")}
-    payload.update(run_started_at=run.get("started_at", run.get("created_at")),
-                   run_ended_at=run.get("updated_at"), webhook_sent_at=now_iso())
+    payload.update(run_started_at=run["created_at"], run_ended_at=ended_at,
+                   webhook_sent_at=now_iso())
     if "__error__" in output:
         payload.update(values=None, error=output["__error__"])
     else:
@@ -191,10 +192,12 @@ class Outbox:
             entry["checks"] += 1
             await self._reschedule(delivery_id, entry, wait)
             return
+        # the end as first seen: recording deliveries on the record moves its updated_at
+        entry.setdefault("ended_at", run["updated_at"])
         output = await output_of(run)
         failed = {}
         for kind, url in entry["targets"].items():
-            payloads = [run_payload(run, output)] if kind == "run" else \
+            payloads = [run_payload(run, output, entry["ended_at"])] if kind == "run" else \
                 approval_payloads(run, output)
             for payload in payloads:
                 ok = await self._post(client, run, kind, url, payload, entry["attempts"] + 1)

@@ -200,6 +200,10 @@ async def test_cron_crud_through_the_sdk(client, cluster_url):
         await client.crons.create("supervisor", schedule="every minute")
     with pytest.raises(UnprocessableEntityError):
         await client.crons.create("supervisor", schedule="* * * * *", timezone="Mars/Base")
+    async with httpx.AsyncClient(base_url=cluster_url) as http:
+        unknown = await http.post("/runs/crons", json={
+            "assistant_id": "supervisor", "schedule": "* * * * *", "colour": "blue"})
+        assert unknown.status_code == 422 and "colour" in unknown.json()["detail"]
 
 
 async def test_a_cron_ticking_on_two_replicas_runs_once_per_tick(client, redis_client,
