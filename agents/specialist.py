@@ -25,6 +25,7 @@ from langgraph.types import interrupt
 from agents.approval import ApprovalRequest, ApprovalVerifier, parse_decision
 from agents.effects import EffectLedger, effect_key
 from agents.errors import StepLimitExceeded
+from agents.run_context import RunContext, current_context
 from agents.settings import ApprovalPolicy, RoleSettings
 from agents.state import Decision, SpecialistState
 from agents.telemetry import tool_call, traced_node
@@ -104,7 +105,9 @@ def build_specialist(
         steps = steps_this_turn(state)
         if steps >= settings.max_steps:
             raise StepLimitExceeded(role, settings.max_steps)
-        response = await bound_model.ainvoke([prompt, *state["messages"]])
+        context = current_context()
+        response = await bound_model.bind(**context.model_kwargs()).ainvoke(
+            [prompt, *context.instructions(), *state["messages"]])
         return {"messages": [response], "steps": steps + 1}
 
     def after_agent(state: SpecialistState) -> str:
@@ -199,7 +202,7 @@ def build_specialist(
         ]
         return {"messages": [*results, *malformed]}
 
-    graph = StateGraph(SpecialistState)
+    graph = StateGraph(SpecialistState, context_schema=RunContext)
     graph.add_node("agent", traced_node(agent, "agent", role))
     graph.add_node("approve", traced_node(approve, "approve", role))
     graph.add_node("tools", traced_node(run_tools, "tools", role))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, SystemMessage
+from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config, get_stream_writer
@@ -23,10 +23,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.store.base import BaseStore
 from langgraph.types import Send, interrupt
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from agents.errors import StepLimitExceeded
 from agents.memory import current_user
+from agents.run_context import RunContext, current_context
 from agents.settings import RoleSettings
 from agents.specialist import steps_this_turn
 from agents.state import Assignment, SupervisorState, WorkerInput
@@ -34,6 +35,7 @@ from agents.telemetry import add_responses, add_usage, inject, span, traced_node
 from agents.workers import Worker, WorkerResult
 
 FINISH = "FINISH"
+ROUTE_RETRIES = 2  # corrections a malformed route call gets before the turn gives up
 
 
 class RouteStep(BaseModel):
@@ -70,6 +72,32 @@ def sub_thread_id(parent_thread: str, assignment: Assignment) -> str:
     return f"{parent_thread}/{assignment['worker']}/{assignment['task_id']}"
 
 
+def route_errors(response: AIMessage, roles: Mapping[str, RoleSettings]) -> list[ToolMessage]:
+    """What is wrong with the model's route calls, one tool result per faulty call (as a
+    specialist's tool errors go back to its model): arguments that are not JSON or do not
+    fit ``Route``, workers that do not exist."""
+    known = [*roles, FINISH]
+    errors = []
+    for call in response.invalid_tool_calls:
+        if call.get("name") == "route":
+            errors.append((call.get("id"), f"the arguments are not valid JSON "
+                                           f"({call.get('error') or 'unparsable'})"))
+    for call in response.tool_calls:
+        if call["name"] != "route":
+            continue
+        try:
+            steps = Route.model_validate(call["args"]).next
+        except ValidationError as exc:
+            errors.append((call["id"], f"the arguments do not fit the route schema: {exc}"))
+            continue
+        unknown = [step.worker for step in steps if step.worker not in known]
+        if unknown:
+            errors.append((call["id"], f"no worker is named {unknown}; workers: {known}"))
+    return [ToolMessage(f"Error: {reason}. Call route again with valid arguments.",
+                        tool_call_id=call_id or "route", name="route", status="error")
+            for call_id, reason in errors]
+
+
 def parse_route(response: AIMessage, roles: Mapping[str, RoleSettings]) -> list[Assignment]:
     """Assignments from the model's route call; no call or FINISH means the turn is done."""
     assignments: list[Assignment] = []
@@ -81,6 +109,12 @@ def parse_route(response: AIMessage, roles: Mapping[str, RoleSettings]) -> list[
                 assignments.append(Assignment(worker=step.worker, task=step.task,
                                               task_id=uuid.uuid4().hex[:12]))
     return assignments
+
+
+def model_name(response: AIMessage) -> dict[str, Any]:
+    """Which model answered (the run's context may choose it)."""
+    name = response.response_metadata.get("model_name")
+    return {"model_name": name} if name else {}
 
 
 def build_supervisor(
@@ -100,10 +134,26 @@ def build_supervisor(
         steps = steps_this_turn(state)
         if steps >= max_steps:
             raise StepLimitExceeded("supervisor", max_steps)
-        response = await router.ainvoke([prompt, *state["messages"]])
+        context = current_context()
+        model = router.bind(**context.model_kwargs())
+        conversation = [prompt, *context.instructions(), *state["messages"]]
+        response = await model.ainvoke(conversation)
+        for _ in range(ROUTE_RETRIES):  # a malformed route: the model hears why, tries again
+            errors = route_errors(response, roles)
+            if not errors:
+                break
+            conversation += [response, *errors]
+            response = await model.ainvoke(conversation)
+        else:
+            if route_errors(response, roles):
+                response = AIMessage(f"I could not route this request: the route call stayed "
+                                     f"malformed after {ROUTE_RETRIES} corrections.",
+                                     id=response.id)
         update: dict[str, Any] = {"assignments": parse_route(response, roles), "steps": steps + 1}
         if response.text.strip():  # a direct reply to the user (FINISH with an answer)
-            update["messages"] = [AIMessage(response.text, name="supervisor", id=response.id)]
+            update["messages"] = [AIMessage(
+                response.text, name="supervisor", id=response.id,
+                response_metadata=model_name(response))]
         return update
 
     def fan_out(state: SupervisorState) -> list[Send] | Literal["__end__"]:
@@ -142,7 +192,7 @@ def build_supervisor(
         )
         return {"messages": [answer]}
 
-    graph = StateGraph(SupervisorState)
+    graph = StateGraph(SupervisorState, context_schema=RunContext)
     graph.add_node("supervisor", traced_node(supervisor, "supervisor", "supervisor"))
     graph.add_node("worker", traced_node(worker, "worker", "supervisor"))
     graph.add_edge(START, "supervisor")

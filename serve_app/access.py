@@ -112,6 +112,24 @@ class Access:
         return await self.service.threads.search(
             body, lambda record: matches(record.get("metadata"), where))
 
+    async def count_threads(self, request: Request, body: Any) -> int:
+        value = {"metadata": dict(body.metadata or {}), "status": body.status,
+                 "values": body.values}
+        where = await self.auth.authorize(self.user(request), "threads", "search", value)
+        return await self.service.threads.count(
+            body, None if where is None else lambda r: matches(r.get("metadata"), where))
+
+    async def copy_thread(self, request: Request, thread_id: str) -> dict[str, Any]:
+        """A copy of a thread the user may read, counted as a thread the user made."""
+        user = self.user(request)
+        await self.visible(user, thread_id, "read")
+        if self.per_user:
+            await self.limits.check_threads(user.identity)
+        view = await self.service.threads.copy(thread_id)
+        if self.per_user:
+            await self.limits.owns(user.identity, view["thread_id"])
+        return view
+
     async def update_thread(self, request: Request, thread_id: str,
                             body: Any) -> dict[str, Any]:
         user = self.user(request)
@@ -162,7 +180,9 @@ class Access:
 
     # runs
     async def create_run(self, request: Request, thread_id: str | None, body: Any,
-                         extra_modes: list[str] | None = None) -> dict[str, Any]:
+                         extra_modes: list[str] | None = None,
+                         admitted: bool = False) -> dict[str, Any]:
+        """``admitted``: admission already let it in (a batch is admitted as a whole)."""
         user = self.user(request)
         command = body.command
         self.limits.check_messages(body.input, command.update if command else None)
@@ -208,7 +228,8 @@ class Access:
             if self.per_user:
                 await self.limits.check_runs(user.identity)
                 await self.limits.take_run(user.identity)
-            run = await self.service.runs.create(thread_id, body, extra_modes, thread_metadata)
+            run = await self.service.runs.create(thread_id, body, extra_modes, thread_metadata,
+                                                 admitted)
         except ApiError as exc:
             if entries:
                 await self.approvals.not_applied(thread_id, entries, exc.detail)
@@ -232,11 +253,27 @@ class Access:
                          value: dict[str, Any]) -> dict[str, Any] | None:
         return await self.auth.authorize(self.user(request), "assistants", action, value)
 
-    async def assistant(self, request: Request, assistant_id: str) -> str:
-        """The graph of a readable assistant (404 if the handler's filter hides it)."""
-        where = await self.assistants(request, "read", {"assistant_id": assistant_id})
-        graph = self.service.assistants.graph_id(assistant_id)
-        found = next(a for a in self.service.assistants.all() if a["graph_id"] == graph)
+    async def assistant(self, request: Request, assistant_id: str,
+                        action: str = "read") -> dict[str, Any]:
+        """A readable assistant (404 if the handler's filter hides it)."""
+        where = await self.assistants(request, action, {"assistant_id": assistant_id})
+        found = await self.service.assistants.find(assistant_id)
         if not matches(found["metadata"], where):
             raise ApiError(404, f"assistant {assistant_id!r} not found")
-        return graph
+        return found
+
+    async def create_assistant(self, request: Request, body: Any) -> dict[str, Any]:
+        """The handler's filter's equalities become the assistant's metadata (its owner)."""
+        value = body.model_dump()
+        value["metadata"] = dict(body.metadata or {})
+        where = await self.assistants(request, "create", value)
+        body.metadata = {**equalities(where), **_metadata(value)}
+        return await self.service.assistants.create(body)
+
+    async def assistant_filter(self, request: Request, action: str, value: dict[str, Any]
+                               ) -> Any:
+        """A predicate over assistants from the handler's filter (None: all)."""
+        where = await self.assistants(request, action, value)
+        if where is None:
+            return None
+        return lambda assistant: matches(assistant.get("metadata"), where)

@@ -25,6 +25,8 @@ GRAPH_MODE = {
     "messages": "messages",
     "custom": "custom",
     "debug": "debug",
+    "tasks": "tasks",  # each task's start and result
+    "checkpoints": "checkpoints",  # each checkpoint as it is saved
     "chat": "custom",
 }
 API_MODES = (frozenset(GRAPH_MODE) - {"chat"}) | {"events"}

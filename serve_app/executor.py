@@ -47,6 +47,7 @@ from serve_app.leases import Leases
 from serve_app.metrics import Metrics
 from serve_app.records import ACTIVE, TERMINAL, Records
 from serve_app.retention import Retention
+from serve_app.run_options import checkpoint_target, graph_options
 from serve_app.run_pool import PoolLoad, RunPool
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,7 @@ def graph_input(kwargs: dict[str, Any]) -> Any:
 def run_config(run: dict[str, Any], token: str | None) -> dict[str, Any]:
     config = dict(run["kwargs"].get("config") or {})
     configurable = {**(config.get("configurable") or {}), "thread_id": run["thread_id"]}
-    checkpoint_id = run["kwargs"].get("checkpoint_id")
-    if checkpoint_id:
-        configurable["checkpoint_id"] = checkpoint_id
+    configurable.update(checkpoint_target(run["kwargs"]))
     if token:
         configurable[FENCE] = token
     metadata = {**(config.get("metadata") or {}), "run_id": run["run_id"],
@@ -153,7 +152,8 @@ class RunExecutor:
 
     async def submit(self, run: dict[str, Any], first_in_thread: bool) -> None:
         """Queue an admitted run; it is ready at once if its thread has nothing before it."""
-        await self.pool.add(run_ref(run["thread_id"], run["run_id"]), ready=first_in_thread)
+        await self.pool.add(run_ref(run["thread_id"], run["run_id"]), ready=first_in_thread,
+                            not_before_ms=run.get("not_before_ms"))
         self.metrics.count("runs_admitted")
 
     # taking runs
@@ -336,13 +336,14 @@ class RunExecutor:
         api_modes = frozenset(run["kwargs"].get("stream_mode") or ["values"])
         graph_in = await self._input(run)
         if "events" in api_modes:
-            async for event in graph.astream_events(graph_in, config, version="v2"):
+            async for event in graph.astream_events(graph_in, config, version="v2",
+                                                    **graph_options(run["kwargs"])):
                 yield "events", to_jsonable(event)
             return
         partials: dict[str, Any] = {}
         subgraphs = bool(run["kwargs"].get("stream_subgraphs"))
         async for part in graph.astream(graph_in, config, stream_mode=graph_modes(api_modes),
-                                        subgraphs=subgraphs):
+                                        subgraphs=subgraphs, **graph_options(run["kwargs"])):
             namespace, mode, chunk = part if subgraphs else ((), *part)
             suffix = "".join(f"|{step}" for step in namespace)  # e.g. updates|child:<task id>
             for event, data in convert(mode, chunk, api_modes, partials):
@@ -374,7 +375,8 @@ class RunExecutor:
             return None  # another attempt owns the run now
         record = await run_telemetry.save(self.redis, record, summary,
                                           self.graphs[run["graph_id"]])
-        thread_status = "error" if error else "interrupted" if interrupts else "idle"
+        stopped = interrupts or (state is not None and state.next)  # incl. breakpoints
+        thread_status = "error" if error else "interrupted" if stopped else "idle"
         await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
                                                          error=error))
         if self.retention is not None:  # while the run still holds its thread
@@ -490,6 +492,7 @@ class RunExecutor:
         """Queue again every run whose owner stopped renewing its lease (and, with
         ``orphans``, every pending run nothing holds or queues); returns their ids."""
         requeued = []
+        await self.pool.release_due()  # delayed runs (after_seconds) whose time has come
         for ref in await self.pool.expired():
             if await self.pool.forfeit(ref) and await self._recover(ref):
                 requeued.append(parse_ref(ref)[1])

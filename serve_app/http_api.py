@@ -6,10 +6,11 @@ anything a user owns. Every request is authenticated first unless its route is p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Query, Request
@@ -21,22 +22,26 @@ from agents.settings import AuthSettings, LimitsSettings, get_settings
 from serve_app.access import Access
 from serve_app.api_errors import ApiError
 from serve_app.assistants import DEFAULT_GRAPH
-from serve_app.auth import Authorizer, matches
+from serve_app.auth import Authorizer
 from serve_app.console import mount_console
 from serve_app.crons import Crons
 from serve_app.limits import BodyLimit, Limits
 from serve_app.middleware import Authenticate, ReplicaHeader
+from serve_app.records import RunStatus
 from serve_app.regressions import RunFeedback, record_feedback
+from serve_app.routes_assistants import add_assistant_routes
 from serve_app.routes_crons import CronAccess, add_cron_routes
 from serve_app.routes_store import add_store_routes
 from serve_app.schemas import (
     ApproveRequest,
-    AssistantSearch,
     ChatRequest,
     HistoryQuery,
+    RunBatchItem,
+    RunCancelMany,
     RunCreate,
     StateAt,
     StateUpdate,
+    ThreadCount,
     ThreadCreate,
     ThreadPatch,
     ThreadPrune,
@@ -97,7 +102,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     api.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
     def sse(run: dict[str, Any], frames: AsyncIterator[bytes]) -> StreamingResponse:
-        location = f"/threads/{quote(run['thread_id'], safe='')}/runs/{run['run_id']}"
+        location = run_location(run)
         return StreamingResponse(frames, media_type="text/event-stream", headers={
             **SSE_HEADERS, "Location": f"{location}/stream", "Content-Location": location})
 
@@ -120,27 +125,7 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     async def whoami() -> dict:
         return {"replica_id": service.replica_id, "pid": os.getpid()}
 
-    # assistants
-    @api.post("/assistants/search")
-    async def search_assistants(request: Request, body: AssistantSearch) -> list[dict]:
-        where = await access.assistants(request, "search", body.model_dump())
-        found = [a for a in service.assistants.all()
-                 if body.graph_id in (None, a["graph_id"]) and matches(a["metadata"], where)]
-        return found[body.offset:body.offset + body.limit]
-
-    @api.get("/assistants/{assistant_id}")
-    async def get_assistant(request: Request, assistant_id: str) -> dict:
-        assistant = service.assistants.get(assistant_id)
-        await access.assistant(request, assistant_id)
-        return assistant
-
-    @api.get("/assistants/{assistant_id}/graph")
-    async def get_graph(request: Request, assistant_id: str, xray: bool | int = False) -> dict:
-        return service.assistants.graph_drawing(await access.assistant(request, assistant_id), xray)
-
-    @api.get("/assistants/{assistant_id}/schemas")
-    async def get_schemas(request: Request, assistant_id: str) -> dict:
-        return service.assistants.schemas(await access.assistant(request, assistant_id))
+    add_assistant_routes(api, access)
 
     # threads
     @api.post("/threads")
@@ -154,6 +139,14 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     @api.post("/threads/search")
     async def search_threads(request: Request, body: ThreadSearch) -> list[dict]:
         return await access.search_threads(request, body)
+
+    @api.post("/threads/count")
+    async def count_threads(request: Request, body: ThreadCount) -> int:
+        return await access.count_threads(request, body)
+
+    @api.post("/threads/{thread_id}/copy")
+    async def copy_thread(request: Request, thread_id: str) -> dict:
+        return await access.copy_thread(request, thread_id)
 
     @api.get("/threads/{thread_id}")
     async def get_thread(request: Request, thread_id: str) -> dict:
@@ -202,40 +195,93 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     # runs on a thread, and thread-less runs
     @api.post("/threads/{thread_id}/runs")
     async def create_run(request: Request, thread_id: str, body: RunCreate) -> JSONResponse:
-        run = await access.create_run(request, thread_id, body)
-        location = f"/threads/{quote(thread_id, safe='')}/runs/{run['run_id']}"
-        return JSONResponse(run, headers={"Content-Location": location})
+        return created(await access.create_run(request, thread_id, background(body)))
 
     @api.post("/runs")
-    async def create_stateless_run(request: Request, body: RunCreate) -> dict:
-        return await access.create_run(request, None, body)
+    async def create_stateless_run(request: Request, body: RunCreate) -> JSONResponse:
+        return created(await access.create_run(request, None, background(body)))
+
+    def background(body: RunCreate) -> RunCreate:
+        """A run nobody waits on has no client to lose: ``on_disconnect: cancel`` is
+        refused rather than ignored."""
+        if body.on_disconnect == "cancel":
+            raise ApiError(422, "on_disconnect: 'cancel' applies to runs.stream and "
+                                "runs.wait; a created run has no connection to lose")
+        return body
+
+    def created(run: dict[str, Any]) -> JSONResponse:
+        return JSONResponse(run, headers={"Content-Location": run_location(run)})
 
     @api.post("/threads/{thread_id}/runs/stream")
     async def stream_run(request: Request, thread_id: str, body: RunCreate) -> StreamingResponse:
         run = await access.create_run(request, thread_id, body)
-        return sse(run, service.streams.events(thread_id, run["run_id"]))
+        return sse(run, run_events(run, body.on_disconnect == "cancel"))
 
     @api.post("/runs/stream")
     async def stream_stateless_run(request: Request, body: RunCreate) -> StreamingResponse:
         run = await access.create_run(request, None, body)
-        return sse(run, service.streams.events(run["thread_id"], run["run_id"]))
+        return sse(run, run_events(run, body.on_disconnect == "cancel"))
+
+    def run_events(run: dict[str, Any], cancel_on_disconnect: bool,
+                   last_id: str = "0") -> AsyncIterator[bytes]:
+        streams = service.streams
+        follow = streams.events_or_cancel if cancel_on_disconnect else streams.events
+        return follow(run["thread_id"], run["run_id"], last_id)
 
     @api.post("/threads/{thread_id}/runs/wait")
-    async def wait_run(request: Request, thread_id: str, body: RunCreate) -> dict:
+    async def wait_run(request: Request, thread_id: str, body: RunCreate) -> JSONResponse:
         run = await access.create_run(request, thread_id, body)
-        return await service.runs.join(thread_id, run["run_id"])
+        return await waited(run, body.on_disconnect == "cancel")
 
     @api.post("/runs/wait")
-    async def wait_stateless_run(request: Request, body: RunCreate) -> dict:
+    async def wait_stateless_run(request: Request, body: RunCreate) -> JSONResponse:
         run = await access.create_run(request, None, body)
-        return await service.runs.join(run["thread_id"], run["run_id"])
+        return await waited(run, body.on_disconnect == "cancel")
+
+    async def waited(run: dict[str, Any], cancel_on_disconnect: bool) -> JSONResponse:
+        """The run's output; ``Location`` is its join, where a cut-off client reconnects.
+        A client that goes first cancels the run if it asked to (``on_disconnect``)."""
+        location = run_location(run)
+        try:
+            output = await service.runs.join(run["thread_id"], run["run_id"])
+        except asyncio.CancelledError:
+            if cancel_on_disconnect:
+                await asyncio.shield(service.streams.cancel_unless_ended(run["thread_id"],
+                                                                         run["run_id"]))
+            raise
+        return JSONResponse(output, headers={"Location": f"{location}/join",
+                                             "Content-Location": location})
+
+    @api.post("/runs/batch")
+    async def create_batch(request: Request, body: list[RunBatchItem]) -> list[dict]:
+        """Several runs at once, each as ``runs.create`` would make it; admitted as a
+        whole (a body that fails validation makes none)."""
+        await service.runs.admit()
+        runs = []
+        for item in body:
+            run = RunCreate(**item.model_dump(exclude={"thread_id"}, exclude_unset=True))
+            runs.append(await access.create_run(request, item.thread_id, background(run),
+                                                admitted=True))
+        return runs
+
+    @api.post("/runs/cancel", status_code=204)
+    async def cancel_many(request: Request, body: RunCancelMany,
+                          action: Literal["interrupt", "rollback"] = "interrupt") -> None:
+        if body.thread_id is None:
+            raise ApiError(422, "thread_id: cancelling runs across every thread is not "
+                                "supported; name the thread")
+        await access.thread(request, body.thread_id, "update", {"action": action})
+        await service.runs.cancel_many(body.thread_id, body.run_ids, body.status, action)
 
     @api.get("/threads/{thread_id}/runs")
     async def list_runs(request: Request, thread_id: str,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-                        offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+                        offset: Annotated[int, Query(ge=0)] = 0,
+                        status: RunStatus | None = None,
+                        select: Annotated[list[str] | None, Query()] = None) -> list[dict]:
         await access.thread(request, thread_id)
-        return await service.records.list_runs(thread_id, limit, offset)
+        runs = await service.records.list_runs(thread_id, limit, offset, status)
+        return [{k: r.get(k) for k in select} for r in runs] if select else runs
 
     @api.get("/threads/{thread_id}/runs/{run_id}")
     async def get_run(request: Request, thread_id: str, run_id: str) -> dict:
@@ -257,12 +303,12 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     async def join_stream(
         request: Request, thread_id: str, run_id: str,
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+        cancel_on_disconnect: bool = False,
     ) -> StreamingResponse:
         """Join a run's stream from any replica, resuming after ``Last-Event-ID``."""
         await access.thread(request, thread_id, "read", {"run_id": run_id})
         run = await service.runs.get(thread_id, run_id)
-        return sse(run, service.streams.events(thread_id, run_id,
-                                               event_id(last_event_id) or "0"))
+        return sse(run, run_events(run, cancel_on_disconnect, event_id(last_event_id) or "0"))
 
     @api.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202)
     async def cancel_run(request: Request, thread_id: str, run_id: str, wait: bool = False,
@@ -319,6 +365,10 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
     mount_console(api, service)
     api.add_middleware(TraceMiddleware)  # outermost: a span and x-trace-id per request
     return api
+
+
+def run_location(run: dict[str, Any]) -> str:
+    return f"/threads/{quote(run['thread_id'], safe='')}/runs/{run['run_id']}"
 
 
 def event_id(value: str | None) -> str | None:

@@ -96,6 +96,11 @@ def running_key(pool: str) -> str:
     return f"{_pool(pool)}:running"
 
 
+def delayed_key(pool: str) -> str:
+    """Runs asked to start later (``after_seconds``), by when they may start (ms)."""
+    return f"{_pool(pool)}:delayed"
+
+
 def pending_key(pool: str) -> str:
     """Every non-terminal run of the pool by creation time: what the sweeper checks."""
     return f"{_pool(pool)}:pending"
@@ -146,3 +151,17 @@ def user_runs_key(identity: str) -> str:
 def user_threads_key(identity: str) -> str:
     """Threads the user created, by creation time."""
     return f"{_user(identity)}:threads"
+
+
+_ASSISTANTS = f"{PREFIX}{{assistants}}"  # every stored assistant's keys: one slot
+ALL_ASSISTANTS = f"{_ASSISTANTS}:all"  # stored assistants by creation time
+
+
+def assistant_key(assistant_id: str) -> str:
+    """The assistant's current version (JSON)."""
+    return f"{_ASSISTANTS}:assistant:{assistant_id}"
+
+
+def assistant_versions_key(assistant_id: str) -> str:
+    """Every version of the assistant: a hash, version number -> JSON."""
+    return f"{_ASSISTANTS}:versions:{assistant_id}"

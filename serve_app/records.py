@@ -165,9 +165,11 @@ class Records:
     # runs
     async def create_run(self, thread_id: str, assistant_id: str, graph_id: str,
                          kwargs: dict[str, Any], metadata: dict[str, Any],
-                         multitask_strategy: str) -> dict[str, Any]:
+                         multitask_strategy: str, extra: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+        """``extra``: more fields of the record (e.g. ``webhook``, read when it ends)."""
         stamp = now_iso()
-        record = {
+        record = {**(extra or {}),
             "run_id": str(uuid.uuid4()), "thread_id": thread_id, "assistant_id": assistant_id,
             "graph_id": graph_id, "status": "pending", "metadata": metadata, "kwargs": kwargs,
             "multitask_strategy": multitask_strategy, "created_at": stamp, "updated_at": stamp,
@@ -201,9 +203,14 @@ class Records:
         return await self._update(run_key(run["thread_id"], run["run_id"]), fields,
                                   allowed, run["attempt"])
 
-    async def list_runs(self, thread_id: str, limit: int = 10,
-                        offset: int = 0) -> list[dict[str, Any]]:
-        run_ids = await self.redis.zrevrange(thread_runs_key(thread_id), offset,
-                                             offset + limit - 1)
+    async def list_runs(self, thread_id: str, limit: int = 10, offset: int = 0,
+                        status: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; with a ``status``, the page is of the runs in it."""
+        if status is None:
+            run_ids = await self.redis.zrevrange(thread_runs_key(thread_id), offset,
+                                                 offset + limit - 1)
+        else:
+            run_ids = await self.redis.zrevrange(thread_runs_key(thread_id), 0, -1)
         runs = await self._many(run_key(thread_id, rid.decode()) for rid in run_ids)
-        return [run for run in runs if run]
+        runs = [run for run in runs if run and status in (None, run["status"])]
+        return runs if status is None else runs[offset:offset + limit]

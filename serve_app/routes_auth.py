@@ -31,6 +31,9 @@ THREADS_SEARCH = Rule("threads", "search")
 CREATE_RUN = Rule("threads", "create_run")
 ASSISTANTS_READ = Rule("assistants", "read")
 ASSISTANTS_SEARCH = Rule("assistants", "search")
+ASSISTANTS_CREATE = Rule("assistants", "create")
+ASSISTANTS_UPDATE = Rule("assistants", "update")
+ASSISTANTS_DELETE = Rule("assistants", "delete")
 CRONS_CREATE = Rule("crons", "create")
 CRONS_UPDATE = Rule("crons", "update")
 CRONS_DELETE = Rule("crons", "delete")
@@ -45,7 +48,13 @@ ROUTE_AUTH: dict[tuple[str, str], Rule] = {
     ("GET", "/metrics"): AUTHENTICATED,
     ("GET", "/whoami"): AUTHENTICATED,
     # assistants
+    ("POST", "/assistants"): ASSISTANTS_CREATE,
     ("POST", "/assistants/search"): ASSISTANTS_SEARCH,
+    ("POST", "/assistants/count"): ASSISTANTS_SEARCH,
+    ("PATCH", "/assistants/{assistant_id}"): ASSISTANTS_UPDATE,
+    ("DELETE", "/assistants/{assistant_id}"): ASSISTANTS_DELETE,
+    ("POST", "/assistants/{assistant_id}/versions"): ASSISTANTS_READ,
+    ("POST", "/assistants/{assistant_id}/latest"): ASSISTANTS_UPDATE,
     ("GET", "/assistants/{assistant_id}"): ASSISTANTS_READ,
     ("GET", "/assistants/{assistant_id}/graph"): ASSISTANTS_READ,
     ("GET", "/assistants/{assistant_id}/schemas"): ASSISTANTS_READ,
@@ -53,6 +62,8 @@ ROUTE_AUTH: dict[tuple[str, str], Rule] = {
     ("POST", "/threads"): THREADS_CREATE,
     ("POST", "/threads/prune"): THREADS_DELETE,
     ("POST", "/threads/search"): THREADS_SEARCH,
+    ("POST", "/threads/count"): THREADS_SEARCH,
+    ("POST", "/threads/{thread_id}/copy"): THREADS_CREATE,
     ("GET", "/threads/{thread_id}"): THREADS_READ,
     ("PATCH", "/threads/{thread_id}"): THREADS_UPDATE,
     ("DELETE", "/threads/{thread_id}"): THREADS_DELETE,
@@ -69,6 +80,8 @@ ROUTE_AUTH: dict[tuple[str, str], Rule] = {
     ("POST", "/runs/stream"): CREATE_RUN,
     ("POST", "/threads/{thread_id}/runs/wait"): CREATE_RUN,
     ("POST", "/runs/wait"): CREATE_RUN,
+    ("POST", "/runs/batch"): CREATE_RUN,
+    ("POST", "/runs/cancel"): THREADS_UPDATE,
     ("GET", "/threads/{thread_id}/runs"): THREADS_READ,
     ("GET", "/threads/{thread_id}/runs/{run_id}"): THREADS_READ,
     ("DELETE", "/threads/{thread_id}/runs/{run_id}"): THREADS_DELETE,

@@ -8,6 +8,9 @@
 - ``pending``: every non-terminal run, by creation time; the sweeper's view of what must
   end somewhere, so a run dropped between two steps (a crash after its thread queue took
   it, before the ready queue did) is found and queued again.
+- ``delayed``: runs asked to start later (``after_seconds``), by when they may; the
+  sweeper moves those due to ``ready``, and nothing makes one ready before that. In
+  Redis, so a delayed run survives restarts.
 - ``replicas``: the pool's live replicas (heartbeat expiry), for admission and autoscaling.
 """
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from serve_app.keys import (
+    delayed_key,
     parse_ref,
     pending_key,
     queue_key,
@@ -61,21 +65,39 @@ class RunPool:
         self.lease_ms = int(lease_ttl_s * 1000)
         self.ready = ready_key(name)
         self.running = running_key(name)
+        self.delayed = delayed_key(name)
         self.pending = pending_key(name)
         self.replicas = replicas_key(name)
         self.started = started_key(name)
 
-    async def add(self, ref: str, ready: bool) -> None:
-        """A new run: always pending; ready too if it is its thread's next run."""
+    async def add(self, ref: str, ready: bool, not_before_ms: int | None = None) -> None:
+        """A new run: always pending; ready too if it is its thread's next run, unless
+        it may not start before ``not_before_ms`` (then delayed until the sweeper's
+        ``release_due``)."""
         stamp = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.pending, {ref: stamp}, nx=True)
-            if ready:
+            if not_before_ms is not None and not_before_ms > now_ms():
+                pipe.zadd(self.delayed, {ref: not_before_ms})
+            elif ready:
                 pipe.zadd(self.ready, {ref: stamp}, nx=True)
             await pipe.execute()
 
     async def make_ready(self, ref: str) -> None:
-        await self.redis.zadd(self.ready, {ref: time.time()}, nx=True)
+        """Ready now, unless it is delayed and not due yet (``release_due`` queues it)."""
+        due = await self.redis.zscore(self.delayed, ref)
+        if due is None or due <= now_ms():
+            await self.redis.zadd(self.ready, {ref: time.time()}, nx=True)
+
+    async def release_due(self) -> list[str]:
+        """Delayed runs whose time has come, made ready."""
+        due = [r.decode() for r in await self.redis.zrangebyscore(self.delayed, 0, now_ms())]
+        for ref in due:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self.ready, {ref: time.time()}, nx=True)
+                pipe.zrem(self.delayed, ref)
+                await pipe.execute()
+        return due
 
     async def take(self, conn: Redis, timeout_s: float) -> str | None:
         """Pop the oldest ready run (blocking on ``conn``, a connection of its own) and
@@ -106,6 +128,7 @@ class RunPool:
             pipe.zrem(self.running, ref)
             pipe.zrem(self.pending, ref)
             pipe.zrem(self.ready, ref)
+            pipe.zrem(self.delayed, ref)
             await pipe.execute()
 
     async def expired(self) -> list[str]:

@@ -57,6 +57,24 @@ class RunStreams:
                 if ended:
                     return
 
+    async def events_or_cancel(self, thread_id: str, run_id: str,
+                               last_id: str = "0") -> AsyncIterator[bytes]:
+        """``events``, and the run cancelled if the client goes before its end
+        (``on_disconnect: cancel``)."""
+        ended = False
+        try:
+            async for frames in self.events(thread_id, run_id, last_id):
+                yield frames
+            ended = True
+        finally:
+            if not ended:
+                await asyncio.shield(self.cancel_unless_ended(thread_id, run_id))
+
+    async def cancel_unless_ended(self, thread_id: str, run_id: str) -> None:
+        run = await self.ctx.records.get_run(thread_id, run_id)
+        if run is not None and run["status"] not in TERMINAL:
+            await self.ctx.executor.cancel(run, "interrupt")
+
     async def wait_for_end(self, thread_id: str, run_id: str) -> dict[str, Any]:
         """Block until the run is terminal (whichever replica runs it)."""
         async for _ in self.events(thread_id, run_id):

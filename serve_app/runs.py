@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from langgraph.graph.state import CompiledStateGraph
 
@@ -10,13 +12,86 @@ from agents import telemetry
 from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
 from serve_app.api_errors import ApiError
-from serve_app.assistants import AssistantsService, assistant_id
+from serve_app.assistants import AssistantsService, check_context, merge_config
 from serve_app.events import API_MODES
 from serve_app.jsonable import to_jsonable
 from serve_app.records import TERMINAL
 from serve_app.run_streams import RunStreams
 from serve_app.service_context import ServiceContext
 from serve_app.threads import ThreadsService, check_messages
+
+
+def check_breakpoints(field: str, nodes: Any, graph: CompiledStateGraph) -> None:
+    """``interrupt_before`` / ``interrupt_after``: ``"*"`` or nodes of the run's graph."""
+    if nodes is None or nodes == "*":
+        return
+    known = set(graph.nodes) - {"__start__"}
+    unknown = [name for name in nodes if name not in known]
+    if unknown:
+        raise ApiError(422, f"{field} names no node of this graph: {unknown}; "
+                            f"nodes: {sorted(known)}")
+
+
+def check_webhook(url: str) -> None:
+    """A webhook must be an absolute http(s) URL (where it may point is the deliverer's
+    rule, ``serve_app.webhooks``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(422, f"webhook must be an absolute http(s) URL, got {url[:200]!r}")
+
+
+def run_checkpoint(body: Any, thread_id: str | None) -> dict[str, Any]:
+    """Where the run starts: ``checkpoint`` (with its namespace) or ``checkpoint_id``."""
+    ref = body.checkpoint
+    if ref is None:
+        return {"checkpoint_id": body.checkpoint_id} if body.checkpoint_id else {}
+    if body.checkpoint_id and body.checkpoint_id != ref.checkpoint_id:
+        raise ApiError(422, "checkpoint_id and checkpoint.checkpoint_id differ")
+    if ref.thread_id is not None and ref.thread_id != thread_id:
+        raise ApiError(422, f"checkpoint.thread_id {ref.thread_id!r} is not the run's "
+                            f"thread {thread_id!r}")
+    return {"checkpoint_id": ref.checkpoint_id, "checkpoint_ns": ref.checkpoint_ns,
+            "checkpoint_map": ref.checkpoint_map}
+
+
+def run_durability(body: Any) -> str | None:
+    """``durability``, or the deprecated ``checkpoint_during`` mapped onto it."""
+    if body.checkpoint_during is None:
+        return body.durability
+    mapped = "async" if body.checkpoint_during else "exit"
+    if body.durability is not None and body.durability != mapped:
+        raise ApiError(422, f"checkpoint_during={body.checkpoint_during} contradicts "
+                            f"durability={body.durability!r}")
+    return mapped
+
+
+def run_options(body: Any, assistant: dict[str, Any], graph: CompiledStateGraph,
+                thread_id: str | None) -> dict[str, Any]:
+    """The run's ``kwargs`` besides input and streaming, checked (422 naming the field):
+    the assistant's config and context under the run's, breakpoints, durability, the
+    checkpoint to start from, feedback keys, the delayed start."""
+    if body.strict_resume is False:
+        raise ApiError(422, "strict_resume: a resume without a pending interrupt is always "
+                            "refused here (409); false is not supported")
+    if thread_id is not None and "on_completion" in body.model_fields_set:
+        raise ApiError(422, "on_completion: only a thread-less run's thread is deleted or "
+                            "kept; a run on a thread keeps it")
+    if body.webhook:
+        check_webhook(body.webhook)
+    context = {**(assistant.get("context") or {}), **(body.context or {})}
+    check_context(graph, context)
+    check_breakpoints("interrupt_before", body.interrupt_before, graph)
+    check_breakpoints("interrupt_after", body.interrupt_after, graph)
+    run_config = body.config.model_dump(exclude_none=True) if body.config else {}
+    options = {
+        "config": merge_config(assistant.get("config") or {}, run_config),
+        "context": context or None,
+        "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
+        "durability": run_durability(body), "feedback_keys": body.feedback_keys,
+        "after_seconds": body.after_seconds,
+        **run_checkpoint(body, thread_id),
+    }
+    return {k: v for k, v in options.items() if v is not None or k == "config"}
 
 
 def check_goto(goto: Any, graph: CompiledStateGraph) -> None:
@@ -48,10 +123,14 @@ class RunsService:
 
     async def create(self, thread_id: str | None, body: Any,
                      extra_modes: list[str] | None = None,
-                     thread_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``thread_metadata``: of the thread, if the run creates it (the auth handler's)."""
+                     thread_metadata: dict[str, Any] | None = None,
+                     admitted: bool = False) -> dict[str, Any]:
+        """``thread_metadata``: of the thread, if the run creates it (the auth handler's);
+        ``admitted``: admission already let it in (a batch is admitted as a whole)."""
         ctx = self.ctx
-        graph_id = self.assistants.graph_id(body.assistant_id)
+        assistant = await self.assistants.find(body.assistant_id)
+        graph_id = assistant["graph_id"]
+        graph = ctx.graphs[graph_id]
         modes = [body.stream_mode] if isinstance(body.stream_mode, str) else body.stream_mode
         modes = list(dict.fromkeys([*modes, *(extra_modes or [])]))
         unsupported = [m for m in modes if m not in API_MODES and m not in (extra_modes or [])]
@@ -62,14 +141,16 @@ class RunsService:
         if body.command is not None:
             check_messages(body.command.update, "command.update")
             if body.command.goto is not None:
-                check_goto(body.command.goto, ctx.graphs[graph_id])
-        await self.admit()
+                check_goto(body.command.goto, graph)
+        options = run_options(body, assistant, graph, thread_id)
+        if not admitted:
+            await self.admit()
         stateless = thread_id is None
         thread = await self.run_thread(thread_id, graph_id, body.if_not_exists,
                                        thread_metadata)
         thread_id = thread["thread_id"]
-        if body.checkpoint_id:
-            await self.threads.snapshot(thread, body.checkpoint_id)  # 404 if none (or pruned)
+        if options.get("checkpoint_id"):  # 404 if none (or pruned)
+            await self.threads.snapshot(thread, options["checkpoint_id"])
         resume = body.command is not None and body.command.resume is not None
         if resume:
             await self.check_resume(thread, body.command.resume)
@@ -77,9 +158,8 @@ class RunsService:
         kwargs = {
             "input": body.input,
             "command": body.command.model_dump(exclude_none=True) if body.command else None,
-            "stream_mode": modes,
-            "config": body.config.model_dump(exclude_none=True) if body.config else {},
-            "checkpoint_id": body.checkpoint_id, "stream_subgraphs": body.stream_subgraphs,
+            "stream_mode": modes, "stream_subgraphs": body.stream_subgraphs,
+            **options,
             "trace": telemetry.inject(),  # the run's span continues this request's trace
         }
         if stateless:  # its thread goes after the run unless asked to keep it
@@ -88,8 +168,12 @@ class RunsService:
             started = [r for r in inflight if "checkpoint_before" in r]
             if started:
                 kwargs["rollback_to"] = {"checkpoint_id": started[0]["checkpoint_before"]}
-        run = await ctx.records.create_run(thread_id, assistant_id(graph_id), graph_id, kwargs,
-                                           body.metadata or {}, body.multitask_strategy)
+        extra: dict[str, Any] = {"webhook": body.webhook} if body.webhook else {}
+        if body.after_seconds:  # durable: the pool's delayed set holds it until then
+            extra["not_before_ms"] = int((time.time() + body.after_seconds) * 1000)
+        run = await ctx.records.create_run(thread_id, assistant["assistant_id"], graph_id,
+                                           kwargs, body.metadata or {},
+                                           body.multitask_strategy, extra)
         # A resume must answer the interrupt it saw: never queue it behind another run.
         reject = body.multitask_strategy == "reject" or resume
         joined = await ctx.executor.leases.join(thread_id, run["run_id"], reject)
@@ -166,6 +250,15 @@ class RunsService:
     async def join(self, thread_id: str, run_id: str) -> dict[str, Any]:
         """Wait for the run's end, then its ``output``."""
         return await self.output(await self.streams.wait_for_end(thread_id, run_id))
+
+    async def cancel_many(self, thread_id: str, run_ids: list[str] | None,
+                          status: str | None, action: str) -> None:
+        """The thread's runs not ended yet, those of ``run_ids`` and ``status`` (pending,
+        running, all) if given."""
+        for run in await self.ctx.inflight_runs(thread_id):
+            if (run_ids is None or run["run_id"] in run_ids) and \
+                    status in (None, "all", run["status"]):
+                await self.ctx.executor.cancel(run, action)
 
     async def cancel(self, thread_id: str, run_id: str, wait: bool, action: str) -> None:
         run = await self.get(thread_id, run_id)

@@ -16,6 +16,16 @@ from serve_app.jsonable import to_jsonable
 from serve_app.run_streams import RunStreams
 from serve_app.service_context import ServiceContext
 
+SEARCH_SCAN = 10_000  # threads a sorted or value-filtered search reads at most
+
+
+def with_ids(where: Any, ids: list[str] | None) -> Any:
+    """``where`` narrowed to the thread ids ``ids`` (None: any)."""
+    if ids is None:
+        return where
+    wanted = set(ids)
+    return lambda record: record["thread_id"] in wanted and (where is None or where(record))
+
 
 def check_messages(values: Any, field: str) -> None:
     """Refuse (422) messages the state's reducer cannot read, before they reach a thread:
@@ -116,10 +126,58 @@ class ThreadsService:
                 "error": thread.get("error")}
 
     async def search(self, body: Any, where: Any = None) -> list[dict[str, Any]]:
-        """``where``: a predicate on thread records (an auth handler's filter) on top."""
-        found = await self.ctx.records.search_threads(body.limit, body.offset, body.metadata,
+        """``where``: a predicate on thread records (an auth handler's filter) on top.
+        Newest first by default; ``values``, ``sort_by`` or an ascending order read every
+        match (up to ``SEARCH_SCAN``) before the page is cut."""
+        where = with_ids(where, body.ids)
+        records = self.ctx.records
+        if body.values is None and body.sort_by is None and body.sort_order != "asc":
+            found = await records.search_threads(body.limit, body.offset, body.metadata,
+                                                 body.status, where)
+            views = await asyncio.gather(*(self.view(t) for t in found))
+        else:
+            views = await self._matching(body, where)
+            key = body.sort_by or "created_at"
+            views.sort(key=lambda v: str(v.get(key) or ""),
+                       reverse=(body.sort_order or "desc") == "desc")
+            views = views[body.offset:body.offset + body.limit]
+        if body.select:
+            return [{k: v.get(k) for k in body.select} for v in views]
+        return list(views)
+
+    async def count(self, body: Any, where: Any = None) -> int:
+        return len(await self._matching(body, where))
+
+    async def _matching(self, body: Any, where: Any) -> list[dict[str, Any]]:
+        found = await self.ctx.records.search_threads(SEARCH_SCAN, 0, body.metadata,
                                                       body.status, where)
-        return list(await asyncio.gather(*(self.view(t) for t in found)))
+        views = await asyncio.gather(*(self.view(t) for t in found))
+        wanted = (body.values or {}).items()
+        return [v for v in views if all(v["values"].get(k) == x for k, x in wanted)]
+
+    async def copy(self, thread_id: str) -> dict[str, Any]:
+        """A new thread with the same metadata and every checkpoint of this one (its
+        specialists' sub-threads are not copied: the copy's next turn starts new ones)."""
+        thread = await self.require(thread_id)
+        copied, _ = await self.ctx.records.create_thread(None, thread["metadata"])
+        new_id = copied["thread_id"]
+        saver = self.ctx.executor.checkpointer
+        found = [t async for t in saver.alist({"configurable": {"thread_id": thread_id}})]
+        for item in reversed(found):  # oldest first, each after its parent
+            source = item.config["configurable"]
+            parent = (item.parent_config or {}).get("configurable", {})
+            config = {"configurable": {"thread_id": new_id,
+                                       "checkpoint_ns": source.get("checkpoint_ns", ""),
+                                       "checkpoint_id": parent.get("checkpoint_id")}}
+            stored = await saver.aput(config, item.checkpoint, item.metadata,
+                                      item.checkpoint["channel_versions"])
+            writes: dict[str, list] = {}
+            for task_id, channel, value in item.pending_writes or ():
+                writes.setdefault(task_id, []).append((channel, value))
+            for task_id, task_writes in writes.items():
+                await saver.aput_writes(stored, task_writes, task_id)
+        await self.ctx.retention.touch(new_id, copied)
+        return await self.view(copied)
 
     async def create(self, thread_id: str | None, metadata: dict[str, Any] | None,
                      ttl: Any = None, if_exists: str = "raise") -> dict[str, Any]:
