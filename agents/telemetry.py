@@ -327,54 +327,44 @@ def continue_trace(carrier: Mapping[str, str] | None, fresh: bool = False) -> It
 
 def traced_node(fn: Callable, node: str, role: str) -> Callable:
     """A graph node in a span with its LangGraph ids; its latency as a metric."""
-    def start() -> tuple[Any, float]:
-        config = _config()
-        configurable = config.get("configurable") or {}
-        metadata = config.get("metadata") or {}
-        cm = span(f"node {role}.{node}", **{
-            "langgraph.node": node, "langgraph.step": metadata.get("langgraph_step"),
-            "langgraph.checkpoint_ns": configurable.get("checkpoint_ns") or None,
-            "langgraph.checkpoint_id": configurable.get("checkpoint_id") or None,
-            "langgraph.thread_id": configurable.get("thread_id"),
-            "agent_cluster.role": role})
-        return _in_role(cm, role), time.perf_counter()
-
-    def finish(started: float, outcome: str) -> None:
-        observe("node_seconds", time.perf_counter() - started, node=node, role=role,
-                outcome=outcome)
-
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def async_node(state: Any) -> Any:
-            cm, started = start()
-            outcome = "error"
-            try:
-                with cm:
-                    result = await fn(state)
-                outcome = "ok"
-                return result
-            except BaseException as exc:
-                outcome = "interrupted" if type(exc).__name__ in CONTROL_FLOW else "error"
-                raise
-            finally:
-                finish(started, outcome)
+            with _observed_node(node, role):
+                return await fn(state)
         return async_node
 
     @functools.wraps(fn)
     def sync_node(state: Any) -> Any:
-        cm, started = start()
-        outcome = "error"
-        try:
-            with cm:
-                result = fn(state)
-            outcome = "ok"
-            return result
-        except BaseException as exc:
-            outcome = "interrupted" if type(exc).__name__ in CONTROL_FLOW else "error"
-            raise
-        finally:
-            finish(started, outcome)
+        with _observed_node(node, role):
+            return fn(state)
     return sync_node
+
+
+@contextlib.contextmanager
+def _observed_node(node: str, role: str) -> Iterator[None]:
+    """The span and the latency metric of one node run, by outcome (a LangGraph control
+    flow exception, e.g. an interrupt, is ``interrupted``, not an error)."""
+    config = _config()
+    configurable = config.get("configurable") or {}
+    metadata = config.get("metadata") or {}
+    cm = span(f"node {role}.{node}", **{
+        "langgraph.node": node, "langgraph.step": metadata.get("langgraph_step"),
+        "langgraph.checkpoint_ns": configurable.get("checkpoint_ns") or None,
+        "langgraph.checkpoint_id": configurable.get("checkpoint_id") or None,
+        "langgraph.thread_id": configurable.get("thread_id"),
+        "agent_cluster.role": role})
+    started, outcome = time.perf_counter(), "error"
+    try:
+        with _in_role(cm, role):
+            yield
+        outcome = "ok"
+    except BaseException as exc:
+        outcome = "interrupted" if type(exc).__name__ in CONTROL_FLOW else "error"
+        raise
+    finally:
+        observe("node_seconds", time.perf_counter() - started, node=node, role=role,
+                outcome=outcome)
 
 
 @contextlib.contextmanager
