@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from agents.settings import get_settings
@@ -42,8 +42,8 @@ def mount_console(api: FastAPI, service: AgentService) -> None:
         return RedirectResponse("/ui/")
 
     for page, filename in PAGES.items():
-        api.add_api_route(f"/ui/{page}", page_route(STATIC / filename), methods=["GET"],
-                          include_in_schema=False)
+        api.add_api_route(f"/ui/{page}", page_route(render(filename, f"/ui/{page}")),
+                          methods=["GET"], include_in_schema=False)
 
     @api.get("/ui/api/tools")
     async def tools() -> dict[str, Any]:
@@ -52,9 +52,17 @@ def mount_console(api: FastAPI, service: AgentService) -> None:
     api.mount("/ui/static", Assets(directory=STATIC), name="console-static")
 
 
-def page_route(path: Path):
-    async def page() -> FileResponse:
-        return FileResponse(path, headers=NO_CACHE)
+def render(filename: str, url: str) -> str:
+    """A page with the shared header (``header.html``) in place of its marker, its own
+    link marked as the current page."""
+    header = (STATIC / "header.html").read_text().replace(
+        f'<a href="{url}">', f'<a href="{url}" aria-current="page">')
+    return (STATIC / filename).read_text().replace("  <!-- header.html -->\n", header)
+
+
+def page_route(html: str):
+    async def page() -> HTMLResponse:
+        return HTMLResponse(html, headers=NO_CACHE)
     return page
 
 
