@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -42,10 +43,11 @@ from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 from langgraph.checkpoint.redis.key_registry import AsyncCheckpointKeyRegistry
 from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
 from redis.asyncio import RedisCluster
+from redis.commands.search.query import Query
 from redisvl.index import AsyncSearchIndex
 from ulid import ULID
 
-from agents.slots import Shard, every_shard, shard_of, tagged
+from agents.slots import Shard, every_shard, load_fields, shard_of, tagged
 
 Command = tuple[Any, ...]
 MAY_FAIL = "may-fail"  # first word of a command whose failure does not fail the write
@@ -288,11 +290,35 @@ class ShardRouter:
         shard = _SHARD.get()
         if shard is None:
             return self._cluster.ft(index_name)
-        return shard.client.ft(shard.index(index_name))
+        return SlotLocalSearch(shard.client.ft(shard.index(index_name)), self._cluster)
 
     def __getattr__(self, name: str) -> Any:
         shard = _SHARD.get()
         return getattr(shard.client if shard else self._cluster, name)
+
+
+class SlotLocalSearch:
+    """A shard's ``ft(index)``: matching keys from the index, their fields from the documents
+    (``agents.slots.load_fields``: RediSearch on a cluster loads only documents in its index
+    name's slot)."""
+
+    def __init__(self, search: Any, cluster: RedisCluster):
+        self._search = search
+        self._cluster = cluster
+
+    async def search(self, query: Any, query_params: Any = None) -> Any:
+        if not isinstance(query, Query):
+            return await self._search.search(query, query_params)
+        fields = [f.decode() if isinstance(f, bytes) else f for f in query._return_fields]
+        result = await self._search.search(copy.copy(query).no_content(), query_params)
+        ids = [d.id.decode() if isinstance(d.id, bytes) else d.id for d in result.docs]
+        for doc, row in zip(result.docs, await load_fields(self._cluster, ids, fields),
+                            strict=True):
+            doc.__dict__.update(row)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._search, name)
 
 
 class TaggedKeyRegistry(AsyncCheckpointKeyRegistry):

@@ -14,8 +14,10 @@ master that holds the keys it is about (``shard_of``).
 from __future__ import annotations
 
 import itertools
+import json
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -75,3 +77,36 @@ def _shard(client: RedisCluster, node: ClusterNode) -> Shard:
                    if client.get_node_from_key(tag).name == node.name)
         known[node.name] = Shard(Redis(host=node.host, port=node.port, **kwargs), tag)
     return known[node.name]
+
+
+async def load_fields(cluster: RedisCluster, keys: list[str], fields: list[str]
+                      ) -> list[dict[str, str]]:
+    """What ``FT.SEARCH ... RETURN fields`` gives for JSON documents ``keys``, read from the
+    documents themselves. On an OSS cluster RediSearch loads a document only when it shares
+    the hash slot of the index's name (a module's reads stay in its command's slot), so a
+    shard's search takes the matching keys from the index (``NOCONTENT``) and this reads
+    their fields: ``name`` is ``$.name``; strings as they are, other values as JSON."""
+    pipe = cluster.pipeline(transaction=False)
+    for key in keys:
+        pipe.execute_command("JSON.GET", key, "$")
+    found = []
+    for raw in await pipe.execute():
+        if isinstance(raw, bytes | str):  # redis-py may have parsed it already
+            raw = json.loads(raw)
+        document = (raw or [{}])[0]
+        row = {}
+        for field in fields or list(document):
+            value = _at(document, field.removeprefix("$."))
+            if value is not None:
+                row[field] = value if isinstance(value, str) else json.dumps(
+                    value, separators=(",", ":"))
+        found.append(row)
+    return found
+
+
+def _at(document: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(document, dict):
+            return None
+        document = document.get(part)
+    return document

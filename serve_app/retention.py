@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 from agents.effects import effect_key
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import RetentionSettings
+from agents.slots import load_fields
 from agents.supervisor import sub_thread_id
 from serve_app.keys import (
     ALL_THREADS,
@@ -114,15 +115,23 @@ class CheckpointStore:
 
     async def _search(self, thread_id: str, index: str, query: str,
                       fields: Iterable[str]) -> list[Doc]:
-        """On the shard that holds the thread (and its sub-threads) on a cluster."""
+        """On the shard that holds the thread (and its sub-threads) on a cluster, where the
+        index gives the keys and the documents their fields (``agents.slots.load_fields``)."""
         fields = ["thread_id", "checkpoint_ns", "checkpoint_id", *fields]
         docs, offset = [], 0
         shard = self.saver.shard_of(thread_id)
+        content = ("NOCONTENT",) if shard.tag else ("RETURN", len(fields), *fields)
         while True:
             reply = await shard.client.execute_command(
-                "FT.SEARCH", shard.index(index), query, "RETURN", len(fields), *fields,
+                "FT.SEARCH", shard.index(index), query, *content,
                 "LIMIT", offset, PAGE, "DIALECT", 2)
+            if shard.tag and isinstance(reply, list):  # RESP2 NOCONTENT: total, keys
+                reply = [reply[0], *(x for key in reply[1:] for x in (key, []))]
             total, rows = parse_search(reply)
+            if shard.tag:
+                keys = [key for key, _ in rows]
+                rows = list(zip(keys, await load_fields(self.redis, keys, fields),
+                                strict=True))
             for key, attrs in rows:
                 docs.append(Doc(key, from_storage_safe_str(attrs.get("thread_id", "")),
                                 from_storage_safe_str(attrs.get("checkpoint_ns", "")),

@@ -1,7 +1,7 @@
 """The researcher's document corpus: markdown files indexed with RediSearch in the shared Redis.
 
 Documents live in hashes ``corpus:{corpus}:doc:<id>`` (``title``, ``body``) under the
-full-text index ``idx:corpus``; on a Redis Cluster all of them (hash tag ``{corpus}``) and the
+full-text index ``idx:{corpus}``; on a Redis Cluster all of them (hash tag ``{corpus}``) and the
 index live on one shard, which every search goes to. Every process may call
 ``index_corpus``; only a changed corpus (a new hash under ``corpus:{corpus}:version``) is
 written again, under a Redis lock so that concurrent starts agree.
@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 
 from agents.slots import shard_of
 
-INDEX = "idx:corpus"
+INDEX = "idx:{corpus}"  # in the documents' slot: on a cluster RediSearch loads only those
 PREFIX = "corpus:{corpus}:doc:"
 VERSION_KEY = "corpus:{corpus}:version"
 LOCK_KEY = "corpus:{corpus}:lock"
