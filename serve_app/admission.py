@@ -10,9 +10,9 @@ adds waiting: a refusal in milliseconds beats an answer too late to use, and the
 admitted keep their latency.
 
 Decisions share reads of the pool's load: one read at most every ``LOAD_MAX_AGE_S`` per
-replica (one in flight at a time), plus the runs this replica admitted since, so a storm
-of requests costs a refusal in memory instead of a Redis round trip each (the overshoot
-is what other replicas admit within that age).
+replica (one in flight at a time), so a storm of requests costs a decision in memory
+instead of a Redis round trip each (what is admitted within that age is seen by the next
+read; runs admitted while slots are free do not wait in the queue anyway).
 
 ``Retry-After`` grows with the share of recent requests refused (1 s when refusals are
 rare, 4 s when three in four are, up to 30 s), so clients that wait as asked retry at a
@@ -23,7 +23,6 @@ need.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -73,7 +72,6 @@ class Admission:
         self.drain = DrainRate()
         self._read: asyncio.Future[PoolLoad] | None = None
         self._read_at = 0.0
-        self._admitted_since_read = 0
 
     @property
     def refused_share(self) -> float:
@@ -86,7 +84,6 @@ class Admission:
         """None to admit; else why not and when to retry (counted either way)."""
         load = await self._load()
         reason = self.reason(load, settings, self.drain.update(load.started, time.monotonic()))
-        self._admitted_since_read += reason is None
         self._share = self.refused_share + SMOOTHING * ((reason is not None) -
                                                         self.refused_share)
         self._decided_at = time.monotonic()
@@ -102,15 +99,13 @@ class Admission:
 
     async def _load(self) -> PoolLoad:
         """The pool's load as of a read at most ``LOAD_MAX_AGE_S`` old (the one in flight,
-        if any), counting the runs admitted here since as queued."""
+        if any)."""
         read = self._read
         if read is None or read.get_loop() is not asyncio.get_running_loop() or \
                 (read.done() and time.monotonic() - self._read_at > LOAD_MAX_AGE_S):
             self._read_at = time.monotonic()
             self._read = asyncio.ensure_future(self.pool.load())
-            self._admitted_since_read = 0
-        load = await asyncio.shield(self._read)
-        return dataclasses.replace(load, queued=load.queued + self._admitted_since_read)
+        return await asyncio.shield(self._read)
 
     @staticmethod
     def reason(load: PoolLoad, settings: ApiSettings, drain_per_s: float) -> str | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,7 +17,10 @@ from agents.local.process import free_port
 from agents.local.services import local_services
 from agents.local.webhook_receiver import Receiver as WebhookReceiver
 from agents.settings import PROJECT_ROOT, Settings
+from agents.system import AgentSystem, Runtime
+from serve_app.approvals import RecordedApprovals
 from serve_app.launcher import serve_cluster
+from serve_app.service import AgentService
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -112,3 +118,25 @@ def restarted_redis():
     yield servers
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def in_process_service():
+    """``in_process_service(settings, name)``: an ``AgentService`` over the real graphs in
+    this process (no Ray), its executor started, whose specialists check the approval log
+    as deployed ones do (for tests of the HTTP API over ASGI)."""
+
+    @contextlib.asynccontextmanager
+    async def service(settings: Settings, name: str) -> AsyncIterator[AgentService]:
+        runtime = await Runtime.create(settings)
+        runtime.approval_verifier = RecordedApprovals(runtime.redis)
+        built = AgentService.in_process(AgentSystem(runtime),
+                                        replica_id=f"{name}-{uuid.uuid4().hex[:6]}")
+        built.executor.start()
+        try:
+            yield built
+        finally:
+            await built.aclose()
+            await runtime.aclose()
+
+    return service

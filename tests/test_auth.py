@@ -15,13 +15,10 @@ from fastapi.routing import APIRoute
 from langgraph_sdk import Auth, get_client
 
 from agents.settings import ApiKey, AuthSettings, LimitsSettings, Settings
-from agents.system import AgentSystem, Runtime
 from agents.tools.backoffice import effect_counts
-from serve_app.approvals import RecordedApprovals
 from serve_app.auth import Authorizer, check_bind, load_auth, matches
 from serve_app.http_api import build_api
 from serve_app.routes_auth import ROUTE_AUTH, missing_rules
-from serve_app.service import AgentService
 
 AUTH_FILE = "./tests/langgraph_auth.py:auth"
 ALICE = {"Authorization": "Bearer alice-token"}
@@ -31,16 +28,10 @@ REFUND = "Refund $500 to order 42"
 
 
 @pytest.fixture(scope="module")
-async def service(settings: Settings):
+async def service(settings: Settings, in_process_service):
     """The API's service over in-process graphs whose specialists check the approval log."""
-    runtime = await Runtime.create(settings)
-    runtime.approval_verifier = RecordedApprovals(runtime.redis)
-    system = AgentSystem(runtime)
-    built = AgentService.in_process(system, replica_id=f"auth-{uuid.uuid4().hex[:6]}")
-    built.executor.start()
-    yield built
-    await built.aclose()
-    await runtime.aclose()
+    async with in_process_service(settings, "auth") as built:
+        yield built
 
 
 def client_for(app) -> httpx.AsyncClient:

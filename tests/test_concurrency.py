@@ -4,9 +4,12 @@ the wait of the runs it lets in."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from types import SimpleNamespace
+
+import redis
 
 from agents.settings import ApiSettings
 from serve_app.admission import Admission, DrainRate
@@ -106,17 +109,32 @@ def test_admission_bounds_the_wait_a_new_run_would_face():
     assert Admission.reason(load(64), api, drain_per_s=1000.0) == "queue_full"
 
 
-async def test_concurrent_decisions_share_one_read_and_count_what_they_admitted(
-        redis_client):
-    """A storm of requests costs one read of the pool (the one in flight), and the runs
-    admitted meanwhile count as queued: with room for one run, two requests at once get
-    one admission and one refusal, not two admissions."""
+async def test_concurrent_decisions_share_one_read_of_the_pool(redis_client, redis_url):
+    """A storm of requests costs one read of the pool's load (the one in flight), not a
+    Redis round trip each: Redis sees one read of the queue for twenty decisions."""
     pool = RunPool(redis_client, f"pool-{uuid.uuid4().hex[:8]}", lease_ttl_s=3)
     admission = Admission(pool, Metrics())
-    api = ApiSettings(max_queued_runs=1)
-    first, second = await asyncio.gather(admission.check(api), admission.check(api))
-    assert first is None
-    assert second is not None and second.reason == "queue_full"
+    marker = f"done-{uuid.uuid4().hex[:8]}"
+    reads, listening = [], threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(redis_url).monitor() as monitor:
+            listening.set()
+            for command in monitor.listen():
+                if marker in command["command"]:
+                    return
+                if pool.ready in command["command"] and "ZCARD" in command["command"]:
+                    reads.append(command["command"])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    listening.wait(10)
+    await asyncio.sleep(0.2)  # the MONITOR connection is registered
+    decisions = await asyncio.gather(*(admission.check(ApiSettings()) for _ in range(20)))
+    await redis_client.echo(marker)
+    await asyncio.to_thread(watcher.join, 10)
+    assert decisions == [None] * 20
+    assert len(reads) == 1, reads
 
 
 def test_the_drain_rate_is_measured_from_the_started_counter():

@@ -11,10 +11,7 @@ import httpx
 import pytest
 
 from agents.settings import ApiKey, AuthSettings, LimitsSettings, Settings
-from agents.system import AgentSystem, Runtime
-from serve_app.approvals import RecordedApprovals
 from serve_app.http_api import build_api
-from serve_app.service import AgentService
 
 AUTH_FILE = "./tests/langgraph_auth.py:auth"
 ALICE = {"Authorization": "Bearer alice-token"}
@@ -22,15 +19,9 @@ BOB = {"Authorization": "Bearer bob-token"}
 
 
 @pytest.fixture(scope="module")
-async def service(settings: Settings):
-    runtime = await Runtime.create(settings)
-    runtime.approval_verifier = RecordedApprovals(runtime.redis)
-    built = AgentService.in_process(AgentSystem(runtime),
-                                    replica_id=f"limits-{uuid.uuid4().hex[:6]}")
-    built.executor.start()
-    yield built
-    await built.aclose()
-    await runtime.aclose()
+async def service(settings: Settings, in_process_service):
+    async with in_process_service(settings, "limits") as built:
+        yield built
 
 
 def client(app) -> httpx.AsyncClient:
