@@ -96,7 +96,12 @@ class Heartbeat:
         pipe.zremrangebyscore(self.pool.replicas, 0, now_ms() - 60_000)
         if held:
             pipe.zadd(self.pool.running, dict.fromkeys(held, expiry), xx=True)
+        # a cluster pipeline takes no scripts: there each thread lease is one call of its own
+        alone = isinstance(self.client, redis.RedisCluster)
         for _, thread_key, token in held.values():
-            if token:
+            if token and not alone:
                 self._renew(keys=[thread_key], args=[token, self.pool.lease_ms], client=pipe)
         pipe.execute()
+        for _, thread_key, token in held.values() if alone else ():
+            if token:
+                self._renew(keys=[thread_key], args=[token, self.pool.lease_ms])
