@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from redis.asyncio import Redis
 
 from agents.settings import CronSettings
@@ -49,13 +49,20 @@ CreateRun = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 def zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ApiError(422, f"timezone {name!r} is not an IANA time zone") from None
 
 
 def check_schedule(schedule: str) -> str:
-    if len(schedule.split()) not in (5, 6) or not croniter.is_valid(schedule):
-        raise ApiError(422, f"schedule {schedule!r} is not a cron expression "
+    """A cron expression that has a next tick (``0 0 31 2 *`` never ticks: 422)."""
+    try:
+        valid = len(schedule.split()) in (5, 6) and croniter.is_valid(schedule)
+        if valid:
+            croniter(schedule, datetime.now(UTC)).get_next(datetime)
+    except (CroniterError, ValueError, KeyError):
+        valid = False
+    if not valid:
+        raise ApiError(422, f"schedule {schedule!r} is not a cron expression that ticks "
                             "('minute hour day month weekday', optionally seconds last)")
     return schedule
 

@@ -23,7 +23,8 @@ class StorePut(StrictBody):
     key: str = Field(min_length=1, max_length=1024)
     value: dict[str, Any]
     index: Literal[False] | list[str] | None = None
-    ttl: float | None = Field(None, gt=0, description="minutes")
+    ttl: float | None = Field(None, ge=1 / 60, le=52_560_000,
+                              description="minutes (a second to a century)")
 
 
 class StoreDelete(StrictBody):

@@ -11,11 +11,14 @@ the open mode namespaces are shared by every caller.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from langgraph.store.base import BaseStore, Item
+from langgraph.store.base import BaseStore, InvalidNamespaceError, Item
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from redisvl.exceptions import RedisSearchError
 
 from agents.memory import create_store
 from serve_app.api_errors import ApiError
@@ -24,9 +27,11 @@ from serve_app.auth import Authorizer, User
 
 def check_namespace(namespace: Any, what: str = "namespace") -> tuple[str, ...]:
     """A namespace as a tuple of labels: non-empty strings without periods (the SDK joins
-    them with periods in a query string)."""
+    them with periods in a query string); an item's has at least one."""
     if not isinstance(namespace, list | tuple):
         raise ApiError(422, f"{what} must be a list of labels")
+    if what == "namespace" and not namespace:
+        raise ApiError(422, "namespace must have at least one label")
     for label in namespace:
         if not isinstance(label, str) or not label or "." in label:
             raise ApiError(422, f"{what} label {label!r} must be a non-empty string "
@@ -54,6 +59,20 @@ class StoreService:
         self._store: BaseStore | None = None
         self._lock = asyncio.Lock()
 
+    @staticmethod
+    @contextmanager
+    def _refusals() -> Iterator[None]:
+        """What the store refuses is the client's to fix: 422, not a 5xx."""
+        try:
+            yield
+        except InvalidNamespaceError as exc:
+            raise ApiError(422, f"namespace: {exc}") from None
+        except (RedisSearchError, ResponseError) as exc:
+            if "syntax error" not in str(exc).lower():
+                raise
+            raise ApiError(422, "the namespace or key has characters the store's search "
+                                f"cannot take: {str(exc)[:200]}") from None
+
     async def store(self) -> BaseStore:
         async with self._lock:
             if self._store is None:
@@ -61,11 +80,11 @@ class StoreService:
         return self._store
 
     async def _authorized(self, user: User, action: str, value: dict[str, Any],
-                          field: str = "namespace") -> dict[str, Any] | None:
+                          what: str = "namespace") -> dict[str, Any] | None:
         """Run the handler (it may rewrite the namespace) and check what it left."""
         where = await self.auth.authorize(user, "store", action, value)
-        if value.get(field) is not None:
-            value[field] = check_namespace(value[field])
+        if value.get("namespace") is not None:
+            value["namespace"] = check_namespace(value["namespace"], what)
         return where
 
     async def put(self, user: User, namespace: Sequence[str], key: str,
@@ -75,22 +94,25 @@ class StoreService:
         args = {"namespace": check_namespace(namespace), "key": key, "value": value,
                 "index": index, "ttl": ttl}
         await self._authorized(user, "put", args)
-        await (await self.store()).aput(args["namespace"], args["key"], args["value"],
-                                        index=args["index"], ttl=args["ttl"])
+        with self._refusals():
+            await (await self.store()).aput(args["namespace"], args["key"], args["value"],
+                                            index=args["index"], ttl=args["ttl"])
 
     async def get(self, user: User, namespace: str, key: str,
                   refresh_ttl: bool | None) -> dict[str, Any] | None:
         args = {"namespace": check_namespace(namespace.split(".")), "key": key,
                 "refresh_ttl": refresh_ttl}
         await self._authorized(user, "get", args)
-        item = await (await self.store()).aget(args["namespace"], args["key"],
-                                               refresh_ttl=args["refresh_ttl"])
+        with self._refusals():
+            item = await (await self.store()).aget(args["namespace"], args["key"],
+                                                   refresh_ttl=args["refresh_ttl"])
         return None if item is None else item_view(item)
 
     async def delete(self, user: User, namespace: Sequence[str], key: str) -> None:
         args = {"namespace": check_namespace(namespace), "key": key}
         await self._authorized(user, "delete", args)
-        await (await self.store()).adelete(args["namespace"], args["key"])
+        with self._refusals():
+            await (await self.store()).adelete(args["namespace"], args["key"])
 
     async def search(self, user: User, body: Any) -> dict[str, Any]:
         if body.query:
@@ -98,12 +120,13 @@ class StoreService:
         args = {"namespace": check_namespace(body.namespace_prefix, "namespace_prefix"),
                 "filter": body.filter, "limit": body.limit, "offset": body.offset,
                 "query": body.query, "refresh_ttl": body.refresh_ttl}
-        where = await self._authorized(user, "search", args)
+        where = await self._authorized(user, "search", args, "namespace_prefix")
         if where:
             args["filter"] = {**(args["filter"] or {}), **where}
-        items = await (await self.store()).asearch(
-            args["namespace"], filter=args["filter"], limit=args["limit"],
-            offset=args["offset"], query=args["query"], refresh_ttl=args["refresh_ttl"])
+        with self._refusals():
+            items = await (await self.store()).asearch(
+                args["namespace"], filter=args["filter"], limit=args["limit"],
+                offset=args["offset"], query=args["query"], refresh_ttl=args["refresh_ttl"])
         return {"items": [item_view(item) for item in items]}
 
     async def namespaces(self, user: User, body: Any) -> dict[str, Any]:
@@ -111,10 +134,11 @@ class StoreService:
                 check_namespace(body.prefix, "prefix"),
                 "suffix": None if body.suffix is None else check_namespace(body.suffix, "suffix"),
                 "max_depth": body.max_depth, "limit": body.limit, "offset": body.offset}
-        await self._authorized(user, "list_namespaces", args)
+        await self._authorized(user, "list_namespaces", args, "prefix")
         if args["suffix"] is not None:
             args["suffix"] = check_namespace(args["suffix"], "suffix")
-        found = await (await self.store()).alist_namespaces(
-            prefix=args["namespace"] or None, suffix=args["suffix"] or None,
-            max_depth=args["max_depth"], limit=args["limit"], offset=args["offset"])
+        with self._refusals():
+            found = await (await self.store()).alist_namespaces(
+                prefix=args["namespace"] or None, suffix=args["suffix"] or None,
+                max_depth=args["max_depth"], limit=args["limit"], offset=args["offset"])
         return {"namespaces": [list(ns) for ns in found]}

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from agents.settings import WebhookSettings
 from serve_app.api_errors import ApiError
@@ -78,16 +79,19 @@ async def check_destination(url: Any, settings: WebhookSettings) -> str:
     """``url`` if it may receive webhooks, else ``ApiError`` 422."""
     if not isinstance(url, str) or len(url) > 4096:
         raise ApiError(422, "webhook must be an http(s) URL of at most 4096 characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a malformed host or port
+        parts, port = None, 0
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(422, f"webhook {url[:200]!r} is not an absolute http(s) URL")
     if settings.allow_private_hosts:
         return url
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         found = await asyncio.get_running_loop().getaddrinfo(
             parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnicodeError) as exc:
         raise ApiError(422, f"Webhook host {parts.hostname!r} does not resolve: {exc}") from None
     for *_, sockaddr in found:
         reason = blocked_reason(sockaddr[0].split("%")[0])
@@ -148,10 +152,10 @@ class Outbox:
         delivery_id = run["run_id"]  # not the thread id: no key of the thread's outlives it
         entry = {"thread_id": run["thread_id"], "run_id": run["run_id"], "targets": targets,
                  "checks": 0, "attempts": 0}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(ENTRY + delivery_id, json.dumps(entry))
-            pipe.zadd(DUE, {delivery_id: time.time() + WAIT_FOR_END_S[0]})
-            await pipe.execute()
+        try:
+            await self._reschedule(delivery_id, entry, WAIT_FOR_END_S[0])
+        except RedisError:  # the run is made: an error now would have it made twice
+            log.exception("run %s: its webhooks could not be queued", run["run_id"])
 
     async def drain_forever(self, output_of: OutputOf) -> None:
         """Every replica runs this; each due entry is taken by one replica at a time."""
