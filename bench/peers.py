@@ -119,13 +119,40 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 @dataclass
 class ClusterTarget(Target):
-    """Our Ray Serve app (configs/local.yaml), ``deployment`` pinned to ``replicas``."""
+    """Our Ray Serve app (configs/local.yaml), ``deployment`` pinned to ``replicas``;
+    ``traced``: every replica exports every span (OTLP/HTTP, 100 % sampling) to a receiver
+    of its own, to weigh tracing's cost against the same target untraced."""
 
     replicas: int | None = None
     deployment: str = "supervisor"
     hop: bool = False
+    traced: bool = False
+    receiver: ManagedProcess | None = None  # the OTLP receiver, in a process of its own
+    receiver_port: int = 0
+
+    def env(self) -> dict[str, str]:
+        if not self.traced:
+            return super().env()
+        return {**super().env(), "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+                    f"http://127.0.0.1:{self.receiver_port}/v1/traces"}
+
+    def stop(self) -> None:
+        super().stop()
+        if self.receiver is not None:
+            self.receiver.stop(timeout_s=10)
+            counted = re.findall(r"SPANS (\d+)", self.receiver.log_path.read_text())
+            self.info["spans_received"] = int(counted[-1]) if counted else None
 
     def _start_server(self) -> str:
+        if self.traced:
+            self.receiver_port = free_port()
+            self.receiver = ManagedProcess(
+                "otlp receiver", [sys.executable, "-m", "agents.local.otlp_receiver",
+                                  "--port", str(self.receiver_port), "--discard"],
+                log_path=self.work_dir / "otlp-receiver.log", cwd=PROJECT_ROOT)
+            self.receiver.start(lambda: "receiver at" in self.receiver.log_path.read_text()
+                                if self.receiver.log_path.exists() else False)
         config = self.work_dir / "serve.yaml"
         config.write_text(yaml.safe_dump(serve_config(LOCAL_CONFIG, self.deployment,
                                                       self.replicas)))

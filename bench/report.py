@@ -145,7 +145,9 @@ def settings_section(report: dict[str, Any]) -> str:
         f"errors and p95 TTFT overhead <= {f(st['budget_ms'])} ms (re-checked after the "
         "drain: a late error fails it); a step that can no longer pass is cut short.",
         f"- **Targets**: `cluster-N` = our Ray Serve app (configs/local.yaml) with the "
-        f"`{plan['busiest']}` deployment pinned to N replicas; `floor` = the same graphs and "
+        f"`{plan['busiest']}` deployment pinned to N replicas (`cluster-N-traced`: the same "
+        "with every span of every replica exported over OTLP/HTTP to a receiver process); "
+        "`floor` = the same graphs and "
         "API in one uvicorn process, same Redis checkpointer, no Ray; `langgraph-dev` = "
         "`langgraph dev` (in-memory runtime, "
         f"`--n-jobs-per-worker {plan['peer_jobs_per_worker']}`, `--allow-blocking`, "
@@ -224,10 +226,31 @@ def side_by_side(report: dict[str, Any]) -> str:
         ])
     return (f"Ratios are {OURS} / that target (for runs/s higher is better for us, for "
             f"overhead and CPU lower is). Same-load columns at {f(level)} users, the largest "
-            "step every target ran.\n\n" + table(
+            "step every target ran." + tracing_cost(targets, level) + "\n\n" + table(
                 ["target", "capacity users", "runs/s at SLO", f"{OURS} runs/s ratio",
                  f"p95 overhead ms @{f(level)}", "overhead ratio",
                  f"serving CPU ms/run @{f(level)}", "CPU ratio"], rows))
+
+
+def tracing_cost(targets: dict[str, Any], level: int | None) -> str:
+    """What tracing every span costs: ``cluster-N-traced`` against ``cluster-N``."""
+    out = []
+    for name, traced in targets.items():
+        plain = targets.get(name.removesuffix("-traced"))
+        if not name.endswith("-traced") or plain is None or not level:
+            continue
+        mine, theirs = _step_at(plain, level), _step_at(traced, level)
+        if not (mine and theirs and mine["serving_cpu_s_per_run"]):
+            continue
+        more = 100 * (theirs["serving_cpu_s_per_run"] / mine["serving_cpu_s_per_run"] - 1)
+        out.append(f" Tracing at 100 % sampling (`{name}`: every span of every replica "
+                   f"exported over OTLP/HTTP, {f(traced.get('spans_received'))} spans "
+                   f"received): capacity {f((traced.get('capacity') or {}).get('users'))} "
+                   f"vs {f((plain.get('capacity') or {}).get('users'))} users untraced; "
+                   f"serving CPU per run at {f(level)} users "
+                   f"{f(1000 * theirs['serving_cpu_s_per_run'])} vs "
+                   f"{f(1000 * mine['serving_cpu_s_per_run'])} ms ({more:+.0f} %).")
+    return "".join(out)
 
 
 def procs_section(report: dict[str, Any]) -> str:

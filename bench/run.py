@@ -84,10 +84,13 @@ def smoke_plan() -> Plan:
 
 
 def make_target(name: str, plan: Plan, settings: Settings, work: Path) -> Target:
+    """``cluster-N`` (``-traced``: every span exported), ``floor``, ``langgraph-dev``."""
     if name.startswith("cluster-"):
-        replicas = int(name.split("-", 1)[1])
+        replicas = int(name.split("-")[1])
+        traced = name.endswith("-traced")
         return ClusterTarget(name, settings, work / name, replicas=replicas,
-                             deployment=plan.busiest, hop=plan.hop and replicas == 2)
+                             deployment=plan.busiest, traced=traced,
+                             hop=plan.hop and replicas == 2 and not traced)
     if name == "floor":
         return FloorTarget(name, settings, work / name)
     if name == "langgraph-dev":
@@ -175,6 +178,7 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
     finally:
         await calls.stop()
         await asyncio.to_thread(target.stop)
+        result.update(target.info)  # what it could say only once stopped (spans received)
         result["elapsed_s"] = round(time.monotonic() - began, 1)
         say(f"[{target.name}] stopped; {result['elapsed_s']} s in all")
     return result

@@ -12,8 +12,9 @@ spans.jsonl`` prints each trace as a tree.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import signal
+import sys
 import threading
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,10 +63,13 @@ def spans_of(body: bytes) -> list[dict[str, Any]]:
 
 class Receiver:
     """``with Receiver() as r: ... r.url ... r.spans``: collects spans in memory (and
-    appends them to ``out`` if given)."""
+    appends them to ``out`` if given); ``keep=False`` only counts them (a long benchmark)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, out: Path | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, out: Path | None = None,
+                 keep: bool = True):
         self.spans: list[dict[str, Any]] = []
+        self.count = 0
+        self.keep = keep
         self.out = out
         self._lock = threading.Lock()
         receiver = self
@@ -95,7 +99,9 @@ class Receiver:
 
     def add(self, spans: list[dict[str, Any]]) -> None:
         with self._lock:
-            self.spans.extend(spans)
+            self.count += len(spans)
+            if self.keep:
+                self.spans.extend(spans)
             if self.out is not None:
                 with self.out.open("a") as f:
                     f.writelines(json.dumps(s) + "\n" for s in spans)
@@ -146,6 +152,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4318)
     parser.add_argument("--out", type=Path, default=Path("spans.jsonl"))
+    parser.add_argument("--discard", action="store_true",
+                        help="keep nothing (no file, no memory): count spans, print the count")
     parser.add_argument("--show", type=Path, help="print the traces of a spans file")
     args = parser.parse_args()
     if args.show:
@@ -156,10 +164,15 @@ def main() -> None:
         for trace_id, trace_spans in by_trace.items():
             print(f"trace {trace_id}\n{tree(trace_spans)}\n")
         return
-    receiver = Receiver(args.host, args.port, args.out)
-    print(f"OTLP/HTTP receiver at {receiver.url}/v1/traces, writing {args.out}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
+    receiver = Receiver(args.host, args.port, None if args.discard else args.out,
+                        keep=False)
+    print(f"OTLP/HTTP receiver at {receiver.url}/v1/traces, "
+          f"{'discarding spans' if args.discard else f'writing {args.out}'}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped: say how many came
+    try:
         receiver.server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        print(f"SPANS {receiver.count}", flush=True)
 
 
 if __name__ == "__main__":
