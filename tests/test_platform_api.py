@@ -256,8 +256,12 @@ async def test_runs_list_by_status_cancel_many_and_create_batch(client, stub_adm
         await client.runs.join(run["thread_id"], run["run_id"])
     stub_admin.post("/config", json={"ttft_ms": 5000})
     slow = await client.runs.create(tid, "supervisor", input=user("What is Redis?"))
+    async for part in client.runs.join_stream(tid, slow["run_id"]):
+        assert part.event == "metadata"  # it runs (a cancel while it starts may be lost)
+        break
     await client.runs.cancel_many(thread_id=tid, run_ids=[slow["run_id"]])
     await client.runs.join(tid, slow["run_id"])
+    assert (await client.runs.get(tid, slow["run_id"]))["status"] == "interrupted"
     assert [r["run_id"] for r in await client.runs.list(tid, status="interrupted")] == \
         [slow["run_id"]]
     assert [r["run_id"] for r in await client.runs.list(tid, status="success")] == \
