@@ -13,8 +13,7 @@ resource (``serve_app.access``), and ``Auth.exceptions.HTTPException`` answers i
 
 Without an auth file, the built-in handler checks API keys from the settings (only their
 SHA-256 is kept), sent as ``X-API-Key`` (the SDK's ``api_key``) or ``Authorization: Bearer``,
-and keeps each user to the threads it created (metadata ``owner``) and to the store's
-namespaces under its identity. With neither, the API
+and keeps each user to the threads it created (metadata ``owner``). With neither, the API
 is open, which is allowed only on a loopback address (``check_bind``).
 
     python -m serve_app.auth hash <key>     # the sha256 to put in auth.api_keys
@@ -179,14 +178,6 @@ def builtin_api_key_auth(keys: Sequence[ApiKey]) -> Auth:
                                  OWNER: ctx.user.identity}
         return {OWNER: ctx.user.identity}
 
-    @auth.on.store
-    async def own_namespaces(ctx: AuthContext, value: Any) -> None:
-        """Each user's store is the namespaces under its identity (LangGraph's recipe):
-        ``["memories"]`` is the user's ``[<identity>, "memories"]``."""
-        namespace = tuple(value.get("namespace") or ())
-        if namespace[:1] != (ctx.user.identity,):
-            value["namespace"] = (ctx.user.identity, *namespace)
-
     return auth
 
 
@@ -277,6 +268,12 @@ class Authorizer:
         if result is None:
             raise ApiError(401, "authentication failed", {"WWW-Authenticate": "Bearer"})
         return to_user(result)
+
+    def has_own_handler(self, resource: str, action: str) -> bool:
+        """Whether the auth file has a handler for this resource itself (not a
+        resource-wide ``("*", action)`` or global one)."""
+        return self.auth is not None and any(
+            self.auth._handlers.get(key) for key in ((resource, action), (resource, "*")))
 
     def handler(self, resource: str, action: str) -> Any:
         """The most specific handler of (resource, action), or None (allowed)."""

@@ -3,9 +3,11 @@ store the graphs use (``agents.memory``), through the ``store`` auth handlers.
 
 Each operation passes the ``("store", action)`` handler (``put``, ``get``, ``delete``,
 ``search``, ``list_namespaces``) with a mutable value, as on LangGraph Platform: a handler
-scopes a user by rewriting ``value["namespace"]`` (the built-in API-key auth puts the
-user's identity first, ``serve_app.auth``), and a filter it returns narrows a search. In
-the open mode namespaces are shared by every caller.
+scopes a user by rewriting ``value["namespace"]``, and a filter it returns narrows a
+search. With auth but no ``store`` handler (the built-in API keys, or an auth file without
+one), a user's namespaces are those under its identity (``own_namespace``), the namespaces
+the agents keep its memories in (``agents.memory``). In the open mode namespaces are shared
+by every caller.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def item_view(item: Item) -> dict[str, Any]:
     return item.dict()
 
 
+def own_namespace(user: User, value: dict[str, Any]) -> None:
+    """LangGraph's recipe for a user's store: ``["memories"]`` is the user's
+    ``[<identity>, "memories"]``, and nobody reaches another identity's namespaces."""
+    namespace = tuple(value.get("namespace") or ())
+    if namespace[:1] != (user.identity,):
+        value["namespace"] = (user.identity, *namespace)
+
+
 class StoreService:
     """One replica's access to the store; the store object is built on first use, inside
     the serving event loop (its batching task lives there)."""
@@ -81,8 +91,12 @@ class StoreService:
 
     async def _authorized(self, user: User, action: str, value: dict[str, Any],
                           what: str = "namespace") -> dict[str, Any] | None:
-        """Run the handler (it may rewrite the namespace) and check what it left."""
+        """Run the handler (it may rewrite the namespace) and check what it left; with
+        auth but no ``store`` handler, the user's namespaces are those under its identity."""
         where = await self.auth.authorize(user, "store", action, value)
+        if not self.auth.open and not self.auth.has_own_handler("store", action):
+            where = None  # a filter of a handler for every resource is not about items
+            own_namespace(user, value)
         if value.get("namespace") is not None:
             value["namespace"] = check_namespace(value["namespace"], what)
         return where

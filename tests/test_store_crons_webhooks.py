@@ -255,20 +255,32 @@ async def test_ticks_missed_while_down_run_the_latest_once(client, redis_client)
 
 
 @pytest.fixture(scope="module")
-async def keyed_sdks(settings):
-    """Two users (built-in API keys) on an in-process API over the session's Redis/stub."""
+async def in_process(settings):
+    """The API's service in this process over the session's Redis and stub (no Ray)."""
     async with await AgentSystem.create(settings) as system:
         service = AgentService.in_process(system, replica_id=f"h4-{uuid.uuid4().hex[:6]}")
         service.executor.start()
-        app = build_api(service, AuthSettings(api_keys=[
-            ApiKey(identity="erin", key="erin-key"), ApiKey(identity="frank", key="frank-key")]))
-        sdks = []
-        for key in ("erin-key", "frank-key"):
-            sdk = get_client(url="http://api", api_key=key)
-            sdk.http.client._transport = httpx.ASGITransport(app=app)
-            sdks.append(sdk)
-        yield sdks
+        yield service
         await service.aclose()
+
+
+def sdks_for(service, auth: AuthSettings, *credentials: dict) -> list:
+    """One SDK client per user, each given as ``get_client``'s keywords."""
+    app = build_api(service, auth)
+    sdks = []
+    for credential in credentials:
+        sdk = get_client(url="http://api", **credential)
+        sdk.http.client._transport = httpx.ASGITransport(app=app)
+        sdks.append(sdk)
+    return sdks
+
+
+@pytest.fixture(scope="module")
+def keyed_sdks(in_process):
+    """Two users of the built-in API keys."""
+    return sdks_for(in_process, AuthSettings(api_keys=[
+        ApiKey(identity="erin", key="erin-key"), ApiKey(identity="frank", key="frank-key")]),
+        {"api_key": "erin-key"}, {"api_key": "frank-key"})
 
 
 async def test_with_auth_namespaces_and_crons_are_per_user(keyed_sdks):
@@ -296,3 +308,20 @@ async def test_with_auth_namespaces_and_crons_are_per_user(keyed_sdks):
     with pytest.raises(NotFoundError):
         await frank.crons.delete(cron["cron_id"])
     await erin.crons.delete(cron["cron_id"])
+
+
+async def test_an_auth_file_without_a_store_handler_still_scopes_namespaces(in_process):
+    """tests/langgraph_auth.py has one handler for every resource (owner metadata), none
+    for the store: namespaces are per user; crons carry their owner."""
+    alice, bob = sdks_for(in_process, AuthSettings(path="./tests/langgraph_auth.py:auth"),
+                          {"api_key": None, "headers": {"Authorization": "Bearer alice-token"}},
+                          {"api_key": None, "headers": {"Authorization": "Bearer bob-token"}})
+    await alice.store.put_item(["drafts"], key="d", value={"text": "alice's"})
+    assert (await alice.store.search_items(["drafts"]))["items"][0]["namespace"] == \
+        ["alice", "drafts"]
+    assert await bob.store.get_item(["alice", "drafts"], key="d") is None
+    cron = await alice.crons.create("supervisor", schedule="0 9 * * *", input=user("hi"))
+    assert cron["metadata"]["owner"] == "alice"
+    assert [c["cron_id"] for c in await alice.crons.search()] == [cron["cron_id"]]
+    assert await bob.crons.search() == []
+    await alice.crons.delete(cron["cron_id"])
