@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
-import threading
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,6 +16,7 @@ from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, get_settings
 from serve_app.auth import check_bind
 from serve_app.launcher import serve_cluster
+from serve_app.leftovers import DataDirInUse, PortInUse
 
 HOW_TO_TALK = """
 Agent Cluster is up at {url}  (Redis: {redis}, model: {model})
@@ -46,19 +47,44 @@ def main() -> None:
                         help="Ray's Prometheus export port")
     args = parser.parse_args()
 
-    stop = threading.Event()
+    stop_on_signals()
+    try:
+        serve_until_stopped(args)
+    except Stop as stop:
+        print(f"stopped ({stop})", flush=True)
+    except (PortInUse, DataDirInUse) as exc:
+        sys.exit(f"cannot start: {exc}")
+
+
+class Stop(Exception):
+    """Raised by SIGTERM/SIGINT: unwinds whatever is running, stopping all it started."""
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (what systemd, Docker, Kubernetes send) and SIGINT (Ctrl-C) reach only this
+    process: Ray runs in a session of its own. Either one unwinds the start, at any point:
+    Serve shuts down (runs in flight go back to the queue), then the Ray node, then the
+    services. Further signals are ignored so that clean-up is not cut short."""
+    def stop(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stop(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
+def serve_until_stopped(args: argparse.Namespace) -> None:
     with local_services(get_settings()) as settings, \
             serve_cluster(settings, args.config, port=args.port,
                           metrics_port=args.metrics_port) as url:
-        # After ray.init, which installs handlers that would exit without our clean-up.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        stop_on_signals()  # again: ray.init set a SIGTERM handler of its own
         print(HOW_TO_TALK.format(url=url, redis=settings.redis_url,
                                  model=settings.model.base_url,
                                  metrics_port=args.metrics_port), flush=True)
         print(check_bind(urlsplit(url).hostname or "", settings.auth), flush=True)
-        stop.wait()
-    print("stopped", flush=True)
+        while True:
+            signal.pause()
 
 
 if __name__ == "__main__":

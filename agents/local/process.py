@@ -31,13 +31,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ManagedProcess:
-    """Start ``argv`` in its own process group, poll ``ready()`` until it is true, stop it."""
+    """Start ``argv`` in its own process group, poll ``ready()`` until it is true, stop it
+    and whatever it started in its group. ``env``: added to this process's environment."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Path | None = None):
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.cwd = cwd
+        self.env = {**os.environ, **env} if env else None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +51,7 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout_s
@@ -64,18 +67,22 @@ class ManagedProcess:
         raise ServiceStartError(f"{self.name} not ready after {timeout_s}s: {self._log_tail()}")
 
     def stop(self, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
-        """Ask politely, then kill; safe to call twice."""
+        """Ask politely, then kill; then kill what is left of its group (children it
+        started that outlive it); safe to call twice."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout_s)
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout_s)
+        with contextlib.suppress(ProcessLookupError):  # the group outlives its leader's pid
+            os.killpg(proc.pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (fault tests)."""
