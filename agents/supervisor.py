@@ -165,7 +165,8 @@ def build_supervisor(
         config = get_config()
         parent_thread = config["configurable"]["thread_id"]
         request = {"role": role, "thread_id": sub_thread_id(parent_thread, assignment),
-                   "task": assignment["task"], "user_id": current_user(config)}
+                   "task": assignment["task"], "user_id": current_user(config),
+                   "context": current_context().model_dump(exclude_none=True) or None}
         started = time.time()
         try:
             result = await call_worker(workers[role], request)

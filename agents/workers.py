@@ -35,6 +35,8 @@ class WorkerRequest(BaseModel):
     resume_key: str | None = Field(None, description="applied at most once per key")
     trace: dict[str, str] | None = Field(None, description="the caller's W3C trace context")
     user_id: str | None = Field(None, description="whose long-term memories it uses")
+    context: dict[str, Any] | None = Field(
+        None, description="the parent run's runtime context (agents.run_context)")
 
 
 class WorkerResult(BaseModel):
@@ -69,7 +71,7 @@ class SpecialistWorker:
         graph_input = await self._next_input(graph, config, req)
         usage, responses = Usage(), []
         if graph_input is not None:
-            events = self._traced(self._events(graph, graph_input, config, req.role), req,
+            events = self._traced(self._events(graph, graph_input, config, req), req,
                                   usage, responses)
             async for event in relay(events, self.token_linger_s):
                 yield event
@@ -114,10 +116,11 @@ class SpecialistWorker:
 
     @staticmethod
     async def _events(graph: CompiledStateGraph, graph_input: Any, config: dict,
-                      role: str) -> AsyncIterator[dict[str, Any]]:
+                      req: WorkerRequest) -> AsyncIterator[dict[str, Any]]:
         graph_input = None if graph_input is _CONTINUE else graph_input
+        role = req.role
         async for mode, payload in graph.astream(
-            graph_input, config, stream_mode=["messages", "custom"]
+            graph_input, config, stream_mode=["messages", "custom"], context=req.context
         ):
             if mode == "custom":
                 yield payload

@@ -106,6 +106,15 @@ async def test_a_run_uses_its_assistants_context_under_its_own(client):
         await client.assistants.delete(assistant["assistant_id"])
 
 
+async def test_the_context_reaches_the_specialists_too(client):
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+    await client.runs.wait(tid, "supervisor", input=user("What is Redis persistence?"),
+                           context={"model": "context-model"})
+    [run] = await client.runs.list(tid)
+    assert set(run["usage"]["by_model"]) == {"context-model"}  # supervisor and researcher
+
+
 # no field silently ignored
 SDK_RUN_FIELDS = {  # every field langgraph_sdk's runs.create/stream/wait may send
     "context": {"locale": "fr-FR"},
@@ -125,6 +134,7 @@ SDK_RUN_FIELDS = {  # every field langgraph_sdk's runs.create/stream/wait may se
     "on_disconnect": "continue",
     "if_not_exists": "create",
     "stream_mode": ["values", "updates"],
+    "webhook": "<the session's webhook receiver>",
 }
 RECORDED_AS = {"checkpoint_during": ("durability", "exit")}  # the deprecated form
 REFUSED = {"langsmith_tracer": {"project_name": "x"}, "strict_resume": False,
@@ -133,8 +143,10 @@ REFUSED = {"langsmith_tracer": {"project_name": "x"}, "strict_resume": False,
 
 
 @pytest.mark.parametrize("field", sorted(SDK_RUN_FIELDS))
-async def test_each_run_field_is_recorded_on_the_run(http, field):
+async def test_each_run_field_is_recorded_on_the_run(http, webhook_receiver, field):
     value = SDK_RUN_FIELDS[field]
+    if field == "webhook":
+        value = f"{webhook_receiver.url}/platform-api-fields"
     tid = str(uuid.uuid4())
     path = "/runs" if field == "on_completion" else f"/threads/{tid}/runs"  # thread-less only
     response = await http.post(path, json={
