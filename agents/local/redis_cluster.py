@@ -20,6 +20,7 @@ import redis
 
 from agents.local.process import free_port
 from agents.local.redis_server import DEFAULT_MAXMEMORY, EmbeddedRedis
+from agents.settings import get_settings
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 2000  # a master silent this long is failed over to its replica
@@ -138,7 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shards", type=int, default=3, help="masters")
     parser.add_argument("--replicas", type=int, default=0, help="replicas per master")
-    parser.add_argument("--data-dir", type=Path, default=Path("data/redis-cluster"))
+    parser.add_argument("--data-dir", type=Path,
+                        default=get_settings().data_dir / "redis-cluster")
     args = parser.parse_args()
     with EmbeddedRedisCluster(args.data_dir, args.shards, args.replicas) as cluster:
         print(f"Redis Cluster: {cluster.url}  ({args.shards} masters, {args.replicas} "
