@@ -9,6 +9,7 @@ is one slot, so its MULTI/EXECs stay valid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -120,7 +121,8 @@ async def _once(redis: Redis, result: dict, effect: Callable[[Pipeline], None]) 
     lives in the back office (as an external system keeps the idempotency keys it was sent),
     so the transaction stays in its slot; the caller records the thread's ledger entry."""
     key = current_effect_key.get()
-    receipt = f"{PREFIX}receipt:{key}"
+    # by digest: no back-office key names a thread (deleting the thread leaves none behind)
+    receipt = f"{PREFIX}receipt:{hashlib.sha256(str(key).encode()).hexdigest()[:32]}"
     async with redis.pipeline(transaction=True) as pipe:
         if key is not None:
             await pipe.watch(receipt)
