@@ -1,14 +1,15 @@
 """What a killed start left behind, found and cleared by the next one.
 
-A Ray node we start (``serve_app.ray_node``) runs in a process group of its own, recorded in
-a state file in the data dir with the process that started it. SIGKILL the launcher and the
-node's ``ray start`` stops its raylet, but Serve's HAProxy (started by a proxy actor) lives
-on, holding the HTTP, stats and metrics ports. The next start reads the state file and
-SIGKILLs what is left of that group, each process verified first by the marker variable the
-node's processes inherit (``MARKER`` = the state file's path: Ray renames its workers'
-command lines, the environment it keeps). A port still held after that belongs to someone
-else: the start says which process holds it and how to stop it, rather than letting HAProxy
-die with a bind error.
+A Ray node we start (``serve_app.ray_node``) is recorded in a state file in the data dir:
+the process that started it and the process group of its ``ray start`` (GCS, raylet,
+agents). Its workers (Serve's controller, replicas, proxy) and Serve's HAProxy run in
+process groups of their own, but inherit the marker variable ``MARKER`` = the state file's
+path. A process is the node's if it carries the marker, or is a Ray process (``ray`` in its
+command line; Ray's titles overwrite the environment of some) in the recorded group.
+SIGKILL the launcher and its node's ``ray start`` and Serve's HAProxy lives on, holding the
+HTTP, stats and metrics ports: the next start SIGKILLs what is left. A port still held
+after that belongs to someone else: the start says which process holds it and how to stop
+it, rather than letting HAProxy die with a bind error.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ class DataDirInUse(RuntimeError):
 
 
 def record(state_file: Path, pgid: int) -> None:
+    """This process started the node of ``state_file``, whose ``ray start`` leads ``pgid``."""
     me = psutil.Process()
-    state_file.write_text(json.dumps({"pgid": pgid, "owner_pid": me.pid,
-                                      "owner_started": me.create_time()}))
+    state_file.write_text(json.dumps({"owner_pid": me.pid, "owner_started": me.create_time(),
+                                      "pgid": pgid}))
 
 
 def clear(state_file: Path) -> list[str]:
@@ -48,16 +50,31 @@ def clear(state_file: Path) -> list[str]:
         raise DataDirInUse(f"a Ray node recorded in {state_file} belongs to the running "
                            f"process {state['owner_pid']}: stop it first, or use another "
                            "data dir (AGENT_CLUSTER_DATA_DIR)")
-    ours = [proc for proc in psutil.process_iter()
-            if _in_group(proc, state["pgid"]) and _environ(proc).get(MARKER) == str(state_file)]
+    killed = kill_node(state_file, state["pgid"])
+    state_file.unlink(missing_ok=True)
+    return killed
+
+
+def kill_node(state_file: Path, pgid: int | None) -> list[str]:
+    """SIGKILL every process of the node of ``state_file``; their command lines."""
+    ours = [proc for proc in psutil.process_iter() if _of_node(proc, state_file, pgid)]
     killed = []
     for proc in ours:
         with contextlib.suppress(psutil.Error):
             killed.append(" ".join(proc.cmdline())[:120])
             proc.kill()
     psutil.wait_procs(ours, timeout=5)
-    state_file.unlink(missing_ok=True)
     return killed
+
+
+def _of_node(proc: psutil.Process, state_file: Path, pgid: int | None) -> bool:
+    try:
+        if proc.environ().get(MARKER) == str(state_file):
+            return True
+        return pgid is not None and os.getpgid(proc.pid) == pgid and \
+            "ray" in " ".join(proc.cmdline())
+    except (psutil.Error, OSError):
+        return False
 
 
 def check_free(ports: dict[str, int]) -> None:
@@ -86,17 +103,3 @@ def _alive(pid: int, started: float) -> bool:
         return psutil.Process(pid).create_time() == started
     except psutil.Error:
         return False
-
-
-def _in_group(proc: psutil.Process, pgid: int) -> bool:
-    try:
-        return os.getpgid(proc.pid) == pgid
-    except OSError:
-        return False
-
-
-def _environ(proc: psutil.Process) -> dict[str, str]:
-    try:
-        return proc.environ()
-    except psutil.Error:
-        return {}

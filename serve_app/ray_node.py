@@ -5,9 +5,10 @@ Why not let ``ray.init()`` start a local Ray: its processes share the launcher's
 group, so the SIGINT/SIGTERM meant for the launcher (Ctrl-C, ``kill -- -PGID``, a service
 manager) reaches Serve's controller and replicas too, which then die or wait out their own
 timeouts instead of being drained; and a SIGKILLed launcher leaves Serve's HAProxy holding its
-ports. Here only the launcher gets the signal, shuts Serve down, then stops the node: its
-process group (raylet, GCS, workers, replicas, HAProxy) is recorded in the data dir
-(``serve_app.leftovers``), so a start after a killed one clears what that one left.
+ports. Here only the launcher gets the signal, shuts Serve down, then stops the node and
+every process it started (raylet, GCS, workers, replicas, HAProxy: ``serve_app.leftovers``
+knows them by a variable they inherit), and a start after a killed one clears what that
+one left.
 
 Several nodes on one machine (the multi-node test) need distinct temp dirs and ports: every
 port is a free one unless given.
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agents.local.process import ManagedProcess, free_port
+from agents.local.process import ManagedProcess, ServiceStartError, free_port
 from serve_app import leftovers
 
 RAY = Path(sys.executable).parent / "ray"
@@ -58,7 +59,7 @@ def temp_dir_for(data_dir: Path, name: str) -> Path:
 
 class RayNode:
     """A head node (``address`` None) or a node joining ``address`` (``host:port`` of the
-    head's GCS). ``state_file``: where its process group is recorded for ``leftovers``."""
+    head's GCS). ``state_file``: where it is recorded for ``leftovers``."""
 
     def __init__(self, state_file: Path, temp_dir: Path, *, address: str | None = None,
                  num_cpus: float = 2, resources: dict[str, float] | None = None,
@@ -88,7 +89,7 @@ class RayNode:
 
     @property
     def pid(self) -> int | None:
-        """Of its ``ray start``: also the id of the node's process group."""
+        """Of its ``ray start``, which leads the process group of the node's services."""
         return self._process.pid
 
     def start(self, ports: dict[str, int] | None = None, timeout_s: float = 120.0) -> RayNode:
@@ -99,28 +100,29 @@ class RayNode:
             print(f"stopped a process an earlier, killed start left behind: {line}", flush=True)
         leftovers.check_free(ports or {})
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        log = self._process.log_path
-        offset = log.stat().st_size if log.exists() else 0
         try:
-            self._process.start(lambda: READY_LINE in log.read_text(errors="replace")[offset:],
-                                timeout_s=timeout_s)
-        finally:  # recorded even if it never became ready: its group is to clear all the same
-            if self._process.pid:
-                leftovers.record(self.state_file, self._process.pid)
+            self._start_once(timeout_s)
+        except ServiceStartError:  # Ray gives a raylet a fixed 30 s to register with the
+            leftovers.kill_node(self.state_file, self.pid)  # GCS: a busy box may miss it once
+            self._start_once(timeout_s)
         return self
 
+    def _start_once(self, timeout_s: float) -> None:
+        log = self._process.log_path
+        offset = log.stat().st_size if log.exists() else 0
+        self._process.start(lambda: READY_LINE in log.read_text(errors="replace")[offset:],
+                            timeout_s=timeout_s,
+                            started=lambda pid: leftovers.record(self.state_file, pid))
+
     def stop(self, timeout_s: float = 1.0) -> None:
-        """SIGTERM the node's group, SIGKILL what is left after ``timeout_s``."""
+        """SIGTERM ``ray start``, SIGKILL what is left of the node after ``timeout_s``."""
+        pid = self.pid
         self._process.stop(timeout_s)
+        leftovers.kill_node(self.state_file, pid)
         self.state_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
-        """SIGKILL the whole node at once, as a lost machine (fault tests)."""
+        """SIGKILL every process of the node at once, as a lost machine (fault tests)."""
+        leftovers.kill_node(self.state_file, self.pid)
         self._process.kill()
         self.state_file.unlink(missing_ok=True)
-
-    def __enter__(self) -> RayNode:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()

@@ -47,13 +47,17 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def start(self, ready: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    def start(self, ready: Callable[[], bool], timeout_s: float = 20.0,
+              started: Callable[[int], None] | None = None) -> None:
+        """``started``: told the pid (also its process group's id) as soon as it exists."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
+        if started:
+            started(self._proc.pid)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
