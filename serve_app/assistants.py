@@ -24,7 +24,8 @@ from serve_app.service_context import ServiceContext
 ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
 DEFAULT_GRAPH = "supervisor"
 BUILT_IN_STAMP = "2026-01-01T00:00:00+00:00"
-VERSIONED = ("graph_id", "config", "context", "metadata", "name", "description")
+VERSIONED = ("graph_id", "config", "context", "metadata", "name", "description",
+             "interrupt_before", "interrupt_after")
 
 
 def assistant_id(graph_id: str) -> str:
@@ -156,7 +157,10 @@ class AssistantsService:
         if graph_id not in self.ctx.graphs:
             raise ApiError(422, f"graph_id {graph_id!r} is no graph of this deployment; "
                                 f"graphs: {sorted(self.ctx.graphs)}")
-        check_context(self.ctx.graphs[graph_id], fields.get("context"))
+        graph = self.ctx.graphs[graph_id]
+        check_context(graph, fields.get("context"))
+        for name in ("interrupt_before", "interrupt_after"):
+            check_breakpoints(name, fields.get(name), graph)
 
     async def create(self, body: Any) -> dict[str, Any]:
         new_id = body.assistant_id or str(uuid.uuid4())
@@ -229,6 +233,17 @@ class AssistantsService:
             pipe.delete(assistant_key(assistant), assistant_versions_key(assistant))
             pipe.zrem(ALL_ASSISTANTS, assistant)
             await pipe.execute()
+
+
+def check_breakpoints(field: str, nodes: Any, graph: Any) -> None:
+    """``interrupt_before`` / ``interrupt_after``: ``"*"`` or nodes of the graph."""
+    if nodes is None or nodes == "*":
+        return
+    known = set(graph.nodes) - {"__start__"}
+    unknown = [name for name in nodes if name not in known]
+    if unknown:
+        raise ApiError(422, f"{field} names no node of this graph: {unknown}; "
+                            f"nodes: {sorted(known)}")
 
 
 def check_context(graph: Any, context: dict[str, Any] | None) -> None:

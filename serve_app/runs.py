@@ -12,24 +12,18 @@ from agents import telemetry
 from agents.approval import parse_decision
 from agents.errors import InvalidDecisionError
 from serve_app.api_errors import ApiError
-from serve_app.assistants import AssistantsService, check_context, merge_config
+from serve_app.assistants import (
+    AssistantsService,
+    check_breakpoints,
+    check_context,
+    merge_config,
+)
 from serve_app.events import API_MODES
 from serve_app.jsonable import to_jsonable
 from serve_app.records import TERMINAL
 from serve_app.run_streams import RunStreams
 from serve_app.service_context import ServiceContext
 from serve_app.threads import ThreadsService, check_messages
-
-
-def check_breakpoints(field: str, nodes: Any, graph: CompiledStateGraph) -> None:
-    """``interrupt_before`` / ``interrupt_after``: ``"*"`` or nodes of the run's graph."""
-    if nodes is None or nodes == "*":
-        return
-    known = set(graph.nodes) - {"__start__"}
-    unknown = [name for name in nodes if name not in known]
-    if unknown:
-        raise ApiError(422, f"{field} names no node of this graph: {unknown}; "
-                            f"nodes: {sorted(known)}")
 
 
 def check_webhook(url: str) -> None:
@@ -80,13 +74,15 @@ def run_options(body: Any, assistant: dict[str, Any], graph: CompiledStateGraph,
         check_webhook(body.webhook)
     context = {**(assistant.get("context") or {}), **(body.context or {})}
     check_context(graph, context)
-    check_breakpoints("interrupt_before", body.interrupt_before, graph)
-    check_breakpoints("interrupt_after", body.interrupt_after, graph)
+    breakpoints = {name: assistant.get(name) if getattr(body, name) is None
+                   else getattr(body, name) for name in ("interrupt_before", "interrupt_after")}
+    for name, nodes in breakpoints.items():
+        check_breakpoints(name, nodes, graph)
     run_config = body.config.model_dump(exclude_none=True) if body.config else {}
     options = {
         "config": merge_config(assistant.get("config") or {}, run_config),
         "context": context or None,
-        "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
+        **breakpoints,
         "durability": run_durability(body), "feedback_keys": body.feedback_keys,
         "after_seconds": body.after_seconds,
         **run_checkpoint(body, thread_id),

@@ -26,6 +26,9 @@ class AssistantFields(Body):
     metadata: dict[str, Any] | None = None
     name: str | None = Field(None, max_length=200)
     description: str | None = Field(None, max_length=10_000)
+    interrupt_before: Breakpoints | None = Field(
+        None, description="breakpoints of its runs (a run's own replace them)")
+    interrupt_after: Breakpoints | None = None
 
 
 class AssistantCreate(AssistantFields):

@@ -206,6 +206,22 @@ async def test_interrupt_before_a_node_stops_there_and_a_run_without_input_resum
     assert (await client.threads.get_state(tid))["next"] == []
 
 
+async def test_an_assistants_breakpoints_apply_to_its_runs(http, client):
+    created = await http.post("/assistants", json={"graph_id": "supervisor",
+                                                   "interrupt_before": ["worker"]})
+    assert created.status_code == 200, created.text
+    aid = created.json()["assistant_id"]
+    try:
+        thread = await client.threads.create()
+        await client.runs.wait(thread["thread_id"], aid, input=user("What is Redis?"))
+        assert (await client.threads.get_state(thread["thread_id"]))["next"] == ["worker"]
+        refused = await http.post("/assistants", json={"graph_id": "supervisor",
+                                                       "interrupt_after": ["nowhere"]})
+        assert refused.status_code == 422 and "interrupt_after" in refused.text
+    finally:
+        await client.assistants.delete(aid)
+
+
 async def test_a_branch_from_an_old_checkpoint_continues_from_there_and_history_stays(client,
                                                                                      http):
     thread = await client.threads.create()
