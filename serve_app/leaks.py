@@ -32,6 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from agents.checkpoint import create_redis
 from agents.effects import LEDGER_PREFIX
 from agents.slots import untagged
 from serve_app.keys import (
@@ -215,7 +216,8 @@ async def find_orphans(redis: Redis, thread_prefix: str = "") -> list[tuple[str,
 
 
 async def _main(args: Any) -> int:
-    redis = Redis.from_url(args.url)
+    from agents.settings import get_settings
+    redis = create_redis(args.url, get_settings().redis)  # a Redis Cluster too
     try:
         orphans = await find_orphans(redis, args.thread_prefix)
         for key, reason in orphans:

@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from agents import telemetry
+from agents.checkpoint import create_redis
 from agents.settings import PROJECT_ROOT
 from serve_app.keys import thread_runs_key
 from serve_app.records import Records
@@ -281,8 +282,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def run() -> None:
         from agents.settings import get_settings
-        url = args.redis or get_settings().redis_url or "redis://127.0.0.1:6379/0"
-        redis = Redis.from_url(url)
+        settings = get_settings()
+        url = args.redis or settings.redis_url or "redis://127.0.0.1:6379/0"
+        redis = create_redis(url, settings.redis)  # a Redis Cluster too (redis.cluster)
         try:
             found = await cases(redis)
         finally:
