@@ -3,7 +3,10 @@ a client should wait before asking again.
 
 A new run waits behind every run queued before it, and the queue drains at the rate the
 pool's replicas take runs (measured: the pool's ``started`` counter over time). So a run
-is refused when the wait it would face (queued / drain rate) exceeds ``max_queue_wait_s``,
+is refused when the wait it would face (queued / drain rate) exceeds ``max_queue_wait_s``
+while the queue is really waiting (its oldest run has waited a quarter of that: the drain
+rate only measures capacity when runs wait for slots; on a quiet cluster it is the arrival
+rate, and a run that free slots take at once must not be refused by it),
 when the queue's oldest run has already waited that long (not draining at all), or past
 the hard cap of ``max_queued_runs`` per live replica. Past capacity, queuing more only
 adds waiting: a refusal in milliseconds beats an answer too late to use, and the runs
@@ -113,7 +116,7 @@ class Admission:
             return "queue_full"
         if load.oldest_wait_s > settings.max_queue_wait_s:
             return "queue_wait"
-        if load.queued and drain_per_s > 0 and \
-                (load.queued + 1) / drain_per_s > settings.max_queue_wait_s:
+        if load.queued and load.oldest_wait_s >= settings.max_queue_wait_s / 4 and \
+                drain_per_s > 0 and (load.queued + 1) / drain_per_s > settings.max_queue_wait_s:
             return "expected_wait"
         return None

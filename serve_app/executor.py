@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -111,9 +112,12 @@ class RunExecutor:
                                   on_change=lambda size: self.metrics.gauge("run_slots", size))
         self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms,
                             settings.overhead_budget_s)
-        self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once started
+        self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once it holds the lease
         self._in_slots: set[asyncio.Task] = set()
         self._cancel_actions: dict[str, str] = {}
+        # Runs being marked running: a cancel that comes meanwhile (the API saw the run
+        # running already) is kept and acted on once the run can end cleanly.
+        self._starting: set[str] = set()
         self._background: list[asyncio.Task] = []
         self._puller: asyncio.Task | None = None
         self._closing = False
@@ -223,10 +227,13 @@ class RunExecutor:
                 await asyncio.sleep(0.5)
 
     def _cancel_here(self, request: dict[str, str]) -> None:
-        task = self._tasks.get(request["run_id"])
-        if task is not None:
-            self._cancel_actions[request["run_id"]] = request.get("action", "interrupt")
-            task.cancel()
+        if request["run_id"] in self._tasks:
+            self._cancel_task(request["run_id"], request.get("action", "interrupt"))
+
+    def _cancel_task(self, run_id: str, action: str) -> None:
+        self._cancel_actions[run_id] = action
+        if run_id not in self._starting:
+            self._tasks[run_id].cancel()
 
     def event_writer(self, run: dict[str, Any]) -> EventWriter:
         return EventWriter(self.redis, run["thread_id"], run["run_id"],
@@ -245,19 +252,29 @@ class RunExecutor:
             await self.pool.let_go(ref)
             return None
         self.heartbeat.hold(ref, asyncio.current_task(), thread_lease_key(thread_id), token)
-        started = await self._started(run)
+        self._tasks[run_id] = asyncio.current_task()
+        self._starting.add(run_id)
+        try:
+            started = await self._started(run)
+        finally:
+            self._starting.discard(run_id)
+            if self._tasks.get(run_id) is asyncio.current_task() and \
+                    (sys.exc_info()[0] is not None or started is None):
+                del self._tasks[run_id]
         if started is None:  # cancelled or moved on meanwhile
+            self._cancel_actions.pop(run_id, None)
             await self.leases.release(thread_id, token)
             await self.pool.let_go(ref)
             return None
         run = started
-        self._tasks[run_id] = asyncio.current_task()
         self.metrics.count("runs_started")
         events = self.event_writer(run)
         observed = run_telemetry.RunTelemetry.begin(run, self.replica_id)  # span, usage
         observed.attach()
         status, error = "success", None
         try:
+            if run_id in self._cancel_actions:  # asked while it was being started
+                raise asyncio.CancelledError
             events.append("metadata", {"run_id": run_id, "attempt": run["attempt"],
                                        **observed.metadata})
             graph = self.graphs[run["graph_id"]]
@@ -526,9 +543,8 @@ class RunExecutor:
     async def hand_back_all(self) -> None:
         """Graceful shutdown: take no more runs, give every run of this replica back."""
         self._closing = True
-        for run_id, task in list(self._tasks.items()):
-            self._cancel_actions[run_id] = HAND_BACK
-            task.cancel()
+        for run_id in list(self._tasks):
+            self._cancel_task(run_id, HAND_BACK)
         await asyncio.gather(*self._in_slots, return_exceptions=True)
 
     async def aclose(self) -> None:

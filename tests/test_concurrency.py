@@ -98,13 +98,15 @@ def test_runs_slowed_downstream_make_the_replica_take_fewer():
 def test_admission_bounds_the_wait_a_new_run_would_face():
     api = ApiSettings(max_queued_runs=32, max_queue_wait_s=0.5)
 
-    def load(queued: int, oldest_wait_s: float = 0.1) -> PoolLoad:
+    def load(queued: int, oldest_wait_s: float = 0.2) -> PoolLoad:
         return PoolLoad(queued=queued, oldest_wait_s=oldest_wait_s, running=8, replicas=2)
 
     assert Admission.reason(load(0), api, drain_per_s=4.0) is None
     assert Admission.reason(load(1), api, drain_per_s=4.0) is None  # 2 / 4 = 0.5 s
     assert Admission.reason(load(2), api, drain_per_s=4.0) == "expected_wait"
     assert Admission.reason(load(2), api, drain_per_s=0.0) is None  # not measured yet
+    # runs taken at once by free slots: a low rate is the arrivals, not the capacity
+    assert Admission.reason(load(2, oldest_wait_s=0.01), api, drain_per_s=0.1) is None
     assert Admission.reason(load(1, oldest_wait_s=0.8), api, 40.0) == "queue_wait"
     assert Admission.reason(load(64), api, drain_per_s=1000.0) == "queue_full"
 
