@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from langgraph.graph.state import CompiledStateGraph
 
@@ -24,14 +23,7 @@ from serve_app.records import TERMINAL
 from serve_app.run_streams import RunStreams
 from serve_app.service_context import ServiceContext
 from serve_app.threads import ThreadsService, check_messages
-
-
-def check_webhook(url: str) -> None:
-    """A webhook must be an absolute http(s) URL (where it may point is the deliverer's
-    rule, ``serve_app.webhooks``)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(422, f"webhook must be an absolute http(s) URL, got {url[:200]!r}")
+from serve_app.webhooks import check_url
 
 
 def run_checkpoint(body: Any, thread_id: str | None) -> dict[str, Any]:
@@ -71,7 +63,7 @@ def run_options(body: Any, assistant: dict[str, Any], graph: CompiledStateGraph,
         raise ApiError(422, "on_completion: only a thread-less run's thread is deleted or "
                             "kept; a run on a thread keeps it")
     if body.webhook:
-        check_webhook(body.webhook)
+        check_url(body.webhook)
     context = {**(assistant.get("context") or {}), **(body.context or {})}
     check_context(graph, context)
     breakpoints = {name: assistant.get(name) if getattr(body, name) is None

@@ -30,7 +30,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 from redis.asyncio import Redis
@@ -75,8 +75,9 @@ def blocked_reason(address: str) -> str | None:
     return None
 
 
-async def check_destination(url: Any, settings: WebhookSettings) -> str:
-    """``url`` if it may receive webhooks, else ``ApiError`` 422."""
+def check_url(url: Any) -> tuple[SplitResult, int]:
+    """``url`` split, and its port, if it is an absolute http(s) URL; else ``ApiError`` 422
+    (where it may point is ``check_destination``'s rule)."""
     if not isinstance(url, str) or len(url) > 4096:
         raise ApiError(422, "webhook must be an http(s) URL of at most 4096 characters")
     try:
@@ -86,6 +87,12 @@ async def check_destination(url: Any, settings: WebhookSettings) -> str:
         parts, port = None, 0
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(422, f"webhook {url[:200]!r} is not an absolute http(s) URL")
+    return parts, port
+
+
+async def check_destination(url: Any, settings: WebhookSettings) -> str:
+    """``url`` if it may receive webhooks, else ``ApiError`` 422."""
+    parts, port = check_url(url)
     if settings.allow_private_hosts:
         return url
     try:

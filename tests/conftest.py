@@ -22,10 +22,15 @@ from serve_app.approvals import RecordedApprovals
 from serve_app.launcher import HAPROXY_MODE_PORTS, serve_cluster
 from serve_app.service import AgentService
 
+FIRST = {"test_multinode.py"}  # its own Ray driver: before the session cluster's (one a process)
+LAST = {"test_serving_faults.py"}  # they kill replicas and Redis
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Fault tests kill replicas and Redis: run them after everything else."""
-    items.sort(key=lambda item: item.path.name == "test_serving_faults.py")
+    """Tests that connect this process to a Ray cluster of their own run first (a process
+    holds one Ray connection: theirs ends before the session's cluster starts); fault
+    tests run after everything else."""
+    items.sort(key=lambda item: (item.path.name not in FIRST) + (item.path.name in LAST))
 
 
 @pytest.fixture(scope="session")

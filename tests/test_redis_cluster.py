@@ -250,17 +250,21 @@ async def test_master_failover_runs_finish(client, redis_cluster, rc, stub_admin
     master = next(n for n in redis_cluster.masters if n.port == owner.port)
     master.kill()
     survivor = next(n for n in redis_cluster.masters if n is not master)
-    probe = create_redis(f"redis://{survivor.host}:{survivor.port}", RedisSettings(cluster=True))
-    try:
-        async def promoted() -> bool:
+
+    async def promoted() -> bool:
+        """A fresh client each time: a cluster client reads the slot map once."""
+        probe = create_redis(f"redis://{survivor.host}:{survivor.port}",
+                             RedisSettings(cluster=True))
+        try:
             with contextlib.suppress(Exception):
                 await probe.initialize()
                 node = probe.get_node_from_key(f"ac:{{{tid}}}:thread")
-                return node.port != master.port and bool(await probe.ping())
+                return node.port != master.port and \
+                    await probe.exists(f"ac:{{{tid}}}:thread") == 1
             return False
-        await wait_until(promoted, timeout_s=60)
-    finally:
-        await probe.aclose()
+        finally:
+            await probe.aclose()
+    await wait_until(promoted, timeout_s=60)
     stub_admin.post("/config", json={"ttft_ms": 0})
     final = await wait_until(lambda: _ended(client, tid, rid), timeout_s=120)
     assert final["status"] == "success", final
