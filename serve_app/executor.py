@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -254,12 +253,12 @@ class RunExecutor:
         self.heartbeat.hold(ref, asyncio.current_task(), thread_lease_key(thread_id), token)
         self._tasks[run_id] = asyncio.current_task()
         self._starting.add(run_id)
+        started = None
         try:
             started = await self._started(run)
         finally:
             self._starting.discard(run_id)
-            if self._tasks.get(run_id) is asyncio.current_task() and \
-                    (sys.exc_info()[0] is not None or started is None):
+            if started is None:  # moved on meanwhile, or failed: no task to cancel
                 del self._tasks[run_id]
         if started is None:  # cancelled or moved on meanwhile
             self._cancel_actions.pop(run_id, None)
