@@ -120,8 +120,14 @@ async def simulated_user(http: httpx.AsyncClient, index: int, seen: Seen) -> Non
         seen.state_reads += 1
 
 
-async def watch_replicas(seen: Seen, stop: asyncio.Event) -> None:
-    while not stop.is_set():
+async def watch_replicas(seen: Seen, stop: asyncio.Event, after_s: float = 20) -> None:
+    """The most supervisor replicas seen, until ``after_s`` past ``stop`` (Serve decides
+    on load it heard of up to 2 s late, holds the decision for the upscale delay, then
+    starts the replica) or more than two are seen."""
+    deadline = None
+    while deadline is None or (time.monotonic() < deadline and seen.replicas_seen <= 2):
+        if deadline is None and stop.is_set():
+            deadline = time.monotonic() + after_s
         seen.replicas_seen = max(seen.replicas_seen,
                                  await asyncio.to_thread(supervisor_replicas))
         await asyncio.sleep(1)

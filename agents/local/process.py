@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,11 +24,35 @@ class ServiceStartError(RuntimeError):
     """A local service did not come up; the message carries the tail of its log."""
 
 
+# Ports handed out by free_port come from below the kernel's ephemeral range and above Ray's
+# worker ports (10002-19999): a port the OS picked (bind to 0) is one the next process that
+# connects or binds to port 0 (Ray starts dozens) may take before its owner binds it.
+_RESERVED_FLOOR = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port nobody listens on right now, outside the range the OS hands out on its own,
+    and not handed out before by this process."""
+    ceiling = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(_RESERVED_FLOOR, ceiling) if ceiling > _RESERVED_FLOOR else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise OSError("no free port below the ephemeral range")
 
 
 class ManagedProcess:
