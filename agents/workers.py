@@ -11,12 +11,12 @@ decision whose ``resume_key`` was already applied is not applied again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command
+from langgraph.types import Command, Interrupt
 from pydantic import BaseModel, Field
 
 from agents.errors import UnknownRoleError
@@ -25,6 +25,7 @@ from agents.streaming import relay
 from agents.telemetry import Usage, collect_usage, continue_trace, record_responses, span
 
 _CONTINUE = object()  # graph input meaning: resume from the last checkpoint
+INTERRUPT = "__interrupt__"  # the key of a streamed state that stopped at interrupts
 
 
 class WorkerRequest(BaseModel):
@@ -69,13 +70,16 @@ class SpecialistWorker:
             raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
         config = {"configurable": {"thread_id": req.thread_id, USER_KEY: req.user_id}}
         graph_input = await self._next_input(graph, config, req)
-        usage, responses = Usage(), []
+        usage, responses, final = Usage(), [], {}
         if graph_input is not None:
-            events = self._traced(self._events(graph, graph_input, config, req), req,
+            events = self._traced(self._events(graph, graph_input, config, req, final), req,
                                   usage, responses)
             async for event in relay(events, self.token_linger_s):
                 yield event
-        result = await self.status(graph, config, req)
+        if "values" in final:  # the run's last state, as it streamed: no read-back
+            result = outcome(req, final["values"], final.get("interrupts"))
+        else:  # nothing ran (a repeated request): what the thread holds
+            result = await self.status(graph, config, req)
         result.usage, result.responses = usage.as_dict(), responses
         yield {"type": "result", "result": result.model_dump()}
 
@@ -116,12 +120,20 @@ class SpecialistWorker:
 
     @staticmethod
     async def _events(graph: CompiledStateGraph, graph_input: Any, config: dict,
-                      req: WorkerRequest) -> AsyncIterator[dict[str, Any]]:
+                      req: WorkerRequest, final: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Token and progress events; ``final`` gets the last state streamed and the
+        interrupts it stopped at."""
         graph_input = None if graph_input is _CONTINUE else graph_input
         role = req.role
         async for mode, payload in graph.astream(
-            graph_input, config, stream_mode=["messages", "custom"], context=req.context
+            graph_input, config, stream_mode=["messages", "custom", "values"],
+            context=req.context
         ):
+            if mode == "values":
+                final["values"] = payload
+                if INTERRUPT in payload:
+                    final["interrupts"] = payload[INTERRUPT]
+                continue
             if mode == "custom":
                 yield payload
                 continue
@@ -134,12 +146,18 @@ class SpecialistWorker:
     @staticmethod
     async def status(graph: CompiledStateGraph, config: dict, req: WorkerRequest) -> WorkerResult:
         state = await graph.aget_state(config)
-        messages = state.values.get("messages", [])
-        answer = messages[-1].text if messages and isinstance(messages[-1], AIMessage) else ""
-        pending = state.interrupts[0].value if state.interrupts else None
-        return WorkerResult(
-            role=req.role, thread_id=req.thread_id,
-            status="interrupted" if pending else "done",
-            answer="" if pending else answer, interrupt=pending,
-            steps=state.values.get("steps", 0),
-        )
+        return outcome(req, state.values, state.interrupts)
+
+
+def outcome(req: WorkerRequest, values: dict[str, Any],
+            interrupts: Sequence[Interrupt] | None) -> WorkerResult:
+    """A specialist's answer, or the approval it waits for, from its thread's state."""
+    messages = values.get("messages", [])
+    answer = messages[-1].text if messages and isinstance(messages[-1], AIMessage) else ""
+    pending = interrupts[0].value if interrupts else None
+    return WorkerResult(
+        role=req.role, thread_id=req.thread_id,
+        status="interrupted" if pending else "done",
+        answer="" if pending else answer, interrupt=pending,
+        steps=values.get("steps", 0),
+    )

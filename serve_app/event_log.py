@@ -1,13 +1,16 @@
 """A run's events in its Redis Stream, appended in order without a round trip each.
 
-``append`` returns at once; events go out in batches: a batch opens with its first event
-and is sent ``linger_s`` later (or at once on ``flush``) with everything appended
-meanwhile, and events that pile up while one write is in flight go out together in the
-next. Tokens arrive every few milliseconds, so without the linger nearly every token was
-its own write (a Lua call, its XADDs, and a wake-up of every reader of the stream); with
-20 ms a research turn's ~20 writes become a handful, for at most 20 ms more between a
-token and its reader. The graph never waits on Redis to stream its next chunk. ``flush``
-waits until every appended event is stored and raises what storing raised.
+``append`` returns at once; events go out in batches. The first event after a quiet spell
+(no write for ``linger_s``) goes out at once: the first token of an answer, a tool's
+progress, the run's metadata reach their reader without delay. An event that follows a
+write within ``linger_s`` opens a batch that is sent ``linger_s`` later (or at once on
+``flush``) with everything appended meanwhile, and events that pile up while one write is
+in flight go out together in the next. Tokens arrive every few milliseconds, so without
+the linger nearly every token was its own write (a Lua call, its XADDs, and a wake-up of
+every reader of the stream); with 20 ms a research turn's ~20 writes become a handful, for
+at most 20 ms more between a token inside a stream of tokens and its reader. The graph
+never waits on Redis to stream its next chunk. ``flush`` waits until every appended event
+is stored and raises what storing raised.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import time
 import uuid
 from typing import Any
@@ -74,6 +78,7 @@ class EventWriter:
         self._expiring = False
         self._tag = uuid.uuid4().hex[:12]
         self._batches = itertools.count()
+        self._stored_at = -math.inf  # when the last write ended
         self._append = redis.register_script(_APPEND)
 
     def append(self, event: str, data: Any) -> None:
@@ -102,12 +107,14 @@ class EventWriter:
         deadline = time.monotonic() + self.retry_s
         try:
             while self._pending:
-                if self.linger_s and not self._hurry.is_set():
+                streaming = time.monotonic() - self._stored_at < self.linger_s
+                if streaming and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), self.linger_s)
                 batch, self._pending = self._pending, []
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)
+                self._stored_at = time.monotonic()
         except Exception as exc:
             self._failure = exc
         finally:

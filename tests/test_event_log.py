@@ -45,6 +45,26 @@ async def test_a_burst_of_tokens_goes_out_in_a_few_writes(redis_client):
     assert 1 <= writes <= 4, writes
 
 
+async def test_the_first_event_after_a_quiet_spell_goes_out_at_once(redis_client):
+    """No linger for an event that opens a stream of them (the first token of an answer);
+    the ones that follow it closely wait for company."""
+    run_id = f"log-{uuid.uuid4().hex[:8]}"
+    key = events_key("log-thread", run_id)
+    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.5)
+    writer.append("messages", {"n": 0})
+    await asyncio.sleep(0.1)
+    assert len(await redis_client.xrange(key)) == 1  # stored well before the linger
+    writer.append("messages", {"n": 1})
+    await asyncio.sleep(0.1)
+    assert len(await redis_client.xrange(key)) == 1  # follows closely: lingers
+    await writer.flush()
+    assert len(await redis_client.xrange(key)) == 2
+    await asyncio.sleep(0.6)  # quiet again
+    writer.append("messages", {"n": 2})
+    await asyncio.sleep(0.1)
+    assert len(await redis_client.xrange(key)) == 3
+
+
 async def test_a_failed_write_is_raised_once_then_writing_goes_on():
     dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     writer = EventWriter(dead, "thread-x", "run-x", ttl_s=60, retry_s=0)
