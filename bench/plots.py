@@ -1,0 +1,81 @@
+"""The run's two plots (SVG, Agg backend: no display): p95 TTFT overhead against users per
+target, from the staircase; Redis runs/s against shards, from the replay. Written into the
+results dir; BENCHMARKS.md embeds the copies in ``bench/plots/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # after the backend is chosen
+
+PLOTS = Path(__file__).resolve().parent / "plots"
+TTFT = "ttft_overhead.svg"
+SHARDS = "redis_shards.svg"
+plt.rcParams["svg.hashsalt"] = "bench"  # same figures, same file: no churn in git
+
+
+def ttft_plot(report: dict[str, Any], path: Path) -> bool:
+    """p95 TTFT overhead (ms) against users, a line per target; failed steps crossed."""
+    targets = {name: sorted(t["steps"], key=lambda s: s["users"])
+               for name, t in (report.get("targets") or {}).items() if t.get("steps")}
+    if not targets:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, steps in targets.items():
+        users = [s["users"] for s in steps]
+        p95 = [s["ttft_overhead_ms"]["p95"] for s in steps]
+        line, = ax.plot(users, p95, marker="o", label=name)
+        failed = [(u, p) for u, p, s in zip(users, p95, steps, strict=True) if not s["passed"]]
+        if failed:
+            ax.scatter(*zip(*failed, strict=True), marker="x", s=80, color=line.get_color())
+    budget = report["plan"]["steps"]["budget_ms"]
+    ax.axhline(budget, color="grey", linestyle="--", label=f"goal {budget:g} ms")
+    ax.set(xlabel="concurrent users", ylabel="p95 TTFT overhead (ms)",
+           title="Time to first token beyond the model's, per step (x: step failed)")
+    ax.set_yscale("symlog", linthresh=100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def shards_plot(report: dict[str, Any], path: Path) -> bool:
+    """Replayed runs/s against shards: measured, the CPU-derived ceiling, and linear."""
+    results = sorted((report.get("redis_replay") or {}).get("results") or [],
+                     key=lambda r: r["shards"])
+    if not results:
+        return False
+    shards = [r["shards"] for r in results]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(shards, [r["runs_per_s"] for r in results], marker="o",
+            label="measured (driver on the same cores)")
+    ceilings = [r.get("ceiling_runs_per_s") for r in results]
+    if all(ceilings):
+        ax.plot(shards, ceilings, marker="s",
+                label="ceiling: 1000 / busiest master's CPU ms per run")
+        ax.plot(shards, [ceilings[0] * n / shards[0] for n in shards], linestyle="--",
+                color="grey", label="linear from the first")
+    ax.set(xlabel="Redis Cluster masters", ylabel="runs/s", xticks=shards,
+           title="Redis runs/s against shards (replayed command mix)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    return True
+
+
+def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
+    """The plots this report has data for, written into ``out_dir``: their file names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = [name for name, plot in ((TTFT, ttft_plot), (SHARDS, shards_plot))
+            if plot(report, out_dir / name)]
+    return made
