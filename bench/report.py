@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.sizing import Assumptions
 from bench.stats import ratio
 
 OURS = "cluster-2"
@@ -459,6 +460,91 @@ def path_section(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sizing_section(report: dict[str, Any]) -> str:
+    """The sizing table (``bench/sizing.py``), the Redis replay behind it and the plots;
+    a report from before them says so."""
+    sizing, replay = report.get("sizing") or {}, report.get("redis_replay") or {}
+    plots = report.get("plots") or []
+    out = [f"From `{report['command']}`: measured figures only (`bench/sizing.py`); what is "
+           "not measured is listed as an assumption."]
+    if "sizing" in sizing:
+        m, z = sizing["measured"], sizing["sizing"]
+        out.append(table(["measured (" + m["target"] + ")", "value", "from"], [
+            ["runs per turn; mean turn (approval waits included)",
+             f"{f(m['runs_per_turn'], 2)}; {f(m['turn_s'], 1)} s",
+             f"the step at {f(m['users'])} users (think {f(m['think_s'], 1)} s"
+             + ("" if m["within_goal"] else "; it missed the latency goal") + ")"],
+            ["serving CPU at the latency goal, Redis excluded",
+             f"{f(z['runs_per_core_at_slo'], 1)} runs/s per core", "that step's processes"
+             + ("" if m["within_goal"] else " (past the goal: no step met it)")],
+            ["marginal serving CPU per run", f(_ms(m["marginal_cpu_s_per_run"]), 0, " ms"),
+             "lightest to busiest step"],
+            ["Redis CPU per run (real load, one Redis)", f(m["redis_cpu_ms_per_run"], 2, " ms"),
+             "`INFO cpu` over the staircase"],
+            [f"Redis runs/s per shard at saturation ({f(m['shards_replayed'])} shards)",
+             f(m["shard_runs_per_s"]), "replayed command mix (below)"],
+            ["Redis memory per thread", f(m["kib_per_thread"], 1, " KiB"),
+             f"`used_memory` growth, {f(m['turns_per_thread'], 1)} turns a thread"],
+            ["RSS per replica; Ray and Serve's own per node",
+             f"{f(m['replica_rss_mib'])} MiB; {f(m['node_rss_mib'])} MiB", "that step's processes"],
+        ]))
+        a = sizing["assumptions"]
+        out.append(table([f"for {a['users']:,} users at {a['think_s']:g} s think time", "value"], [
+            ["runs/s", f"{f(z['runs_per_s'])} ({f(z['user_runs_per_s'], 4)} per user)"],
+            ["serving cores (at the goal's operating point / at 100 % marginal)",
+             f"**{f(z['cores'], 1)}** ({f(z['cores_at_slo'], 1)} / {f(z['cores_marginal'], 1)})"],
+            ["replicas (one process a core); nodes", f"{f(z['replicas'])}; **{f(z['nodes'])}** "
+             f"of {a['cores_per_node']} cores"],
+            ["serving memory", f(z["app_memory_gib"], 1, " GiB")],
+            ["Redis Cluster masters", f"**{f(z['shards'])}** (at "
+             f"{a['shard_utilisation']:.0%} of {f(z['shard_runs_per_s'])} runs/s each)"],
+            ["Redis memory (replicas included)", f(z["redis_memory_gib"], 2, " GiB")],
+            ["memory per user (Redis + serving)", f(z["memory_per_user_kib"], 0, " KiB")],
+        ]))
+        out.append("Assumptions:\n" + "\n".join(
+            f"- {x}" for x in Assumptions(**sizing["assumptions"]).text()))
+    else:
+        out.append(f"No sizing in this run: {sizing.get('error', 'not measured')}.")
+    out.append(replay_section(replay))
+    out += [f"![{alt}](bench/plots/{name})" for name, alt in PLOT_ALTS.items() if name in plots]
+    return "\n\n".join(out)
+
+
+PLOT_ALTS = {"ttft_overhead.svg": "p95 TTFT overhead against users, per target",
+             "redis_shards.svg": "Redis runs/s against shards"}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
+
+
+def replay_section(replay: dict[str, Any]) -> str:
+    if not replay.get("results"):
+        return f"Redis replay: {replay.get('error', 'not in this run')}."
+    trace = replay["trace"]
+    top = ", ".join(f"{r['command']} `{r['key']}` {f(r['per_run'], 1)}" for r in trace["mix"][:8])
+    rows = [[f(r["shards"]), f(r["runs_per_s"]), f(r["commands_per_s"]),
+             " / ".join(f(c, 2) for c in r["shard_cpu_ms_per_run"]),
+             " / ".join(f(c) for c in r["shard_cpu_pct"]), f(r["ceiling_runs_per_s"]),
+             f(r["driver_cpu_pct"]), ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"]
+            for r in replay["results"]]
+    linear = "; ".join(f"{n} shards: {', '.join(f'{v:.0%} {k}' for k, v in r.items())}"
+                       for n, r in replay["scaling"].items())
+    src = trace.get("source") or {}
+    return (f"Redis replay (`bench/redis_replay.py`): the app's commands captured with "
+            f"`MONITOR` on a one-master Redis Cluster while {f(src.get('users'))} users took "
+            f"{f(src.get('turns'))} turns ({f(trace['runs'])} runs, "
+            f"{f(trace['commands_per_run'])} commands and {f(trace['bytes_per_run'] / 1024, 1)}"
+            " KiB per run; most frequent per run: "
+            f"{top}), replayed with fresh ids by {f(replay['results'][0]['copies'])} concurrent "
+            "copies, pipelines as the app sent them, on fresh embedded clusters. The ceiling is "
+            "1000 / the busiest master's CPU ms per run: what the cluster takes once that master "
+            "is saturated, when the driver (on the same cores) cannot get it there. Linearity "
+            f"(N shards / N x one shard): {linear or '-'}.\n\n"
+            + table(["shards", "runs/s measured", "commands/s", "Redis CPU ms/run per master",
+                     "CPU % per master", "ceiling runs/s", "driver CPU %", "errors"], rows))
+
+
 def render(report: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(report.get("started_at",
                                                                          time.time())))
@@ -479,6 +565,7 @@ def render(report: dict[str, Any]) -> str:
         "## Micro-benchmarks of the hot path", micro_section(report),
         "## Where the CPU goes at capacity", profile_section(report),
         "## The path to 10,000 concurrent users", path_section(report),
+        "## Sizing for 10,000 users", sizing_section(report),
         "## Optimisation log (hand-written: `bench/optimisations.md`)", OPTIMISATIONS.read_text()
         if OPTIMISATIONS.exists() else "-",
     ] + ([report["notes"]] if report.get("notes") else [])) + "\n"

@@ -5,8 +5,11 @@ in turn (our cluster with 2 and with 1 replica of the busiest deployment, the no
 ``langgraph dev``): starts it on loopback with a fresh Redis, calibrates the model time of
 each turn kind, walks a staircase of simulated users until the SLO breaks (the capacity
 search), profiles at capacity (the first target), drains, audits every thread, measures
-Redis memory, stops it. Writes ``bench/results/<stamp>/report.json`` and rewrites
-``BENCHMARKS.md``.
+Redis memory, stops it. Then (``--no-sizing`` skips it) the Redis replay: the app's command
+mix captured on a one-master Redis Cluster and replayed on 1 and 2 shards
+(``bench/redis_replay.py``), the sizing for 10,000 users (``bench/sizing.py``) and the plots
+(``bench/plots.py``). Every line says the stage, the step and the time left. Writes
+``bench/results/<stamp>/report.json`` and rewrites ``BENCHMARKS.md`` (and ``bench/plots/``).
 
 ``--smoke``: a tiny run (one target, a few users, short think time, about a minute) that
 does not touch BENCHMARKS.md unless ``--write-md``; ``tests/test_bench_smoke.py`` runs it.
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,25 +32,44 @@ from typing import Any
 
 import psutil
 
+from agents.local.process import free_port
 from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, Settings
 from bench.audit import audit
-from bench.console import say
+from bench.console import Progress, say, track
 from bench.loadgen import REFUSED, LoadConfig, LoadGenerator
 from bench.machine import machine_info, versions
 from bench.micro import run_micro
 from bench.overload import OverloadPlan, overload
 from bench.peer_env import ensure_peer_venv
 from bench.peers import ClusterTarget, FloorTarget, LangGraphDevTarget, Target
+from bench.plots import PLOTS, write_plots
 from bench.procs import ProcessSampler
 from bench.profile import record as profile_record
 from bench.redis_load import counters
 from bench.redis_mem import redis_memory, used_memory
+from bench.redis_replay import capture_run, replay_on_cluster, scaling
 from bench.report import write_markdown
+from bench.sizing import sizing_report
 from bench.staircase import Stairs, StepPlan, capacity, levels_from
 from bench.stub import StubAdmin, StubCallLog, calibrate
+from serve_app.launcher import HAPROXY_MODE_PORTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class ReplayPlan:
+    """The Redis replay stage: capture the mix from the app on a one-master cluster, replay
+    it on each of ``shards``."""
+
+    enabled: bool = True
+    users: int = 6
+    capture_s: float = 20.0
+    think_s: float = 2.0           # short: many threads' whole lives in the capture
+    shards: list[int] = field(default_factory=lambda: [1, 2])
+    seconds: float = 15.0          # measured per replay
+    copies: int = 64               # concurrent replays of the trace (each waits on Redis)
 
 
 @dataclass
@@ -68,6 +92,7 @@ class Plan:
     target_users: int = 1000
     overload: OverloadPlan = field(default_factory=OverloadPlan)
     overload_targets: list[str] = field(default_factory=lambda: ["cluster-2", "langgraph-dev"])
+    replay: ReplayPlan = field(default_factory=ReplayPlan)
 
 
 def smoke_plan() -> Plan:
@@ -80,7 +105,47 @@ def smoke_plan() -> Plan:
         targets=["cluster-2"], micro_scale=0.05, profile_s=2.0, hop=False, idle_s=2.0,
         overload=OverloadPlan(warmup_s=1.0, duration_s=6.0, recovery_limit_s=6.0,
                               recovery_window_s=3.0, settle_s=5.0),
+        replay=ReplayPlan(users=2, capture_s=4.0, seconds=2.0, copies=8),
     )
+
+
+# Seconds of what the plan does not fix (measured on the 2-core box), for the time left.
+START_S = {"cluster": 70.0, "floor": 20.0, "langgraph": 30.0}
+CALIBRATE_S, AUDIT_S, CLUSTER_START_S = 15.0, 30.0, 5.0
+
+
+def stages(plan: Plan) -> list[tuple[str, float]]:
+    """Every stage of the run with its estimated seconds, from the plan's durations."""
+    st, over = plan.steps, plan.overload
+    step_s = st.warmup_s + st.window_s + st.settle_s
+    out = [("micro", 120 * plan.micro_scale)]
+    for index, name in enumerate(plan.targets):
+        out += [(f"{name}: start", START_S[name.split("-")[0]] + CALIBRATE_S + plan.idle_s),
+                (f"{name}: staircase", (len(plan.levels) + st.bisect) * step_s)]
+        if index == 0 and plan.profile_s > 0:
+            out.append((f"{name}: profile", st.warmup_s + plan.profile_s))
+        if name in plan.overload_targets:
+            out.append((f"{name}: overload", over.warmup_s + over.duration_s
+                        + over.recovery_limit_s + over.settle_s))
+        out.append((f"{name}: audit", AUDIT_S))
+    if plan.replay.enabled:
+        r = plan.replay
+        out += [("redis capture", START_S["cluster"] + r.capture_s + 30),
+                ("redis replay", len(r.shards) * (r.seconds + 1 + CLUSTER_START_S))]
+    return out
+
+
+class TrackedStairs(Stairs):
+    """The staircase, each step shown as it begins (``step 3/9 at 200 users``)."""
+
+    def __init__(self, *args: Any, progress: Progress, total: int):
+        super().__init__(*args)
+        self.progress, self.total = progress, total
+
+    async def step(self, users: int) -> bool:
+        index = len(self.steps) + 1  # a step down or a bisection may go past the levels
+        self.progress.step(index, max(index, self.total), f"{users} users")
+        return await super().step(users)
 
 
 def make_target(name: str, plan: Plan, settings: Settings, work: Path) -> Target:
@@ -108,11 +173,12 @@ def idle_overhead_ms(calibration: dict[str, Any]) -> float:
 
 
 async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: ProcessSampler,
-                       out_dir: Path, levels: list[int], profile: bool,
+                       out_dir: Path, levels: list[int], profile: bool, progress: Progress,
                        spike_base: int | None = None) -> dict[str, Any]:
     """The staircase, then (for ``plan.overload_targets``) the overload step at
     ``plan.overload.factor`` x ``spike_base`` users (default: its own capacity)."""
     began = time.monotonic()
+    progress.stage(f"{target.name}: start")
     say(f"[{target.name}] starting")
     result: dict[str, Any] = {"name": target.name}
     try:
@@ -143,14 +209,19 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
         result["idle"] = sampler.window(mark, await asyncio.to_thread(sampler.mark))
         calls.start()
         async with LoadGenerator(url, plan.load) as gen:
-            stairs = Stairs(gen, steps, model, sampler, calls)
+            progress.stage(f"{target.name}: staircase")
+            stairs = TrackedStairs(gen, steps, model, sampler, calls, progress=progress,
+                                   total=len(levels) + steps.bisect)
             await stairs.walk(levels)
             if profile and plan.profile_s > 0:
+                progress.stage(f"{target.name}: profile")
                 best = max([s["users"] for s in stairs.steps if s["passed"]] or levels[:1])
                 result["profile"] = await profile_at(gen, best, plan, sampler,
                                                      out_dir / target.name)
             if target.name in plan.overload_targets:
+                progress.stage(f"{target.name}: overload")
                 result["overload"] = await spike(gen, stairs, plan, model, spike_base)
+            progress.stage(f"{target.name}: audit")
             await gen.stop(drain_s=plan.load.approval_delay_s * 2 + 30)
             runs = sum(1 for r in gen.records for run in r.runs  # admitted ones, before the
                        if run.error != REFUSED)  # audit reads them back
@@ -219,13 +290,17 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
     started = time.time()
     report: dict[str, Any] = {"plan": asdict(plan), "machine": machine_info(),
                               "command": command_line(), "started_at": started}
+    for name in HAPROXY_MODE_PORTS:  # Serve's other ports: free ones, not the defaults
+        os.environ.setdefault(name, str(free_port()))  # another Serve on the box may hold
     sampler = ProcessSampler(period_s=2.0).start()
+    progress = track(Progress(stages(plan)))
     base = Settings(redis_url=None, data_dir=Path(tempfile.mkdtemp(prefix="bench-")),
                     model={"base_url": None})
     try:
         with local_services(base) as settings:
             stub = StubAdmin(settings.model.base_url)
             await stub.configure(ttft_ms=0, tokens_per_s=0)
+            progress.stage("micro")
             say("micro-benchmarks")
             report["micro"] = await run_micro(settings, plan.micro_scale)
             await stub.configure(**plan.stub)
@@ -236,18 +311,58 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
                 target = make_target(name, plan, settings, out_dir)
                 result = await bench_target(target, plan, stub, sampler, out_dir,
                                             levels_from(plan.levels, known), profile=index == 0,
-                                            spike_base=known)
+                                            progress=progress, spike_base=known)
                 report["targets"][name] = result
                 if index == 0:
                     known = (result.get("capacity") or {}).get("users")
                 if name.startswith("cluster") and "ray_hop" in target.info:
                     report["micro"]["ray_hop"] = target.info["ray_hop"]
+            if plan.replay.enabled:
+                report["redis_replay"] = await redis_replay(plan, settings, out_dir, progress)
     finally:
         sampler.stop()
+        track(None)
+    if plan.replay.enabled:
+        report["sizing"] = sizing_report(report)
+    report["plots"] = write_plots(report, out_dir)
     report["versions"] = versions()
     report["duration_s"] = time.time() - started
     report["machine"]["load_average_end"] = machine_info()["load_average"]
     return report
+
+
+async def redis_replay(plan: Plan, settings: Settings, out_dir: Path,
+                       progress: Progress) -> dict[str, Any]:
+    """The app's command mix captured (``redis_trace.json``), then replayed on each number
+    of shards; a failure is reported, not fatal (the rest of the run stands)."""
+    r = plan.replay
+    try:
+        progress.stage("redis capture")
+        say(f"capturing the Redis command mix: {r.users} users for {r.capture_s:g} s on a "
+            "one-master Redis Cluster")
+        load = replace(plan.load, think_s=r.think_s, ramp_s=None,
+                       approval_delay_s=min(plan.load.approval_delay_s, 1.0))
+        trace = await capture_run(settings, out_dir / "capture", load, r.users, r.capture_s,
+                                  deployment=plan.busiest)
+        trace.save(out_dir / "redis_trace.json")
+        summary = trace.summary()
+        say(f"  {summary['commands']} commands, {trace.runs} runs: "
+            f"{summary['commands_per_run']:.0f} commands/run")
+        progress.stage("redis replay")
+        results = []
+        for shards in r.shards:
+            progress.step(len(results) + 1, len(r.shards), f"{shards} shard(s)")
+            result = await replay_on_cluster(trace, shards, seconds=r.seconds, copies=r.copies)
+            say(f"  replay on {shards} shard(s): {result['runs_per_s']:.0f} runs/s, Redis CPU "
+                f"{result['redis_cpu_ms_per_run']:.2f} ms/run, ceiling "
+                f"{result['ceiling_runs_per_s'] or 0:.0f} runs/s, errors {result['errors']}")
+            results.append(result)
+        summary["mix"] = summary["mix"][:25]
+        return {"trace": summary, "trace_file": "redis_trace.json", "results": results,
+                "scaling": scaling(results)}
+    except Exception as exc:
+        say(f"redis replay failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def command_line() -> str:
@@ -269,6 +384,8 @@ def main() -> None:
                         help="create the langgraph dev venv and exit")
     parser.add_argument("--think", type=float, help="mean think time (s)")
     parser.add_argument("--overload-s", type=float, help="length of the overload spike (s)")
+    parser.add_argument("--no-sizing", action="store_true",
+                        help="skip the Redis capture + replay and the sizing")
     args = parser.parse_args()
     if args.peer_venv_only:
         RESULTS.mkdir(exist_ok=True)
@@ -285,6 +402,8 @@ def main() -> None:
         plan.overload = replace(plan.overload, duration_s=args.overload_s)
     if args.think:
         plan.load = replace(plan.load, think_s=args.think)
+    if args.no_sizing:
+        plan.replay = replace(plan.replay, enabled=False)
     out_dir = RESULTS / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = asyncio.run(run(plan, out_dir))
@@ -294,6 +413,9 @@ def main() -> None:
         args.json.write_text(text)
     write_md = (plan.mode == "standard" or args.write_md) and not args.no_md
     if write_md:
+        PLOTS.mkdir(exist_ok=True)
+        for name in report["plots"]:
+            shutil.copy(out_dir / name, PLOTS / name)
         write_markdown(report, PROJECT_ROOT / "BENCHMARKS.md")
     say(f"report: {out_dir / 'report.json'}; done in {report['duration_s']:.0f} s")
 

@@ -98,8 +98,8 @@ def size(m: Measured, a: Assumptions = Assumptions()) -> Sizing:
     """Nodes, cores, shards and memory for ``a.users`` users at ``a.think_s``."""
     user_rate = m.runs_per_turn / (a.think_s + m.turn_s)  # a user's cycle: think + turn
     need = a.users * user_rate
-    per_core = m.runs_per_s / (m.app_cpu_pct / 100) if m.app_cpu_pct and m.within_goal \
-        else None
+    # at the largest step within the goal (else the lightest, flagged by ``within_goal``)
+    per_core = m.runs_per_s / (m.app_cpu_pct / 100) if m.app_cpu_pct else None
     at_slo = need / per_core if per_core else None
     app_per_run = None
     if m.marginal_cpu_s_per_run is not None:

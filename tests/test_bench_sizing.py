@@ -16,6 +16,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from agents.checkpoint import close_redis, create_checkpointer, create_redis
 from agents.local.redis_cluster import EmbeddedRedisCluster
 from agents.settings import RedisSettings
+from bench.console import Progress
 from bench.plots import SHARDS, TTFT, write_plots
 from bench.redis_replay import (
     Capture,
@@ -27,6 +28,7 @@ from bench.redis_replay import (
     scaling,
 )
 from bench.report import sizing_section
+from bench.run import Plan, smoke_plan, stages
 from bench.sizing import Assumptions, Measured, measured, size, sizing_report
 
 # ---------------------------------------------------------------------- sizing
@@ -59,9 +61,9 @@ def test_sizing_from_measured_figures():
     assert any("16 cores" in line for line in z.assumptions)
 
 
-def test_sizing_without_a_step_within_the_goal_uses_the_marginal_cost_only():
-    z = size(figures(within_goal=False, shard_runs_per_s=None, kib_per_thread=None))
-    assert z.cores_at_slo is None and z.cores == z.cores_marginal
+def test_sizing_with_figures_missing():
+    z = size(figures(marginal_cpu_s_per_run=None, shard_runs_per_s=None, kib_per_thread=None))
+    assert z.cores_marginal is None and z.cores == z.cores_at_slo and z.nodes >= 1
     assert z.shards is None and z.redis_memory_gib is None and z.memory_per_user_kib is None
 
 
@@ -225,3 +227,28 @@ async def test_a_cluster_trace_replays_on_two_shards(tmp_path: Path):
         assert result["runs_per_s"] > 0
     assert all(cpu > 0 for cpu in results[1]["shard_cpu_ms_per_run"])  # keys on both
     assert set(scaling(results)["2"]) == {"measured", "ceiling"}
+
+
+# ---------------------------------------------------------------------- progress
+
+
+def test_progress_shows_stage_step_and_time_left():
+    progress = Progress([("micro", 60.0), ("cluster-2: staircase", 300.0), ("audit", 30.0)])
+    assert progress.status() == "starting | ~6m30s left"
+    progress.stage("cluster-2: staircase")
+    progress.step(3, 8, "200 users")
+    assert progress.status().startswith("cluster-2: staircase, step 3/8 at 200 users | ~5m")
+    progress.since -= 1000  # past its estimate: only the stages after it are left
+    assert progress.status().endswith("~0m30s left")
+
+
+def test_the_stages_of_a_run_follow_its_plan():
+    standard = dict(stages(Plan()))
+    assert list(standard)[:3] == ["micro", "cluster-2: start", "cluster-2: staircase"]
+    assert {"cluster-2: profile", "cluster-2: overload", "langgraph-dev: overload",
+            "redis capture", "redis replay"} <= set(standard)
+    assert "cluster-1: overload" not in standard and "floor: profile" not in standard
+    assert standard["cluster-2: staircase"] == (8 + 1) * (5 + 20 + 5)
+    smoke = smoke_plan()
+    smoke.replay.enabled = False
+    assert "redis replay" not in dict(stages(smoke))

@@ -2,7 +2,9 @@
 
 ``python -m bench.run --smoke`` in a subprocess (Ray can be initialised only once per
 process, and this session's own cluster lives in tests/test_serving.py): a few simulated
-users, short think time, one step, the audit, the micro-benchmarks. The figures are not
+users, short think time, one step, the audit, the micro-benchmarks, then the Redis capture
+on a one-master cluster (a second start of the app), its replay on 1 and 2 shards, the
+sizing and the plots. The figures are not
 judged here (the box is shared), only that the harness produced a complete, plausible
 report and that nothing was lost, duplicated or failed.
 """
@@ -18,12 +20,12 @@ import pytest
 from agents.settings import PROJECT_ROOT
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_bench_smoke_mode(tmp_path):
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--json", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=220,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=460,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -56,3 +58,15 @@ def test_bench_smoke_mode(tmp_path):
     assert micro["sse_event"]["write_per_api_event_ms"] > 0
     assert target["redis"]["threads"] == audit["threads"]
     assert target["calibration"]["approval"]["model_calls"] >= 1
+
+    replay = report["redis_replay"]  # the app's own mix, replayed without an error
+    assert "error" not in replay, replay["error"]
+    assert replay["trace"]["runs"] > 0 and replay["trace"]["unknown_scripts"] == 0
+    assert [r["shards"] for r in replay["results"]] == [1, 2]
+    for result in replay["results"]:
+        assert result["errors"] == {} and result["runs_per_s"] > 0
+        assert result["ceiling_runs_per_s"] > 0
+    sizing = report["sizing"]["sizing"]
+    assert sizing["runs_per_s"] > 0 and sizing["nodes"] >= 1 and sizing["shards"] >= 1
+    assert report["plots"] == ["ttft_overhead.svg", "redis_shards.svg"]
+    assert "| ~" in proc.stdout and "left]" in proc.stdout  # progress on every line
