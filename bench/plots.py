@@ -1,9 +1,16 @@
 """The run's two plots (SVG, Agg backend: no display): p95 TTFT overhead against users per
 target, from the staircase; Redis runs/s against shards, from the replay. Written into the
-results dir; BENCHMARKS.md embeds the copies in ``bench/plots/``."""
+results dir; BENCHMARKS.md embeds the copies in ``bench/plots/`` (``publish``).
+
+``python -m bench.plots bench/results/<stamp>/report.json`` makes them again from a report
+and publishes them, for BENCHMARKS.md re-rendered from that report.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 PLOTS = Path(__file__).resolve().parent / "plots"
 TTFT = "ttft_overhead.svg"
@@ -27,7 +35,7 @@ def ttft_plot(report: dict[str, Any], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, steps in targets.items():
         users = [s["users"] for s in steps]
-        p95 = [s["ttft_overhead_ms"]["p95"] for s in steps]
+        p95 = [max(s["ttft_overhead_ms"]["p95"] or 1.0, 1.0) for s in steps]  # log axis
         line, = ax.plot(users, p95, marker="o", label=name)
         failed = [(u, p) for u, p, s in zip(users, p95, steps, strict=True) if not s["passed"]]
         if failed:
@@ -36,8 +44,12 @@ def ttft_plot(report: dict[str, Any], path: Path) -> bool:
     ax.axhline(budget, color="grey", linestyle="--", label=f"goal {budget:g} ms")
     ax.set(xlabel="concurrent users", ylabel="p95 TTFT overhead (ms)",
            title="Time to first token beyond the model's, per step (x: step failed)")
-    ax.set_yscale("symlog", linthresh=100)
-    ax.grid(alpha=0.3)
+    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        scale("log")  # levels double; overheads span 100 ms to tens of seconds
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     return _save(fig, path)
 
@@ -79,3 +91,23 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     made = [name for name, plot in ((TTFT, ttft_plot), (SHARDS, shards_plot))
             if plot(report, out_dir / name)]
     return made
+
+
+def publish(out_dir: Path, names: list[str]) -> None:
+    """Copy the plots ``names`` from ``out_dir`` to where BENCHMARKS.md embeds them."""
+    PLOTS.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy(out_dir / name, PLOTS / name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("report", type=Path, help="a run's report.json")
+    args = parser.parse_args()
+    names = write_plots(json.loads(args.report.read_text()), args.report.parent)
+    publish(args.report.parent, names)
+    print(f"{', '.join(names) or 'no plot'} in {PLOTS}")
+
+
+if __name__ == "__main__":
+    main()

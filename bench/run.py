@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from bench.micro import run_micro
 from bench.overload import OverloadPlan, overload
 from bench.peer_env import ensure_peer_venv
 from bench.peers import ClusterTarget, FloorTarget, LangGraphDevTarget, Target
-from bench.plots import PLOTS, write_plots
+from bench.plots import publish, write_plots
 from bench.procs import ProcessSampler
 from bench.profile import record as profile_record
 from bench.redis_load import counters
@@ -413,9 +412,7 @@ def main() -> None:
         args.json.write_text(text)
     write_md = (plan.mode == "standard" or args.write_md) and not args.no_md
     if write_md:
-        PLOTS.mkdir(exist_ok=True)
-        for name in report["plots"]:
-            shutil.copy(out_dir / name, PLOTS / name)
+        publish(out_dir, report["plots"])
         write_markdown(report, PROJECT_ROOT / "BENCHMARKS.md")
     say(f"report: {out_dir / 'report.json'}; done in {report['duration_s']:.0f} s")
 
