@@ -1,16 +1,16 @@
 """A run's events in its Redis Stream, appended in order without a round trip each.
 
-``append`` returns at once; events go out in batches. The first event after a quiet spell
-(no write for ``linger_s``) goes out at once: the first token of an answer, a tool's
-progress, the run's metadata reach their reader without delay. An event that follows a
-write within ``linger_s`` opens a batch that is sent ``linger_s`` later (or at once on
-``flush``) with everything appended meanwhile, and events that pile up while one write is
-in flight go out together in the next. Tokens arrive every few milliseconds, so without
-the linger nearly every token was its own write (a Lua call, its XADDs, and a wake-up of
-every reader of the stream); with 20 ms a research turn's ~20 writes become a handful, for
-at most 20 ms more between a token inside a stream of tokens and its reader. The graph
-never waits on Redis to stream its next chunk. ``flush`` waits until every appended event
-is stored and raises what storing raised.
+``append`` returns at once; events go out in batches. Outside a burst (fewer than two
+writes in the last ``linger_s``) an event goes out at once: the run's metadata, a tool's
+progress, the start of a message and its first token (LangGraph streams an empty chunk
+first) reach their reader without delay. Inside a burst an event opens a batch that is
+sent ``linger_s`` later (or at once on ``flush``) with everything appended meanwhile, and
+events that pile up while one write is in flight go out together in the next. Tokens
+arrive every few milliseconds, so without the linger nearly every token was its own write
+(a Lua call, its XADDs, and a wake-up of every reader of the stream); with 20 ms a research
+turn's ~20 writes become a handful, for at most 20 ms more between a token inside a stream
+of tokens and its reader. The graph never waits on Redis to stream its next chunk.
+``flush`` waits until every appended event is stored and raises what storing raised.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
@@ -78,7 +78,7 @@ class EventWriter:
         self._expiring = False
         self._tag = uuid.uuid4().hex[:12]
         self._batches = itertools.count()
-        self._stored_at = -math.inf  # when the last write ended
+        self._stored_at = (-math.inf, -math.inf)  # when the last two writes ended
         self._append = redis.register_script(_APPEND)
 
     def append(self, event: str, data: Any) -> None:
@@ -107,14 +107,14 @@ class EventWriter:
         deadline = time.monotonic() + self.retry_s
         try:
             while self._pending:
-                streaming = time.monotonic() - self._stored_at < self.linger_s
-                if streaming and not self._hurry.is_set():
+                burst = time.monotonic() - self._stored_at[0] < self.linger_s
+                if burst and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), self.linger_s)
                 batch, self._pending = self._pending, []
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)
-                self._stored_at = time.monotonic()
+                self._stored_at = (self._stored_at[1], time.monotonic())
         except Exception as exc:
             self._failure = exc
         finally:
