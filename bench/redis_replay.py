@@ -333,6 +333,7 @@ class Replayer:
         self.done = 0                # commands sent
         self.stopped = False
         self.errors: Counter[str] = Counter()
+        self.searches: Counter[bool] = Counter()  # FT.SEARCH replies by "found something"
 
     async def prepare(self) -> None:
         """The indexes as the app creates them (the checkpointer's on every master, the
@@ -379,11 +380,14 @@ class Replayer:
                         [[p.render(ids, escaped, tag) for p in self.args[i]] for i in indexes]))
                 for key, indexes in groups.items():
                     for index in indexes:
+                        name = self.trace.commands[index][0]
                         try:
-                            await held[key][1].read_response(disable_decoding=True)
+                            reply = await held[key][1].read_response(disable_decoding=True)
                         except ResponseError as exc:
-                            name = self.trace.commands[index][0]
                             self.errors[f"{name}: {str(exc)[:60]}"] += 1
+                            continue
+                        if name == "FT.SEARCH":
+                            self.searches[_hits(reply) > 0] += 1
                 start += size
                 self.done += size
         finally:
@@ -395,6 +399,13 @@ class Replayer:
         left with replies unread)."""
         while not self.stopped:
             await self.copy()
+
+
+def _hits(reply: Any) -> int:
+    """The number of hits of an ``FT.SEARCH`` reply: RESP3 (a map) or RESP2 (total first)."""
+    if isinstance(reply, dict):
+        return int(reply.get(b"total_results", reply.get("total_results", 0)))
+    return int(reply[0]) if reply else 0
 
 
 async def cpu_s(shards: list[Shard]) -> list[float]:
@@ -420,7 +431,10 @@ async def replay(url: str, trace: Trace, cluster: bool, seconds: float = 10.0,
                                         time.perf_counter(), time.process_time())
         finally:
             replayer.stopped = True
-            await asyncio.gather(*tasks, return_exceptions=True)
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+        failed = next((e for e in ended if isinstance(e, BaseException)), None)
+        if failed:  # a driver's fault, not Redis's answer: the figures would be wrong
+            raise failed
     finally:
         for shard in replayer.shards:
             if shard.client is not client:
@@ -442,6 +456,9 @@ async def replay(url: str, trace: Trace, cluster: bool, seconds: float = 10.0,
         "ceiling_runs_per_s": 1000 / busiest if busiest else None,
         "driver_cpu_pct": 100 * (own1 - own0) / elapsed,
         "errors": dict(replayer.errors.most_common(8)),
+        # the searches reach the master and index that hold their thread's documents
+        "searches_found": (replayer.searches[True] / sum(replayer.searches.values())
+                           if replayer.searches else None),
     }
 
 
