@@ -448,8 +448,8 @@ def path_section(report: dict[str, Any]) -> str:
                      f"so one Redis saturates near ~{f(ceiling)} runs/s, ~{f(ceiling / per_user)} "
                      "users at this think time; 10,000 users need "
                      f"~{f(need * load['cpu_ms_per_run'] / 1000, 2)} of a Redis core "
-                     "(idle CPU included; past one core, threads must be partitioned over "
-                     "several Redis servers, which is not built).")
+                     "(idle CPU included; past one core, threads are spread over the shards "
+                     "of a Redis Cluster: how many, in the sizing below).")
     if kib:
         lines.append(f"- Redis: ~{f(kib)} KiB per thread as run here "
                      f"({f(redis.get('mean_turns_per_thread'), 1)} turns, "
