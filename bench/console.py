@@ -25,6 +25,12 @@ class Progress:
         """``name`` begins; every stage listed before it is over (skipped or done)."""
         self.current, self.since, self.detail = name, time.monotonic(), ""
 
+    def revise(self, name: str, seconds: float) -> None:
+        """A better estimate of a stage not begun (e.g. once the first staircase showed
+        how many steps a walk takes)."""
+        if name in self.estimates:
+            self.estimates[name] = seconds
+
     def step(self, index: int, total: int, what: str) -> None:
         self.detail = f"step {index}/{total} at {what}"
 

@@ -113,14 +113,18 @@ START_S = {"cluster": 70.0, "floor": 20.0, "langgraph": 30.0}
 CALIBRATE_S, AUDIT_S, CLUSTER_START_S = 15.0, 30.0, 5.0
 
 
+def step_seconds(steps: StepPlan) -> float:
+    """What one staircase step takes at most (it may be cut short)."""
+    return steps.warmup_s + steps.window_s + steps.settle_s
+
+
 def stages(plan: Plan) -> list[tuple[str, float]]:
     """Every stage of the run with its estimated seconds, from the plan's durations."""
     st, over = plan.steps, plan.overload
-    step_s = st.warmup_s + st.window_s + st.settle_s
     out = [("micro", 120 * plan.micro_scale)]
     for index, name in enumerate(plan.targets):
         out += [(f"{name}: start", START_S[name.split("-")[0]] + CALIBRATE_S + plan.idle_s),
-                (f"{name}: staircase", (len(plan.levels) + st.bisect) * step_s)]
+                (f"{name}: staircase", (len(plan.levels) + st.bisect) * step_seconds(st))]
         if index == 0 and plan.profile_s > 0:
             out.append((f"{name}: profile", st.warmup_s + plan.profile_s))
         if name in plan.overload_targets:
@@ -314,6 +318,9 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
                 report["targets"][name] = result
                 if index == 0:
                     known = (result.get("capacity") or {}).get("users")
+                    took = len(result.get("steps") or []) + 1  # later ones start lower
+                    for later in plan.targets[1:]:
+                        progress.revise(f"{later}: staircase", took * step_seconds(plan.steps))
                 if name.startswith("cluster") and "ray_hop" in target.info:
                     report["micro"]["ray_hop"] = target.info["ray_hop"]
             if plan.replay.enabled:

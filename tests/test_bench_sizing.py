@@ -245,6 +245,8 @@ def test_progress_shows_stage_step_and_time_left():
     assert progress.status().startswith("cluster-2: staircase, step 3/8 at 200 users | ~5m")
     progress.since -= 1000  # past its estimate: only the stages after it are left
     assert progress.status().endswith("~0m30s left")
+    progress.revise("audit", 90.0)
+    assert progress.status().endswith("~1m30s left")
 
 
 def test_the_stages_of_a_run_follow_its_plan():
