@@ -66,6 +66,7 @@ SKIPPED = frozenset({
     "PING", "READONLY", "SCAN", "SCRIPT", "SELECT", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE",
     "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE", "QUIT", "RESET", "MULTI", "EXEC",
     "DISCARD", "WATCH", "UNWATCH"})
+NON_BLOCKING = {"BZPOPMIN": "ZPOPMIN", "BZPOPMAX": "ZPOPMAX", "BLPOP": "LPOP", "BRPOP": "RPOP"}
 PIPELINE_GAP_S = 0.0005  # a client's commands this close together came in one pipeline
 
 
@@ -76,9 +77,6 @@ class Seen:
     client: str
     at: float
     args: list[bytes]
-
-
-NON_BLOCKING = {"BZPOPMIN": "ZPOPMIN", "BZPOPMAX": "ZPOPMAX", "BLPOP": "LPOP", "BRPOP": "RPOP"}
 
 
 def parse_monitor_line(line: bytes) -> Seen | None:
@@ -253,6 +251,7 @@ class Trace:
 
 
 def _batches(seen: list[Seen]) -> list[int]:
+    """Commands per pipeline: a client's consecutive commands within ``PIPELINE_GAP_S``."""
     sizes: list[int] = []
     for i, command in enumerate(seen):
         before = seen[i - 1] if i else None
