@@ -61,12 +61,14 @@ class LagLimiter:
     def __init__(self, slots: Slots, ceiling: int, target_ms: float,
                  overhead_budget_s: float = 0.5,
                  on_change: Callable[[int], None] = lambda size: None,
+                 on_measure: Callable[[float], None] = lambda lag_ms: None,
                  tick_s: float = 0.05, window_s: float = 1.0, samples: int = 16):
         self.slots = slots
         self.ceiling = ceiling
         self.target_ms = target_ms
         self.overhead_budget_s = overhead_budget_s
         self.on_change = on_change
+        self.on_measure = on_measure
         self.tick_s = tick_s
         self.window_s = window_s
         self.lag_ms = 0.0  # mean lag of the last window
@@ -86,6 +88,7 @@ class LagLimiter:
     async def run_forever(self) -> None:
         while True:
             self.lag_ms = await self.measure()
+            self.on_measure(self.lag_ms)
             self.adjust(self.lag_ms, self.excess_overhead())
 
     def excess_overhead(self) -> float | None:

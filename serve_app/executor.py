@@ -108,7 +108,8 @@ class RunExecutor:
         self._slots = Slots(1)
         self.limiter = LagLimiter(self._slots, settings.max_concurrent_runs,
                                   settings.loop_lag_target_ms,
-                                  on_change=lambda size: self.metrics.gauge("run_slots", size))
+                                  on_change=lambda size: self.metrics.gauge("run_slots", size),
+                                  on_measure=lambda lag: self.metrics.gauge("loop_lag_ms", lag))
         self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms,
                             settings.overhead_budget_s)
         self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once it holds the lease

@@ -22,6 +22,7 @@ DESCRIPTIONS = {
     "runs_running": "runs executing on this replica",
     "run_slots": "runs this replica takes at once now (adapted to its event loop's lag)",
     "run_slots_max": "the most runs this replica may take at once (api.max_concurrent_runs)",
+    "loop_lag_ms": "how late a short sleep of this replica's event loop wakes up (mean of 1 s)",
     # observability (agents/telemetry.py, serve_app/run_telemetry.py, serve_app/tracing.py)
     "run_seconds": "run duration (one attempt), by graph and status",
     "run_queue_seconds": "time from a run's creation to its first attempt's start, by graph",
