@@ -75,7 +75,9 @@ class ProcessSampler:
             found += me.children(recursive=True)
         for proc in found:
             known = self.labels.get(proc.pid, "ray")
-            if known.startswith(("ray", "?")):  # a Ray worker is renamed once it is placed
+            # A Ray worker is renamed once it is placed, and a process caught while it
+            # starts may show no command line at all ("other"): look again until it says.
+            if known.startswith(("ray", "?")) or known == "other":
                 self.labels[proc.pid] = label(proc)
         return found
 

@@ -182,7 +182,9 @@ class Access:
     async def create_run(self, request: Request, thread_id: str | None, body: Any,
                          extra_modes: list[str] | None = None,
                          admitted: bool = False) -> dict[str, Any]:
-        """``admitted``: admission already let it in (a batch is admitted as a whole)."""
+        """``admitted``: admission already let it in (a batch is admitted as a whole);
+        else it is asked right after authorization, so a refusal past capacity costs no
+        Redis read and no wait behind the runs it protects."""
         user = self.user(request)
         command = body.command
         self.limits.check_messages(body.input, command.update if command else None)
@@ -197,6 +199,9 @@ class Access:
                        "stream_mode": body.stream_mode},
         }
         where = await self.auth.authorize(user, "threads", "create_run", value)
+        if not admitted:  # past capacity, refused before any read: in milliseconds
+            await self.service.runs.admit()
+            admitted = True
         body.metadata = _metadata(value, body.metadata)
         webhook = getattr(body, "webhook", None)
         if webhook is not None:  # refused now (422) if it may not receive webhooks
