@@ -1,4 +1,4 @@
-"""The standard benchmark, one command: ``.venv/bin/python -m bench.run`` (< 15 minutes).
+"""The standard benchmark, one command: ``.venv/bin/python -m bench.run``.
 
 Starts Redis and the stub model, runs the hot-path micro-benchmarks, then for each target
 in turn (our cluster with 2 and with 1 replica of the busiest deployment, the no-Ray floor,
