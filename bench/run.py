@@ -11,7 +11,7 @@ mix captured on a one-master Redis Cluster and replayed on 1 and 2 shards
 (``bench/plots.py``). Every line says the stage, the step and the time left. Writes
 ``bench/results/<stamp>/report.json`` and rewrites ``BENCHMARKS.md`` (and ``bench/plots/``).
 
-``--smoke``: a tiny run (one target, a few users, short think time, about a minute) that
+``--smoke``: a tiny run (one target, a few users, short think time, a few minutes) that
 does not touch BENCHMARKS.md unless ``--write-md``; ``tests/test_bench_smoke.py`` runs it.
 """
 
@@ -378,7 +378,7 @@ def command_line() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny run (~1 minute)")
+    parser.add_argument("--smoke", action="store_true", help="tiny run (a few minutes)")
     parser.add_argument("--json", type=Path, help="also write the report JSON here")
     parser.add_argument("--write-md", action="store_true",
                         help="rewrite BENCHMARKS.md (default for the standard run only)")
