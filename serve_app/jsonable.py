@@ -42,8 +42,8 @@ def _convert(value: Any) -> Any:
         return to_jsonable(value.model_dump())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, set | frozenset):
-        return list(value)
+    if isinstance(value, frozenset):
+        return [to_jsonable(v) for v in value]
     return str(value)
 
 
