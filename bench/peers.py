@@ -76,11 +76,15 @@ class Target:
 
     def start(self) -> str:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = EmbeddedRedis(self.work_dir / "redis").start()
+        self.redis = self._start_redis()
         started = time.monotonic()
         self.url = self._start_server()
         self.info["startup_s"] = round(time.monotonic() - started, 1)
         return self.url
+
+    def _start_redis(self) -> Any:
+        """A fresh Redis of its own (a subclass may start another kind)."""
+        return EmbeddedRedis(self.work_dir / "redis").start()
 
     def _start_server(self) -> str:
         raise NotImplementedError

@@ -497,13 +497,8 @@ class CaptureTarget(ClusterTarget):
     def env(self) -> dict[str, str]:
         return {**super().env(), "AGENT_CLUSTER_REDIS__CLUSTER": "true"}
 
-    def start(self) -> str:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = EmbeddedRedisCluster(self.work_dir / "redis-cluster", shards=1).start()
-        started = time.monotonic()
-        self.url = self._start_server()
-        self.info["startup_s"] = round(time.monotonic() - started, 1)
-        return self.url
+    def _start_redis(self) -> EmbeddedRedisCluster:
+        return EmbeddedRedisCluster(self.work_dir / "redis-cluster", shards=1).start()
 
 
 async def capture_run(settings: Settings, work_dir: Path, load: LoadConfig, users: int,
