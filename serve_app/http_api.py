@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from agents.settings import AuthSettings, LimitsSettings, get_settings
@@ -32,6 +32,7 @@ from serve_app.regressions import RunFeedback, record_feedback
 from serve_app.routes_assistants import add_assistant_routes
 from serve_app.routes_crons import CronAccess, add_cron_routes
 from serve_app.routes_store import add_store_routes
+from serve_app.runs import joined_modes, only_modes
 from serve_app.schemas import (
     ApproveRequest,
     ChatRequest,
@@ -149,12 +150,19 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
         return await access.copy_thread(request, thread_id)
 
     @api.get("/threads/{thread_id}")
-    async def get_thread(request: Request, thread_id: str) -> dict:
+    async def get_thread(request: Request, thread_id: str, include: str | None = None) -> dict:
+        extra = [name for name in (include or "").split(",") if name and name != "ttl"]
+        if extra:  # a thread's ttl is always included
+            raise ApiError(422, f"include: {extra} not supported; only 'ttl'")
         return await service.threads.view(await access.thread(request, thread_id))
 
-    @api.patch("/threads/{thread_id}")
-    async def patch_thread(request: Request, thread_id: str, body: ThreadPatch) -> dict:
-        return await access.update_thread(request, thread_id, body)
+    @api.patch("/threads/{thread_id}", response_model=None)
+    async def patch_thread(request: Request, thread_id: str,
+                           body: ThreadPatch) -> dict | Response:
+        updated = await access.update_thread(request, thread_id, body)
+        if "return=minimal" in request.headers.get("prefer", ""):  # SDK's return_minimal
+            return Response(status_code=204)
+        return updated
 
     @api.delete("/threads/{thread_id}", status_code=204)
     async def delete_thread(request: Request, thread_id: str) -> None:
@@ -304,11 +312,15 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
         request: Request, thread_id: str, run_id: str,
         last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
         cancel_on_disconnect: bool = False,
+        stream_mode: Annotated[list[str] | None, Query()] = None,
     ) -> StreamingResponse:
-        """Join a run's stream from any replica, resuming after ``Last-Event-ID``."""
+        """Join a run's stream from any replica, resuming after ``Last-Event-ID``; with
+        ``stream_mode``, only those of the run's modes."""
         await access.thread(request, thread_id, "read", {"run_id": run_id})
         run = await service.runs.get(thread_id, run_id)
-        return sse(run, run_events(run, cancel_on_disconnect, event_id(last_event_id) or "0"))
+        modes = joined_modes(run, stream_mode)
+        frames = run_events(run, cancel_on_disconnect, event_id(last_event_id) or "0")
+        return sse(run, frames if modes is None else only_modes(frames, modes))
 
     @api.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202)
     async def cancel_run(request: Request, thread_id: str, run_id: str, wait: bool = False,

@@ -5,9 +5,10 @@ route as it is."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 from serve_app.access import Access
+from serve_app.api_errors import ApiError
 from serve_app.schemas import (
     AssistantCreate,
     AssistantFilter,
@@ -26,9 +27,17 @@ def add_assistant_routes(router: FastAPI, access: Access) -> None:
         return await access.create_assistant(request, body)
 
     @router.post("/assistants/search")
-    async def search_assistants(request: Request, body: AssistantSearch) -> list[dict]:
+    async def search_assistants(request: Request, response: Response,
+                                body: AssistantSearch) -> list[dict]:
+        """A page; ``X-Pagination-Next`` is the next page's offset if there is one (the
+        SDK's ``response_format="object"``), ``X-Pagination-Total`` counts every match."""
         where = await access.assistant_filter(request, "search", body.model_dump())
-        return await assistants.search(body, where)
+        found = await assistants.search(body, where)
+        total = await assistants.count(body, where)
+        response.headers["X-Pagination-Total"] = str(total)
+        if body.offset + len(found) < total:
+            response.headers["X-Pagination-Next"] = str(body.offset + len(found))
+        return found
 
     @router.post("/assistants/count")
     async def count_assistants(request: Request, body: AssistantFilter) -> int:
@@ -47,7 +56,11 @@ def add_assistant_routes(router: FastAPI, access: Access) -> None:
         return await assistants.update(assistant_id, body)
 
     @router.delete("/assistants/{assistant_id}", status_code=204)
-    async def delete_assistant(request: Request, assistant_id: str) -> None:
+    async def delete_assistant(request: Request, assistant_id: str,
+                               delete_threads: bool = False) -> None:
+        if delete_threads:
+            raise ApiError(422, "delete_threads: not supported; delete the assistant's "
+                                "threads with threads.search and threads.delete")
         await access.assistant(request, assistant_id, "delete")
         await assistants.delete(assistant_id)
 

@@ -4,12 +4,19 @@ options, and no field silently ignored."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import httpx
 import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEntityError
+
+from agents.settings import AuthSettings
+from agents.system import AgentSystem
+from serve_app.http_api import build_api
+from serve_app.service import AgentService
 
 
 @pytest.fixture
@@ -29,6 +36,13 @@ def user(text: str) -> dict:
 
 def last_message(values: dict) -> dict:
     return values["messages"][-1]
+
+
+def sdk_over(service: AgentService):
+    """``langgraph_sdk`` over an in-process service's API (ASGI, no auth)."""
+    sdk = get_client(url="http://api", api_key=None)
+    sdk.http.client._transport = httpx.ASGITransport(app=build_api(service, AuthSettings()))
+    return sdk
 
 
 # assistants
@@ -67,6 +81,11 @@ async def test_assistant_lifecycle_versions_search_and_count(client):
         selected = await client.assistants.search(metadata={"marker": marker},
                                                   select=["assistant_id", "version"])
         assert selected == [{"assistant_id": aid, "version": 1}]
+        page = await client.assistants.search(limit=2, response_format="object")
+        assert len(page["assistants"]) == 2 and page["next"] == "2"  # 4 built-in, and more
+        last = await client.assistants.search(metadata={"marker": marker},
+                                              response_format="object")
+        assert [a["assistant_id"] for a in last["assistants"]] == [aid] and last["next"] is None
     finally:
         await client.assistants.delete(aid)
     with pytest.raises(NotFoundError):
@@ -87,7 +106,8 @@ async def test_built_in_assistants_stay_fixed(client):
 
 
 async def test_a_run_uses_its_assistants_context_under_its_own(client):
-    assistant = await client.assistants.create("supervisor", context={"model": "from-assistant"})
+    assistant = await client.assistants.create("supervisor", context={"model": "from-assistant"},
+                                               config={"tags": ["from-assistant"]})
     try:
         thread = await client.threads.create()
         tid = thread["thread_id"]
@@ -97,11 +117,14 @@ async def test_a_run_uses_its_assistants_context_under_its_own(client):
         assert last_message(out)["response_metadata"]["model_name"] == "from-assistant"
         out = await client.runs.wait(tid, assistant["assistant_id"],
                                      input=user("What did I ask before?"),
-                                     context={"model": "from-run"})
+                                     context={"model": "from-run"},
+                                     config={"tags": ["from-run"]})
         assert last_message(out)["response_metadata"]["model_name"] == "from-run"
-        [run, _] = await client.runs.list(tid)
+        [run, first] = await client.runs.list(tid)
         assert run["assistant_id"] == assistant["assistant_id"]
         assert run["kwargs"]["context"] == {"model": "from-run"}
+        assert first["kwargs"]["config"]["tags"] == ["from-assistant"]  # the assistant's config
+        assert run["kwargs"]["config"]["tags"] == ["from-assistant", "from-run"]  # and the run's
     finally:
         await client.assistants.delete(assistant["assistant_id"])
 
@@ -192,6 +215,32 @@ async def test_every_body_refuses_unknown_fields(http):
         assert response.status_code == 422 and "bogus" in response.text, (path, response.text)
 
 
+async def test_the_sdks_query_and_header_options_have_an_effect_or_a_422(client, http):
+    thread = await client.threads.create(ttl=60)
+    tid = thread["thread_id"]
+    assert (await client.threads.get(tid, include=["ttl"]))["ttl"]["ttl"] == 60
+    assert await client.threads.update(tid, metadata={"k": "v"}, return_minimal=True) is None
+    assert (await client.threads.get(tid))["metadata"]["k"] == "v"
+    run = await client.runs.create(tid, "supervisor", input=user("What is Redis persistence?"),
+                                   stream_mode=["values", "updates", "messages-tuple"])
+    events = [part.event async for part in client.runs.join_stream(
+        tid, run["run_id"], stream_mode="updates")]
+    assert "updates" in events and not {"values", "messages"} & set(events), events
+    everything = {part.event async for part in client.runs.join_stream(tid, run["run_id"])}
+    assert {"values", "updates", "messages"} <= everything
+    refused = await http.get(f"/threads/{tid}/runs/{run['run_id']}/stream",
+                             params={"stream_mode": "debug"})  # not one of the run's
+    assert refused.status_code == 422 and "stream_mode" in refused.text
+    refused = await http.get(f"/threads/{tid}", params={"include": "ttl,colour"})
+    assert refused.status_code == 422 and "include" in refused.text
+    assistant = await client.assistants.create("supervisor")
+    refused = await http.delete(f"/assistants/{assistant['assistant_id']}",
+                                params={"delete_threads": "true"})
+    assert refused.status_code == 422 and "delete_threads" in refused.text
+    await client.assistants.delete(assistant["assistant_id"])
+    await client.threads.delete(tid)
+
+
 # breakpoints and branching
 async def test_interrupt_before_a_node_stops_there_and_a_run_without_input_resumes(client):
     thread = await client.threads.create()
@@ -200,6 +249,19 @@ async def test_interrupt_before_a_node_stops_there_and_a_run_without_input_resum
                            interrupt_before=["worker"])
     state = await client.threads.get_state(tid)
     assert state["next"] == ["worker"]
+    assert (await client.threads.get(tid))["status"] == "interrupted"
+    out = await client.runs.wait(tid, "supervisor", input=None)
+    assert "redis-persistence" in last_message(out)["content"]
+    assert (await client.threads.get_state(tid))["next"] == []
+
+
+async def test_interrupt_after_a_node_stops_after_it_and_a_run_without_input_resumes(client):
+    thread = await client.threads.create()
+    tid = thread["thread_id"]
+    await client.runs.wait(tid, "supervisor", input=user("What is Redis persistence?"),
+                           interrupt_after=["worker"])
+    state = await client.threads.get_state(tid)
+    assert state["next"] == ["supervisor"]  # the researcher answered; the supervisor has not
     assert (await client.threads.get(tid))["status"] == "interrupted"
     out = await client.runs.wait(tid, "supervisor", input=None)
     assert "redis-persistence" in last_message(out)["content"]
@@ -238,6 +300,10 @@ async def test_a_branch_from_an_old_checkpoint_continues_from_there_and_history_
     assert branch["messages"][2]["content"] == "What did I ask before, on this branch?"
     kept = await client.threads.get_state(tid, checkpoint_id=original["checkpoint_id"])
     assert kept["values"]["messages"][2]["content"] == "What did I ask before?"
+    flat = await client.runs.wait(tid, "supervisor", checkpoint_id=after_first["checkpoint_id"],
+                                  input=user("And on a second branch?"))  # the older form
+    assert len(flat["messages"]) == 4 and flat["messages"][2]["content"] == \
+        "And on a second branch?"
     refused = await http.post(f"/threads/{tid}/runs/wait", json={  # another thread's
         "assistant_id": "supervisor", "input": user("hi"),
         "checkpoint": {**after_first, "thread_id": str(uuid.uuid4())}})
@@ -306,6 +372,44 @@ async def test_after_seconds_delays_the_start(client):
     assert (await client.runs.get(tid, run["run_id"]))["status"] == "pending"
     await client.runs.join(tid, run["run_id"])
     assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
+
+
+async def test_a_delayed_run_outlives_the_replica_that_accepted_it(settings):
+    """``after_seconds`` is kept in Redis, not in a replica: the one that accepted the run
+    stops before it is due, nothing runs it while none is up (past its time), and a
+    replica started afterwards on the same pool runs it."""
+    replica_id = f"delayed-{uuid.uuid4().hex[:6]}"
+    async with await AgentSystem.create(settings) as system:
+        accepting = AgentService.in_process(system, replica_id)
+        accepting.executor.start()
+        sdk = sdk_over(accepting)
+        tid = (await sdk.threads.create())["thread_id"]
+        due = time.time() + 2
+        run = await sdk.runs.create(tid, "supervisor", input=user("What did I ask before?"),
+                                    after_seconds=2)
+        await accepting.aclose()  # gone before the run is due
+        await asyncio.sleep(max(0.0, due + 1 - time.time()))
+        assert (await sdk.runs.get(tid, run["run_id"]))["status"] == "pending"
+        restarted = AgentService.in_process(system, replica_id)  # the same pool, anew
+        restarted.executor.start()
+        try:
+            sdk = sdk_over(restarted)
+            await sdk.runs.join(tid, run["run_id"])
+            assert (await sdk.runs.get(tid, run["run_id"]))["status"] == "success"
+        finally:
+            await restarted.aclose()
+            await sdk.threads.delete(tid)
+
+
+async def test_durability_exit_checkpoints_less_than_async(client):
+    checkpoints = {}
+    for durability in ("async", "exit"):
+        tid = (await client.threads.create())["thread_id"]
+        out = await client.runs.wait(tid, "supervisor", durability=durability,
+                                     input=user("What is Redis persistence?"))
+        assert "redis-persistence" in last_message(out)["content"]
+        checkpoints[durability] = len(await client.threads.get_history(tid, limit=100))
+    assert 1 <= checkpoints["exit"] < checkpoints["async"], checkpoints
 
 
 async def test_a_stream_with_on_disconnect_cancel_cancels_its_run(cluster_url, http,
