@@ -25,7 +25,7 @@ from agents.settings import Settings
 from bench.checkpoint_latency import checkpoint_latency, turn_latency
 from bench.loadgen import STREAM_MODE
 from bench.stats import summary
-from serve_app.event_log import EventWriter
+from serve_app.event_log import EventWriter, entry_events
 from serve_app.events import convert, sse_frame
 from serve_app.keys import events_key
 
@@ -99,8 +99,8 @@ async def sse_event(settings: Settings, events: int) -> dict[str, Any]:
     started, cpu_started, last, read = time.perf_counter(), time.process_time(), "0", 0
     while read < written:
         batch = await redis.xread({key: last}, count=200)
-        frames = [sse_frame(fields[b"event"], fields[b"data"], event_id)
-                  for event_id, fields in batch[0][1]]
+        frames = [sse_frame(event, data, event_id) for entry_id, fields in batch[0][1]
+                  for event_id, event, data in entry_events(entry_id, fields)]
         b"".join(frames)
         last = batch[0][1][-1][0].decode()
         read += len(frames)

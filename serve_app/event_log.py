@@ -7,17 +7,23 @@ first) reach their reader without delay. Inside a burst an event opens a batch t
 sent ``linger_s`` later (or at once on ``flush``) with everything appended meanwhile, and
 events that pile up while one write is in flight go out together in the next. Tokens
 arrive every few milliseconds, so without the linger nearly every token was its own write
-(a Lua call, its XADDs, and a wake-up of every reader of the stream); with 20 ms a research
+(an ``XADD`` and a wake-up of every reader of the stream); with 20 ms a research
 turn's ~20 writes become a handful, for at most 20 ms more between a token inside a stream
 of tokens and its reader. The graph never waits on Redis to stream its next chunk.
 ``flush`` waits until every appended event is stored and raises what storing raised.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
-by event id. A batch is written by one Lua call that tags its last entry; a retry is
-skipped if the stream already ends with that tag, so a write that timed out but reached
-Redis is not stored twice (a first attempt has nothing to check). Past ``retry_s`` the
-failure is raised once and the events stay queued.
+by event id. Each entry carries its batch's tag; a retry is one Lua call that skips the
+write if the stream already ends with that tag, so a write that timed out but reached
+Redis is not stored twice (a first attempt has nothing to check: a plain ``XADD``).
+Past ``retry_s`` the failure is raised once and the events stay queued.
+
+A batch is one stream entry (``event``/``data`` for its first event, ``event1``/``data1``
+and so on for the rest): one ``XADD`` per batch, not one per event, and one wake-up of its
+readers. An event's id is its entry's id for an entry's last event and ``<entry id>.<i>``
+for the ``i``-th before it, so a ``Last-Event-ID`` still names one event and a resumed
+stream starts right after it (``resume_point``).
 """
 
 from __future__ import annotations
@@ -35,31 +41,21 @@ from redis.asyncio import Redis
 from serve_app.jsonable import dumps
 from serve_app.keys import events_key
 
-# KEYS[1]: the stream; ARGV[1]: the batch's tag; ARGV[2]: TTL in s ('' to leave it);
-# ARGV[3]: '1' if an earlier attempt may have landed (check the tag); then event/data
-# pairs. The tag goes on the batch's last entry.
-_APPEND = """
-if ARGV[3] == '1' then
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-  if last then
-    local fields = last[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'b' and fields[i + 1] == ARGV[1] then return 0 end
-    end
+# KEYS[1]: the stream; ARGV[1]: the batch's tag; then the entry's fields and values (the
+# tag among them). Stores the entry unless the stream already ends with that tag.
+_APPEND_ONCE = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last then
+  local fields = last[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'b' and fields[i + 1] == ARGV[1] then return 0 end
   end
 end
-for i = 4, #ARGV, 2 do
-  if i + 2 > #ARGV then
-    redis.call('XADD', KEYS[1], '*', 'event', ARGV[i], 'data', ARGV[i + 1], 'b', ARGV[1])
-  else
-    redis.call('XADD', KEYS[1], '*', 'event', ARGV[i], 'data', ARGV[i + 1])
-  end
-end
-if ARGV[2] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 return 1
 """
 
-
+MAX_BATCH = 1000  # events per entry: Lua's unpack takes a few thousand values at most
 LINGER_S = 0.02
 
 
@@ -79,7 +75,7 @@ class EventWriter:
         self._tag = uuid.uuid4().hex[:12]
         self._batches = itertools.count()
         self._stored_at = (-math.inf, -math.inf)  # when the last two writes ended
-        self._append = redis.register_script(_APPEND)
+        self._append_once = redis.register_script(_APPEND_ONCE)
 
     def append(self, event: str, data: Any) -> None:
         """Queue one event (serialised now: ``data`` may change after this call). Raises,
@@ -111,7 +107,7 @@ class EventWriter:
                 if burst and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), self.linger_s)
-                batch, self._pending = self._pending, []
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)
                 self._stored_at = (self._stored_at[1], time.monotonic())
@@ -136,8 +132,44 @@ class EventWriter:
                 backoff = min(backoff * 2, 1.0)
 
     async def _store(self, batch: list[tuple[str, str]], tag: str, check: bool) -> None:
-        args = [tag, "" if self._expiring else self.ttl_s, "1" if check else "0"]
-        for event, data in batch:
-            args += [event, data]
-        await self._append(keys=[self.key], args=args)
+        fields: list[str] = []
+        for index, (event, data) in enumerate(batch):
+            suffix = str(index) if index else ""
+            fields += [f"event{suffix}", event, f"data{suffix}", data]
+        fields += ["b", tag]
+        pipe = self.redis.pipeline(transaction=False)
+        if check:
+            await self._append_once(keys=[self.key], args=[tag, *fields], client=pipe)
+        else:
+            pipe.execute_command("XADD", self.key, "*", *fields)
+        if not self._expiring:
+            pipe.expire(self.key, self.ttl_s)
+        await pipe.execute()
         self._expiring = True
+
+
+def entry_events(entry_id: bytes, fields: dict[bytes, bytes]
+                 ) -> list[tuple[bytes, bytes, bytes]]:
+    """An entry's events as (event id, event, data), in order (``EventWriter``'s layout)."""
+    events = []
+    for index in itertools.count():
+        suffix = b"%d" % index if index else b""
+        event = fields.get(b"event" + suffix)
+        if event is None:
+            break
+        events.append((event, fields[b"data" + suffix]))
+    last = len(events) - 1
+    return [(entry_id if index == last else b"%s.%d" % (entry_id, index), event, data)
+            for index, (event, data) in enumerate(events)]
+
+
+def resume_point(last_event_id: str) -> tuple[str, str | None, int]:
+    """Where a stream resumes after event ``last_event_id``: the entry id to read after,
+    and, if that event was not its entry's last, the entry to read again and how many of
+    its events the reader has already seen."""
+    entry, _, index = last_event_id.partition(".")
+    if not index:
+        return entry, None, 0
+    ms, _, seq = entry.partition("-")
+    before = f"{ms}-{int(seq) - 1}" if int(seq or 0) else f"{max(int(ms) - 1, 0)}-{2**64 - 1}"
+    return before, entry, int(index) + 1

@@ -384,12 +384,15 @@ def run_location(run: dict[str, Any]) -> str:
 
 
 def event_id(value: str | None) -> str | None:
-    """A ``Last-Event-ID`` as a Redis Stream id (``<ms>-<seq>`` or ``<ms>``); anything else
-    (forged, garbled) is refused rather than passed to Redis."""
+    """A ``Last-Event-ID`` as one of ours (a Redis Stream id, ``<ms>-<seq>`` or ``<ms>``, and
+    ``.<i>`` for an event inside an entry: ``serve_app.event_log``); anything else (forged,
+    garbled) is refused rather than passed to Redis."""
     if value is None or value == "":
         return None
-    ms, _, seq = value.partition("-")
-    if ms.isdigit() and len(ms) <= 20 and (not seq or (seq.isdigit() and len(seq) <= 20)):
+    entry, dot, index = value.partition(".")
+    ms, _, seq = entry.partition("-")
+    if (ms.isdigit() and len(ms) <= 20 and (not seq or (seq.isdigit() and len(seq) <= 20))
+            and (not dot or (index.isdigit() and len(index) <= 6))):
         return value
     raise ApiError(422, f"Last-Event-ID {value[:64]!r} is not an event id of this stream")
 

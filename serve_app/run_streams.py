@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from serve_app.event_log import entry_events, resume_point
 from serve_app.events import HEARTBEAT, sse_frame
 from serve_app.jsonable import dumps
 from serve_app.keys import events_key
@@ -30,7 +31,8 @@ class RunStreams:
         waited out, not turned into a cut connection a client would take for the end."""
         key = events_key(thread_id, run_id)
         ended_seen = False
-        batches = self.ctx.feed.follow(key, last_id, self.ctx.settings.heartbeat_s)
+        after, seen_entry, seen = resume_point(last_id)
+        batches = self.ctx.feed.follow(key, after, self.ctx.settings.heartbeat_s)
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 if batch is None:
@@ -48,12 +50,20 @@ class RunStreams:
                     yield HEARTBEAT
                     continue
                 frames, ended = [], False
-                for event_id, fields in batch:
-                    frames.append(sse_frame(fields[b"event"], fields[b"data"], event_id))
-                    if fields[b"event"] in (b"end", b"error"):
-                        ended = True
+                for entry_id, fields in batch:
+                    events = entry_events(entry_id, fields)
+                    if seen_entry is not None and entry_id.decode() == seen_entry:
+                        events = events[seen:]  # resumed inside this entry
+                    for event_id, event, data in events:
+                        frames.append(sse_frame(event, data, event_id))
+                        if event in (b"end", b"error"):
+                            ended = True
+                            break
+                    if ended:
                         break
-                yield b"".join(frames)  # one chunk per batch: fewer messages to the proxy
+                seen_entry = None
+                if frames:
+                    yield b"".join(frames)  # one chunk per batch: fewer messages to the proxy
                 if ended:
                     return
 

@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agents.local.process import free_port
-from serve_app.event_log import EventWriter
+from serve_app.event_log import EventWriter, entry_events, resume_point
 from serve_app.keys import events_key
 
 
@@ -25,24 +25,21 @@ async def test_events_are_stored_in_order_with_their_ttl(redis_client):
         if index % 50 == 0:
             await asyncio.sleep(0)  # let the writer run now and then, as a graph does
     await writer.flush()
-    stored = await redis_client.xrange(events_key("log-thread", run_id))
-    assert [json.loads(fields[b"data"])["n"] for _, fields in stored] == list(range(300))
+    assert [event["n"] for event in await stored(redis_client, run_id)] == list(range(300))
     assert 0 < await redis_client.ttl(events_key("log-thread", run_id)) <= 600
 
 
 async def test_a_burst_of_tokens_goes_out_in_a_few_writes(redis_client):
     """Tokens a few ms apart share writes (the linger), in order: two writes open the
-    burst, then one per linger (~80 ms of tokens, 50 ms linger). Each write tags its last
-    entry, so the tags count the writes."""
+    burst, then one per linger (~80 ms of tokens, 50 ms linger). Each write is one entry."""
     run_id = f"log-{uuid.uuid4().hex[:8]}"
     writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.05)
     for index in range(40):
         writer.append("messages", {"n": index})
         await asyncio.sleep(0.002)
     await writer.flush()
-    stored = await redis_client.xrange(events_key("log-thread", run_id))
-    assert [json.loads(fields[b"data"])["n"] for _, fields in stored] == list(range(40))
-    writes = sum(1 for _, fields in stored if b"b" in fields)
+    assert [event["n"] for event in await stored(redis_client, run_id)] == list(range(40))
+    writes = len(await redis_client.xrange(events_key("log-thread", run_id)))
     assert 2 <= writes <= 5, writes
 
 
@@ -50,21 +47,20 @@ async def test_events_outside_a_burst_go_out_at_once(redis_client):
     """No linger for the first two events after a quiet spell (a message's empty start and
     its first token); those that follow closely wait for company."""
     run_id = f"log-{uuid.uuid4().hex[:8]}"
-    key = events_key("log-thread", run_id)
     writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.5)
-    for stored in (1, 2):
-        writer.append("messages", {"n": stored})
+    for n in (1, 2):
+        writer.append("messages", {"n": n})
         await asyncio.sleep(0.1)
-        assert len(await redis_client.xrange(key)) == stored  # well before the linger
+        assert len(await stored(redis_client, run_id)) == n  # well before the linger
     writer.append("messages", {"n": 3})
     await asyncio.sleep(0.1)
-    assert len(await redis_client.xrange(key)) == 2  # inside a burst: lingers
+    assert len(await stored(redis_client, run_id)) == 2  # inside a burst: lingers
     await writer.flush()
-    assert len(await redis_client.xrange(key)) == 3
+    assert len(await stored(redis_client, run_id)) == 3
     await asyncio.sleep(0.6)  # quiet again
     writer.append("messages", {"n": 4})
     await asyncio.sleep(0.1)
-    assert len(await redis_client.xrange(key)) == 4
+    assert len(await stored(redis_client, run_id)) == 4
 
 
 async def test_a_failed_write_is_raised_once_then_writing_goes_on():
@@ -95,9 +91,33 @@ async def test_a_write_that_fails_for_a_moment_loses_nothing(redis_client):
     for index in range(1, 6):
         writer.append("custom", {"n": index})
     await writer.flush()
-    stored = await redis_client.xrange(events_key("log-thread", run_id))
-    assert [json.loads(fields[b"data"])["n"] for _, fields in stored] == list(range(6))
+    assert [event["n"] for event in await stored(redis_client, run_id)] == list(range(6))
     await impatient.aclose()
+
+
+async def test_every_event_of_an_entry_has_an_id_a_stream_resumes_after(redis_client):
+    """A batch is one entry; ``Last-Event-ID`` of any event in it resumes right after it."""
+    run_id = f"log-{uuid.uuid4().hex[:8]}"
+    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=60)
+    writer.append("custom", {"n": 0})
+    writer.append("custom", {"n": 1})
+    writer.append("custom", {"n": 2})  # appended before the first write: one entry
+    await writer.flush()
+    entries = await redis_client.xrange(events_key("log-thread", run_id))
+    assert len(entries) == 1
+    ids = [event_id for event_id, _, _ in entry_events(*entries[0])]
+    entry_id = entries[0][0]
+    assert ids == [entry_id + b".0", entry_id + b".1", entry_id]
+    assert resume_point(entry_id.decode()) == (entry_id.decode(), None, 0)
+    after, entry, seen = resume_point(ids[1].decode())
+    assert (entry, seen) == (entry_id.decode(), 2)
+    assert await redis_client.xrange(events_key("log-thread", run_id), f"({after}") == entries
+
+
+async def stored(client: Redis, run_id: str) -> list[dict]:
+    """The data of every event stored for ``run_id``, in order."""
+    entries = await client.xrange(events_key("log-thread", run_id))
+    return [json.loads(data) for entry in entries for _, _, data in entry_events(*entry)]
 
 
 def _url(client: Redis) -> str:
