@@ -200,7 +200,8 @@ class RunExecutor:
     # cancelling
     async def cancel(self, run: dict[str, Any], action: str = "interrupt") -> None:
         """End a run that has not started at once; ask the replica of a running one."""
-        ended = await self.records.transition_run(run, {"pending"}, status="interrupted")
+        ended = await self.records.transition_run(run, {"pending"}, returning=False,
+                                                  status="interrupted")
         if ended is not None:
             await self._leave(run, None)
             events = self.event_writer(run)
@@ -333,7 +334,7 @@ class RunExecutor:
                 run["kwargs"]["checkpoint_id"] = rollback["checkpoint_id"]
             started = await self.records.update_run(thread_id, run["run_id"],
                                                     rolled_back=True, kwargs=run["kwargs"])
-        await self.records.update_thread(thread_id, status="busy")
+        await self.records.update_thread(thread_id, returning=False, status="busy")
         return started
 
     async def _latest_checkpoint(self, run: dict[str, Any]) -> str | None:
@@ -394,7 +395,8 @@ class RunExecutor:
                                           self.graphs[run["graph_id"]])
         stopped = interrupts or (state is not None and state.next)  # incl. breakpoints
         thread_status = "error" if error else "interrupted" if stopped else "idle"
-        await durably(lambda: self.records.update_thread(thread_id, status=thread_status,
+        await durably(lambda: self.records.update_thread(thread_id, returning=False,
+                                                         status=thread_status,
                                                          error=error))
         if self.retention is not None:  # while the run still holds its thread
             await self.retention.after_run(run, self.graphs[run["graph_id"]], state)
@@ -465,7 +467,7 @@ class RunExecutor:
             return False
         fields = {"attempt": run["attempt"] + 1} if next_attempt else {"handed_back": True}
         moved = await durably(lambda: self.records.transition_run(
-            run, {"running"}, status="pending", **fields))
+            run, {"running"}, returning=False, status="pending", **fields))
         if token:
             await durably(lambda: self.leases.release(run["thread_id"], token))
         if moved is None:  # ended, or another attempt's now: its pool entry is not ours
@@ -484,7 +486,8 @@ class RunExecutor:
                             f"(max_attempts={self.settings.max_attempts})"}
         if await self._end(run, "error", error) is None:
             return
-        await self.records.update_thread(run["thread_id"], status="error", error=error)
+        await self.records.update_thread(run["thread_id"], returning=False, status="error",
+                                         error=error)
         await self._leave(run, token)
         self.metrics.count("runs_finished", status="error")
         events = self.event_writer(run)

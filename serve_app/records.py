@@ -34,15 +34,18 @@ TERMINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupte
 ACTIVE: frozenset[str] = frozenset({"pending", "running"})
 
 # KEYS[1]: the record; ARGV[1]: allowed current statuses, JSON-encoded, comma-joined ('' =
-# any); ARGV[2]: the attempt it must be at ('' = any); then field/value pairs to set.
+# any); ARGV[2]: the attempt it must be at ('' = any); ARGV[3]: '1' to return the record
+# after (else 1); then field/value pairs to set.
 _SET_IF = """
-local status = redis.call('HGET', KEYS[1], 'status')
+local now = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+local status = now[1]
 if not status then return false end
 if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true)
 then return false end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return false end
-if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
-return redis.call('HGETALL', KEYS[1])
+if ARGV[2] ~= '' and now[2] ~= ARGV[2] then return false end
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+if ARGV[3] == '1' then return redis.call('HGETALL', KEYS[1]) end
+return 1
 """
 
 # KEYS[1]: the record; ARGV: field/value pairs. Returns the stored record and whether it
@@ -90,12 +93,17 @@ class Records:
         self._create = redis.register_script(_CREATE)
 
     async def _update(self, key: str, fields: dict[str, Any], allowed: Iterable[str] = (),
-                      attempt: int | None = None) -> dict[str, Any] | None:
+                      attempt: int | None = None, returning: bool = True
+                      ) -> dict[str, Any] | None:
         """Set ``fields`` if the record exists, is in an ``allowed`` status (any if empty)
-        and at ``attempt`` (any if None); the record after, or None if refused."""
+        and at ``attempt`` (any if None); the record after (``{}`` unless ``returning``:
+        a writer that does not need it spares Redis reading it back), or None if refused."""
         args = [_statuses(allowed), "" if attempt is None else json.dumps(attempt),
-                *flat({**fields, "updated_at": now_iso()})]
-        return decode(await self._set_if(keys=[key], args=args))
+                "1" if returning else "0", *flat({**fields, "updated_at": now_iso()})]
+        stored = await self._set_if(keys=[key], args=args)
+        if stored is None:
+            return None
+        return decode(stored) if returning else {}
 
     async def _create_record(self, key: str, record: dict[str, Any]
                              ) -> tuple[dict[str, Any], bool]:
@@ -122,8 +130,9 @@ class Records:
             await self.redis.zadd(ALL_THREADS, {thread_id: time.time()})
         return record, created
 
-    async def update_thread(self, thread_id: str, **fields: Any) -> dict[str, Any] | None:
-        return await self._update(thread_key(thread_id), fields)
+    async def update_thread(self, thread_id: str, returning: bool = True, **fields: Any
+                            ) -> dict[str, Any] | None:
+        return await self._update(thread_key(thread_id), fields, returning=returning)
 
     async def search_threads(self, limit: int, offset: int, metadata: dict[str, Any] | None,
                              status: str | None = None,
@@ -191,17 +200,18 @@ class Records:
     async def get_run(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
         return decode(await self.redis.hgetall(run_key(thread_id, run_id)))
 
-    async def update_run(self, thread_id: str, run_id: str, **fields: Any
-                         ) -> dict[str, Any] | None:
+    async def update_run(self, thread_id: str, run_id: str, returning: bool = True,
+                         **fields: Any) -> dict[str, Any] | None:
         """Set fields of an existing run whatever its status (bookkeeping, not status)."""
-        return await self._update(run_key(thread_id, run_id), fields)
+        return await self._update(run_key(thread_id, run_id), fields, returning=returning)
 
     async def transition_run(self, run: dict[str, Any], allowed: Iterable[str],
-                             **fields: Any) -> dict[str, Any] | None:
+                             returning: bool = True, **fields: Any) -> dict[str, Any] | None:
         """Set ``fields`` only if the run is still in an ``allowed`` status at the attempt
-        ``run`` knows; the record after, or None if someone else moved it first."""
+        ``run`` knows; the record after (``{}`` unless ``returning``), or None if someone
+        else moved it first."""
         return await self._update(run_key(run["thread_id"], run["run_id"]), fields,
-                                  allowed, run["attempt"])
+                                  allowed, run["attempt"], returning)
 
     async def list_runs(self, thread_id: str, limit: int = 10, offset: int = 0,
                         status: str | None = None) -> list[dict[str, Any]]:
