@@ -136,7 +136,7 @@ async def test_two_worker_nodes_stream_fail_over_and_rejoin(settings: Settings, 
         tid = (await client.threads.create())["thread_id"]
         run = await client.runs.create(tid, "supervisor", input=user(
             "Research how Redis persistence works and write a Python function that parses "
-            "a redis.conf line"))
+            "a redis.conf line"), stream_mode=["values", "custom"])
         async for part in client.runs.join_stream(tid, run["run_id"], stream_mode="custom"):
             if part.event == "custom" and part.data.get("type") == "progress":
                 break  # a specialist call is in flight

@@ -116,7 +116,8 @@ async def _running(client, tid: str, rid: str):
 async def test_specialist_replica_killed_mid_call_is_retried(client, cluster_url, stub_admin):
     stub_admin.post("/config", json={"ttft_ms": 800})
     tid = (await client.threads.create())["thread_id"]
-    run = await client.runs.create(tid, "supervisor", input=user("Tell me about redis streams"))
+    run = await client.runs.create(tid, "supervisor", input=user("Tell me about redis streams"),
+                                   stream_mode=["values", "custom"])
     async for part in client.runs.join_stream(tid, run["run_id"], stream_mode="custom"):
         if part.event == "custom" and part.data.get("type") == "progress":
             break
