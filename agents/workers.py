@@ -21,11 +21,11 @@ from pydantic import BaseModel, Field
 
 from agents.errors import UnknownRoleError
 from agents.memory import USER_KEY
+from agents.streamed_state import StreamedState
 from agents.streaming import relay
 from agents.telemetry import Usage, collect_usage, continue_trace, record_responses, span
 
 _CONTINUE = object()  # graph input meaning: resume from the last checkpoint
-INTERRUPT = "__interrupt__"  # the key of a streamed state that stopped at interrupts
 
 
 class WorkerRequest(BaseModel):
@@ -70,14 +70,14 @@ class SpecialistWorker:
             raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
         config = {"configurable": {"thread_id": req.thread_id, USER_KEY: req.user_id}}
         graph_input = await self._next_input(graph, config, req)
-        usage, responses, final = Usage(), [], {}
+        usage, responses, final = Usage(), [], StreamedState()
         if graph_input is not None:
             events = self._traced(self._events(graph, graph_input, config, req, final), req,
                                   usage, responses)
             async for event in relay(events, self.token_linger_s):
                 yield event
-        if "values" in final:  # the run's last state, as it streamed: no read-back
-            result = outcome(req, final["values"], final.get("interrupts"))
+        if final.values is not None:  # the run's last state, as it streamed: no read-back
+            result = outcome(req, final.values, final.interrupts)
         else:  # nothing ran (a repeated request): what the thread holds
             result = await self.status(graph, config, req)
         result.usage, result.responses = usage.as_dict(), responses
@@ -120,9 +120,9 @@ class SpecialistWorker:
 
     @staticmethod
     async def _events(graph: CompiledStateGraph, graph_input: Any, config: dict,
-                      req: WorkerRequest, final: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Token and progress events; ``final`` gets the last state streamed and the
-        interrupts it stopped at."""
+                      req: WorkerRequest, final: StreamedState
+                      ) -> AsyncIterator[dict[str, Any]]:
+        """Token and progress events; ``final`` follows the state streamed."""
         graph_input = None if graph_input is _CONTINUE else graph_input
         role = req.role
         async for mode, payload in graph.astream(
@@ -130,9 +130,7 @@ class SpecialistWorker:
             context=req.context
         ):
             if mode == "values":
-                final["values"] = payload
-                if INTERRUPT in payload:
-                    final["interrupts"] = payload[INTERRUPT]
+                final.follow(mode, payload)
                 continue
             if mode == "custom":
                 yield payload

@@ -234,7 +234,7 @@ class Access:
                 await self.limits.check_runs(user.identity)
                 await self.limits.take_run(user.identity)
             run = await self.service.runs.create(thread_id, body, extra_modes, thread_metadata,
-                                                 admitted)
+                                                 admitted, thread)
         except ApiError as exc:
             if entries:
                 await self.approvals.not_applied(thread_id, entries, exc.detail)

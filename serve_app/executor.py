@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agents.checkpoint import dedicated_client, sync_client
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
+from agents.streamed_state import StreamedState
 from serve_app import run_telemetry
 from serve_app.concurrency import LagLimiter, Slots
 from serve_app.event_log import EventWriter
@@ -273,6 +274,7 @@ class RunExecutor:
         observed = run_telemetry.RunTelemetry.begin(run, self.replica_id)  # span, usage
         observed.attach()
         status, error = "success", None
+        final = StreamedState()
         try:
             if run_id in self._cancel_actions:  # asked while it was being started
                 raise asyncio.CancelledError
@@ -283,7 +285,7 @@ class RunExecutor:
             try:
                 async with deadline:
                     async for event, data in observed.watch(
-                            self._events(graph, run, run_config(run, token))):
+                            self._events(graph, run, run_config(run, token), final)):
                         events.append(event, data)
             except TimeoutError:
                 if not deadline.expired():
@@ -314,7 +316,7 @@ class RunExecutor:
             observed.detach()
             if self._tasks.get(run_id) is asyncio.current_task():
                 del self._tasks[run_id]
-        return await asyncio.shield(self._finish(run, status, error, token, events))
+        return await asyncio.shield(self._finish(run, status, error, token, events, final))
 
     async def _started(self, run: dict[str, Any]) -> dict[str, Any] | None:
         """Mark the run running (if nobody moved it since it was read); remember where
@@ -348,9 +350,11 @@ class RunExecutor:
             return None
         return graph_input(run["kwargs"])
 
-    async def _events(self, graph: CompiledStateGraph, run: dict[str, Any],
-                      config: dict) -> AsyncIterator[tuple[str, Any]]:
-        """The API events of one run; ``events`` mode is LangChain's ``astream_events``."""
+    async def _events(self, graph: CompiledStateGraph, run: dict[str, Any], config: dict,
+                      final: StreamedState) -> AsyncIterator[tuple[str, Any]]:
+        """The API events of one run; ``events`` mode is LangChain's ``astream_events``.
+        ``final`` follows the thread's state as streamed (``values`` and ``updates`` are
+        always streamed for it; converted to events only if the run asked for them)."""
         api_modes = frozenset(run["kwargs"].get("stream_mode") or ["values"])
         graph_in = await self._input(run)
         if "events" in api_modes:
@@ -360,25 +364,31 @@ class RunExecutor:
             return
         partials: dict[str, Any] = {}
         subgraphs = bool(run["kwargs"].get("stream_subgraphs"))
-        async for part in graph.astream(graph_in, config, stream_mode=graph_modes(api_modes),
+        modes = sorted({*graph_modes(api_modes), "values", "updates"})
+        async for part in graph.astream(graph_in, config, stream_mode=modes,
                                         subgraphs=subgraphs, **graph_options(run["kwargs"])):
             namespace, mode, chunk = part if subgraphs else ((), *part)
+            if not namespace:
+                final.follow(mode, chunk)
             suffix = "".join(f"|{step}" for step in namespace)  # e.g. updates|child:<task id>
             for event, data in convert(mode, chunk, api_modes, partials):
                 yield event + suffix, data
 
     async def _finish(self, run: dict[str, Any], status: str, error: dict | None,
-                      token: str | None, events: EventWriter) -> dict[str, Any] | None:
+                      token: str | None, events: EventWriter, final: StreamedState
+                      ) -> dict[str, Any] | None:
         """Record the outcome if this attempt still owns the run, tell its stream, free
         the thread. Each write is retried through transient Redis errors: a client must
-        always learn how its run ended."""
+        always learn how its run ended. The thread's state after a run that went to its
+        end is the state it streamed; after any other end it is read back."""
         run_id, thread_id = run["run_id"], run["thread_id"]
         interrupts, answer, state = [], "", None
         if not error:
             graph = self.graphs[run["graph_id"]]
             try:
-                state = await durably(lambda: graph.aget_state(
-                    {"configurable": {"thread_id": thread_id}}))
+                state = final if status == "success" and final.values is not None else \
+                    await durably(lambda: graph.aget_state(
+                        {"configurable": {"thread_id": thread_id}}))
             except Exception as exc:  # the run ended, but its thread cannot be read back
                 log.exception("run %s: reading its final state failed", run_id)
                 status, error = "error", {"error": type(exc).__name__, "message": str(exc)}
@@ -563,3 +573,4 @@ class RunExecutor:
                 log.warning("executor task did not stop in time: %s", task)
                 task.cancel()
         await asyncio.to_thread(self.heartbeat.stop)
+

@@ -161,9 +161,11 @@ class RunsService:
     async def create(self, thread_id: str | None, body: Any,
                      extra_modes: list[str] | None = None,
                      thread_metadata: dict[str, Any] | None = None,
-                     admitted: bool = False) -> dict[str, Any]:
+                     admitted: bool = False, thread: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
         """``thread_metadata``: of the thread, if the run creates it (the auth handler's);
-        ``admitted``: admission already let it in (a batch is admitted as a whole)."""
+        ``admitted``: admission already let it in (a batch is admitted as a whole);
+        ``thread``: its record, if the caller has just read it (not read again)."""
         ctx = self.ctx
         assistant = await self.assistants.find(body.assistant_id)
         graph_id = assistant["graph_id"]
@@ -184,7 +186,7 @@ class RunsService:
             await self.admit()
         stateless = thread_id is None
         thread = await self.run_thread(thread_id, graph_id, body.if_not_exists,
-                                       thread_metadata)
+                                       thread_metadata, thread)
         thread_id = thread["thread_id"]
         if options.get("checkpoint_id"):  # 404 if none (or pruned)
             await self.threads.snapshot(thread, options["checkpoint_id"])
@@ -225,15 +227,16 @@ class RunsService:
         return run
 
     async def run_thread(self, thread_id: str | None, graph_id: str,
-                         if_not_exists: str, metadata: dict[str, Any] | None = None
-                         ) -> dict[str, Any]:
-        """The run's thread: a new one for thread-less runs, created on demand if asked."""
+                         if_not_exists: str, metadata: dict[str, Any] | None = None,
+                         known: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's thread: a new one for thread-less runs, created on demand if asked
+        (``known``: its record as just read)."""
         records = self.ctx.records
         new_metadata = {**(metadata or {}), "graph_id": graph_id}
         if thread_id is None:
             thread, _ = await records.create_thread(None, new_metadata)
             return thread
-        thread = await records.get_thread(thread_id)
+        thread = known or await records.get_thread(thread_id)
         if thread is None:
             if if_not_exists != "create":
                 raise ApiError(404, f"thread {thread_id!r} not found")
