@@ -138,6 +138,26 @@ async def test_the_context_reaches_the_specialists_too(client):
     assert set(run["usage"]["by_model"]) == {"context-model"}  # supervisor and researcher
 
 
+async def test_the_contexts_temperature_and_locale_reach_the_model(client, stub_admin):
+    """Every model call of the run (supervisor and specialist) gets the context's
+    temperature and a system prompt naming its locale; a run without them gets neither."""
+    tid = (await client.threads.create())["thread_id"]
+
+    async def calls_of_a_run(**context) -> list[dict]:
+        started = time.time()
+        await client.runs.wait(tid, "supervisor", input=user("What is Redis persistence?"),
+                               **context)
+        return [c for c in stub_admin.get("/stats").json()["calls"] if c["started"] >= started]
+
+    calls = await calls_of_a_run(context={"temperature": 0.3, "locale": "fr-FR"})
+    assert {call["role"] for call in calls} >= {"supervisor", "researcher"}, calls
+    assert all(call["temperature"] == 0.3 for call in calls), calls
+    assert all(any("fr-FR" in text for text in call["system"]) for call in calls), calls
+    calls = await calls_of_a_run()
+    assert calls and not any(call["temperature"] == 0.3 or
+                             any("fr-FR" in text for text in call["system"]) for call in calls)
+
+
 # no field silently ignored
 SDK_RUN_FIELDS = {  # every field langgraph_sdk's runs.create/stream/wait may send
     "context": {"locale": "fr-FR"},

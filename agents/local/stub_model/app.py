@@ -80,6 +80,14 @@ class ChatRequest(BaseModel):
         return self.tools or self.functions or []
 
 
+def what_was_asked(req: ChatRequest) -> dict[str, Any]:
+    """What a call record keeps of the request, so tests can see what the caller sent:
+    the model, its temperature and the system prompts (a run's context sets them)."""
+    return {"model": req.model, "temperature": (req.model_extra or {}).get("temperature"),
+            "system": [m.content for m in req.messages
+                       if m.role == "system" and isinstance(m.content, str)]}
+
+
 class StubError(Exception):
     """An error answered in OpenAI's shape instead of a traceback."""
 
@@ -256,7 +264,7 @@ async def chat_completions(state: StubState, request: Request) -> Response:
     usage = usage_of(req, messages, reply)
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     record: dict[str, Any] = {"role": role, "started": started, "finished": None,
-                              "status": 200, "stream": req.stream}
+                              "status": 200, "stream": req.stream, **what_was_asked(req)}
     state.calls.append(record)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
