@@ -32,6 +32,7 @@ GRAPH_MODE = {
 API_MODES = (frozenset(GRAPH_MODE) - {"chat"}) | {"events"}
 
 Event = tuple[str, Any]
+CONTROL_EVENTS = frozenset({"metadata", "error", "end"})  # of every run, whatever its modes
 
 
 def graph_modes(api_modes: Iterable[str]) -> list[str]:
@@ -63,6 +64,19 @@ def convert(mode: str, chunk: Any, api_modes: frozenset[str],
     elif mode in api_modes:
         events.append((mode, to_jsonable(chunk)))
     return events
+
+
+def event_in_modes(event: str, modes: frozenset[str]) -> bool:
+    """Whether a run's stored event (``mode`` or ``mode|<namespace>``, as ``convert`` names
+    it) is of one of the API ``modes``; the run's metadata, error and end always are."""
+    base = event.split("|", 1)[0]
+    if base in CONTROL_EVENTS:
+        return True
+    if base.startswith("messages/"):  # messages/partial, /complete, /metadata
+        return "messages" in modes
+    if base == "messages":
+        return "messages-tuple" in modes
+    return base in modes
 
 
 def _custom(chunk: Any, api_modes: frozenset[str]) -> list[Event]:

@@ -573,4 +573,3 @@ class RunExecutor:
                 log.warning("executor task did not stop in time: %s", task)
                 task.cancel()
         await asyncio.to_thread(self.heartbeat.stop)
-

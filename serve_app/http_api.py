@@ -32,7 +32,7 @@ from serve_app.regressions import RunFeedback, record_feedback
 from serve_app.routes_assistants import add_assistant_routes
 from serve_app.routes_crons import CronAccess, add_cron_routes
 from serve_app.routes_store import add_store_routes
-from serve_app.runs import joined_modes, only_modes
+from serve_app.runs import joined_modes
 from serve_app.schemas import (
     ApproveRequest,
     ChatRequest,
@@ -230,11 +230,11 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
         run = await access.create_run(request, None, body)
         return sse(run, run_events(run, body.on_disconnect == "cancel"))
 
-    def run_events(run: dict[str, Any], cancel_on_disconnect: bool,
-                   last_id: str = "0") -> AsyncIterator[bytes]:
+    def run_events(run: dict[str, Any], cancel_on_disconnect: bool, last_id: str = "0",
+                   modes: frozenset[str] | None = None) -> AsyncIterator[bytes]:
         streams = service.streams
         follow = streams.events_or_cancel if cancel_on_disconnect else streams.events
-        return follow(run["thread_id"], run["run_id"], last_id)
+        return follow(run["thread_id"], run["run_id"], last_id, modes)
 
     @api.post("/threads/{thread_id}/runs/wait")
     async def wait_run(request: Request, thread_id: str, body: RunCreate) -> JSONResponse:
@@ -318,9 +318,8 @@ def build_api(service: AgentService, auth: AuthSettings | Authorizer | None = No
         ``stream_mode``, only those of the run's modes."""
         await access.thread(request, thread_id, "read", {"run_id": run_id})
         run = await service.runs.get(thread_id, run_id)
-        modes = joined_modes(run, stream_mode)
-        frames = run_events(run, cancel_on_disconnect, event_id(last_event_id) or "0")
-        return sse(run, frames if modes is None else only_modes(frames, modes))
+        return sse(run, run_events(run, cancel_on_disconnect, event_id(last_event_id) or "0",
+                                   joined_modes(run, stream_mode)))
 
     @api.post("/threads/{thread_id}/runs/{run_id}/cancel", status_code=202)
     async def cancel_run(request: Request, thread_id: str, run_id: str, wait: bool = False,

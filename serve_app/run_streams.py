@@ -10,7 +10,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from serve_app.event_log import entry_events, resume_point
-from serve_app.events import HEARTBEAT, sse_frame
+from serve_app.events import HEARTBEAT, event_in_modes, sse_frame
 from serve_app.jsonable import dumps
 from serve_app.keys import events_key
 from serve_app.records import TERMINAL
@@ -21,9 +21,10 @@ class RunStreams:
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
 
-    async def events(self, thread_id: str, run_id: str,
-                     last_id: str = "0") -> AsyncIterator[bytes]:
-        """SSE frames of a run from its Redis Stream, after ``last_id``, until it ends.
+    async def events(self, thread_id: str, run_id: str, last_id: str = "0",
+                     modes: frozenset[str] | None = None) -> AsyncIterator[bytes]:
+        """SSE frames of a run from its Redis Stream, after ``last_id``, until it ends
+        (with ``modes``, only the events of those API stream modes, and its control events).
 
         Stays open across the run's attempts and always ends with its outcome: if the run
         is over but its stream never got the end (the writes failed, or the events
@@ -55,7 +56,8 @@ class RunStreams:
                     if seen_entry is not None and entry_id.decode() == seen_entry:
                         events = events[seen:]  # resumed inside this entry
                     for event_id, event, data in events:
-                        frames.append(sse_frame(event, data, event_id))
+                        if modes is None or event_in_modes(event.decode(), modes):
+                            frames.append(sse_frame(event, data, event_id))
                         if event in (b"end", b"error"):
                             ended = True
                             break
@@ -67,13 +69,13 @@ class RunStreams:
                 if ended:
                     return
 
-    async def events_or_cancel(self, thread_id: str, run_id: str,
-                               last_id: str = "0") -> AsyncIterator[bytes]:
+    async def events_or_cancel(self, thread_id: str, run_id: str, last_id: str = "0",
+                               modes: frozenset[str] | None = None) -> AsyncIterator[bytes]:
         """``events``, and the run cancelled if the client goes before its end
         (``on_disconnect: cancel``)."""
         ended = False
         try:
-            async for frames in self.events(thread_id, run_id, last_id):
+            async for frames in self.events(thread_id, run_id, last_id, modes):
                 yield frames
             ended = True
         finally:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
@@ -95,9 +93,6 @@ def check_goto(goto: Any, graph: CompiledStateGraph) -> None:
                             f"nodes: {sorted(nodes)}")
 
 
-CONTROL_EVENTS = frozenset({"metadata", "error", "end"})
-
-
 def joined_modes(run: dict[str, Any], asked: list[str] | None) -> frozenset[str] | None:
     """``join_stream``'s ``stream_mode``: some of the run's own modes (422 naming any
     other); None: all of them (the SDK sends an empty value for none)."""
@@ -109,37 +104,6 @@ def joined_modes(run: dict[str, Any], asked: list[str] | None) -> frozenset[str]
     if other:
         raise ApiError(422, f"stream_mode {other}: this run streams {own} only")
     return frozenset(asked)
-
-
-def event_in_modes(event: str, modes: frozenset[str]) -> bool:
-    """Whether a run's event (``mode`` or ``mode|<namespace>``) is of one of ``modes``;
-    the run's metadata, error and end always are."""
-    base = event.split("|", 1)[0]
-    if base in CONTROL_EVENTS:
-        return True
-    if base.startswith("messages/"):  # messages/partial, /complete, /metadata
-        return "messages" in modes
-    if base == "messages":
-        return "messages-tuple" in modes
-    return base in modes
-
-
-def frame_in_modes(frame: bytes, modes: frozenset[str]) -> bool:
-    for line in frame.split(b"\n"):
-        if line.startswith(b"event: "):
-            return event_in_modes(line[7:].decode(), modes)
-    return True  # a heartbeat (an SSE comment)
-
-
-async def only_modes(frames: AsyncIterator[bytes],
-                     modes: frozenset[str]) -> AsyncIterator[bytes]:
-    """A run's SSE frames (blank-line separated; data is one line of JSON), those of
-    ``modes`` only; closing this closes ``frames`` (a cancel on disconnect still runs)."""
-    async with contextlib.aclosing(frames):
-        async for chunk in frames:
-            kept = [f for f in chunk.split(b"\n\n") if f and frame_in_modes(f, modes)]
-            if kept:
-                yield b"\n\n".join(kept) + b"\n\n"
 
 
 class RunsService:
