@@ -262,26 +262,18 @@ async def test_the_sdks_query_and_header_options_have_an_effect_or_a_422(client,
 
 
 # breakpoints and branching
-async def test_interrupt_before_a_node_stops_there_and_a_run_without_input_resumes(client):
+@pytest.mark.parametrize("breakpoint_, stopped_before", [
+    ({"interrupt_before": ["worker"]}, ["worker"]),
+    ({"interrupt_after": ["worker"]}, ["supervisor"]),  # the researcher answered; not yet
+], ids=["interrupt_before", "interrupt_after"])
+async def test_a_breakpoint_stops_the_run_and_a_run_without_input_resumes(
+        client, breakpoint_, stopped_before):
     thread = await client.threads.create()
     tid = thread["thread_id"]
     await client.runs.wait(tid, "supervisor", input=user("What is Redis persistence?"),
-                           interrupt_before=["worker"])
+                           **breakpoint_)
     state = await client.threads.get_state(tid)
-    assert state["next"] == ["worker"]
-    assert (await client.threads.get(tid))["status"] == "interrupted"
-    out = await client.runs.wait(tid, "supervisor", input=None)
-    assert "redis-persistence" in last_message(out)["content"]
-    assert (await client.threads.get_state(tid))["next"] == []
-
-
-async def test_interrupt_after_a_node_stops_after_it_and_a_run_without_input_resumes(client):
-    thread = await client.threads.create()
-    tid = thread["thread_id"]
-    await client.runs.wait(tid, "supervisor", input=user("What is Redis persistence?"),
-                           interrupt_after=["worker"])
-    state = await client.threads.get_state(tid)
-    assert state["next"] == ["supervisor"]  # the researcher answered; the supervisor has not
+    assert state["next"] == stopped_before
     assert (await client.threads.get(tid))["status"] == "interrupted"
     out = await client.runs.wait(tid, "supervisor", input=None)
     assert "redis-persistence" in last_message(out)["content"]
