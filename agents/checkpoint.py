@@ -107,9 +107,4 @@ async def check_redis(redis: AnyRedis, url: str) -> None:
 
 async def create_checkpointer(redis: AnyRedis, settings: RedisSettings) -> LeanRedisSaver:
     """``LeanRedisSaver`` on our pool (it does not close a client it did not create)."""
-    ttl = None
-    if settings.checkpoint_ttl_minutes is not None:
-        ttl = {"default_ttl": settings.checkpoint_ttl_minutes, "refresh_on_read": True}
-    saver = LeanRedisSaver(redis_client=redis, ttl=ttl)
-    await saver.asetup()
-    return saver
+    return LeanRedisSaver(redis_client=redis, ttl_minutes=settings.checkpoint_ttl_minutes)

@@ -1,56 +1,62 @@
-"""A faster writer of ``langgraph-checkpoint-redis``'s own documents.
+"""The checkpointer: LangGraph checkpoints in Redis hashes, one command per step.
 
-Checkpointing is the hot path of every agent step. The stock ``AsyncRedisSaver`` spends it
-in Python: it re-serialises every message of the thread at every step, serialises the
-checkpoint, parses it back and dumps it again with the standard ``json`` module, and makes
-two round trips. ``LeanRedisSaver`` writes the same documents, key for key (so the stock
-saver and its tools read them unchanged), with each message serialised once in its life,
-the checkpoint encoded once, and one pipeline per write.
+Checkpointing is the hot path of every agent step, and on the way to 10,000 users Redis is
+the shared tier. ``langgraph-checkpoint-redis``'s layout stores each checkpoint and each
+pending write as a RedisJSON document indexed by RediSearch: ~31 ``JSON.SET`` per run at
+~120-160 us of Redis's one command thread each (parsing the document into a JSON tree and
+indexing it), most of a run's Redis time. Here the same data is opaque bytes in hashes
+(``HSET``: a copy, no parsing, no index):
 
-On a Redis Cluster (``cluster_mode``, detected from a ``RedisCluster`` client) the layout
-differs from the stock one in one place: the thread id in every key is hash-tagged
-(``checkpoint:{<thread>}:<ns>:<id>``, ``agents.slots``; sub-threads take their parent's
-tag), so a thread's checkpoints, writes, write registries and latest pointer share the hash
-slot of the thread's serving keys, and a write stays one pipeline (and one fenced script).
-The stock saver builds untagged keys, so it cannot read a cluster's checkpoints. RediSearch
-on an OSS cluster indexes each shard's own keys and has no cross-shard query: the indexes are
-created on every master, and each search runs on the master that holds the thread's slot.
+- ``ac:{<thread>}:checkpoints`` (``agents.slots.checkpoints_key``): one hash per thread,
+  holding the checkpoints of the thread and of its specialists' sub-threads, every
+  namespace: field ``<sub-thread suffix>#<ns>#<checkpoint id>`` -> the checkpoint (parent
+  id, run id, checkpoint and metadata as the serializer types them), and field
+  ``<suffix>#<ns>#latest`` -> the latest checkpoint's id. A checkpoint is one ``HSET``.
+- ``ac:{<thread>}:writes:<suffix>#<ns>#<checkpoint id>``: the pending writes of one
+  checkpoint, field ``<task id>:<idx>`` -> (channel, value, task path). One ``HSET`` per
+  task's writes.
+
+Every key carries the thread's hash tag, so a thread and its sub-threads live in one slot of
+a Redis Cluster and every write (one fenced Lua call, ``serve_app.fencing``) stays in it. A
+thread's checkpoints are found by ``HKEYS`` of its hash, never by a search: nothing here
+needs RediSearch, on one Redis or a cluster. Each message is serialised once in its life
+(``MessageCachingSerializer``), the checkpoint once per step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
-import time
+import random
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import ormsgpack
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
+    BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
     CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    writes_sort_key,
 )
-from langgraph.checkpoint.redis.aio import AsyncRedisSaver
-from langgraph.checkpoint.redis.base import REDIS_KEY_SEPARATOR
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
-from langgraph.checkpoint.redis.key_registry import AsyncCheckpointKeyRegistry
-from langgraph.checkpoint.redis.util import to_storage_safe_id, to_storage_safe_str
-from redis.asyncio import RedisCluster
-from redis.commands.search.query import Query
-from redisvl.index import AsyncSearchIndex
-from ulid import ULID
 
-from agents.slots import Shard, every_shard, load_fields, shard_of, tagged
+from agents.slots import (
+    LATEST,
+    checkpoint_field,
+    checkpoint_writes_key,
+    checkpoints_key,
+    parse_checkpoint_field,
+)
 
 Command = tuple[Any, ...]
-MAY_FAIL = "may-fail"  # first word of a command whose failure does not fail the write
 
 
 class MessageCachingSerializer(JsonPlusRedisSerializer):
@@ -87,263 +93,258 @@ def _fingerprint(message: BaseMessage) -> tuple:
             len(getattr(message, "tool_calls", None) or ()))
 
 
-class LeanRedisSaver(AsyncRedisSaver):
-    """``AsyncRedisSaver`` whose checkpoint write is one round trip and one serialisation.
+@dataclass(frozen=True)
+class Stored:
+    """One checkpoint as the hash holds it, decoded only as far as asked."""
 
-    The stock ``aput`` serialises the checkpoint, parses it back, and has redis-py dump it
-    again with the standard ``json`` module, then sets the latest-checkpoint pointer in a
-    second round trip. Here the serialised bytes are embedded as they are
-    (``orjson.Fragment``) and both writes share a pipeline. The stored documents are the
-    stock ones, key for key, so the stock saver and its tools read them unchanged.
+    thread_id: str
+    ns: str
+    checkpoint_id: str
+    parent_id: str
+    run_id: str
+    payload: tuple[str, bytes, str, bytes]  # checkpoint type + bytes, metadata type + bytes
+
+    @classmethod
+    def unpack(cls, thread_id: str, ns: str, checkpoint_id: str, raw: bytes) -> Stored:
+        parent_id, run_id, *payload = ormsgpack.unpackb(raw)
+        return cls(thread_id, ns, checkpoint_id, parent_id, run_id, tuple(payload))
+
+
+class LeanRedisSaver(BaseCheckpointSaver[str]):
+    """LangGraph's checkpointer interface over the hashes described above.
+
+    ``ttl_minutes`` expires a thread's checkpoints that long after their last write. A
+    subclass decides how a write's commands reach Redis (``_write``: a pipeline here, a
+    fenced script in ``serve_app.fencing``).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.serde = MessageCachingSerializer()
+    def __init__(self, redis_client: Any, ttl_minutes: float | None = None):
+        super().__init__(serde=MessageCachingSerializer())
+        self._redis = redis_client
+        self.ttl_minutes = ttl_minutes
 
-    async def asetup(self) -> None:
-        """On a cluster: the stock setup, but with the indexes created on every master
-        (through the cluster client ``FT.CREATE`` reaches one node only) and searched on
-        the thread's shard, and the write registry's keys tagged."""
-        if not isinstance(self._redis, RedisCluster):
-            return await super().asetup()
-        self.loop = asyncio.get_running_loop()
-        self.cluster_mode = True
-        self.create_indexes()
-        for index in (self.checkpoints_index, self.checkpoint_writes_index):
-            for shard in every_shard(self._redis):
-                schema = index.schema.model_copy(deep=True)
-                schema.index.name = shard.index(schema.index.name)
-                await AsyncSearchIndex(schema, redis_client=shard.client).create(
-                    overwrite=False)
-            index._redis_client = ShardRouter(self._redis)
-        self._key_registry = TaggedKeyRegistry(self._redis)
-
-    # cluster: keys tagged by thread, searches on the thread's shard
-    def _thread_part(self, thread_id: str) -> str:
-        """The thread id as keys carry it: hash-tagged on a cluster."""
-        return tagged(str(to_storage_safe_id(thread_id))) if self.cluster_mode else thread_id
-
-    def _make_redis_checkpoint_key(self, thread_id: str, *rest: Any) -> str:
-        return super()._make_redis_checkpoint_key(self._thread_part(thread_id), *rest)
-
-    def _make_redis_checkpoint_key_cached(self, thread_id: str, *rest: Any) -> str:
-        return super()._make_redis_checkpoint_key_cached(self._thread_part(thread_id), *rest)
-
-    def _make_redis_checkpoint_latest_key(self, thread_id: str, *rest: Any) -> str:
-        return super()._make_redis_checkpoint_latest_key(self._thread_part(thread_id), *rest)
-
-    def _make_redis_checkpoint_writes_key(self, thread_id: str, *rest: Any) -> str:
-        return super()._make_redis_checkpoint_writes_key(self._thread_part(thread_id), *rest)
-
-    def _make_redis_checkpoint_writes_key_cached(self, thread_id: str, *rest: Any) -> str:
-        return super()._make_redis_checkpoint_writes_key_cached(self._thread_part(thread_id),
-                                                                *rest)
-
-    def shard_of(self, thread_id: str) -> Shard:
-        """Where to ``FT.SEARCH`` a thread's (and its sub-threads') documents: on a cluster,
-        the master that holds the thread's slot, whose own copies of the indexes cover them."""
-        return shard_of(self._redis, self._make_redis_checkpoint_latest_key(thread_id, ""))
-
-    @contextlib.contextmanager
-    def _on_shard_of(self, thread_id: str | None) -> Iterator[None]:
-        token = _SHARD.set(self.shard_of(thread_id)
-                           if self.cluster_mode and thread_id is not None else None)
-        try:
-            yield
-        finally:
-            _SHARD.reset(token)
-
-    async def aget_tuple(self, config: RunnableConfig) -> Any:
-        with self._on_shard_of(config["configurable"].get("thread_id")):
-            return await super().aget_tuple(config)
-
-    async def alist(self, config: RunnableConfig | None, **kwargs: Any) -> AsyncIterator[Any]:
-        thread_id = (config or {}).get("configurable", {}).get("thread_id")
-        if not self.cluster_mode or thread_id is None:
-            async for item in super().alist(config, **kwargs):
-                yield item
-            return
-        with self._on_shard_of(thread_id):  # collected before yielding: the context is ours
-            items = [item async for item in super().alist(config, **kwargs)]
-        for item in items:
-            yield item
-
-    async def adelete_thread(self, thread_id: str) -> None:
-        with self._on_shard_of(thread_id):
-            await super().adelete_thread(thread_id)
-
-    async def alatest_checkpoint_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
-        """The id of a thread's latest checkpoint from its pointer alone: one ``GET``, no
-        document read or deserialisation (the pointer's value is the checkpoint's key,
-        whose last segment is the id)."""
-        key = await self._redis.get(self._make_redis_checkpoint_latest_key(thread_id,
-                                                                             checkpoint_ns))
-        return key.decode().rsplit(REDIS_KEY_SEPARATOR, 1)[-1] if key else None
-
+    # writing
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
-                   metadata: CheckpointMetadata, new_versions: ChannelVersions,
-                   *args: Any, **kwargs: Any) -> RunnableConfig:
-        metadata = with_run_metadata(config, metadata)
+                   metadata: CheckpointMetadata, new_versions: ChannelVersions
+                   ) -> RunnableConfig:
         configurable = config["configurable"]
-        thread_id, checkpoint_ns = configurable["thread_id"], configurable["checkpoint_ns"]
-        parent_id = configurable.get("checkpoint_id")
+        thread_id = configurable["thread_id"]
+        ns = configurable.get("checkpoint_ns", "")
+        parent_id = configurable.get("checkpoint_id") or ""
+        metadata = with_run_metadata(config, metadata)
+        run_id = str(configurable.get("run_id") or metadata.get("run_id") or "")
         checkpoint_id = checkpoint["id"]
-        body = {"type": "json", **checkpoint, "pending_sends": []}
-        body["channel_versions"] = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
-        type_, data = self.serde.dumps_typed(body)
-        if type_ != "json" or not checkpoint_id:
-            await self._before_stock_write(config)  # the stock path covers the rare cases
-            return await super().aput(config, checkpoint, metadata, new_versions, *args,
-                                      **kwargs)
-        run_id = configurable.get("run_id", metadata.get("run_id"))
-        document = {
-            "thread_id": to_storage_safe_id(thread_id),
-            "run_id": to_storage_safe_id(run_id) if run_id else "",
-            "checkpoint_ns": to_storage_safe_str(checkpoint_ns),
-            "checkpoint_id": to_storage_safe_id(checkpoint_id),
-            "parent_checkpoint_id": to_storage_safe_id(parent_id)
-            if parent_id and parent_id != checkpoint_id else "",
-            "checkpoint_ts": _timestamp_ms(checkpoint_id),
-            "checkpoint": orjson.Fragment(data),
-            "metadata": self._dump_metadata(metadata),
-            "has_writes": False,
-        }
-        if "source" in metadata and "step" in metadata:
-            document["source"], document["step"] = metadata["source"], metadata["step"]
-        key = self._make_redis_checkpoint_key_cached(thread_id, checkpoint_ns, checkpoint_id)
-        latest = self._make_redis_checkpoint_latest_key(thread_id, checkpoint_ns)
-        await self._write(config, [("JSON.SET", key, "$", orjson.dumps(document)),
-                                   ("SET", latest, key), *self._expiring(key, latest)])
-        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns,
+        record = ormsgpack.packb([parent_id, run_id, *self.serde.dumps_typed(checkpoint),
+                                  *self.serde.dumps_typed(metadata)])
+        key = checkpoints_key(thread_id)
+        await self._write(config, [
+            ("HSET", key, checkpoint_field(thread_id, ns, checkpoint_id), record,
+             checkpoint_field(thread_id, ns, LATEST), checkpoint_id),
+            *self._expiring(key)])
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                  "checkpoint_id": checkpoint_id}}
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                           task_id: str, task_path: str = "") -> None:
-        """The stock documents and pipeline, each encoded once by orjson."""
         if not writes:
-            await self._before_stock_write(config)
-            return await super().aput_writes(config, writes, task_id, task_path)
+            return
         configurable = config["configurable"]
-        thread_id, checkpoint_id = configurable["thread_id"], configurable["checkpoint_id"]
-        checkpoint_ns = configurable.get("checkpoint_ns", "")
-        commands: list[Command] = []
-        keys = []
+        key = checkpoint_writes_key(configurable["thread_id"],
+                                    configurable.get("checkpoint_ns", ""),
+                                    configurable["checkpoint_id"])
+        fields: list[Any] = []
         for index, (channel, value) in enumerate(writes):
-            type_, blob = self.serde.dumps_typed(value)
-            idx = WRITES_IDX_MAP.get(channel, index)
-            key = self._make_redis_checkpoint_writes_key_cached(
-                thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
-            document = {
-                "thread_id": to_storage_safe_id(thread_id),
-                "checkpoint_ns": to_storage_safe_str(checkpoint_ns),
-                "checkpoint_id": to_storage_safe_id(checkpoint_id),
-                "task_id": task_id, "task_path": task_path, "idx": idx, "channel": channel,
-                "type": type_, "blob": self._encode_blob(blob),
-            }
-            commands.append(("JSON.SET", key, "$", orjson.dumps(document)))
-            keys.append(key)
-        checkpoint_key = self._make_redis_checkpoint_key(thread_id, checkpoint_ns, checkpoint_id)
-        commands.append((MAY_FAIL, "JSON.MERGE", checkpoint_key, "$", b'{"has_writes":true}'))
-        if self._key_registry:
-            registry = self._key_registry.make_write_keys_zset_key(
-                thread_id, checkpoint_ns, checkpoint_id)
-            commands.append(("ZADD", registry, *(x for index, key in enumerate(keys)
-                                                 for x in (index, key))))
-            keys.append(registry)
-        await self._write(config, commands + self._expiring(*keys))
+            fields += [f"{task_id}:{WRITES_IDX_MAP.get(channel, index)}",
+                       ormsgpack.packb([channel, *self.serde.dumps_typed(value), task_path])]
+        await self._write(config, [("HSET", key, *fields), *self._expiring(key)])
 
     async def _write(self, config: RunnableConfig, commands: list[Command]) -> None:
-        """One pipeline. A cancelled run still stores what it was writing, as the stock saver
-        does. Commands marked ``MAY_FAIL`` may: LangGraph saves a step's writes and its
-        checkpoint concurrently, so the checkpoint that ``JSON.MERGE`` flags may not exist
-        yet (the stock saver lets that pass too)."""
+        """One pipeline. A cancelled run still stores what it was writing."""
         pipe = self._redis.pipeline(transaction=False)
         for command in commands:
-            pipe.execute_command(*command[command[0] == MAY_FAIL:])
-        results = await asyncio.shield(pipe.execute(raise_on_error=False))
-        for command, result in zip(commands, results, strict=True):
-            if isinstance(result, Exception) and command[0] != MAY_FAIL:
-                raise result
-
-    async def _before_stock_write(self, config: RunnableConfig) -> None:
-        """Called before a write falls back to the stock saver; a hook for subclasses."""
+            pipe.execute_command(*command)
+        await asyncio.shield(pipe.execute())
 
     def _expiring(self, *keys: str) -> list[Command]:
-        if not (self.ttl_config and "default_ttl" in self.ttl_config):
+        if self.ttl_minutes is None:
             return []
-        return [("EXPIRE", key, int(self.ttl_config["default_ttl"] * 60)) for key in keys]
+        return [("EXPIRE", key, int(self.ttl_minutes * 60)) for key in keys]
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """LangGraph's own scheme (a counter, then a random tie-breaker), as its savers."""
+        number = 0 if current is None else int(str(current).split(".")[0])
+        return f"{number + 1:032}.{random.random():016}"
+
+    # reading
+    async def alatest_checkpoint_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
+        """The id of a thread's latest checkpoint: one ``HGET``, nothing decoded."""
+        found = await self._redis.hget(checkpoints_key(thread_id),
+                                       checkpoint_field(thread_id, checkpoint_ns, LATEST))
+        return _text(found) if found else None
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        configurable = config["configurable"]
+        thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
+        checkpoint_id = get_checkpoint_id(config) or \
+            await self.alatest_checkpoint_id(thread_id, ns)
+        if not checkpoint_id:
+            return None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(checkpoints_key(thread_id), checkpoint_field(thread_id, ns,
+                                                                   checkpoint_id))
+            pipe.hgetall(checkpoint_writes_key(thread_id, ns, checkpoint_id))
+            raw, writes = await pipe.execute()
+        if raw is None:
+            return None
+        return self._tuple(Stored.unpack(thread_id, ns, checkpoint_id, raw), writes)
+
+    async def alist(self, config: RunnableConfig | None, *,
+                    filter: dict[str, Any] | None = None,
+                    before: RunnableConfig | None = None,
+                    limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        """A thread's checkpoints, newest first (a thread is required: listing every
+        thread would scan the keyspace). Without ``checkpoint_ns``: every namespace."""
+        if not config or "thread_id" not in config.get("configurable", {}):
+            raise ValueError("listing checkpoints needs a thread_id")
+        configurable = config["configurable"]
+        thread_id = configurable["thread_id"]
+        wanted = get_checkpoint_id(config)
+        before_id = get_checkpoint_id(before) if before else None
+        found = [s for s in await self.stored(thread_id, configurable.get("checkpoint_ns"))
+                 if (not wanted or s.checkpoint_id == wanted)
+                 and (not before_id or s.checkpoint_id < before_id)]
+        found.sort(key=lambda s: s.checkpoint_id, reverse=True)
+        picked = []
+        for stored in found:
+            if limit is not None and len(picked) >= limit:
+                break
+            if filter:
+                metadata = self.serde.loads_typed(stored.payload[2:])
+                if any(metadata.get(k) != v for k, v in filter.items()):
+                    continue
+            picked.append(stored)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stored in picked:
+                pipe.hgetall(checkpoint_writes_key(thread_id, stored.ns, stored.checkpoint_id))
+            writes = await pipe.execute() if picked else []
+        for stored, stored_writes in zip(picked, writes, strict=True):
+            yield self._tuple(stored, stored_writes)
+
+    async def stored(self, thread_id: str, ns: str | None = None,
+                     sub_threads: bool = False) -> list[Stored]:
+        """The thread's checkpoints (or its sub-threads'), undecoded, in no order."""
+        key = checkpoints_key(thread_id)
+        fields = [f for f in map(_text, await self._redis.hkeys(key))
+                  if _mine(parse_checkpoint_field(thread_id, f), thread_id, ns, sub_threads)]
+        if not fields:
+            return []
+        found = []
+        for field, raw in zip(fields, await self._redis.hmget(key, fields), strict=True):
+            owner, field_ns, checkpoint_id = parse_checkpoint_field(thread_id, field)
+            if raw is not None:
+                found.append(Stored.unpack(owner, field_ns, checkpoint_id, raw))
+        return found
+
+    def _tuple(self, stored: Stored, writes: dict[bytes, bytes]) -> CheckpointTuple:
+        thread_id, ns = stored.thread_id, stored.ns
+        pending = []
+        for field, raw in writes.items():
+            task_id, _, idx = _text(field).rpartition(":")
+            channel, type_, blob, task_path = ormsgpack.unpackb(raw)
+            pending.append((writes_sort_key(task_path, task_id, int(idx)),
+                            (task_id, channel, self.serde.loads_typed((type_, blob)))))
+        pending.sort(key=lambda item: item[0])
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                     "checkpoint_id": stored.checkpoint_id}},
+            checkpoint=self.serde.loads_typed(stored.payload[:2]),
+            metadata=self.serde.loads_typed(stored.payload[2:]),
+            parent_config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                            "checkpoint_id": stored.parent_id}}
+            if stored.parent_id else None,
+            pending_writes=[write for _, write in pending],
+        )
+
+    # deleting
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Every checkpoint and write of ``thread_id`` (not of its sub-threads)."""
+        await self.delete(thread_id, await self.stored(thread_id), pointers=True)
+
+    async def delete(self, thread_id: str, doomed: Iterable[Stored],
+                     pointers: bool = False) -> int:
+        """Drop ``doomed`` (checkpoints of ``thread_id`` or of its sub-threads) with their
+        writes; ``pointers``: also the latest pointers of their namespaces."""
+        doomed = list(doomed)
+        fields = [checkpoint_field(s.thread_id, s.ns, s.checkpoint_id) for s in doomed]
+        if pointers:
+            fields += list({checkpoint_field(s.thread_id, s.ns, LATEST) for s in doomed})
+        if not fields:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(checkpoints_key(thread_id), *fields)
+            for start in range(0, len(doomed), 500):
+                pipe.delete(*[checkpoint_writes_key(s.thread_id, s.ns, s.checkpoint_id)
+                              for s in doomed[start:start + 500]])
+            await pipe.execute()
+        return len(doomed)
+
+    async def point_latest(self, thread_id: str, ns: str, checkpoint_id: str | None) -> None:
+        """Make ``checkpoint_id`` the latest of ``thread_id``'s ``ns`` (None: no latest)."""
+        field = checkpoint_field(thread_id, ns, LATEST)
+        if checkpoint_id is None:
+            await self._redis.hdel(checkpoints_key(thread_id), field)
+        else:
+            await self._redis.hset(checkpoints_key(thread_id), field, checkpoint_id)
+
+    async def write_channels(self, thread_id: str, ns: str, checkpoint_id: str
+                             ) -> dict[bytes, tuple[str, str]]:
+        """The pending writes of one checkpoint: field -> (task id, channel)."""
+        found = await self._redis.hgetall(checkpoint_writes_key(thread_id, ns, checkpoint_id))
+        return {field: (_text(field).rpartition(":")[0], ormsgpack.unpackb(raw)[0])
+                for field, raw in found.items()}
+
+    async def drop_writes(self, thread_id: str, ns: str, checkpoint_id: str,
+                          fields: list[bytes]) -> None:
+        if fields:
+            await self._redis.hdel(checkpoint_writes_key(thread_id, ns, checkpoint_id),
+                                   *fields)
+
+    async def delete_all(self, thread_id: str) -> int:
+        """Every checkpoint and write of a thread and of its sub-threads; how many keys
+        went."""
+        key = checkpoints_key(thread_id)
+        keys = [key]
+        for field in map(_text, await self._redis.hkeys(key)):
+            owner, ns, checkpoint_id = parse_checkpoint_field(thread_id, field)
+            if checkpoint_id != LATEST:
+                keys.append(checkpoint_writes_key(owner, ns, checkpoint_id))
+        deleted = 0
+        for start in range(0, len(keys), 500):
+            deleted += await self._redis.delete(*keys[start:start + 500])
+        return deleted
+
+    def decode(self, stored: Stored) -> Checkpoint:
+        return self.serde.loads_typed(stored.payload[:2])
 
 
-_SHARD: ContextVar[Shard | None] = ContextVar("checkpoint_search_shard", default=None)
-
-
-class ShardRouter:
-    """The client the saver's RediSearch indexes use on a cluster: the shard chosen for the
-    current call (``LeanRedisSaver._on_shard_of``) with its copy of the index, else the
-    cluster client itself."""
-
-    def __init__(self, cluster: RedisCluster):
-        self._cluster = cluster
-
-    def ft(self, index_name: str) -> Any:
-        shard = _SHARD.get()
-        if shard is None:
-            return self._cluster.ft(index_name)
-        return SlotLocalSearch(shard.client.ft(shard.index(index_name)), self._cluster)
-
-    def __getattr__(self, name: str) -> Any:
-        shard = _SHARD.get()
-        return getattr(shard.client if shard else self._cluster, name)
-
-
-class SlotLocalSearch:
-    """A shard's ``ft(index)``: matching keys from the index, their fields from the documents
-    (``agents.slots.load_fields``: RediSearch on a cluster loads only documents in its index
-    name's slot)."""
-
-    def __init__(self, search: Any, cluster: RedisCluster):
-        self._search = search
-        self._cluster = cluster
-
-    async def search(self, query: Any, query_params: Any = None) -> Any:
-        if not isinstance(query, Query):
-            return await self._search.search(query, query_params)
-        fields = [f.decode() if isinstance(f, bytes) else f for f in query._return_fields]
-        result = await self._search.search(copy.copy(query).no_content(), query_params)
-        ids = [d.id.decode() if isinstance(d.id, bytes) else d.id for d in result.docs]
-        for doc, row in zip(result.docs, await load_fields(self._cluster, ids, fields),
-                            strict=True):
-            doc.__dict__.update(row)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._search, name)
-
-
-class TaggedKeyRegistry(AsyncCheckpointKeyRegistry):
-    """The stock write registry with the thread id hash-tagged, as the saver's cluster keys."""
-
-    @staticmethod
-    def make_write_keys_zset_key(thread_id: str, checkpoint_ns: str, checkpoint_id: str
-                                 ) -> str:
-        return AsyncCheckpointKeyRegistry.make_write_keys_zset_key(
-            tagged(str(to_storage_safe_id(thread_id))), checkpoint_ns, checkpoint_id)
+def _mine(parsed: tuple[str, str, str], thread_id: str, ns: str | None,
+          sub_threads: bool) -> bool:
+    owner, field_ns, checkpoint_id = parsed
+    if checkpoint_id == LATEST or (ns is not None and field_ns != ns):
+        return False
+    return owner != thread_id if sub_threads else owner == thread_id
 
 
 def with_run_metadata(config: RunnableConfig, metadata: CheckpointMetadata
                       ) -> CheckpointMetadata:
     """The checkpoint's metadata plus the run's (``config["metadata"]``: run id, graph,
-    attempt), as LangGraph's in-memory and SQL savers store it and the stock Redis saver
-    does not; so each checkpoint names the run that made it, and history filters on it."""
+    attempt), as LangGraph's in-memory and SQL savers store it; so each checkpoint names
+    the run that made it, and history filters on it."""
     extra = {k: v for k, v in (config.get("metadata") or {}).items()
              if k not in metadata and not k.startswith("__")
              and isinstance(v, str | int | float | bool)}
     return {**metadata, **extra} if extra else metadata
 
 
-def _timestamp_ms(checkpoint_id: str) -> float:
-    try:
-        return ULID.from_str(checkpoint_id).timestamp
-    except (ValueError, TypeError):  # not a ULID: the stock saver uses the time too
-        return time.time() * 1000
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,23 +1,21 @@
 """The one hash slot of a thread's keys, so a Redis Cluster can hold them.
 
-Every key of a thread (the serving layer's, ``serve_app.keys``; the checkpointer's on a
-cluster, ``agents.redis_saver``; the effect ledger's) carries one hash tag: the thread id up
+Every key of a thread (the serving layer's, ``serve_app.keys``; the checkpointer's, built
+here for ``agents.redis_saver``; the effect ledger's) carries one hash tag: the thread id up
 to its first ``/``. A specialist's sub-thread is ``<thread>/<role>/<task id>``
 (``agents.supervisor.sub_thread_id``), so it lands in its parent's slot, and every Lua
 script or MULTI over a thread's keys stays within one slot.
 
 RediSearch on an OSS cluster has no cross-shard coordinator: an index covers the keys of the
-shard it was created on, so indexes are created on every master and a search goes to the
-master that holds the keys it is about (``shard_of``).
+shard it was created on, so a search goes to the master that holds the keys it is about
+(``shard_of``: the long-term store's and the corpus's indexes).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -33,6 +31,34 @@ def tagged(thread_id: str) -> str:
 def untagged(text: str) -> str:
     """The id back from ``tagged(id)`` (its first pair of braces removed)."""
     return text.replace("{", "", 1).replace("}", "", 1)
+
+
+# The checkpointer's keys (``agents.redis_saver``): a thread's checkpoints, and its
+# sub-threads', in one hash under the thread's tag; each checkpoint's writes in a hash of
+# their own. A field is ``<sub-thread suffix>#<ns>#<checkpoint id>`` (the suffix is what
+# follows the thread id in a sub-thread's id: ``/<role>/<task id>``, empty for the thread).
+LATEST = "latest"  # the checkpoint id field naming a namespace's latest checkpoint
+
+
+def checkpoints_key(thread_id: str) -> str:
+    return f"ac:{{{thread_id.partition('/')[0]}}}:checkpoints"
+
+
+def checkpoint_field(thread_id: str, ns: str, checkpoint_id: str) -> str:
+    _, slash, rest = thread_id.partition("/")
+    return f"{slash}{rest}#{ns}#{checkpoint_id}"
+
+
+def checkpoint_writes_key(thread_id: str, ns: str, checkpoint_id: str) -> str:
+    return f"ac:{{{thread_id.partition('/')[0]}}}:writes:" + \
+        checkpoint_field(thread_id, ns, checkpoint_id)
+
+
+def parse_checkpoint_field(thread_id: str, field: str) -> tuple[str, str, str]:
+    """(thread or sub-thread id, namespace, checkpoint id) of a field of
+    ``checkpoints_key(thread_id)``."""
+    suffix, ns, checkpoint_id = field.rsplit("#", 2)
+    return thread_id.partition("/")[0] + suffix, ns, checkpoint_id
 
 
 
@@ -62,7 +88,7 @@ def shard_of(client: Redis | RedisCluster, key: str) -> Shard:
 
 
 def every_shard(client: Redis | RedisCluster) -> list[Shard]:
-    """Every master (to create an index on each)."""
+    """Every master (to create an index, or load a script, on each)."""
     if not isinstance(client, RedisCluster):
         return [Shard(client)]
     return [_shard(client, node) for node in client.get_primaries()]
@@ -77,36 +103,3 @@ def _shard(client: RedisCluster, node: ClusterNode) -> Shard:
                    if client.get_node_from_key(tag).name == node.name)
         known[node.name] = Shard(Redis(host=node.host, port=node.port, **kwargs), tag)
     return known[node.name]
-
-
-async def load_fields(cluster: RedisCluster, keys: list[str], fields: list[str]
-                      ) -> list[dict[str, str]]:
-    """What ``FT.SEARCH ... RETURN fields`` gives for JSON documents ``keys``, read from the
-    documents themselves. On an OSS cluster RediSearch loads a document only when it shares
-    the hash slot of the index's name (a module's reads stay in its command's slot), so a
-    shard's search takes the matching keys from the index (``NOCONTENT``) and this reads
-    their fields: ``name`` is ``$.name``; strings as they are, other values as JSON."""
-    pipe = cluster.pipeline(transaction=False)
-    for key in keys:
-        pipe.execute_command("JSON.GET", key, "$")
-    found = []
-    for raw in await pipe.execute():
-        if isinstance(raw, bytes | str):  # redis-py may have parsed it already
-            raw = json.loads(raw)
-        document = (raw or [{}])[0]
-        row = {}
-        for field in fields or list(document):
-            value = _at(document, field.removeprefix("$."))
-            if value is not None:
-                row[field] = value if isinstance(value, str) else json.dumps(
-                    value, separators=(",", ":"))
-        found.append(row)
-    return found
-
-
-def _at(document: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(document, dict):
-            return None
-        document = document.get(part)
-    return document

@@ -8,7 +8,7 @@ Redis under test, so the app's own commands are captured once and replayed by a 
 
 1. **Capture** (``capture``): ``MONITOR`` on the Redis of a real run (the Serve app on a
    one-master embedded cluster, ``CaptureTarget``: the cluster's own mix, with hash-tagged
-   keys, per-shard RediSearch indexes and their ``NOCONTENT`` + ``JSON.GET`` reads) while a
+   keys) while a
    few simulated users open threads and take turns. Commands a Lua script runs are skipped
    (its ``EVALSHA`` replays them), so are the app's set-up and admin commands; blocking reads
    become their non-blocking forms (the replay measures work, not waits). The script cache
@@ -45,7 +45,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-from agents.checkpoint import close_redis, create_checkpointer, create_redis
+from agents.checkpoint import close_redis, create_redis
 from agents.local.redis_cluster import EmbeddedRedisCluster
 from agents.settings import RedisSettings, Settings
 from agents.slots import Shard, every_shard, shard_of
@@ -335,12 +335,10 @@ class Replayer:
         self.searches: Counter[bool] = Counter()  # FT.SEARCH replies by "found something"
 
     async def prepare(self) -> None:
-        """The indexes as the app creates them (the checkpointer's on every master, the
-        corpus's on its shard, with its documents) and the app's scripts on each master."""
-        cluster = isinstance(self.client, RedisCluster)
+        """The indexes as the app creates them (the corpus's on its shard, with its
+        documents) and the app's scripts on each master."""
         await self.client.ping()  # a cluster client learns the slot map
         self.shards = every_shard(self.client)
-        await create_checkpointer(self.client, RedisSettings(cluster=cluster))
         await prepare_tools(self.client, Settings())
         for shard in self.shards:
             for source in self.trace.scripts.values():

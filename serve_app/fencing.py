@@ -13,25 +13,20 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 
 from agents.errors import AgentClusterError
-from agents.redis_saver import MAY_FAIL, Command, LeanRedisSaver
+from agents.redis_saver import Command, LeanRedisSaver
 from serve_app.keys import thread_lease_key
-from serve_app.leases import Leases
 
 FENCE = "fence_token"
 
 # KEYS[1]: the thread's lease, then every key the commands write (declared, as a cluster
 # requires; all in the thread's slot); ARGV[1]: the writer's token; then each command as its
-# word count followed by its words, the first word MAY_FAIL for a command allowed to fail.
-_FENCED_WRITE = f"""
+# word count followed by its words.
+_FENCED_WRITE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  if ARGV[i + 1] == '{MAY_FAIL}' then
-    redis.pcall(unpack(ARGV, i + 2, i + n))
-  else
-    redis.call(unpack(ARGV, i + 1, i + n))
-  end
+  redis.call(unpack(ARGV, i + 1, i + n))
   i = i + n + 1
 end
 return 1
@@ -46,9 +41,8 @@ class FencedRedisSaver(LeanRedisSaver):
     """``LeanRedisSaver`` whose writes happen only while the writer's fencing token (in the
     run's config) still holds the thread's lease; a write without a token is not fenced."""
 
-    def __init__(self, *args: Any, leases: Leases, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.leases = leases
         self._fenced_write = self._redis.register_script(_FENCED_WRITE)
 
     async def _write(self, config: RunnableConfig, commands: list[Command]) -> None:
@@ -59,14 +53,9 @@ class FencedRedisSaver(LeanRedisSaver):
         keys = [thread_lease_key(thread_id)]
         for command in commands:
             args += [len(command), *command]
-            keys.append(command[2] if command[0] == MAY_FAIL else command[1])
+            keys.append(command[1])
         if not await asyncio.shield(self._fenced_write(keys=list(dict.fromkeys(keys)),
                                                        args=args)):
-            raise LeaseLost(f"run lost thread {thread_id!r} (token {token})")
-
-    async def _before_stock_write(self, config: RunnableConfig) -> None:
-        thread_id, token = _fence(config)
-        if token and not await self.leases.holds(thread_id, token):
             raise LeaseLost(f"run lost thread {thread_id!r} (token {token})")
 
 

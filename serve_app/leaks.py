@@ -8,10 +8,10 @@ lists ``key  reason`` when it finds orphans:
 - a key under a thread's hash tag (``ac:{<thread>}:...``) whose thread record is gone (an
   audit list with a TTL, kept by ``retention.keep_audit_on_delete``, is not an orphan);
 - a run record or event stream its thread's run index does not name;
-- a checkpoint document, write, write registry or latest pointer of a thread (or of a
-  specialist's sub-thread ``<thread>/<role>/<task>``) with no thread record; writes and
-  registries of a checkpoint that is gone; a pointer to a checkpoint that is gone;
-- a specialist's sub-thread whose result is already in its idle parent (retention missed it);
+- the checkpoints of a thread with no thread record (they are under its hash tag); the
+  writes of a checkpoint that is gone;
+- a specialist's sub-thread (``<thread>/<role>/<task>``) whose result is already in its idle
+  parent (retention missed it): reported as ``<checkpoint hash>[<sub-thread>]``;
 - an effect ledger entry (``ac:effect:...``) of a thread that is gone and named by no
   audit list;
 - members of the global indexes (``ac:threads``, ``ac:expiry``) and of run pools' sets
@@ -34,7 +34,8 @@ from redis.asyncio import Redis
 
 from agents.checkpoint import create_redis
 from agents.effects import LEDGER_PREFIX
-from agents.slots import untagged
+from agents.redis_saver import LeanRedisSaver
+from agents.slots import checkpoints_key, parse_checkpoint_field, untagged
 from serve_app.keys import (
     ALL_THREADS,
     PREFIX,
@@ -47,7 +48,6 @@ from serve_app.keys import (
 from serve_app.keys import thread_runs_key as runs_key
 from serve_app.retention import _text
 
-SAVER_PREFIXES = ("checkpoint_write:", "write_keys_zset:", "checkpoint_latest:", "checkpoint:")
 TAGGED = re.compile(r"^ac:\{(?P<tag>[^}]*)\}:(?P<rest>.*)$")
 SUB_THREAD = re.compile(r"^(?P<parent>.+)/[^/]+/[^/]+$")
 
@@ -55,6 +55,7 @@ SUB_THREAD = re.compile(r"^(?P<parent>.+)/[^/]+/[^/]+$")
 class LeakCheck:
     def __init__(self, redis: Redis, thread_prefix: str = ""):
         self.redis = redis
+        self.saver = LeanRedisSaver(redis)
         self.prefix = thread_prefix
         self._threads: dict[str, bool] = {}
         self._finished_subs: dict[str, set[str] | None] = {}
@@ -84,6 +85,7 @@ class LeakCheck:
             if reason:
                 found.append((key, reason))
         found += await self.index_members()
+        found += await self.finished_sub_threads_found()
         return sorted(found)
 
     async def classify(self, key: str) -> str | None:
@@ -92,9 +94,6 @@ class LeakCheck:
             return await self._thread_key(tagged["tag"], tagged["rest"], key)
         if key.startswith(LEDGER_PREFIX):
             return await self._ledger(key)
-        for prefix in SAVER_PREFIXES:
-            if key.startswith(prefix):
-                return await self._saver_key(prefix, key)
         return None
 
     async def _thread_key(self, thread_id: str, rest: str, key: str) -> str | None:
@@ -108,6 +107,9 @@ class LeakCheck:
         if parts[0] == "run" and len(parts) >= 2 and \
                 await self.redis.zscore(runs_key(thread_id), parts[1]) is None:
             return "a run its thread does not list"
+        if parts[0] == "writes" and not await self.redis.hexists(
+                checkpoints_key(thread_id), rest.removeprefix("writes:")):
+            return "writes of a checkpoint that is gone"
         return None
 
     async def _ledger(self, key: str) -> str | None:
@@ -128,43 +130,21 @@ class LeakCheck:
                     self._audited.add(json.loads(entry).get("effect_key") or "")
         return self._audited
 
-    async def _saver_key(self, prefix: str, key: str) -> str | None:
-        rest = key[len(prefix):]
-        if prefix == "checkpoint_latest:":
-            target = await self.redis.get(key)
-            if not target or not await self.redis.exists(target):
-                return "latest pointer to a checkpoint that is gone" \
-                    if self.mine(rest) else None
-            return await self._checkpoint(_text(target))
-        if prefix == "write_keys_zset:":
-            if not self.mine(rest):
-                return None
-            if not await self.redis.exists(f"checkpoint:{rest}"):
-                return "write registry of a checkpoint that is gone"
-            return None
-        if prefix == "checkpoint_write:":
-            if not self.mine(rest):
-                return None
-            checkpoint = "checkpoint:" + rest.rsplit(":", 2)[0]
-            if not await self.redis.exists(checkpoint):
-                return "write of a checkpoint that is gone"
-            return None
-        return await self._checkpoint(key)
-
-    async def _checkpoint(self, key: str) -> str | None:
-        found = await self.redis.execute_command("JSON.GET", key, "$.thread_id")
-        if isinstance(found, bytes | str):
-            found = json.loads(found)
-        thread_id = (found or [""])[0] or ""
-        if not self.mine(thread_id):
-            return None
-        if not await self.owner_exists(thread_id):
-            return "checkpoint of a thread that is gone"
-        sub = SUB_THREAD.match(thread_id)
-        if sub and not await self.thread_exists(thread_id) and \
-                thread_id in (await self.finished_sub_threads(sub["parent"]) or ()):
-            return "sub-thread whose result is in its idle parent"
-        return None
+    async def finished_sub_threads_found(self) -> list[tuple[str, str]]:
+        """Sub-threads of live threads whose result is in their idle parent."""
+        found = []
+        pattern = f"{PREFIX}{{{_glob(self.prefix)}*}}:checkpoints"
+        async for raw in self.redis.scan_iter(match=pattern, count=2000):
+            key = _text(raw)
+            thread_id = untagged(key[len(PREFIX):].rsplit(":", 1)[0])
+            if not await self.thread_exists(thread_id):
+                continue  # reported with the thread's other keys
+            finished = await self.finished_sub_threads(thread_id) or set()
+            subs = {parse_checkpoint_field(thread_id, _text(f))[0]
+                    for f in await self.redis.hkeys(key)}
+            found += [(f"{key}[{sub}]", "sub-thread whose result is in its idle parent")
+                      for sub in sorted(subs & finished)]
+        return found
 
     async def finished_sub_threads(self, parent: str) -> set[str] | None:
         """Sub-threads whose answer is a message of the idle parent's latest state (None
@@ -173,14 +153,10 @@ class LeakCheck:
             done: set[str] | None = None
             if not await self.redis.zcard(queue_key(parent)):
                 done = set()
-                pointer = await self.redis.get(f"checkpoint_latest:{parent}:__empty__")
-                messages = await self.redis.execute_command(
-                    "JSON.GET", _text(pointer), "$.checkpoint.channel_values.messages") \
-                    if pointer else None
-                if isinstance(messages, bytes | str):
-                    messages = json.loads(messages)
-                for message in (messages or [None])[0] or []:
-                    meta = (message.get("kwargs") or {}).get("response_metadata") or {}
+                latest = await self.saver.aget_tuple({"configurable": {"thread_id": parent}})
+                values = latest.checkpoint.get("channel_values") or {} if latest else {}
+                for message in values.get("messages") or []:
+                    meta = getattr(message, "response_metadata", None) or {}
                     if meta.get("worker") and meta.get("task_id"):
                         done.add(f"{parent}/{meta['worker']}/{meta['task_id']}")
             self._finished_subs[parent] = done

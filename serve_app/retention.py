@@ -1,8 +1,8 @@
 """What a thread keeps in Redis, and how all of it goes.
 
 Applied as each run ends (``RunExecutor._finish``, while the run still holds its thread),
-never by a scan of the keyspace: the saver's own RediSearch indexes name a thread's
-checkpoint documents and writes, the thread's hash tag (``serve_app.keys``) names the rest.
+never by a scan of the keyspace: the thread's checkpoint hash names its checkpoints and its
+sub-threads' (``agents.redis_saver``), the thread's hash tag (``serve_app.keys``) the rest.
 
 - **Checkpoints.** Per checkpoint namespace a thread keeps its latest ``keep_latest``
   checkpoints, those younger than ``keep_for_s`` (time travel), and every checkpoint a
@@ -29,21 +29,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from langgraph.checkpoint.redis.util import from_storage_safe_str, to_storage_safe_id
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.effects import effect_key
-from agents.redis_saver import LeanRedisSaver
+from agents.redis_saver import LeanRedisSaver, Stored
 from agents.settings import RetentionSettings
-from agents.slots import load_fields
 from agents.supervisor import sub_thread_id
 from serve_app.keys import (
     ALL_THREADS,
@@ -64,143 +61,19 @@ from serve_app.metrics import Metrics
 from serve_app.records import TERMINAL, Records
 
 log = logging.getLogger(__name__)
-PAGE = 1000
 SPECIAL_WRITES = ("__interrupt__", "__error__")
-
-
-def tag(value: str) -> str:
-    """A value as a RediSearch tag query term (every non-word character escaped)."""
-    return re.sub(r"([^A-Za-z0-9_])", r"\\\1", value)
-
-
-@dataclass(frozen=True)
-class Doc:
-    """One of the saver's documents, as its index names it."""
-
-    key: str
-    thread_id: str
-    ns: str
-    checkpoint_id: str
-    fields: dict[str, str]
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_search(reply: Any) -> tuple[int, list[tuple[str, dict[str, str]]]]:
-    """``FT.SEARCH`` as RESP3 (a map) or RESP2 (a flat list): (total, [(key, fields)])."""
-    if isinstance(reply, dict):
-        reply = {_text(k): v for k, v in reply.items()}
-        rows = []
-        for row in reply.get("results", []):
-            row = {_text(k): v for k, v in row.items()}
-            attrs = {_text(k): _text(v) for k, v in (row.get("extra_attributes") or {}).items()}
-            rows.append((_text(row["id"]), attrs))
-        return int(reply.get("total_results", 0)), rows
-    total, rest = int(reply[0]), reply[1:]
-    rows = []
-    for key, pairs in zip(rest[::2], rest[1::2], strict=False):
-        rows.append((_text(key), {_text(k): _text(v) for k, v in zip(pairs[::2], pairs[1::2],
-                                                                          strict=False)}))
-    return total, rows
-
-
-class CheckpointStore:
-    """The saver's documents of a thread (or of its sub-threads), found by its indexes."""
-
-    def __init__(self, redis: Redis, saver: LeanRedisSaver):
-        self.redis = redis
-        self.saver = saver
-
-    async def _search(self, thread_id: str, index: str, query: str,
-                      fields: Iterable[str]) -> list[Doc]:
-        """On the shard that holds the thread (and its sub-threads) on a cluster, where the
-        index gives the keys and the documents their fields (``agents.slots.load_fields``)."""
-        fields = ["thread_id", "checkpoint_ns", "checkpoint_id", *fields]
-        docs, offset = [], 0
-        shard = self.saver.shard_of(thread_id)
-        content = ("NOCONTENT",) if shard.tag else ("RETURN", len(fields), *fields)
-        while True:
-            reply = await shard.client.execute_command(
-                "FT.SEARCH", shard.index(index), query, *content,
-                "LIMIT", offset, PAGE, "DIALECT", 2)
-            if shard.tag and isinstance(reply, list):  # RESP2 NOCONTENT: total, keys
-                reply = [reply[0], *(x for key in reply[1:] for x in (key, []))]
-            total, rows = parse_search(reply)
-            if shard.tag:
-                keys = [key for key, _ in rows]
-                rows = list(zip(keys, await load_fields(self.redis, keys, fields),
-                                strict=True))
-            for key, attrs in rows:
-                docs.append(Doc(key, from_storage_safe_str(attrs.get("thread_id", "")),
-                                from_storage_safe_str(attrs.get("checkpoint_ns", "")),
-                                attrs.get("checkpoint_id", ""), attrs))
-            offset += PAGE
-            if offset >= total or not rows:
-                return docs
-
-    @staticmethod
-    def _query(thread_id: str, sub_threads: bool) -> str:
-        if sub_threads:
-            return f"@thread_id:{{{tag(thread_id + '/')}*}}"
-        return f"@thread_id:{{{tag(to_storage_safe_id(thread_id))}}}"
-
-    @staticmethod
-    def _mine(thread_id: str, sub_threads: bool, docs: list[Doc]) -> list[Doc]:
-        """Tags match case-insensitively and by prefix: keep exact matches only."""
-        if not sub_threads:
-            return [d for d in docs if d.thread_id == thread_id]
-        return [d for d in docs if is_sub_thread(thread_id, d.thread_id)]
-
-    async def checkpoints(self, thread_id: str, sub_threads: bool = False) -> list[Doc]:
-        docs = await self._search(thread_id, self.saver._checkpoint_prefix,
-                                  self._query(thread_id, sub_threads),
-                                  ["checkpoint_ts", "run_id"])
-        return self._mine(thread_id, sub_threads, docs)
-
-    async def writes(self, thread_id: str, sub_threads: bool = False) -> list[Doc]:
-        docs = await self._search(thread_id, self.saver._checkpoint_write_prefix,
-                                  self._query(thread_id, sub_threads),
-                                  ["task_id", "channel"])
-        return self._mine(thread_id, sub_threads, docs)
-
-    def latest_key(self, thread_id: str, ns: str = "") -> str:
-        return self.saver._make_redis_checkpoint_latest_key(thread_id, ns)
-
-    def registry_key(self, doc: Doc) -> str | None:
-        registry = self.saver._key_registry
-        if registry is None:
-            return None
-        return registry.make_write_keys_zset_key(doc.thread_id, doc.ns, doc.checkpoint_id)
-
-    def keys_of(self, checkpoints: Iterable[Doc], writes: Iterable[Doc]) -> list[str]:
-        """The documents, their writes and write registries."""
-        checkpoints = list(checkpoints)
-        gone = {(d.thread_id, d.ns, d.checkpoint_id) for d in checkpoints}
-        keys = [d.key for d in checkpoints]
-        keys += [k for k in map(self.registry_key, checkpoints) if k]
-        keys += [w.key for w in writes if (w.thread_id, w.ns, w.checkpoint_id) in gone]
-        return keys
-
-    async def everything(self, thread_id: str, sub_threads: bool = False) -> list[str]:
-        """Every key the saver holds for the thread (or for its sub-threads)."""
-        checkpoints = await self.checkpoints(thread_id, sub_threads)
-        writes = await self.writes(thread_id, sub_threads)
-        keys = [d.key for d in checkpoints] + [w.key for w in writes]
-        keys += [k for k in map(self.registry_key, checkpoints) if k]
-        pointers = {(d.thread_id, d.ns) for d in [*checkpoints, *writes]}
-        if not sub_threads:
-            pointers.add((thread_id, ""))
-        keys += [self.latest_key(t, ns) for t, ns in pointers]
-        return keys
-
-
-def is_sub_thread(parent: str, thread_id: str) -> bool:
-    """``<parent>/<role>/<task id>`` (``agents.supervisor.sub_thread_id``)."""
-    if not thread_id.startswith(parent + "/"):
-        return False
-    return len(thread_id[len(parent) + 1:].split("/")) == 2
+def _ts(checkpoint: dict[str, Any]) -> float:
+    """A checkpoint's creation time (epoch s) from its ISO ``ts``."""
+    try:
+        return datetime.fromisoformat(checkpoint["ts"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
 
 
 async def delete_keys(redis: Redis, keys: Iterable[str], batch: int = 500) -> int:
@@ -219,7 +92,6 @@ class Retention:
         self.settings = settings
         self.records = records or Records(redis)
         self.metrics = metrics or Metrics()
-        self.store = CheckpointStore(redis, saver)
         self._memory_warned = False
 
     # as runs end
@@ -267,48 +139,39 @@ class Retention:
         """Drop the thread's checkpoints the policy does not keep; how many went."""
         keep_latest = max(1, keep_latest or self.settings.keep_latest)
         keep_for_s = self.settings.keep_for_s if keep_for_s is None else keep_for_s
-        docs = await self.store.checkpoints(thread_id)
-        by_ns: dict[str, list[Doc]] = defaultdict(list)
-        for doc in docs:
-            by_ns[doc.ns].append(doc)
+        by_ns: dict[str, list[Stored]] = defaultdict(list)
+        for stored in await self.saver.stored(thread_id):
+            by_ns[stored.ns].append(stored)
         if all(len(chain) <= keep_latest for chain in by_ns.values()):
             return 0
         needed = await self.needed(thread_id)
-        young = (time.time() - keep_for_s) * 1000
+        young = time.time() - keep_for_s
         doomed = []
         for ns, chain in by_ns.items():
-            latest = await self.redis.get(self.store.latest_key(thread_id, ns))
-            latest = _text(latest) if latest else None
-            chain.sort(key=lambda d: d.checkpoint_id, reverse=True)
-            for doc in chain[keep_latest:]:
-                if doc.checkpoint_id in needed or doc.key == latest or \
-                        float(doc.fields.get("checkpoint_ts") or 0) >= young:
+            latest = await self.saver.alatest_checkpoint_id(thread_id, ns)
+            chain.sort(key=lambda s: s.checkpoint_id, reverse=True)
+            for stored in chain[keep_latest:]:
+                if stored.checkpoint_id in needed or stored.checkpoint_id == latest or \
+                        (keep_for_s and _ts(self.saver.decode(stored)) >= young):
                     continue
-                doomed.append(doc)
+                doomed.append(stored)
         if doomed:
-            writes = await self.store.writes(thread_id)
-            await delete_keys(self.redis, self.store.keys_of(doomed, writes))
+            await self.saver.delete(thread_id, doomed)
             self.metrics.count("checkpoints_pruned", len(doomed))
         return len(doomed)
 
     async def prune_sub_threads(self, thread_id: str, state: Any) -> int:
         """Delete the specialists' sub-threads whose result is in the parent (every one the
         parent's pending interrupts and next assignments do not name); how many went."""
-        docs = await self.store.checkpoints(thread_id, sub_threads=True)
-        subs = {d.thread_id for d in docs}
-        if not subs:
+        found = await self.saver.stored(thread_id, sub_threads=True)
+        doomed = {s.thread_id for s in found} - self._live_sub_threads(thread_id, state)
+        if not doomed:
             return 0
-        doomed = subs - self._live_sub_threads(thread_id, state)
         for sub in sorted(doomed):
             await self._audit(thread_id, sub)
-        if doomed:
-            writes = await self.store.writes(thread_id, sub_threads=True)
-            gone = [d for d in docs if d.thread_id in doomed]
-            keys = self.store.keys_of(gone, writes)
-            keys += [self.store.latest_key(t, ns) for t, ns in
-                     {(d.thread_id, d.ns) for d in gone}]
-            await delete_keys(self.redis, keys)
-            self.metrics.count("sub_threads_pruned", len(doomed))
+        await self.saver.delete(thread_id, [s for s in found if s.thread_id in doomed],
+                                pointers=True)
+        self.metrics.count("sub_threads_pruned", len(doomed))
         return len(doomed)
 
     @staticmethod
@@ -327,14 +190,7 @@ class Retention:
     async def _audit(self, thread_id: str, sub: str) -> None:
         """Copy a sub-thread's approval decisions (and their effects' recorded results)
         into the thread's audit list before the sub-thread goes."""
-        pointer = await self.redis.get(self.store.latest_key(sub))
-        if not pointer:
-            return
-        found = await self.redis.execute_command(
-            "JSON.GET", _text(pointer), "$.checkpoint.channel_values.decisions")
-        if isinstance(found, bytes | str):
-            found = json.loads(found)
-        decisions = (found or [None])[0] or []
+        decisions = (await self._latest_values(sub)).get("decisions") or []
         if not decisions:
             return
         entries = []
@@ -385,27 +241,22 @@ class Retention:
         at where it stood before; also the writes the run added to that checkpoint (a
         resume's answer and the resumed task's results), so its interrupt is pending again."""
         thread_id, run_id = run["thread_id"], run["run_id"]
-        docs = await self.store.checkpoints(thread_id)
-        mine = [d for d in docs if d.fields.get("run_id") == run_id]
-        writes = await self.store.writes(thread_id)
-        keys = self.store.keys_of(mine, writes)
+        found = await self.saver.stored(thread_id)
+        mine = [s for s in found if s.run_id == run_id]
+        await self.saver.delete(thread_id, mine)
         before = run.get("checkpoint_before")
         if before:
-            on_before = [w for w in writes if w.checkpoint_id == before and w.ns == ""]
-            interrupted = {w.fields.get("task_id") for w in on_before
-                           if w.fields.get("channel") == "__interrupt__"}
-            keys += [w.key for w in on_before if w.fields.get("channel") == "__resume__" or
-                     (w.fields.get("task_id") in interrupted and
-                      w.fields.get("channel") not in SPECIAL_WRITES)]
-        await delete_keys(self.redis, keys)
-        remaining = [d for d in docs if d.fields.get("run_id") != run_id]
-        for ns in {d.ns for d in mine}:
-            chain = sorted((d for d in remaining if d.ns == ns), key=lambda d: d.checkpoint_id)
-            pointer = self.store.latest_key(thread_id, ns)
-            if chain:
-                await self.redis.set(pointer, chain[-1].key)
-            else:
-                await self.redis.delete(pointer)
+            writes = await self.saver.write_channels(thread_id, "", before)
+            interrupted = {task for task, channel in writes.values()
+                           if channel == "__interrupt__"}
+            await self.saver.drop_writes(thread_id, "", before, [
+                field for field, (task, channel) in writes.items()
+                if channel == "__resume__"
+                or (task in interrupted and channel not in SPECIAL_WRITES)])
+        remaining = [s for s in found if s.run_id != run_id]
+        for ns in {s.ns for s in mine}:
+            chain = sorted(s.checkpoint_id for s in remaining if s.ns == ns)
+            await self.saver.point_latest(thread_id, ns, chain[-1] if chain else None)
         return len(mine)
 
     # thread TTLs
@@ -505,9 +356,7 @@ class Retention:
             for rid in run_ids:
                 await pool.done(run_ref(thread_id, rid))
         for _ in range(3):  # a write that raced the first pass
-            saver_keys = await self.store.everything(thread_id)
-            saver_keys += await self.store.everything(thread_id, sub_threads=True)
-            found = await delete_keys(self.redis, saver_keys)
+            found = await self.saver.delete_all(thread_id)
             deleted += found
             if not found:
                 break
@@ -521,18 +370,14 @@ class Retention:
             entry = json.loads(raw)
             if entry.get("effect_key"):
                 keys.append(entry["effect_key"])
-        docs = await self.store.checkpoints(thread_id, sub_threads=True)
-        for sub in {d.thread_id for d in docs}:
-            pointer = await self.redis.get(self.store.latest_key(sub))
-            if not pointer:
-                continue
-            found = await self.redis.execute_command(
-                "JSON.GET", _text(pointer), "$.checkpoint.channel_values.messages")
-            if isinstance(found, bytes | str):
-                found = json.loads(found)
-            for message in (found or [None])[0] or []:
-                for call in (message.get("kwargs") or {}).get("tool_calls") or []:
+        for sub in {s.thread_id for s in await self.saver.stored(thread_id, sub_threads=True)}:
+            for message in (await self._latest_values(sub)).get("messages") or []:
+                for call in getattr(message, "tool_calls", None) or []:
                     if call.get("id"):
                         keys.append(effect_key(sub, call["id"]))
         return keys
+
+    async def _latest_values(self, thread_id: str) -> dict[str, Any]:
+        found = await self.saver.aget_tuple({"configurable": {"thread_id": thread_id}})
+        return found.checkpoint.get("channel_values") or {} if found else {}
 

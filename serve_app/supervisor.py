@@ -26,7 +26,6 @@ from serve_app.approvals import RecordedApprovals
 from serve_app.auth import check_bind
 from serve_app.fencing import FencedRedisSaver
 from serve_app.http_api import build_api
-from serve_app.leases import Leases
 from serve_app.metrics import RayMetrics
 from serve_app.remote_worker import RemoteWorker
 from serve_app.scheduled import background_loops
@@ -55,8 +54,7 @@ class SupervisorDeployment:
             log.warning("%s", check_bind(host, settings.auth))
         runtime = await Runtime.create(settings)
         fenced = FencedRedisSaver(redis_client=runtime.redis,
-                                  leases=Leases(runtime.redis, settings.api.lease_ttl_s))
-        await fenced.asetup()
+                                  ttl_minutes=settings.redis.checkpoint_ttl_minutes)
         tracing.instrument_checkpointer(fenced)
         self.runtime = dataclasses.replace(runtime, checkpointer=fenced,
                                            approval_verifier=RecordedApprovals(runtime.redis))

@@ -156,8 +156,8 @@ def tiny_graph(saver):
 
 
 async def real_workload(client, saver, threads: int = 2, turns: int = 2) -> list[str]:
-    """A checkpointer's turns (JSON documents, their index, the latest pointers), a listing
-    (``FT.SEARCH`` on the thread), a script, a stream read and a queue pop."""
+    """A checkpointer's turns (hash fields, the latest pointers, their reads), a listing of
+    the thread's checkpoints, a script, a stream read and a queue pop."""
     graph, ids = tiny_graph(saver), []
     counter = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     for _ in range(threads):
@@ -188,9 +188,8 @@ async def test_capture_and_replay_on_the_sessions_redis(redis_url: str, tmp_path
     text = str(trace.commands)
     assert not any(thread_id in text for thread_id in ids)  # every id became a slot
     names = {c[0] for c in trace.commands}
-    assert {"JSON.SET", "FT.SEARCH", "EVALSHA", "XREAD", "ZPOPMIN"} <= names
+    assert {"HSET", "HKEYS", "HMGET", "EVALSHA", "XREAD", "ZPOPMIN"} <= names
     assert "BZPOPMIN" not in names and "BLOCK" not in text
-    assert "<<esc:" in text  # RediSearch's escaped thread id in the search's query
     assert sum(trace.batches) == len(trace.commands) and trace.scripts
     summary = trace.summary()
     assert summary["unknown_scripts"] == 0 and summary["commands_per_run"] > 10
@@ -199,15 +198,15 @@ async def test_capture_and_replay_on_the_sessions_redis(redis_url: str, tmp_path
 
     result = await replay(redis_url, trace, cluster=False, seconds=1.0, copies=4,
                           warmup_s=0.2)
-    assert result["errors"] == {} and result["searches_found"] > 0.3
+    assert result["errors"] == {}
     assert result["shards"] == 1 and result["runs"] > 0 and result["runs_per_s"] > 0
     assert result["redis_cpu_ms_per_run"] > 0 and result["ceiling_runs_per_s"] > 0
 
 
 @pytest.mark.timeout(120)
 async def test_a_cluster_trace_replays_on_two_shards(tmp_path: Path):
-    """Captured on a one-master cluster (hash-tagged keys, the indexes' per-master copies),
-    replayed on two masters: every command on the right master, no error."""
+    """Captured on a one-master cluster (hash-tagged keys), replayed on two masters: every
+    command on the right master, no error."""
     with EmbeddedRedisCluster(tmp_path / "capture", shards=1) as cluster:
         settings = RedisSettings(cluster=True)
         client = create_redis(cluster.url, settings)
@@ -219,18 +218,12 @@ async def test_a_cluster_trace_replays_on_two_shards(tmp_path: Path):
         finally:
             await close_redis(client)
     trace = Trace.from_commands(seen.commands, runs=6, scripts=seen.scripts)
-    assert "<<shard>>" in str(trace.commands)  # the index's per-master name
     results = [await replay_on_cluster(trace, shards, seconds=1.0, copies=4, warmup_s=0.2)
                for shards in (1, 2)]
     for result in results:
         assert result["errors"] == {}, result["errors"]
         assert result["runs_per_s"] > 0
     assert all(cpu > 0 for cpu in results[1]["shard_cpu_ms_per_run"])  # keys on both
-    # searches reach the master and the index copy that hold their thread's documents: as
-    # many find some on two masters as on one (a listing finds the thread's checkpoints; a
-    # search for a new checkpoint's pending writes finds none, on any number of masters)
-    found = [r["searches_found"] for r in results]
-    assert found[0] > 0.3 and found[1] == pytest.approx(found[0], abs=0.05)
     assert set(scaling(results)["2"]) == {"measured", "ceiling"}
 
 

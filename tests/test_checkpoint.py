@@ -1,26 +1,33 @@
-"""``LeanRedisSaver`` writes the stock ``langgraph-checkpoint-redis`` documents."""
+"""``LeanRedisSaver``: LangGraph checkpoints in one hash per thread, writes in one hash per
+checkpoint, every key under the thread's hash tag."""
 
 from __future__ import annotations
 
 import uuid
 
 from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.graph import START, StateGraph
+from redis.cluster import key_slot
 
 from agents.redis_saver import LeanRedisSaver
+from agents.slots import checkpoints_key
 from agents.state import AgentState
 
 
-def chat_graph(checkpointer):
+def chat_graph(checkpointer, **compile_options):
     async def answer(state: AgentState):
         return {"messages": [AIMessage(f"answer {len(state['messages'])}", name="researcher")],
                 "steps": state["steps"] + 1, "context": {"seen": len(state["messages"])}}
 
+    async def review(state: AgentState):
+        return {"context": {"reviewed": True}}
+
     graph = StateGraph(AgentState)
     graph.add_node("answer", answer)
+    graph.add_node("review", review)
     graph.add_edge(START, "answer")
-    return graph.compile(checkpointer=checkpointer)
+    graph.add_edge("answer", "review")
+    return graph.compile(checkpointer=checkpointer, **compile_options)
 
 
 async def two_turns(saver, thread_id: str) -> None:
@@ -30,67 +37,68 @@ async def two_turns(saver, thread_id: str) -> None:
         await graph.ainvoke({"messages": [HumanMessage(text, id=text)], "steps": 0}, config)
 
 
-def counter(version: str) -> str:
-    return version.split(".")[0]  # versions end in a random fraction
+async def test_a_thread_round_trips_with_its_history_in_its_own_slot(redis_client):
+    saver = LeanRedisSaver(redis_client)
+    thread_id = f"lean-{uuid.uuid4().hex[:8]}"
+    await two_turns(saver, thread_id)
+
+    state = await chat_graph(saver).aget_state({"configurable": {"thread_id": thread_id}})
+    assert [m.text for m in state.values["messages"]] == \
+        ["hello", "answer 1", "and again", "answer 3"]
+    assert state.values["steps"] == 1
+    assert state.values["context"] == {"seen": 3, "reviewed": True}
+    history = [t async for t in saver.alist({"configurable": {"thread_id": thread_id}})]
+    assert len(history) == 8  # input, answer, review; twice; plus each turn's start
+    ids = [t.config["configurable"]["checkpoint_id"] for t in history]
+    assert ids == sorted(ids, reverse=True)
+    assert [t.parent_config["configurable"]["checkpoint_id"] for t in history[:-1]] == ids[1:]
+    assert history[-1].parent_config is None
+    before = [t async for t in saver.alist({"configurable": {"thread_id": thread_id}},
+                                           before=history[2].config, limit=2)]
+    assert [t.config for t in before] == [t.config for t in history[3:5]]
+
+    keys = [k.decode() async for k in redis_client.scan_iter(match=f"*{thread_id}*")]
+    assert checkpoints_key(thread_id) in keys
+    assert {key_slot(k.encode()) for k in keys} == {key_slot(thread_id.encode())}
+    assert not any(k.startswith("checkpoint") for k in keys)  # not the stock documents
 
 
-def comparable(document: dict) -> dict:
-    """A stored checkpoint minus what differs between two runs (ids, times, randomness)."""
-    checkpoint = {k: v for k, v in document["checkpoint"].items() if k not in ("id", "ts")}
-    checkpoint["channel_versions"] = {k: counter(v) for k, v in
-                                      checkpoint["channel_versions"].items()}
-    checkpoint["versions_seen"] = {node: {k: counter(v) for k, v in seen.items()}
-                                   for node, seen in checkpoint["versions_seen"].items()}
-    for message in checkpoint["channel_values"].get("messages", []):
-        if message["kwargs"].get("type") == "ai":
-            message["kwargs"].pop("id", None)
-    # not ``has_writes``: LangGraph saves a step's writes and its checkpoint concurrently, so
-    # either saver's flag depends on which write lands first
-    keep = ("checkpoint_ns", "source", "step")
-    return {"checkpoint": checkpoint, **{k: document.get(k) for k in keep},
-            "has_parent": bool(document["parent_checkpoint_id"])}
+async def test_pending_writes_and_interrupts_survive_in_the_checkpoint(redis_client):
+    saver = LeanRedisSaver(redis_client)
+    thread_id = f"pause-{uuid.uuid4().hex[:8]}"
+    graph = chat_graph(saver, interrupt_after=["answer"])
+    config = {"configurable": {"thread_id": thread_id}}
+    await graph.ainvoke({"messages": [HumanMessage("hello")], "steps": 0}, config)
+    paused = await chat_graph(LeanRedisSaver(redis_client),  # another process, say
+                              interrupt_after=["answer"]).aget_state(config)
+    assert paused.next == ("review",)
+    assert [m.text for m in paused.values["messages"]] == ["hello", "answer 1"]
+    done = await graph.ainvoke(None, config)
+    assert done["context"] == {"seen": 1, "reviewed": True}
+
+    # a write of a task that finished before its step's checkpoint is read back in order
+    latest = await saver.aget_tuple(config)
+    await saver.aput_writes(latest.config, [("steps", 7), ("context", {"a": 1})], "task-b")
+    await saver.aput_writes(latest.config, [("steps", 5)], "task-a")
+    again = await saver.aget_tuple(config)
+    assert again.pending_writes == [("task-a", "steps", 5), ("task-b", "steps", 7),
+                                    ("task-b", "context", {"a": 1})]
 
 
-async def test_lean_writes_are_the_stock_documents_and_the_stock_saver_reads_them(redis_client):
-    lean, stock = LeanRedisSaver(redis_client=redis_client), AsyncRedisSaver(
-        redis_client=redis_client)
-    await lean.asetup()
-    await stock.asetup()
-    threads = {"lean": f"lean-{uuid.uuid4().hex[:8]}", "stock": f"stock-{uuid.uuid4().hex[:8]}"}
-    await two_turns(lean, threads["lean"])
-    await two_turns(stock, threads["stock"])
-
-    documents = {}
-    for name, thread_id in threads.items():
-        tuples = [t async for t in stock.alist({"configurable": {"thread_id": thread_id}})]
-        keys = [stock._make_redis_checkpoint_key(thread_id, "", t.config["configurable"]
-                                                 ["checkpoint_id"]) for t in tuples]
-        documents[name] = [comparable(await redis_client.json().get(k)) for k in keys]
-    assert len(documents["lean"]) == len(documents["stock"]) >= 4
-    assert documents["lean"] == documents["stock"]
-
-    # the stock saver resumes the lean saver's thread where it stood
-    latest = await stock.aget_tuple({"configurable": {"thread_id": threads["lean"]}})
-    messages = latest.checkpoint["channel_values"]["messages"]
-    assert [m.text for m in messages] == ["hello", "answer 1", "and again", "answer 3"]
-    state = await chat_graph(stock).aget_state({"configurable": {"thread_id": threads["lean"]}})
-    assert state.values["steps"] == 1 and state.values["context"] == {"seen": 3}
-
-
-async def test_latest_checkpoint_id_from_the_pointer_matches_the_stock_read(redis_client):
-    saver = LeanRedisSaver(redis_client=redis_client)
-    await saver.asetup()
-    thread_id = f"lean:{uuid.uuid4().hex[:8]}"  # separators in a thread id are fine
+async def test_latest_checkpoint_id_from_the_pointer_matches_the_full_read(redis_client):
+    saver = LeanRedisSaver(redis_client)
+    thread_id = f"lean:{uuid.uuid4().hex[:8]}#x"  # separators in a thread id are fine
     assert await saver.alatest_checkpoint_id(thread_id) is None
+    assert await saver.aget_tuple({"configurable": {"thread_id": thread_id}}) is None
     await two_turns(saver, thread_id)
     latest = await saver.aget_tuple({"configurable": {"thread_id": thread_id}})
     assert await saver.alatest_checkpoint_id(thread_id) == \
         latest.config["configurable"]["checkpoint_id"]
+    assert latest.checkpoint["channel_values"]["steps"] == 1
 
 
 async def test_checkpoints_name_the_run_that_made_them(redis_client):
-    saver = LeanRedisSaver(redis_client=redis_client)
-    await saver.asetup()
+    saver = LeanRedisSaver(redis_client)
     thread_id = f"runs-{uuid.uuid4().hex[:8]}"
     graph = chat_graph(saver)
     for run_id, text in (("run-1", "hello"), ("run-2", "and again")):
@@ -104,3 +112,22 @@ async def test_checkpoints_name_the_run_that_made_them(redis_client):
     assert first_run and all(t.metadata["run_id"] == "run-1" for t in first_run)
     assert len(first_run) < len([t async for t in saver.alist(
         {"configurable": {"thread_id": thread_id}})])
+    assert {s.run_id for s in await saver.stored(thread_id)} == {"run-1", "run-2"}
+
+
+async def test_sub_threads_share_the_thread_hash_and_go_with_it(redis_client):
+    saver = LeanRedisSaver(redis_client)
+    thread_id = f"parent-{uuid.uuid4().hex[:8]}"
+    sub = f"{thread_id}/researcher/task1"
+    await two_turns(saver, thread_id)
+    await two_turns(saver, sub)
+    assert {s.thread_id for s in await saver.stored(thread_id, sub_threads=True)} == {sub}
+    assert {s.thread_id for s in await saver.stored(thread_id)} == {thread_id}
+    sub_state = await saver.aget_tuple({"configurable": {"thread_id": sub}})
+    assert sub_state.config["configurable"]["thread_id"] == sub
+
+    await saver.adelete_thread(sub)  # the sub-thread only
+    assert await saver.aget_tuple({"configurable": {"thread_id": sub}}) is None
+    assert await saver.aget_tuple({"configurable": {"thread_id": thread_id}}) is not None
+    assert await saver.delete_all(thread_id) > 1
+    assert not [k async for k in redis_client.scan_iter(match=f"*{thread_id}*")]

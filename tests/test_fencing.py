@@ -22,8 +22,7 @@ async def holder(leases: Leases, thread_id: str) -> str:
 
 async def test_a_run_that_lost_its_lease_cannot_write(redis_client):
     leases = Leases(redis_client, ttl_s=30)
-    saver = FencedRedisSaver(redis_client=redis_client, leases=leases)
-    await saver.asetup()
+    saver = FencedRedisSaver(redis_client)
     graph = chat_graph(saver)
     thread_id = f"fenced-{uuid.uuid4().hex[:8]}"
     token = await holder(leases, thread_id)

@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from agents.settings import Settings
+from agents.slots import checkpoints_key
 from agents.system import AgentSystem
 from agents.tools.backoffice import effect_counts
 from serve_app.api_errors import ApiError
@@ -103,9 +104,10 @@ async def test_twenty_turns_stay_within_five_times_the_conversation_and_grow_lin
     raw = await raw_conversation(service, thread_id)
     assert sizes[20] <= 5 * raw, (sizes, raw)
     assert sizes[20] <= 2.2 * sizes[10], sizes  # linear: 2x the turns, ~2x the bytes
-    keys = await keys_of(service.redis, thread_id)
-    assert not [k for k in keys if "/researcher/" in k]  # specialists' sub-threads went
-    assert len([k for k in keys if k.startswith("checkpoint:")]) == 1
+    fields = [f.decode() for f in await service.redis.hkeys(checkpoints_key(thread_id))]
+    assert not [f for f in fields if "/researcher/" in f]  # specialists' sub-threads went
+    assert len([f for f in fields if not f.endswith("#latest")]) == 1
+    assert not [k for k in await keys_of(service.redis, thread_id) if "/researcher/" in k]
 
 
 async def test_a_pruned_checkpoint_is_404_with_a_clear_detail(service):
@@ -304,9 +306,8 @@ async def test_rollback_leaves_no_checkpoint_of_the_rolled_back_run(service, stu
     while await service.executor.leases.queued(thread_id):
         await asyncio.sleep(0.02)
 
-    store = service.retention.store
-    assert [d for d in await store.checkpoints(thread_id)
-            if d.fields.get("run_id") == run["run_id"]] == []
+    assert [s for s in await service.retention.saver.stored(thread_id)
+            if s.run_id == run["run_id"]] == []
     assert {h["checkpoint_id"] for h in await service.threads.history(thread_id, 100, None, None)} \
         == kept
     after = await service.threads.get_state(thread_id)
@@ -314,6 +315,7 @@ async def test_rollback_leaves_no_checkpoint_of_the_rolled_back_run(service, stu
     assert after["values"] == before["values"]
     assert await service.records.get_run(thread_id, run["run_id"]) is None
     assert not [k for k in await keys_of(service.redis, thread_id) if k.count("/") >= 2]
+    assert not await service.retention.saver.stored(thread_id, sub_threads=True)
     stub_admin.post("/config", json={"ttft_ms": 0})
     assert (await turn(service, thread_id, user("What did I ask before?")))["status"] == \
         "success"

@@ -11,6 +11,8 @@ import uuid
 from langgraph_sdk import get_client
 from redis.asyncio import Redis
 
+from agents.slots import checkpoints_key
+
 RESEARCH_AND_CODE = (
     "Research how Redis persistence works and write a Python function that parses a "
     "redis.conf line"
@@ -42,8 +44,9 @@ async def test_prune_approve_and_delete_through_the_sdk(cluster_url, redis_clien
     await client.runs.wait(thread_id, "supervisor", input=user(RESEARCH_AND_CODE))
 
     async def sub_threads_gone() -> bool:  # their results are in the parent
-        return not [k for k in await keys_of(redis_client, thread_id)
-                    if k.startswith(("checkpoint", "write_keys")) and f"{thread_id}/" in k]
+        fields = await redis_client.hkeys(checkpoints_key(thread_id))
+        return not [f for f in fields if f.startswith(b"/")] and not [
+            k for k in await keys_of(redis_client, thread_id) if ":writes:/" in k]
     await eventually(sub_threads_gone)
 
     waiting = await client.runs.wait(thread_id, "supervisor",
