@@ -46,7 +46,7 @@ from serve_app.jsonable import to_jsonable
 from serve_app.keys import cancel_channel, parse_ref, run_ref, thread_lease_key
 from serve_app.leases import Leases
 from serve_app.metrics import Metrics
-from serve_app.records import ACTIVE, TERMINAL, Records
+from serve_app.records import ACTIVE, TERMINAL, Records, RunEnd
 from serve_app.retention import Retention
 from serve_app.run_options import checkpoint_target, graph_options
 from serve_app.run_pool import PoolLoad, RunPool
@@ -105,7 +105,7 @@ class RunExecutor:
         self.replica_id = replica_id
         self.checkpointer = checkpointer
         self.metrics = metrics or Metrics()
-        self.load = PoolLoad(0, 0.0, 0, 1)  # as of the last sweep
+        self.load = PoolLoad(0, 0.0, 1)  # as of the last sweep
         self._slots = Slots(1)
         self.limiter = LagLimiter(self._slots, settings.max_concurrent_runs,
                                   settings.loop_lag_target_ms,
@@ -325,18 +325,20 @@ class RunExecutor:
         fields: dict[str, Any] = {"status": "running", "replica": self.replica_id}
         if "checkpoint_before" not in run:
             fields["checkpoint_before"] = await self._latest_checkpoint(run)
-        started = await self.records.transition_run(run, {"pending"}, **fields)
-        if started is None:
+        written = await self.records.transition_run(run, {"pending"}, returning=False,
+                                                    thread_fields={"status": "busy"}, **fields)
+        if written is None:
             return None
+        started = {**run, **written}
         rollback = run["kwargs"].get("rollback_to")
         if rollback is not None and not run.get("rolled_back"):
             if rollback.get("checkpoint_id") is None:
                 await self.checkpointer.adelete_thread(thread_id)
             else:
                 run["kwargs"]["checkpoint_id"] = rollback["checkpoint_id"]
-            started = await self.records.update_run(thread_id, run["run_id"],
-                                                    rolled_back=True, kwargs=run["kwargs"])
-        await self.records.update_thread(thread_id, returning=False, status="busy")
+            rolled = await self.records.update_run(thread_id, run["run_id"], returning=False,
+                                                   rolled_back=True, kwargs=run["kwargs"])
+            started.update(rolled or {})
         return started
 
     async def _latest_checkpoint(self, run: dict[str, Any]) -> str | None:
@@ -398,16 +400,14 @@ class RunExecutor:
         summary = run_telemetry.finish(run, status, error, bool(interrupts))  # tokens, cost
         if "usage" in summary:
             self.limiter.run_ended(summary["usage"]["other_s"])
-        record = await self._end(run, status, error)
-        if record is None:
-            return None  # another attempt owns the run now
-        record = await run_telemetry.save(self.redis, record, summary,
-                                          self.graphs[run["graph_id"]])
         stopped = interrupts or (state is not None and state.next)  # incl. breakpoints
         thread_status = "error" if error else "interrupted" if stopped else "idle"
-        await durably(lambda: self.records.update_thread(thread_id, returning=False,
-                                                         status=thread_status,
-                                                         error=error))
+        record, answered = await self._end(run, status, error, thread_status,
+                                           run_telemetry.run_end(run, summary))
+        if record is None:
+            return None  # another attempt owns the run now
+        await run_telemetry.ended(self.redis, record, summary, answered,
+                                  self.graphs[run["graph_id"]])
         if self.retention is not None:  # while the run still holds its thread
             await self.retention.after_run(run, self.graphs[run["graph_id"]], state)
         # The thread is free before the stream says so: a client that sends its next turn
@@ -433,18 +433,22 @@ class RunExecutor:
             return None
         return record
 
-    async def _end(self, run: dict[str, Any], status: str,
-                   error: dict | None) -> dict[str, Any] | None:
-        """The terminal record, if this attempt still owns the run (retried: a write that
-        timed out may have landed, which the retry recognises)."""
-        async def once() -> dict[str, Any] | None:
-            record = await self.records.transition_run(run, ACTIVE, status=status, error=error)
-            if record is None:
+    async def _end(self, run: dict[str, Any], status: str, error: dict | None,
+                   thread_status: str, end: RunEnd | None = None
+                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The terminal record, if this attempt still owns the run, with its thread's
+        status and ``end``'s usage and approval (retried: a write that timed out may have
+        landed, which the retry recognises); and the approval the run answered, if any."""
+        async def once() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            ended = await self.records.end_run(run, ACTIVE, {"status": thread_status,
+                                                             "error": error},
+                                               end or RunEnd(), status=status, error=error)
+            if ended[0] is None:
                 stored = await self.records.get_run(run["thread_id"], run["run_id"])
                 if stored and stored["attempt"] == run["attempt"] and \
                         stored["status"] == status and stored.get("error") == error:
-                    return stored
-            return record
+                    return stored, None
+            return ended
         return await durably(once)
 
     async def _leave(self, run: dict[str, Any], token: str | None) -> None:
@@ -453,7 +457,8 @@ class RunExecutor:
         _, following = await durably(lambda: self.leases.leave(thread_id, run["run_id"], token))
         if following:
             await durably(lambda: self.pool.make_ready(run_ref(thread_id, following)))
-        await durably(lambda: self.pool.done(run_ref(thread_id, run["run_id"])))
+        taken = token is not None and not run.get("not_before_ms")
+        await durably(lambda: self.pool.done(run_ref(thread_id, run["run_id"]), taken))
 
     async def _settle(self, ref: str, run: dict[str, Any] | None) -> None:
         """Clear what a finished (or deleted) run left queued, e.g. after a crash."""
@@ -494,10 +499,8 @@ class RunExecutor:
                  "message": f"the run was tried {run['attempt']} times without finishing: "
                             "its replica died or Redis failed each time "
                             f"(max_attempts={self.settings.max_attempts})"}
-        if await self._end(run, "error", error) is None:
+        if (await self._end(run, "error", error, "error"))[0] is None:
             return
-        await self.records.update_thread(run["thread_id"], returning=False, status="error",
-                                         error=error)
         await self._leave(run, token)
         self.metrics.count("runs_finished", status="error")
         events = self.event_writer(run)

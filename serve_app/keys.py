@@ -79,7 +79,12 @@ def run_scoped_keys(thread_id: str, run_id: str) -> list[str]:
     """Every key of one run: what deleting the run (or its thread) removes. A new per-run
     key belongs here, or DELETE leaves it behind (``python -m serve_app.leaks`` shows it)."""
     return [run_key(thread_id, run_id), events_key(thread_id, run_id),
-            f"{_thread(thread_id)}:responses:{run_id}"]  # run telemetry: model responses
+            responses_key(thread_id, run_id)]
+
+
+def responses_key(thread_id: str, run_id: str) -> str:
+    """The model's responses in a run (run telemetry; kept for feedback on the run)."""
+    return f"{_thread(thread_id)}:responses:{run_id}"
 
 
 def _pool(pool: str) -> str:

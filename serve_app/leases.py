@@ -15,14 +15,22 @@ from redis.asyncio import Redis
 
 from serve_app.keys import fence_key, queue_key, thread_lease_key
 
-# -> 0 refused, 1 joined at the head (may run now), 2 joined behind another run
-_JOIN = """
-local last = redis.call('zrange', KEYS[1], -1, -1, 'WITHSCORES')
-if ARGV[2] == '1' and last[1] then return 0 end
-redis.call('zadd', KEYS[1], (tonumber(last[2]) or 0) + 1, ARGV[1])
-if last[1] then return 2 end
-return 1
+# A Lua function for scripts over a thread's keys: the run joins the queue (last), unless
+# ``reject`` and the queue is not empty. -> 0 refused, 1 joined at the head (may run now),
+# 2 joined behind another run; and the run ids queued before it.
+JOIN_QUEUE = """
+local function join_queue(queue, run, reject)
+  local queued = redis.call('zrange', queue, 0, -1, 'WITHSCORES')
+  local before = {}
+  for i = 1, #queued, 2 do before[#before + 1] = queued[i] end
+  if reject and before[1] then return 0, before end
+  redis.call('zadd', queue, (tonumber(queued[#queued]) or 0) + 1, run)
+  if before[1] then return 2, before end
+  return 1, before
+end
 """
+
+_JOIN = JOIN_QUEUE + "return (join_queue(KEYS[1], ARGV[1], ARGV[2] == '1'))"
 
 _ACQUIRE = """
 local head = redis.call('zrange', KEYS[1], 0, 0)[1]

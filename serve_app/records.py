@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -22,20 +23,24 @@ from redis.asyncio import Redis
 from serve_app.keys import (
     ALL_THREADS,
     events_key,
+    queue_key,
     run_key,
     run_scoped_keys,
     thread_key,
     thread_runs_key,
 )
+from serve_app.leases import JOIN_QUEUE
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 TERMINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupted"})
 ACTIVE: frozenset[str] = frozenset({"pending", "running"})
 
-# KEYS[1]: the record; ARGV[1]: allowed current statuses, JSON-encoded, comma-joined ('' =
-# any); ARGV[2]: the attempt it must be at ('' = any); ARGV[3]: '1' to return the record
-# after (else 1); then field/value pairs to set.
+# KEYS[1]: the record; KEYS[2] (optional): its thread's record, also updated (if it still
+# exists) in the same step. ARGV[1]: allowed current statuses, JSON-encoded, comma-joined
+# ('' = any); ARGV[2]: the attempt it must be at ('' = any); ARGV[3]: '1' to return the
+# record after (else 1); ARGV[4]: how many of the field/value arguments that follow are the
+# record's (the rest are the thread's).
 _SET_IF = """
 local now = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 local status = now[1]
@@ -43,17 +48,74 @@ if not status then return false end
 if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true)
 then return false end
 if ARGV[2] ~= '' and now[2] ~= ARGV[2] then return false end
-if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+local own = 4 + tonumber(ARGV[4])
+if own > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, own)) end
+if #ARGV > own and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, own + 1))
+end
 if ARGV[3] == '1' then return redis.call('HGETALL', KEYS[1]) end
 return 1
 """
 
-# KEYS[1]: the record; ARGV: field/value pairs. Returns the stored record and whether it
-# is new.
+# KEYS[1]: the record; ARGV: field/value pairs. Returns the stored record if it existed
+# (nothing written), else nothing: the caller has the record it asked to write.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGETALL', KEYS[1])} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
 redis.call('HSET', KEYS[1], unpack(ARGV))
-return {1, redis.call('HGETALL', KEYS[1])}
+return false
+"""
+
+# A run recorded and queued on its thread in one step, so a refused run is never written.
+# KEYS: thread record, run record, the thread's runs, its queue. ARGV[1]: '1' to refuse if
+# the queue is not empty (``reject``); ARGV[2]: the thread's new metadata ('' = unchanged;
+# then the thread must exist), ARGV[3]: its updated_at; ARGV[4]: creation time (s); ARGV[5]:
+# the run id; then the run's field/value pairs. -> {-1} thread gone, else {joined (0
+# refused, 1 at the head, 2 behind), the run ids queued before}.
+_CREATE_RUN = JOIN_QUEUE + """
+if ARGV[2] ~= '' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, {}} end
+  redis.call('HSET', KEYS[1], 'metadata', ARGV[2], 'updated_at', ARGV[3])
+end
+local joined, before = join_queue(KEYS[4], ARGV[5], ARGV[1] == '1')
+if joined == 0 then return {0, before} end
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+return {joined, before}
+"""
+
+# The end of a run: its terminal fields if it is still in an allowed status at its attempt,
+# its thread's status and usage totals, the approval it leaves or answered, and the model's
+# responses, in one step. KEYS: run record, thread record, responses. ARGV[1], ARGV[2]: as
+# _SET_IF's; ARGV[3]: totals to add to the thread's ``usage`` (JSON object, '' = none);
+# ARGV[4]: the approval this run leaves pending ('' = none); ARGV[5]: '1' if it answered
+# one; ARGV[6]: the responses ('' = none), ARGV[7]: their TTL (s); ARGV[8]: how many of the
+# field/value arguments that follow are the run's (the rest are the thread's).
+# -> false if refused, else {1, the approval it answered (if any)}.
+_END_RUN = """
+local now = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if not now[1] or now[2] ~= ARGV[2] or
+   not string.find(',' .. ARGV[1] .. ',', ',' .. now[1] .. ',', 1, true) then return false end
+local own = 8 + tonumber(ARGV[8])
+redis.call('HSET', KEYS[1], unpack(ARGV, 9, own))
+local answered = false
+local thread = redis.call('HMGET', KEYS[2], 'status', 'usage', 'approval_requested')
+if thread[1] then
+  local set = {unpack(ARGV, own + 1)}
+  if ARGV[3] ~= '' then
+    local usage = thread[2] and cjson.decode(thread[2]) or {}
+    for k, v in pairs(cjson.decode(ARGV[3])) do usage[k] = (tonumber(usage[k]) or 0) + v end
+    set[#set + 1] = 'usage'
+    set[#set + 1] = cjson.encode(usage)
+  end
+  if ARGV[5] == '1' then answered = thread[3] end
+  if ARGV[4] ~= '' then
+    set[#set + 1] = 'approval_requested'
+    set[#set + 1] = ARGV[4]
+  elseif answered then redis.call('HDEL', KEYS[2], 'approval_requested') end
+  if #set > 0 then redis.call('HSET', KEYS[2], unpack(set)) end
+end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7]) end
+return {1, answered}
 """
 
 
@@ -84,6 +146,26 @@ def _statuses(allowed: Iterable[str]) -> str:
     return ",".join(json.dumps(s) for s in allowed)
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """What a run's end writes besides its status (``serve_app.run_telemetry.run_end``):
+    more fields of its record, totals added to its thread's ``usage``, the approval it
+    leaves pending (JSON) or whether it answered one, the model's responses (JSON, kept
+    ``responses_ttl_s``) at ``responses_key``."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, Any] | None = None
+    asks: str = ""
+    answers: bool = False
+    responses: str = ""
+    responses_key: str = ""
+    responses_ttl_s: int = 0
+
+
 class Records:
     """CRUD of thread and run records; graph state itself lives in the checkpointer."""
 
@@ -91,24 +173,36 @@ class Records:
         self.redis = redis
         self._set_if = redis.register_script(_SET_IF)
         self._create = redis.register_script(_CREATE)
+        self._create_run = redis.register_script(_CREATE_RUN)
+        self._end_run = redis.register_script(_END_RUN)
 
     async def _update(self, key: str, fields: dict[str, Any], allowed: Iterable[str] = (),
-                      attempt: int | None = None, returning: bool = True
+                      attempt: int | None = None, returning: bool = True,
+                      thread: tuple[str, dict[str, Any]] | None = None
                       ) -> dict[str, Any] | None:
         """Set ``fields`` if the record exists, is in an ``allowed`` status (any if empty)
-        and at ``attempt`` (any if None); the record after (``{}`` unless ``returning``:
-        a writer that does not need it spares Redis reading it back), or None if refused."""
-        args = [_statuses(allowed), "" if attempt is None else json.dumps(attempt),
-                "1" if returning else "0", *flat({**fields, "updated_at": now_iso()})]
-        stored = await self._set_if(keys=[key], args=args)
+        and at ``attempt`` (any if None); the record after, or unless ``returning`` the
+        fields written (a writer that has the record spares Redis reading it back), or
+        None if refused. ``thread``: (key, fields) of the thread's record, set in the same
+        step if this one is (and the thread still exists)."""
+        stamp = now_iso()
+        written = {**fields, "updated_at": stamp}
+        own = flat(written)
+        keys, args = [key], [_statuses(allowed), "" if attempt is None else json.dumps(attempt),
+                             "1" if returning else "0", len(own), *own]
+        if thread is not None:
+            keys.append(thread[0])
+            args += flat({**thread[1], "updated_at": stamp})
+        stored = await self._set_if(keys=keys, args=args)
         if stored is None:
             return None
-        return decode(stored) if returning else {}
+        return decode(stored) if returning else written
 
     async def _create_record(self, key: str, record: dict[str, Any]
                              ) -> tuple[dict[str, Any], bool]:
-        created, stored = await self._create(keys=[key], args=flat(record))
-        return decode(stored), bool(created)
+        """(the stored record, whether it is new): the record as asked if it is."""
+        stored = await self._create(keys=[key], args=flat(record))
+        return (record, True) if stored is None else (decode(stored), False)
 
     # threads
     async def get_thread(self, thread_id: str) -> dict[str, Any] | None:
@@ -133,6 +227,11 @@ class Records:
     async def update_thread(self, thread_id: str, returning: bool = True, **fields: Any
                             ) -> dict[str, Any] | None:
         return await self._update(thread_key(thread_id), fields, returning=returning)
+
+    async def get_runs(self, thread_id: str, run_ids: Iterable[str]
+                       ) -> list[dict[str, Any] | None]:
+        """Runs of the thread in one round trip (None for each gone)."""
+        return await self._many(run_key(thread_id, rid) for rid in run_ids)
 
     async def search_threads(self, limit: int, offset: int, metadata: dict[str, Any] | None,
                              status: str | None = None,
@@ -174,9 +273,15 @@ class Records:
     # runs
     async def create_run(self, thread_id: str, assistant_id: str, graph_id: str,
                          kwargs: dict[str, Any], metadata: dict[str, Any],
-                         multitask_strategy: str, extra: dict[str, Any] | None = None
-                         ) -> dict[str, Any]:
-        """``extra``: more fields of the record (e.g. ``webhook``, read when it ends)."""
+                         multitask_strategy: str, extra: dict[str, Any] | None = None,
+                         reject: bool = False, thread_metadata: dict[str, Any] | None = None
+                         ) -> tuple[dict[str, Any] | None, int, list[str]]:
+        """Record the run and queue it on its thread (``serve_app.leases``), in one step:
+        (the record, 1 at the head of the queue or 2 behind another run, the run ids queued
+        before it); (None, 0, those ids) if ``reject`` and the queue is not empty (nothing
+        is written). ``extra``: more fields of the record (e.g. ``webhook``, read when it
+        ends); ``thread_metadata``: the thread's new metadata, written in the same step
+        ((None, -1, []) if the thread has gone meanwhile)."""
         stamp = now_iso()
         record = {**(extra or {}),
             "run_id": str(uuid.uuid4()), "thread_id": thread_id, "assistant_id": assistant_id,
@@ -184,11 +289,14 @@ class Records:
             "multitask_strategy": multitask_strategy, "created_at": stamp, "updated_at": stamp,
             "attempt": 1,
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(run_key(thread_id, record["run_id"]), mapping=encode(record))
-            pipe.zadd(thread_runs_key(thread_id), {record["run_id"]: time.time()})
-            await pipe.execute()
-        return record
+        run_id = record["run_id"]
+        joined, before = await self._create_run(
+            keys=[thread_key(thread_id), run_key(thread_id, run_id), thread_runs_key(thread_id),
+                  queue_key(thread_id)],
+            args=["1" if reject else "0",
+                  "" if thread_metadata is None else json.dumps(thread_metadata),
+                  json.dumps(stamp), time.time(), run_id, *flat(record)])
+        return (record if joined > 0 else None), int(joined), [_text(rid) for rid in before]
 
     async def delete_run(self, run: dict[str, Any]) -> None:
         thread_id, run_id = run["thread_id"], run["run_id"]
@@ -206,12 +314,37 @@ class Records:
         return await self._update(run_key(thread_id, run_id), fields, returning=returning)
 
     async def transition_run(self, run: dict[str, Any], allowed: Iterable[str],
-                             returning: bool = True, **fields: Any) -> dict[str, Any] | None:
+                             returning: bool = True, thread_fields: dict[str, Any] | None = None,
+                             **fields: Any) -> dict[str, Any] | None:
         """Set ``fields`` only if the run is still in an ``allowed`` status at the attempt
-        ``run`` knows; the record after (``{}`` unless ``returning``), or None if someone
-        else moved it first."""
+        ``run`` knows (and its thread's ``thread_fields`` with them); the record after (the
+        fields written unless ``returning``), or None if someone else moved it first."""
+        thread = None if thread_fields is None else \
+            (thread_key(run["thread_id"]), thread_fields)
         return await self._update(run_key(run["thread_id"], run["run_id"]), fields,
-                                  allowed, run["attempt"], returning)
+                                  allowed, run["attempt"], returning, thread)
+
+    async def end_run(self, run: dict[str, Any], allowed: Iterable[str],
+                      thread_fields: dict[str, Any], end: RunEnd, **fields: Any
+                      ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Set the run's ``fields`` (and ``end``'s) if it is still in an ``allowed`` status
+        at the attempt ``run`` knows, its thread's ``thread_fields`` and ``end``'s totals
+        with them: (the record after, or None if someone else moved it first; the approval
+        this run answered, if it did)."""
+        stamp = now_iso()
+        written = {**fields, **end.fields, "updated_at": stamp}
+        own = flat(written)
+        thread_id = run["thread_id"]
+        ended, answered = await self._end_run(
+            keys=[run_key(thread_id, run["run_id"]), thread_key(thread_id),
+                  end.responses_key or run_key(thread_id, run["run_id"])],
+            args=[_statuses(allowed), json.dumps(run["attempt"]),
+                  json.dumps(end.totals) if end.totals else "", end.asks,
+                  "1" if end.answers else "", end.responses, end.responses_ttl_s, len(own),
+                  *own, *flat({**thread_fields, "updated_at": stamp})]) or (None, None)
+        if not ended:
+            return None, None
+        return {**run, **written}, json.loads(answered) if answered else None
 
     async def list_runs(self, thread_id: str, limit: int = 10, offset: int = 0,
                         status: str | None = None) -> list[dict[str, Any]]:

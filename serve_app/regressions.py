@@ -42,18 +42,13 @@ from redis.asyncio import Redis
 from agents import telemetry
 from agents.checkpoint import create_redis
 from agents.settings import PROJECT_ROOT
-from serve_app.keys import thread_runs_key
+from serve_app.keys import responses_key, thread_runs_key
 from serve_app.records import Records
 
 CASES = "ac:regressions"
 RESPONSES_TTL_S = 86_400  # a run's model responses, kept a day for feedback to flag it
 FAILED = frozenset({"error", "timeout"})
 DEFAULT_DIR = PROJECT_ROOT / "tests" / "regressions"
-
-
-def responses_key(thread_id: str, run_id: str) -> str:
-    """Under the thread's hash tag, so the thread's deletion takes it too."""
-    return f"ac:{{{thread_id}}}:responses:{run_id}"
 
 
 async def keep(redis: Redis, record: dict[str, Any], responses: list[dict[str, Any]],
@@ -116,7 +111,7 @@ async def interrupted_run(redis: Redis, record: dict[str, Any], graph: Any
 async def after_run(redis: Redis, record: dict[str, Any], responses: list[dict[str, Any]],
                     graph: Any) -> None:
     """Keep a failed run's case (every run's responses are kept a day by
-    ``run_telemetry.save``, for feedback to flag it later)."""
+    ``run_telemetry.run_end``, for feedback to flag it later)."""
     if record.get("status") in FAILED:
         await keep(redis, record, responses, graph, record["status"])
 

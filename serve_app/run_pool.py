@@ -32,11 +32,11 @@ from serve_app.keys import (
     started_key,
 )
 
-# KEYS: running, started; ARGV: ref, now (ms), lease (ms). One live owner per run.
+# KEYS: running, started; ARGV: ref, lease expiry (ms). One owner per run: a run held
+# already, even past its lease, is not taken (the sweeper takes an expired one away first,
+# then queues it again).
 _CLAIM = """
-local expires = redis.call('zscore', KEYS[1], ARGV[1])
-if expires and tonumber(expires) > tonumber(ARGV[2]) then return 0 end
-redis.call('zadd', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+if redis.call('zadd', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
 redis.call('incr', KEYS[2])
 return 1
 """
@@ -52,7 +52,6 @@ class PoolLoad:
 
     queued: int  # runs waiting for a slot
     oldest_wait_s: float  # how long the oldest of them has waited
-    running: int
     replicas: int  # live replicas (at least 1: the one asking)
     started: int = 0  # runs taken from the queue, ever (a counter: its rate drains it)
 
@@ -108,7 +107,7 @@ class RunPool:
             return None
         ref = popped[1].decode()
         claimed = await self._claim(keys=[self.running, self.started],
-                                    args=[ref, now_ms(), self.lease_ms])
+                                    args=[ref, now_ms() + self.lease_ms])
         return ref if claimed else None
 
     async def hand_back(self, ref: str) -> None:
@@ -123,12 +122,16 @@ class RunPool:
         another attempt's now)."""
         await self.redis.zrem(self.running, ref)
 
-    async def done(self, ref: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+    async def done(self, ref: str, taken: bool = False) -> None:
+        """Off every set. ``taken``: it was popped from ``ready`` and never delayed, so only
+        ``running`` and ``pending`` can hold it. Not atomic: a sweeper that sees it half
+        removed settles it again, which changes nothing."""
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.running, ref)
             pipe.zrem(self.pending, ref)
-            pipe.zrem(self.ready, ref)
-            pipe.zrem(self.delayed, ref)
+            if not taken:
+                pipe.zrem(self.ready, ref)
+                pipe.zrem(self.delayed, ref)
             await pipe.execute()
 
     async def expired(self) -> list[str]:
@@ -165,9 +168,8 @@ class RunPool:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.ready)
             pipe.zrange(self.ready, 0, 0, withscores=True)
-            pipe.zcard(self.running)
             pipe.zcount(self.replicas, now_ms(), "+inf")
             pipe.get(self.started)
-            queued, oldest, running, replicas, started = await pipe.execute()
+            queued, oldest, replicas, started = await pipe.execute()
         wait = now - oldest[0][1] if oldest else 0.0
-        return PoolLoad(queued, max(wait, 0.0), running, max(replicas, 1), int(started or 0))
+        return PoolLoad(queued, max(wait, 0.0), max(replicas, 1), int(started or 0))

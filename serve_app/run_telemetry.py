@@ -3,7 +3,8 @@
     observed = RunTelemetry.begin(run, replica_id)   # before the run's first event
     observed.attach() ... observed.detach()          # around the graph, in the run's task
     summary = finish(run, status)                    # the end: span closed, metrics counted
-    record = await save(redis, record, summary)      # run record + the thread's totals
+    end = run_end(run, summary)                      # what the end writes (Records.end_run)
+    await ended(redis, record, summary, answered)    # approval wait, regression case
 
 The run span is a child of the request that created the run (its ``traceparent`` is kept in
 the run's ``kwargs.trace``), so one trace holds the request, the run, and every specialist
@@ -31,33 +32,14 @@ from redis.asyncio import Redis
 
 from agents import pricing, telemetry
 from serve_app import regressions
-from serve_app.keys import run_key, thread_key
+from serve_app.keys import responses_key
+from serve_app.records import RunEnd
 
 # runs observed here, until their executor lets go of them (weak: a run handed back or
 # retried never reaches ``finish``; its span then ends when the object goes, see __del__)
 _active: weakref.WeakValueDictionary[tuple[str, int], RunTelemetry] = \
     weakref.WeakValueDictionary()
 STREAMED = frozenset({"token", "messages", "messages/partial"})
-
-# KEYS[1]: the thread record; ARGV[1]: JSON of totals to add, ARGV[2]: the pending
-# approval this run leaves (JSON: when, and the span that asked), '' for none; ARGV[3]: '1'
-# if this run answered one. The thread's ``usage`` field (JSON) sums its runs; returns it
-# and the approval this run answered, if any.
-_ADD_TO_THREAD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local add = cjson.decode(ARGV[1])
-local raw = redis.call('HGET', KEYS[1], 'usage')
-local usage = raw and cjson.decode(raw) or {}
-for k, v in pairs(add) do usage[k] = (tonumber(usage[k]) or 0) + v end
-local out = cjson.encode(usage)
-redis.call('HSET', KEYS[1], 'usage', out)
-local answered = false
-if ARGV[3] == '1' then answered = redis.call('HGET', KEYS[1], 'approval_requested') end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'approval_requested', ARGV[2])
-elseif ARGV[3] == '1' then redis.call('HDEL', KEYS[1], 'approval_requested') end
-return {out, answered}
-"""
-
 
 class RunTelemetry:
     def __init__(self, run: dict[str, Any], replica_id: str):
@@ -185,48 +167,47 @@ def end_event(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if not k.startswith("_")}
 
 
-async def save(redis: Redis, record: dict[str, Any], summary: dict[str, Any],
-               graph: Any = None) -> dict[str, Any]:
-    """Usage and trace id on the run record (and a compact copy in its metadata, as
-    LangGraph Platform clients read runs); the thread's cumulative totals; the model's
-    responses (a day); a failed run kept as a regression case (``serve_app.regressions``)."""
+def run_end(run: dict[str, Any], summary: dict[str, Any]) -> RunEnd:
+    """What the run's end writes with its status: usage and trace id on its record (and a
+    compact copy in its metadata, as LangGraph Platform clients read runs), its thread's
+    cumulative totals, the approval it leaves pending, the model's responses (a day)."""
     if not summary:
-        return record
+        return RunEnd()
     usage = summary["usage"]
     compact = {"input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"],
                "cost_usd": usage["cost_usd"]}
     fields = {"usage": usage,
-              "metadata": {**(record.get("metadata") or {}), **compact,
+              "metadata": {**(run.get("metadata") or {}), **compact,
                            **({"trace_id": summary["trace_id"]} if "trace_id" in summary
                               else {})}}
     if "trace_id" in summary:
         fields["trace_id"] = summary["trace_id"]
-    thread_id, run_id = record["thread_id"], record["run_id"]
     span = summary.get("_span")
     asks = ""
     if summary.get("_interrupted"):  # this run waits for an approval from now on
         context = span.get_span_context() if span is not None else None
         asks = json.dumps({"at": time.time(), "trace_id": summary.get("trace_id"),
                            "span_id": format(context.span_id, "016x") if context else None})
+    return RunEnd(
+        fields=fields, totals={**compact, "runs": 1, "model_calls": usage["model_calls"]},
+        asks=asks, answers=bool(((run.get("kwargs") or {}).get("command") or {}).get("resume")),
+        responses=json.dumps(summary.get("_responses") or [], default=str),
+        responses_key=responses_key(run["thread_id"], run["run_id"]),
+        responses_ttl_s=regressions.RESPONSES_TTL_S)
+
+
+async def ended(redis: Redis, record: dict[str, Any], summary: dict[str, Any],
+                answered: dict[str, Any] | None, graph: Any = None) -> None:
+    """After the end is written: the wait for the approval this run answered, and a failed
+    run kept as a regression case (``serve_app.regressions``)."""
+    if not summary:
+        return
+    if summary.get("_interrupted"):
         telemetry.count("approvals_requested", graph=record["graph_id"])
-    answers = bool(((record.get("kwargs") or {}).get("command") or {}).get("resume"))
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hset(run_key(thread_id, run_id),
-                  mapping={k: json.dumps(v) for k, v in fields.items()})
-        pipe.eval(_ADD_TO_THREAD, 1, thread_key(thread_id),
-                  json.dumps({**compact, "runs": 1, "model_calls": usage["model_calls"]}),
-                  asks, "1" if answers else "")
-        pipe.set(regressions.responses_key(thread_id, run_id),
-                 json.dumps(summary.get("_responses") or [], default=str),
-                 ex=regressions.RESPONSES_TTL_S)
-        _, added, _ = await pipe.execute()
-    answered = added[1] if added else None
     if answered:
-        _approval_waited(json.loads(answered), record, span)
-    record = {**record, **fields}
+        _approval_waited(answered, record, summary.get("_span"))
     if graph is not None:
         await regressions.after_run(redis, record, summary.get("_responses") or [], graph)
-    return record
 
 
 def _approval_waited(asked: dict[str, Any], record: dict[str, Any], run_span: Any) -> None:

@@ -149,15 +149,17 @@ class RunsService:
         if not admitted:
             await self.admit()
         stateless = thread_id is None
-        thread = await self.run_thread(thread_id, graph_id, body.if_not_exists,
-                                       thread_metadata, thread)
+        thread, new_metadata = await self.run_thread(thread_id, graph_id, body.if_not_exists,
+                                                     thread_metadata, thread)
         thread_id = thread["thread_id"]
         if options.get("checkpoint_id"):  # 404 if none (or pruned)
             await self.threads.snapshot(thread, options["checkpoint_id"])
         resume = body.command is not None and body.command.resume is not None
         if resume:
             await self.check_resume(thread, body.command.resume)
-        inflight = await ctx.inflight_runs(thread_id)
+        # rollback needs the runs before this one now; interrupt once it is queued
+        inflight = await ctx.inflight_runs(thread_id) \
+            if body.multitask_strategy == "rollback" else []
         kwargs = {
             "input": body.input,
             "command": body.command.model_dump(exclude_none=True) if body.command else None,
@@ -174,17 +176,19 @@ class RunsService:
         extra: dict[str, Any] = {"webhook": body.webhook} if body.webhook else {}
         if body.after_seconds:  # durable: the pool's delayed set holds it until then
             extra["not_before_ms"] = int((time.time() + body.after_seconds) * 1000)
-        run = await ctx.records.create_run(thread_id, assistant["assistant_id"], graph_id,
-                                           kwargs, body.metadata or {},
-                                           body.multitask_strategy, extra)
         # A resume must answer the interrupt it saw: never queue it behind another run.
         reject = body.multitask_strategy == "reject" or resume
-        joined = await ctx.executor.leases.join(thread_id, run["run_id"], reject)
-        if not joined:
-            await ctx.records.delete_run(run)
+        run, joined, before = await ctx.records.create_run(
+            thread_id, assistant["assistant_id"], graph_id, kwargs, body.metadata or {},
+            body.multitask_strategy, extra, reject=reject, thread_metadata=new_metadata)
+        if joined < 0:
+            raise ApiError(404, f"thread {thread_id!r} not found")
+        if run is None:
             raise ApiError(409, f"thread {thread_id!r} is busy with another run "
                                 f"(multitask_strategy={body.multitask_strategy})")
         await ctx.executor.submit(run, first_in_thread=joined == 1)
+        if body.multitask_strategy == "interrupt" and before:
+            inflight = await ctx.inflight_runs(thread_id, before)
         if body.multitask_strategy in ("interrupt", "rollback"):
             for active in inflight:
                 await ctx.executor.cancel(active, body.multitask_strategy)
@@ -192,14 +196,16 @@ class RunsService:
 
     async def run_thread(self, thread_id: str | None, graph_id: str,
                          if_not_exists: str, metadata: dict[str, Any] | None = None,
-                         known: dict[str, Any] | None = None) -> dict[str, Any]:
+                         known: dict[str, Any] | None = None
+                         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The run's thread: a new one for thread-less runs, created on demand if asked
-        (``known``: its record as just read)."""
+        (``known``: its record as just read); and its new metadata if the run names its
+        graph (written with the run, ``Records.create_run``), else None."""
         records = self.ctx.records
         new_metadata = {**(metadata or {}), "graph_id": graph_id}
         if thread_id is None:
             thread, _ = await records.create_thread(None, new_metadata)
-            return thread
+            return thread, None
         thread = known or await records.get_thread(thread_id)
         if thread is None:
             if if_not_exists != "create":
@@ -207,10 +213,10 @@ class RunsService:
             thread, created = await records.create_thread(thread_id, new_metadata)
             if created:
                 await self.ctx.retention.touch(thread_id, thread)
-        if "graph_id" not in thread["metadata"]:
-            thread = await records.update_thread(
-                thread_id, metadata={**thread["metadata"], "graph_id": graph_id})
-        return thread
+        if "graph_id" in thread["metadata"]:
+            return thread, None
+        named = {**thread["metadata"], "graph_id": graph_id}
+        return {**thread, "metadata": named}, named
 
     async def check_resume(self, thread: dict[str, Any], resume: Any) -> None:
         """Reject a resume that answers nothing, or an approval decision that is malformed."""

@@ -55,8 +55,11 @@ class ServiceContext:
         await self.executor.aclose()
         await self.feed.aclose()
 
-    async def inflight_runs(self, thread_id: str) -> list[dict[str, Any]]:
-        """The thread's runs queued or running (its lease queue, not yet terminal)."""
-        runs = [await self.records.get_run(thread_id, rid) for rid in
-                await self.executor.leases.queued(thread_id)]
+    async def inflight_runs(self, thread_id: str, queued: list[str] | None = None
+                            ) -> list[dict[str, Any]]:
+        """The thread's runs queued or running (its lease queue, not yet terminal);
+        ``queued``: the run ids of its queue, if just read."""
+        if queued is None:
+            queued = await self.executor.leases.queued(thread_id)
+        runs = await self.records.get_runs(thread_id, queued)
         return [r for r in runs if r and r["status"] not in TERMINAL]

@@ -116,13 +116,18 @@ class ThreadsService:
                                 f"{self.ctx.retention.settings.keep_latest} checkpoints)")
         return snapshot
 
-    async def view(self, thread: dict[str, Any]) -> dict[str, Any]:
-        snapshot = await self.snapshot(thread)
+    async def view(self, thread: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
+        """The thread with its values and interrupts; ``fresh``: made just now under a new
+        id, so it has no state to read."""
+        values: Any = {}
         interrupts: dict[str, list] = {}
-        for task in snapshot.tasks:
-            if task.interrupts:
-                interrupts[task.id] = to_jsonable(list(task.interrupts))
-        return {**thread, "values": to_jsonable(snapshot.values), "interrupts": interrupts,
+        if not fresh:
+            snapshot = await self.snapshot(thread)
+            values = to_jsonable(snapshot.values)
+            for task in snapshot.tasks:
+                if task.interrupts:
+                    interrupts[task.id] = to_jsonable(list(task.interrupts))
+        return {**thread, "values": values, "interrupts": interrupts,
                 "error": thread.get("error")}
 
     async def search(self, body: Any, where: Any = None) -> list[dict[str, Any]]:
@@ -185,9 +190,11 @@ class ThreadsService:
                                                                ttl=thread_ttl(ttl))
         if not created and if_exists == "raise":
             raise ApiError(409, f"thread {thread_id!r} already exists")
-        if created:
+        fresh = created and thread_id is None  # an id made here: nothing of it exists yet
+        # a TTL starts now; a named thread may clear the TTL an earlier one left
+        if created and not (fresh and self.ctx.retention.ttl_minutes(thread) is None):
             await self.ctx.retention.touch(thread["thread_id"], thread)
-        return await self.view(thread)
+        return await self.view(thread, fresh)
 
     async def update(self, thread_id: str, metadata: dict[str, Any],
                      ttl: Any = None) -> dict[str, Any]:

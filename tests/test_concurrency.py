@@ -99,7 +99,7 @@ def test_admission_bounds_the_wait_a_new_run_would_face():
     api = ApiSettings(max_queued_runs=32, max_queue_wait_s=0.5)
 
     def load(queued: int, oldest_wait_s: float = 0.2) -> PoolLoad:
-        return PoolLoad(queued=queued, oldest_wait_s=oldest_wait_s, running=8, replicas=2)
+        return PoolLoad(queued=queued, oldest_wait_s=oldest_wait_s, replicas=2)
 
     assert Admission.reason(load(0), api, drain_per_s=4.0) is None
     assert Admission.reason(load(1), api, drain_per_s=4.0) is None  # 2 / 4 = 0.5 s

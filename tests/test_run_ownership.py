@@ -128,7 +128,7 @@ async def test_a_loop_silent_past_the_stall_limit_gives_its_runs_up(make_service
 async def test_a_requeue_cannot_overwrite_the_end_its_first_attempt_wrote(redis_client):
     records = Records(redis_client)
     thread_id = f"cas-{uuid.uuid4().hex[:8]}"
-    run = await records.create_run(thread_id, "a", "supervisor", {}, {}, "enqueue")
+    run, _, _ = await records.create_run(thread_id, "a", "supervisor", {}, {}, "enqueue")
     started = await records.transition_run(run, {"pending"}, status="running")
     seen_by_sweeper = dict(started)  # read just before the first attempt finished
 
@@ -143,7 +143,7 @@ async def test_a_requeue_cannot_overwrite_the_end_its_first_attempt_wrote(redis_
 async def test_a_stale_attempt_cannot_end_a_run_its_successor_owns(redis_client):
     records = Records(redis_client)
     thread_id = f"cas-{uuid.uuid4().hex[:8]}"
-    run = await records.create_run(thread_id, "a", "supervisor", {}, {}, "enqueue")
+    run, _, _ = await records.create_run(thread_id, "a", "supervisor", {}, {}, "enqueue")
     first = await records.transition_run(run, {"pending"}, status="running")
     second = await records.transition_run(first, {"running"}, status="pending", attempt=2)
     second = await records.transition_run(second, {"pending"}, status="running")
@@ -158,8 +158,8 @@ async def test_a_stream_whose_end_was_never_written_ends_with_the_outcome(make_s
     stream: the stream tells the outcome from the record instead of closing silently."""
     service = await make_service(heartbeat_s=0.2)
     thread, _ = await service.records.create_thread(None, {})
-    run = await service.records.create_run(thread["thread_id"], "a", "supervisor", {}, {},
-                                           "enqueue")
+    run, _, _ = await service.records.create_run(thread["thread_id"], "a", "supervisor", {},
+                                                 {}, "enqueue")
     error = {"error": "ConnectionError", "message": "No connection available."}
     await service.records.transition_run(run, ACTIVE, status="error", error=error)
 

@@ -1,0 +1,94 @@
+"""A run's record and its thread's change together, in one step each, or not at all: a run
+refused is never written, a run's end carries its thread's status and totals with it, and
+an attempt that no longer owns the run writes neither."""
+
+from __future__ import annotations
+
+import uuid
+
+from serve_app.records import ACTIVE, Records, RunEnd
+
+
+def new_id() -> str:
+    return f"rec-{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_refused_run_is_never_written_and_names_the_runs_before_it(redis_client):
+    records = Records(redis_client)
+    thread, _ = await records.create_thread(new_id(), {})
+    tid = thread["thread_id"]
+
+    first, joined, before = await records.create_run(tid, "a", "supervisor", {}, {}, "reject",
+                                                     reject=True)
+    assert joined == 1 and before == []
+    second, joined, _ = await records.create_run(tid, "a", "supervisor", {}, {}, "enqueue")
+    assert joined == 2
+    refused, joined, before = await records.create_run(tid, "a", "supervisor", {}, {},
+                                                       "reject", reject=True)
+
+    assert refused is None and joined == 0
+    assert before == [first["run_id"], second["run_id"]]
+    assert {r["run_id"] for r in await records.list_runs(tid)} == \
+        {first["run_id"], second["run_id"]}
+
+
+async def test_a_run_that_names_its_graph_names_it_on_its_thread_unless_the_thread_is_gone(
+        redis_client):
+    records = Records(redis_client)
+    thread, _ = await records.create_thread(new_id(), {"owner": "ann"})
+    tid = thread["thread_id"]
+
+    run, joined, _ = await records.create_run(
+        tid, "a", "supervisor", {}, {}, "enqueue",
+        thread_metadata={"owner": "ann", "graph_id": "supervisor"})
+    assert run is not None and joined == 1
+    assert (await records.get_thread(tid))["metadata"] == {"owner": "ann",
+                                                            "graph_id": "supervisor"}
+
+    gone = new_id()
+    run, joined, _ = await records.create_run(gone, "a", "supervisor", {}, {}, "enqueue",
+                                              thread_metadata={"graph_id": "supervisor"})
+    assert (run, joined) == (None, -1)
+    assert await records.get_thread(gone) is None
+    assert await records.list_runs(gone) == []
+
+
+async def test_a_run_ends_with_its_thread_and_a_stale_attempt_changes_neither(redis_client):
+    records = Records(redis_client)
+    thread, _ = await records.create_thread(new_id(), {})
+    tid = thread["thread_id"]
+    run, _, _ = await records.create_run(tid, "a", "supervisor", {}, {}, "enqueue")
+    first = await records.transition_run(run, {"pending"}, thread_fields={"status": "busy"},
+                                         status="running")
+    assert first["status"] == "running"
+    assert (await records.get_thread(tid))["status"] == "busy"
+    second = await records.transition_run(first, {"running"}, status="pending", attempt=2)
+    second = await records.transition_run(second, {"pending"}, status="running")
+    asks = '{"at": 1}'
+    end = RunEnd(fields={"usage": {"runs": 1}}, totals={"runs": 1, "cost_usd": 0.5},
+                 asks=asks)
+
+    stale, _ = await records.end_run(first, ACTIVE, {"status": "idle"}, end, status="error")
+    assert stale is None
+    assert (await records.get_thread(tid))["status"] == "busy"
+    assert "usage" not in await records.get_thread(tid)
+
+    ended, answered = await records.end_run(second, ACTIVE, {"status": "interrupted"}, end,
+                                            status="success")
+    assert ended["status"] == "success" and ended["attempt"] == 2 and answered is None
+    stored = await records.get_run(tid, run["run_id"])
+    assert stored["status"] == "success" and stored["usage"] == {"runs": 1}
+    stored_thread = await records.get_thread(tid)
+    assert stored_thread["status"] == "interrupted"
+    assert stored_thread["usage"] == {"runs": 1, "cost_usd": 0.5}
+    assert stored_thread["approval_requested"] == {"at": 1}
+
+    resume, _, _ = await records.create_run(tid, "a", "supervisor", {}, {}, "enqueue")
+    resume = await records.transition_run(resume, {"pending"}, status="running")
+    _, answered = await records.end_run(
+        resume, ACTIVE, {"status": "idle"},
+        RunEnd(totals={"runs": 1, "cost_usd": 0.25}, answers=True), status="success")
+    assert answered == {"at": 1}
+    stored_thread = await records.get_thread(tid)
+    assert stored_thread["usage"] == {"runs": 2, "cost_usd": 0.75}
+    assert "approval_requested" not in stored_thread
