@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.commands.core import HashDataPersistOptions
 
 from serve_app.keys import (
     ALL_THREADS,
@@ -50,19 +51,13 @@ then return false end
 if ARGV[2] ~= '' and now[2] ~= ARGV[2] then return false end
 local own = 4 + tonumber(ARGV[4])
 if own > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, own)) end
-if #ARGV > own and redis.call('EXISTS', KEYS[2]) == 1 then
+if #ARGV > own and redis.call('HSETEX', KEYS[2], 'FXX', 'FIELDS', (#ARGV - own) / 2,
+                              unpack(ARGV, own + 1)) == 0
+   and redis.call('EXISTS', KEYS[2]) == 1 then  -- a field new to the thread
   redis.call('HSET', KEYS[2], unpack(ARGV, own + 1))
 end
 if ARGV[3] == '1' then return redis.call('HGETALL', KEYS[1]) end
 return 1
-"""
-
-# KEYS[1]: the record; ARGV: field/value pairs. Returns the stored record if it existed
-# (nothing written), else nothing: the caller has the record it asked to write.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HGETALL', KEYS[1]) end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return false
 """
 
 # A run recorded and queued on its thread in one step, so a refused run is never written.
@@ -72,10 +67,8 @@ return false
 # the run id; then the run's field/value pairs. -> {-1} thread gone, else {joined (0
 # refused, 1 at the head, 2 behind), the run ids queued before}.
 _CREATE_RUN = JOIN_QUEUE + """
-if ARGV[2] ~= '' then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, {}} end
-  redis.call('HSET', KEYS[1], 'metadata', ARGV[2], 'updated_at', ARGV[3])
-end
+if ARGV[2] ~= '' and redis.call('HSETEX', KEYS[1], 'FXX', 'FIELDS', 2, 'metadata', ARGV[2],
+                                 'updated_at', ARGV[3]) == 0 then return {-1, {}} end
 local joined, before = join_queue(KEYS[4], ARGV[5], ARGV[1] == '1')
 if joined == 0 then return {0, before} end
 redis.call('HSET', KEYS[2], unpack(ARGV, 6))
@@ -172,7 +165,6 @@ class Records:
     def __init__(self, redis: Redis):
         self.redis = redis
         self._set_if = redis.register_script(_SET_IF)
-        self._create = redis.register_script(_CREATE)
         self._create_run = redis.register_script(_CREATE_RUN)
         self._end_run = redis.register_script(_END_RUN)
 
@@ -200,9 +192,15 @@ class Records:
 
     async def _create_record(self, key: str, record: dict[str, Any]
                              ) -> tuple[dict[str, Any], bool]:
-        """(the stored record, whether it is new): the record as asked if it is."""
-        stored = await self._create(keys=[key], args=flat(record))
-        return (record, True) if stored is None else (decode(stored), False)
+        """(the stored record, whether it is new): the record as asked if it is. Written
+        only if it has none of those fields yet (every record has them all)."""
+        while True:
+            if await self.redis.hsetex(key, mapping=encode(record),
+                                       data_persist_option=HashDataPersistOptions.FNX):
+                return record, True
+            stored = decode(await self.redis.hgetall(key))
+            if stored is not None:  # else deleted meanwhile: create it after all
+                return stored, False
 
     # threads
     async def get_thread(self, thread_id: str) -> dict[str, Any] | None:

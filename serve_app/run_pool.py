@@ -32,15 +32,6 @@ from serve_app.keys import (
     started_key,
 )
 
-# KEYS: running, started; ARGV: ref, lease expiry (ms). One owner per run: a run held
-# already, even past its lease, is not taken (the sweeper takes an expired one away first,
-# then queues it again).
-_CLAIM = """
-if redis.call('zadd', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
-redis.call('incr', KEYS[2])
-return 1
-"""
-
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -59,7 +50,6 @@ class PoolLoad:
 class RunPool:
     def __init__(self, redis: Redis, name: str, lease_ttl_s: float):
         self.redis = redis
-        self._claim = redis.register_script(_CLAIM)
         self.name = name
         self.lease_ms = int(lease_ttl_s * 1000)
         self.ready = ready_key(name)
@@ -106,8 +96,13 @@ class RunPool:
         if not popped:
             return None
         ref = popped[1].decode()
-        claimed = await self._claim(keys=[self.running, self.started],
-                                    args=[ref, now_ms() + self.lease_ms])
+        # One owner per run: a run held already, even past its lease, is not taken (the
+        # sweeper takes an expired one away first, then queues it again). A pop counts as
+        # taken either way.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.running, {ref: now_ms() + self.lease_ms}, nx=True)
+            pipe.incr(self.started)
+            claimed, _ = await pipe.execute()
         return ref if claimed else None
 
     async def hand_back(self, ref: str) -> None:
