@@ -94,20 +94,26 @@ def _fingerprint(message: BaseMessage) -> tuple:
 
 
 @dataclass(frozen=True)
-class Stored:
-    """One checkpoint as the hash holds it, decoded only as far as asked."""
+class CheckpointRef:
+    """Where a checkpoint is: its (sub-)thread, namespace and id (a field of the hash)."""
 
     thread_id: str
     ns: str
     checkpoint_id: str
+
+
+@dataclass(frozen=True)
+class Stored(CheckpointRef):
+    """One checkpoint as the hash holds it, decoded only as far as asked."""
+
     parent_id: str
     run_id: str
     payload: tuple[str, bytes, str, bytes]  # checkpoint type + bytes, metadata type + bytes
 
     @classmethod
-    def unpack(cls, thread_id: str, ns: str, checkpoint_id: str, raw: bytes) -> Stored:
+    def unpack(cls, ref: CheckpointRef, raw: bytes) -> Stored:
         parent_id, run_id, *payload = ormsgpack.unpackb(raw)
-        return cls(thread_id, ns, checkpoint_id, parent_id, run_id, tuple(payload))
+        return cls(ref.thread_id, ref.ns, ref.checkpoint_id, parent_id, run_id, tuple(payload))
 
 
 class LeanRedisSaver(BaseCheckpointSaver[str]):
@@ -196,7 +202,8 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             raw, writes = await pipe.execute()
         if raw is None:
             return None
-        return self._tuple(Stored.unpack(thread_id, ns, checkpoint_id, raw), writes)
+        return self._tuple(Stored.unpack(CheckpointRef(thread_id, ns, checkpoint_id), raw),
+                           writes)
 
     async def alist(self, config: RunnableConfig | None, *,
                     filter: dict[str, Any] | None = None,
@@ -230,20 +237,32 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         for stored, stored_writes in zip(picked, writes, strict=True):
             yield self._tuple(stored, stored_writes)
 
+    async def refs(self, thread_id: str, ns: str | None = None,
+                   sub_threads: bool | None = False) -> list[CheckpointRef]:
+        """The thread's checkpoints (``sub_threads``: its sub-threads'; None: both), from
+        the hash's field names alone (one ``HKEYS``), in no order."""
+        refs = []
+        for field in map(_text, await self._redis.hkeys(checkpoints_key(thread_id))):
+            ref = CheckpointRef(*parse_checkpoint_field(thread_id, field))
+            if ref.checkpoint_id == LATEST or (ns is not None and ref.ns != ns):
+                continue
+            if sub_threads is None or (ref.thread_id != thread_id) == sub_threads:
+                refs.append(ref)
+        return refs
+
     async def stored(self, thread_id: str, ns: str | None = None,
                      sub_threads: bool = False) -> list[Stored]:
         """The thread's checkpoints (or its sub-threads'), undecoded, in no order."""
-        key = checkpoints_key(thread_id)
-        fields = [f for f in map(_text, await self._redis.hkeys(key))
-                  if _mine(parse_checkpoint_field(thread_id, f), thread_id, ns, sub_threads)]
-        if not fields:
+        return await self.load(thread_id, await self.refs(thread_id, ns, sub_threads))
+
+    async def load(self, thread_id: str, refs: list[CheckpointRef]) -> list[Stored]:
+        """``refs`` (of ``thread_id`` or its sub-threads) with what is stored of each."""
+        if not refs:
             return []
-        found = []
-        for field, raw in zip(fields, await self._redis.hmget(key, fields), strict=True):
-            owner, field_ns, checkpoint_id = parse_checkpoint_field(thread_id, field)
-            if raw is not None:
-                found.append(Stored.unpack(owner, field_ns, checkpoint_id, raw))
-        return found
+        fields = [checkpoint_field(r.thread_id, r.ns, r.checkpoint_id) for r in refs]
+        found = await self._redis.hmget(checkpoints_key(thread_id), fields)
+        return [Stored.unpack(ref, raw) for ref, raw in zip(refs, found, strict=True)
+                if raw is not None]
 
     def _tuple(self, stored: Stored, writes: dict[bytes, bytes]) -> CheckpointTuple:
         thread_id, ns = stored.thread_id, stored.ns
@@ -268,23 +287,24 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
     # deleting
     async def adelete_thread(self, thread_id: str) -> None:
         """Every checkpoint and write of ``thread_id`` (not of its sub-threads)."""
-        await self.delete(thread_id, await self.stored(thread_id), pointers=True)
+        refs = await self.refs(thread_id)
+        await self.delete(thread_id, refs, pointers={(thread_id, r.ns) for r in refs})
 
-    async def delete(self, thread_id: str, doomed: Iterable[Stored],
-                     pointers: bool = False) -> int:
+    async def delete(self, thread_id: str, doomed: Iterable[CheckpointRef],
+                     pointers: Iterable[tuple[str, str]] = ()) -> int:
         """Drop ``doomed`` (checkpoints of ``thread_id`` or of its sub-threads) with their
-        writes; ``pointers``: also the latest pointers of their namespaces."""
+        writes, and the latest pointers of ``pointers`` ((thread, ns) pairs), in one round
+        trip; how many checkpoints went."""
         doomed = list(doomed)
-        fields = [checkpoint_field(s.thread_id, s.ns, s.checkpoint_id) for s in doomed]
-        if pointers:
-            fields += list({checkpoint_field(s.thread_id, s.ns, LATEST) for s in doomed})
+        fields = [checkpoint_field(r.thread_id, r.ns, r.checkpoint_id) for r in doomed]
+        fields += [checkpoint_field(t, ns, LATEST) for t, ns in pointers]
         if not fields:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hdel(checkpoints_key(thread_id), *fields)
             for start in range(0, len(doomed), 500):
-                pipe.delete(*[checkpoint_writes_key(s.thread_id, s.ns, s.checkpoint_id)
-                              for s in doomed[start:start + 500]])
+                pipe.delete(*[checkpoint_writes_key(r.thread_id, r.ns, r.checkpoint_id)
+                              for r in doomed[start:start + 500]])
             await pipe.execute()
         return len(doomed)
 
@@ -325,14 +345,6 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
 
     def decode(self, stored: Stored) -> Checkpoint:
         return self.serde.loads_typed(stored.payload[:2])
-
-
-def _mine(parsed: tuple[str, str, str], thread_id: str, ns: str | None,
-          sub_threads: bool) -> bool:
-    owner, field_ns, checkpoint_id = parsed
-    if checkpoint_id == LATEST or (ns is not None and field_ns != ns):
-        return False
-    return owner != thread_id if sub_threads else owner == thread_id
 
 
 def with_run_metadata(config: RunnableConfig, metadata: CheckpointMetadata

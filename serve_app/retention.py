@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.effects import effect_key
-from agents.redis_saver import LeanRedisSaver, Stored
+from agents.redis_saver import CheckpointRef, LeanRedisSaver
 from agents.settings import RetentionSettings
 from agents.supervisor import sub_thread_id
 from serve_app.keys import (
@@ -110,9 +110,7 @@ class Retention:
                     state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
                 await self.redis.expire(events_key(thread_id, run["run_id"]),
                                         self.settings.events_grace_s)
-                await self.prune_checkpoints(thread_id)
-                if state is not None:  # unknown: which sub-threads it needs is unknown
-                    await self.prune_sub_threads(thread_id, state)
+                await self.prune(thread_id, state)
                 await self.prune_runs(thread_id)
             if (run.get("kwargs") or {}).get("on_completion") == "delete":
                 await self.expire_at(thread_id, time.time() + self.settings.events_grace_s)
@@ -134,45 +132,74 @@ class Retention:
                                    (kwargs.get("rollback_to") or {}).get("checkpoint_id")) if i)
         return ids
 
+    async def prune(self, thread_id: str, state: Any | None) -> int:
+        """Old checkpoints and finished sub-threads (none if ``state`` is unknown: which
+        sub-threads it needs is unknown), found by one read of the thread's checkpoint
+        names and deleted in one round trip; how many checkpoints went."""
+        refs = await self.saver.refs(thread_id, sub_threads=None)
+        doomed = await self._old_checkpoints(thread_id, [r for r in refs
+                                                         if r.thread_id == thread_id])
+        if state is not None:
+            doomed += await self._finished_sub_threads(
+                thread_id, [r for r in refs if r.thread_id != thread_id], state)
+        return await self._delete(thread_id, doomed)
+
     async def prune_checkpoints(self, thread_id: str, keep_latest: int | None = None,
                                 keep_for_s: float | None = None) -> int:
         """Drop the thread's checkpoints the policy does not keep; how many went."""
-        keep_latest = max(1, keep_latest or self.settings.keep_latest)
-        keep_for_s = self.settings.keep_for_s if keep_for_s is None else keep_for_s
-        by_ns: dict[str, list[Stored]] = defaultdict(list)
-        for stored in await self.saver.stored(thread_id):
-            by_ns[stored.ns].append(stored)
-        if all(len(chain) <= keep_latest for chain in by_ns.values()):
-            return 0
-        needed = await self.needed(thread_id)
-        young = time.time() - keep_for_s
-        doomed = []
-        for ns, chain in by_ns.items():
-            latest = await self.saver.alatest_checkpoint_id(thread_id, ns)
-            chain.sort(key=lambda s: s.checkpoint_id, reverse=True)
-            for stored in chain[keep_latest:]:
-                if stored.checkpoint_id in needed or stored.checkpoint_id == latest or \
-                        (keep_for_s and _ts(self.saver.decode(stored)) >= young):
-                    continue
-                doomed.append(stored)
-        if doomed:
-            await self.saver.delete(thread_id, doomed)
-            self.metrics.count("checkpoints_pruned", len(doomed))
-        return len(doomed)
+        doomed = await self._old_checkpoints(thread_id, await self.saver.refs(thread_id),
+                                             keep_latest, keep_for_s)
+        return await self._delete(thread_id, doomed)
 
     async def prune_sub_threads(self, thread_id: str, state: Any) -> int:
         """Delete the specialists' sub-threads whose result is in the parent (every one the
-        parent's pending interrupts and next assignments do not name); how many went."""
-        found = await self.saver.stored(thread_id, sub_threads=True)
-        doomed = {s.thread_id for s in found} - self._live_sub_threads(thread_id, state)
-        if not doomed:
-            return 0
+        parent's pending interrupts and next assignments do not name); how many
+        checkpoints went."""
+        refs = await self.saver.refs(thread_id, sub_threads=True)
+        return await self._delete(thread_id, await self._finished_sub_threads(
+            thread_id, refs, state))
+
+    async def _delete(self, thread_id: str, doomed: list[CheckpointRef]) -> int:
+        """Checkpoints with their writes, and every namespace pointer of the sub-threads
+        among them (a sub-thread goes whole)."""
+        subs = {(r.thread_id, r.ns) for r in doomed if r.thread_id != thread_id}
+        if old := sum(r.thread_id == thread_id for r in doomed):
+            self.metrics.count("checkpoints_pruned", old)
+        return await self.saver.delete(thread_id, doomed, pointers=subs)
+
+    async def _old_checkpoints(self, thread_id: str, refs: list[CheckpointRef],
+                               keep_latest: int | None = None,
+                               keep_for_s: float | None = None) -> list[CheckpointRef]:
+        keep_latest = max(1, keep_latest or self.settings.keep_latest)
+        keep_for_s = self.settings.keep_for_s if keep_for_s is None else keep_for_s
+        by_ns: dict[str, list[CheckpointRef]] = defaultdict(list)
+        for ref in refs:
+            by_ns[ref.ns].append(ref)
+        if all(len(chain) <= keep_latest for chain in by_ns.values()):
+            return []
+        needed = await self.needed(thread_id)
+        doomed = []
+        for ns, chain in by_ns.items():
+            latest = await self.saver.alatest_checkpoint_id(thread_id, ns)
+            chain.sort(key=lambda r: r.checkpoint_id, reverse=True)
+            doomed += [r for r in chain[keep_latest:]
+                       if r.checkpoint_id not in needed and r.checkpoint_id != latest]
+        if keep_for_s and doomed:  # those younger than keep_for_s stay
+            young = time.time() - keep_for_s
+            doomed = [s for s in await self.saver.load(thread_id, doomed)
+                      if _ts(self.saver.decode(s)) < young]
+        return doomed
+
+    async def _finished_sub_threads(self, thread_id: str, refs: list[CheckpointRef],
+                                    state: Any) -> list[CheckpointRef]:
+        """The checkpoints of the sub-threads ``state`` no longer needs, their approval
+        decisions copied into the thread's audit list first."""
+        doomed = {r.thread_id for r in refs} - self._live_sub_threads(thread_id, state)
         for sub in sorted(doomed):
             await self._audit(thread_id, sub)
-        await self.saver.delete(thread_id, [s for s in found if s.thread_id in doomed],
-                                pointers=True)
-        self.metrics.count("sub_threads_pruned", len(doomed))
-        return len(doomed)
+        if doomed:
+            self.metrics.count("sub_threads_pruned", len(doomed))
+        return [r for r in refs if r.thread_id in doomed]
 
     @staticmethod
     def _live_sub_threads(thread_id: str, state: Any) -> set[str]:
@@ -370,7 +397,7 @@ class Retention:
             entry = json.loads(raw)
             if entry.get("effect_key"):
                 keys.append(entry["effect_key"])
-        for sub in {s.thread_id for s in await self.saver.stored(thread_id, sub_threads=True)}:
+        for sub in {r.thread_id for r in await self.saver.refs(thread_id, sub_threads=True)}:
             for message in (await self._latest_values(sub)).get("messages") or []:
                 for call in getattr(message, "tool_calls", None) or []:
                     if call.get("id"):
