@@ -72,8 +72,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
 return 1
 """
 
-_HOLDS = "return redis.call('get', KEYS[1]) == ARGV[1] and 1 or 0"
-
 
 class Leases:
     def __init__(self, redis: Redis, ttl_s: float):
@@ -82,7 +80,6 @@ class Leases:
         self._join = redis.register_script(_JOIN)
         self._acquire = redis.register_script(_ACQUIRE)
         self._leave = redis.register_script(_LEAVE)
-        self._holds = redis.register_script(_HOLDS)
         self._release = redis.register_script(_RELEASE)
 
     async def join(self, thread_id: str, run_id: str, reject: bool) -> int:
@@ -97,9 +94,6 @@ class Leases:
             [queue_key(thread_id), thread_lease_key(thread_id), fence_key(thread_id)],
             [run_id, self.ttl_ms])
         return token.decode() if isinstance(token, bytes) else token
-
-    async def holds(self, thread_id: str, token: str) -> bool:
-        return bool(await self._holds([thread_lease_key(thread_id)], [token]))
 
     async def leave(self, thread_id: str, run_id: str, token: str | None
                     ) -> tuple[bool, str | None]:
