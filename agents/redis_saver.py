@@ -1,35 +1,45 @@
-"""The checkpointer: LangGraph checkpoints in Redis hashes, one command per step.
+"""The checkpointer: LangGraph checkpoints in one Redis hash per thread, a command a step.
 
 Checkpointing is the hot path of every agent step, and on the way to 10,000 users Redis is
 the shared tier. ``langgraph-checkpoint-redis``'s layout stores each checkpoint and each
 pending write as a RedisJSON document indexed by RediSearch: ~31 ``JSON.SET`` per run at
 ~120-160 us of Redis's one command thread each (parsing the document into a JSON tree and
-indexing it), most of a run's Redis time. Here the same data is opaque bytes in hashes
-(``HSET``: a copy, no parsing, no index):
+indexing it), most of a run's Redis time. Here the same data is opaque bytes in one hash per
+thread, ``ac:{<thread>}:checkpoints`` (fields: ``agents.slots``), holding the thread's
+checkpoints and their pending writes, of every namespace and of its specialists'
+sub-threads:
 
-- ``ac:{<thread>}:checkpoints`` (``agents.slots.checkpoints_key``): one hash per thread,
-  holding the checkpoints of the thread and of its specialists' sub-threads, every
-  namespace: field ``<sub-thread suffix>#<ns>#<checkpoint id>`` -> the checkpoint (parent
-  id, run id, checkpoint and metadata as the serializer types them), and field
-  ``<suffix>#<ns>#latest`` -> the latest checkpoint's id. A checkpoint is one ``HSET``.
-- ``ac:{<thread>}:writes:<suffix>#<ns>#<checkpoint id>``: the pending writes of one
-  checkpoint, field ``<task id>:<idx>`` -> (channel, value, task path). One ``HSET`` per
-  task's writes.
+- ``<sub-thread suffix>#<ns>#<checkpoint id>`` -> the checkpoint: parent id, run id,
+  checkpoint and metadata as the serializer types them;
+- ``<suffix>#<ns>#latest`` -> the id of the namespace's latest checkpoint;
+- ``!<suffix>#<ns>#<checkpoint id>#<task id>:<idx>`` -> a pending write: channel, value,
+  task path.
 
-Every key carries the thread's hash tag, so a thread and its sub-threads live in one slot of
+A step is one ``HSET`` (a copy: no parsing, no index): inside a run (``holding_writes``) a
+task's writes wait for the next checkpoint saved in their namespace and go in its ``HSET``
+(LangGraph saves checkpoints in the background, so that one may be the checkpoint they
+follow or, when its save lags, the one they belong to); an interrupt's or an error's writes
+go at once, with whatever is held. Writes held when a process dies are lost
+like the step that made them: that step runs again from the last checkpoint.
+
+The hash carries the thread's hash tag, so a thread and its sub-threads live in one slot of
 a Redis Cluster and every write (one fenced Lua call, ``serve_app.fencing``) stays in it. A
-thread's checkpoints are found by ``HKEYS`` of its hash, never by a search: nothing here
-needs RediSearch, on one Redis or a cluster. Each message is serialised once in its life
+thread's checkpoints are found by ``HKEYS``, never by a search: nothing here needs
+RediSearch, on one Redis or a cluster. Each message is serialised once in its life
 (``MessageCachingSerializer``), the checkpoint once per step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
+import re
 import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -50,12 +60,14 @@ from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 
 from agents.slots import (
     LATEST,
+    WRITE,
     checkpoint_field,
-    checkpoint_writes_key,
+    checkpoint_write_field,
     checkpoints_key,
     parse_checkpoint_field,
 )
 
+log = logging.getLogger(__name__)
 Command = tuple[Any, ...]
 
 
@@ -95,29 +107,46 @@ def _fingerprint(message: BaseMessage) -> tuple:
 
 @dataclass(frozen=True)
 class CheckpointRef:
-    """Where a checkpoint is: its (sub-)thread, namespace and id (a field of the hash)."""
+    """Where a checkpoint is: its (sub-)thread, namespace and id, and its writes' fields."""
 
     thread_id: str
     ns: str
     checkpoint_id: str
+    writes: tuple[str, ...] = ()
+
+    def fields(self) -> list[str]:
+        return [checkpoint_field(self.thread_id, self.ns, self.checkpoint_id), *self.writes]
 
 
 @dataclass(frozen=True)
 class Stored(CheckpointRef):
     """One checkpoint as the hash holds it, decoded only as far as asked."""
 
-    parent_id: str
-    run_id: str
-    payload: tuple[str, bytes, str, bytes]  # checkpoint type + bytes, metadata type + bytes
+    parent_id: str = ""
+    run_id: str = ""
+    payload: tuple = ()  # checkpoint type + bytes, metadata type + bytes
 
     @classmethod
     def unpack(cls, ref: CheckpointRef, raw: bytes) -> Stored:
         parent_id, run_id, *payload = ormsgpack.unpackb(raw)
-        return cls(ref.thread_id, ref.ns, ref.checkpoint_id, parent_id, run_id, tuple(payload))
+        return cls(ref.thread_id, ref.ns, ref.checkpoint_id, ref.writes, parent_id, run_id,
+                   tuple(payload))
+
+
+@dataclass
+class _Held:
+    """Writes of one (sub-)thread namespace waiting for its next checkpoint's ``HSET``."""
+
+    config: RunnableConfig
+    fields: list[Any] = field(default_factory=list)
+
+
+_HOLDING: ContextVar[dict[tuple[str, str], _Held] | None] = ContextVar(
+    "checkpoint_writes_held", default=None)
 
 
 class LeanRedisSaver(BaseCheckpointSaver[str]):
-    """LangGraph's checkpointer interface over the hashes described above.
+    """LangGraph's checkpointer interface over the hash described above.
 
     ``ttl_minutes`` expires a thread's checkpoints that long after their last write. A
     subclass decides how a write's commands reach Redis (``_write``: a pipeline here, a
@@ -130,6 +159,24 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         self.ttl_minutes = ttl_minutes
 
     # writing
+    @contextlib.asynccontextmanager
+    async def holding_writes(self) -> AsyncIterator[None]:
+        """Within (one run of a graph, in this task and those it starts), a task's writes
+        go with the next checkpoint's ``HSET``; what is held at the end goes then."""
+        held: dict[tuple[str, str], _Held] = {}
+        outer = _HOLDING.get()
+        _HOLDING.set(held)
+        try:
+            yield
+        finally:
+            _HOLDING.set(outer)  # not reset(): an async generator may end in another context
+            for slot in list(held):
+                waiting = held.pop(slot)
+                try:
+                    await asyncio.shield(self._hset(waiting.config, waiting.fields))
+                except Exception as exc:  # lost like a crash's: those steps run again
+                    log.warning("writes of %s not saved: %s", slot[0], exc)
+
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions
                    ) -> RunnableConfig:
@@ -142,11 +189,10 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         checkpoint_id = checkpoint["id"]
         record = ormsgpack.packb([parent_id, run_id, *self.serde.dumps_typed(checkpoint),
                                   *self.serde.dumps_typed(metadata)])
-        key = checkpoints_key(thread_id)
-        await self._write(config, [
-            ("HSET", key, checkpoint_field(thread_id, ns, checkpoint_id), record,
-             checkpoint_field(thread_id, ns, LATEST), checkpoint_id),
-            *self._expiring(key)])
+        held = (_HOLDING.get() or {}).pop((thread_id, ns), None)
+        await self._hset(config, [*(held.fields if held else ()),
+                                  checkpoint_field(thread_id, ns, checkpoint_id), record,
+                                  checkpoint_field(thread_id, ns, LATEST), checkpoint_id])
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                  "checkpoint_id": checkpoint_id}}
 
@@ -155,14 +201,28 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         if not writes:
             return
         configurable = config["configurable"]
-        key = checkpoint_writes_key(configurable["thread_id"],
-                                    configurable.get("checkpoint_ns", ""),
-                                    configurable["checkpoint_id"])
+        thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
+        checkpoint_id = configurable["checkpoint_id"]
         fields: list[Any] = []
         for index, (channel, value) in enumerate(writes):
-            fields += [f"{task_id}:{WRITES_IDX_MAP.get(channel, index)}",
+            idx = WRITES_IDX_MAP.get(channel, index)
+            fields += [checkpoint_write_field(thread_id, ns, checkpoint_id, task_id, idx),
                        ormsgpack.packb([channel, *self.serde.dumps_typed(value), task_path])]
-        await self._write(config, [("HSET", key, *fields), *self._expiring(key)])
+        holding = _HOLDING.get()
+        if holding is None:
+            return await self._hset(config, fields)
+        held = holding.setdefault((thread_id, ns), _Held(config))
+        held.fields += fields
+        if any(channel in WRITES_IDX_MAP for channel, _ in writes):  # interrupt, error...
+            del holding[(thread_id, ns)]
+            await self._hset(config, held.fields)
+
+    async def _hset(self, config: RunnableConfig, fields: list[Any]) -> None:
+        key = checkpoints_key(config["configurable"]["thread_id"])
+        commands: list[Command] = [("HSET", key, *fields)]
+        if self.ttl_minutes is not None:
+            commands.append(("EXPIRE", key, int(self.ttl_minutes * 60)))
+        await self._write(config, commands)
 
     async def _write(self, config: RunnableConfig, commands: list[Command]) -> None:
         """One pipeline. A cancelled run still stores what it was writing."""
@@ -170,11 +230,6 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         for command in commands:
             pipe.execute_command(*command)
         await asyncio.shield(pipe.execute())
-
-    def _expiring(self, *keys: str) -> list[Command]:
-        if self.ttl_minutes is None:
-            return []
-        return [("EXPIRE", key, int(self.ttl_minutes * 60)) for key in keys]
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """LangGraph's own scheme (a counter, then a random tie-breaker), as its savers."""
@@ -195,15 +250,19 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             await self.alatest_checkpoint_id(thread_id, ns)
         if not checkpoint_id:
             return None
+        ref = CheckpointRef(thread_id, ns, checkpoint_id)
+        key = checkpoints_key(thread_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(checkpoints_key(thread_id), checkpoint_field(thread_id, ns,
-                                                                   checkpoint_id))
-            pipe.hgetall(checkpoint_writes_key(thread_id, ns, checkpoint_id))
-            raw, writes = await pipe.execute()
+            pipe.hget(key, checkpoint_field(thread_id, ns, checkpoint_id))
+            pipe.hscan(key, 0, match=_writes_of(ref), count=1000)
+            raw, (cursor, writes) = await pipe.execute()
         if raw is None:
             return None
-        return self._tuple(Stored.unpack(CheckpointRef(thread_id, ns, checkpoint_id), raw),
-                           writes)
+        while cursor:
+            cursor, more = await self._redis.hscan(key, cursor, match=_writes_of(ref),
+                                                   count=1000)
+            writes.update(more)
+        return self._tuple(Stored.unpack(ref, raw), writes)
 
     async def alist(self, config: RunnableConfig | None, *,
                     filter: dict[str, Any] | None = None,
@@ -217,38 +276,45 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         thread_id = configurable["thread_id"]
         wanted = get_checkpoint_id(config)
         before_id = get_checkpoint_id(before) if before else None
-        found = [s for s in await self.stored(thread_id, configurable.get("checkpoint_ns"))
-                 if (not wanted or s.checkpoint_id == wanted)
-                 and (not before_id or s.checkpoint_id < before_id)]
-        found.sort(key=lambda s: s.checkpoint_id, reverse=True)
-        picked = []
-        for stored in found:
-            if limit is not None and len(picked) >= limit:
-                break
-            if filter:
-                metadata = self.serde.loads_typed(stored.payload[2:])
-                if any(metadata.get(k) != v for k, v in filter.items()):
+        refs = [r for r in await self.refs(thread_id, configurable.get("checkpoint_ns"))
+                if (not wanted or r.checkpoint_id == wanted)
+                and (not before_id or r.checkpoint_id < before_id)]
+        refs.sort(key=lambda r: r.checkpoint_id, reverse=True)
+        key = checkpoints_key(thread_id)
+        for start in range(0, len(refs), 50):  # a page at a time: history may be long
+            page = refs[start:start + 50]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for ref in page:
+                    pipe.hmget(key, ref.fields())
+                found = await pipe.execute()
+            for ref, (raw, *writes) in zip(page, found, strict=True):
+                if raw is None:
                     continue
-            picked.append(stored)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stored in picked:
-                pipe.hgetall(checkpoint_writes_key(thread_id, stored.ns, stored.checkpoint_id))
-            writes = await pipe.execute() if picked else []
-        for stored, stored_writes in zip(picked, writes, strict=True):
-            yield self._tuple(stored, stored_writes)
+                stored = Stored.unpack(ref, raw)
+                if filter:
+                    metadata = self.serde.loads_typed(stored.payload[2:])
+                    if any(metadata.get(k) != v for k, v in filter.items()):
+                        continue
+                yield self._tuple(stored, dict(zip(ref.writes, writes, strict=True)))
+                if limit is not None:
+                    limit -= 1
+                    if limit <= 0:
+                        return
 
     async def refs(self, thread_id: str, ns: str | None = None,
                    sub_threads: bool | None = False) -> list[CheckpointRef]:
-        """The thread's checkpoints (``sub_threads``: its sub-threads'; None: both), from
-        the hash's field names alone (one ``HKEYS``), in no order."""
-        refs = []
-        for field in map(_text, await self._redis.hkeys(checkpoints_key(thread_id))):
-            ref = CheckpointRef(*parse_checkpoint_field(thread_id, field))
-            if ref.checkpoint_id == LATEST or (ns is not None and ref.ns != ns):
+        """The thread's checkpoints (``sub_threads``: its sub-threads'; None: both) with
+        their writes' fields, from the hash's field names alone (one ``HKEYS``)."""
+        checkpoints: dict[tuple[str, str, str], list[str]] = {}
+        for name in map(_text, await self._redis.hkeys(checkpoints_key(thread_id))):
+            owner, field_ns, checkpoint_id, task = parse_checkpoint_field(thread_id, name)
+            if checkpoint_id == LATEST or (ns is not None and field_ns != ns):
                 continue
-            if sub_threads is None or (ref.thread_id != thread_id) == sub_threads:
-                refs.append(ref)
-        return refs
+            if sub_threads is None or (owner != thread_id) == sub_threads:
+                writes = checkpoints.setdefault((owner, field_ns, checkpoint_id), [])
+                if task:
+                    writes.append(name)
+        return [CheckpointRef(*where, tuple(writes)) for where, writes in checkpoints.items()]
 
     async def stored(self, thread_id: str, ns: str | None = None,
                      sub_threads: bool = False) -> list[Stored]:
@@ -264,11 +330,13 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         return [Stored.unpack(ref, raw) for ref, raw in zip(refs, found, strict=True)
                 if raw is not None]
 
-    def _tuple(self, stored: Stored, writes: dict[bytes, bytes]) -> CheckpointTuple:
+    def _tuple(self, stored: Stored, writes: dict[Any, bytes | None]) -> CheckpointTuple:
         thread_id, ns = stored.thread_id, stored.ns
         pending = []
-        for field, raw in writes.items():
-            task_id, _, idx = _text(field).rpartition(":")
+        for name, raw in writes.items():
+            if raw is None:
+                continue
+            task_id, _, idx = parse_checkpoint_field(thread_id, _text(name))[3].rpartition(":")
             channel, type_, blob, task_path = ormsgpack.unpackb(raw)
             pending.append((writes_sort_key(task_path, task_id, int(idx)),
                             (task_id, channel, self.serde.loads_typed((type_, blob)))))
@@ -284,6 +352,9 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             pending_writes=[write for _, write in pending],
         )
 
+    def decode(self, stored: Stored) -> Checkpoint:
+        return self.serde.loads_typed(stored.payload[:2])
+
     # deleting
     async def adelete_thread(self, thread_id: str) -> None:
         """Every checkpoint and write of ``thread_id`` (not of its sub-threads)."""
@@ -292,59 +363,49 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
 
     async def delete(self, thread_id: str, doomed: Iterable[CheckpointRef],
                      pointers: Iterable[tuple[str, str]] = ()) -> int:
-        """Drop ``doomed`` (checkpoints of ``thread_id`` or of its sub-threads) with their
-        writes, and the latest pointers of ``pointers`` ((thread, ns) pairs), in one round
-        trip; how many checkpoints went."""
+        """Drop ``doomed`` (checkpoints of ``thread_id`` or of its sub-threads, as ``refs``
+        names them) with their writes, and the latest pointers of ``pointers`` ((thread,
+        ns) pairs); how many checkpoints went."""
         doomed = list(doomed)
-        fields = [checkpoint_field(r.thread_id, r.ns, r.checkpoint_id) for r in doomed]
+        fields = [name for ref in doomed for name in ref.fields()]
         fields += [checkpoint_field(t, ns, LATEST) for t, ns in pointers]
-        if not fields:
-            return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hdel(checkpoints_key(thread_id), *fields)
-            for start in range(0, len(doomed), 500):
-                pipe.delete(*[checkpoint_writes_key(r.thread_id, r.ns, r.checkpoint_id)
-                              for r in doomed[start:start + 500]])
-            await pipe.execute()
+        if fields:
+            await self._redis.hdel(checkpoints_key(thread_id), *fields)
         return len(doomed)
+
+    async def delete_all(self, thread_id: str) -> int:
+        """Every checkpoint and write of a thread and of its sub-threads (1: there were
+        some, 0: none)."""
+        return await self._redis.delete(checkpoints_key(thread_id))
 
     async def point_latest(self, thread_id: str, ns: str, checkpoint_id: str | None) -> None:
         """Make ``checkpoint_id`` the latest of ``thread_id``'s ``ns`` (None: no latest)."""
-        field = checkpoint_field(thread_id, ns, LATEST)
+        name = checkpoint_field(thread_id, ns, LATEST)
         if checkpoint_id is None:
-            await self._redis.hdel(checkpoints_key(thread_id), field)
+            await self._redis.hdel(checkpoints_key(thread_id), name)
         else:
-            await self._redis.hset(checkpoints_key(thread_id), field, checkpoint_id)
+            await self._redis.hset(checkpoints_key(thread_id), name, checkpoint_id)
 
-    async def write_channels(self, thread_id: str, ns: str, checkpoint_id: str
-                             ) -> dict[bytes, tuple[str, str]]:
+    async def write_channels(self, ref: CheckpointRef) -> dict[str, tuple[str, str]]:
         """The pending writes of one checkpoint: field -> (task id, channel)."""
-        found = await self._redis.hgetall(checkpoint_writes_key(thread_id, ns, checkpoint_id))
-        return {field: (_text(field).rpartition(":")[0], ormsgpack.unpackb(raw)[0])
-                for field, raw in found.items()}
+        found = await self._redis.hmget(checkpoints_key(ref.thread_id), ref.writes) \
+            if ref.writes else []
+        return {name: (parse_checkpoint_field(ref.thread_id, name)[3].rpartition(":")[0],
+                       ormsgpack.unpackb(raw)[0])
+                for name, raw in zip(ref.writes, found, strict=True) if raw is not None}
 
-    async def drop_writes(self, thread_id: str, ns: str, checkpoint_id: str,
-                          fields: list[bytes]) -> None:
+    async def drop_writes(self, thread_id: str, fields: list[str]) -> None:
         if fields:
-            await self._redis.hdel(checkpoint_writes_key(thread_id, ns, checkpoint_id),
-                                   *fields)
+            await self._redis.hdel(checkpoints_key(thread_id), *fields)
 
-    async def delete_all(self, thread_id: str) -> int:
-        """Every checkpoint and write of a thread and of its sub-threads; how many keys
-        went."""
-        key = checkpoints_key(thread_id)
-        keys = [key]
-        for field in map(_text, await self._redis.hkeys(key)):
-            owner, ns, checkpoint_id = parse_checkpoint_field(thread_id, field)
-            if checkpoint_id != LATEST:
-                keys.append(checkpoint_writes_key(owner, ns, checkpoint_id))
-        deleted = 0
-        for start in range(0, len(keys), 500):
-            deleted += await self._redis.delete(*keys[start:start + 500])
-        return deleted
 
-    def decode(self, stored: Stored) -> Checkpoint:
-        return self.serde.loads_typed(stored.payload[:2])
+def _writes_of(ref: CheckpointRef) -> str:
+    """The ``HSCAN`` pattern of a checkpoint's writes' fields."""
+    where = checkpoint_field(ref.thread_id, ref.ns, ref.checkpoint_id)
+    return WRITE + _GLOB_SPECIAL.sub(r"\\\1", where) + "#*"
+
+
+_GLOB_SPECIAL = re.compile(r"([*?[\]\\])")
 
 
 def with_run_metadata(config: RunnableConfig, metadata: CheckpointMetadata

@@ -33,11 +33,13 @@ def untagged(text: str) -> str:
     return text.replace("{", "", 1).replace("}", "", 1)
 
 
-# The checkpointer's keys (``agents.redis_saver``): a thread's checkpoints, and its
-# sub-threads', in one hash under the thread's tag; each checkpoint's writes in a hash of
-# their own. A field is ``<sub-thread suffix>#<ns>#<checkpoint id>`` (the suffix is what
-# follows the thread id in a sub-thread's id: ``/<role>/<task id>``, empty for the thread).
+# The checkpointer's keys (``agents.redis_saver``): a thread's checkpoints and their pending
+# writes, and its sub-threads', in one hash under the thread's tag. A checkpoint's field is
+# ``<sub-thread suffix>#<ns>#<checkpoint id>`` (the suffix is what follows the thread id in
+# a sub-thread's id: ``/<role>/<task id>``, empty for the thread); a write's is ``!`` then
+# its checkpoint's field, ``#<task id>:<idx>``.
 LATEST = "latest"  # the checkpoint id field naming a namespace's latest checkpoint
+WRITE = "!"  # what a write's field starts with
 
 
 def checkpoints_key(thread_id: str) -> str:
@@ -49,18 +51,19 @@ def checkpoint_field(thread_id: str, ns: str, checkpoint_id: str) -> str:
     return f"{slash}{rest}#{ns}#{checkpoint_id}"
 
 
-def checkpoint_writes_key(thread_id: str, ns: str, checkpoint_id: str) -> str:
-    return f"ac:{{{thread_id.partition('/')[0]}}}:writes:" + \
-        checkpoint_field(thread_id, ns, checkpoint_id)
+def checkpoint_write_field(thread_id: str, ns: str, checkpoint_id: str, task_id: str,
+                           idx: int) -> str:
+    return f"{WRITE}{checkpoint_field(thread_id, ns, checkpoint_id)}#{task_id}:{idx}"
 
 
-def parse_checkpoint_field(thread_id: str, field: str) -> tuple[str, str, str]:
-    """(thread or sub-thread id, namespace, checkpoint id) of a field of
-    ``checkpoints_key(thread_id)``."""
-    suffix, ns, checkpoint_id = field.rsplit("#", 2)
-    return thread_id.partition("/")[0] + suffix, ns, checkpoint_id
-
-
+def parse_checkpoint_field(thread_id: str, field: str) -> tuple[str, str, str, str]:
+    """(thread or sub-thread id, namespace, checkpoint id, ``<task id>:<idx>`` of a write or
+    "" for the checkpoint itself) of a field of ``checkpoints_key(thread_id)``."""
+    if field.startswith(WRITE):
+        suffix, ns, checkpoint_id, task = field[len(WRITE):].rsplit("#", 3)
+    else:
+        (suffix, ns, checkpoint_id), task = field.rsplit("#", 2), ""
+    return thread_id.partition("/")[0] + suffix, ns, checkpoint_id, task
 
 
 @dataclass(frozen=True)

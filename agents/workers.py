@@ -11,6 +11,7 @@ decision whose ``resume_key`` was already applied is not applied again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -125,21 +126,23 @@ class SpecialistWorker:
         """Token and progress events; ``final`` follows the state streamed."""
         graph_input = None if graph_input is _CONTINUE else graph_input
         role = req.role
-        async for mode, payload in graph.astream(
-            graph_input, config, stream_mode=["messages", "custom", "values"],
-            context=req.context
-        ):
-            if mode == "values":
-                final.follow(mode, payload)
-                continue
-            if mode == "custom":
-                yield payload
-                continue
-            chunk, metadata = payload
-            if isinstance(chunk, AIMessageChunk) and chunk.content and \
-                    metadata.get("langgraph_node") == "agent":
-                yield {"type": "token", "role": role, "text": chunk.content,
-                       "message_id": chunk.id}
+        holding = getattr(graph.checkpointer, "holding_writes", contextlib.nullcontext)
+        async with holding():  # a step's writes go with the checkpoint after it
+            async for mode, payload in graph.astream(
+                graph_input, config, stream_mode=["messages", "custom", "values"],
+                context=req.context
+            ):
+                if mode == "values":
+                    final.follow(mode, payload)
+                    continue
+                if mode == "custom":
+                    yield payload
+                    continue
+                chunk, metadata = payload
+                if isinstance(chunk, AIMessageChunk) and chunk.content and \
+                        metadata.get("langgraph_node") == "agent":
+                    yield {"type": "token", "role": role, "text": chunk.content,
+                           "message_id": chunk.id}
 
     @staticmethod
     async def status(graph: CompiledStateGraph, config: dict, req: WorkerRequest) -> WorkerResult:

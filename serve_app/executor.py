@@ -283,7 +283,7 @@ class RunExecutor:
             graph = self.graphs[run["graph_id"]]
             deadline = asyncio.timeout(self.settings.run_timeout_s)
             try:
-                async with deadline:
+                async with deadline, self.checkpointer.holding_writes():
                     async for event, data in observed.watch(
                             self._events(graph, run, run_config(run, token), final)):
                         events.append(event, data)

@@ -8,8 +8,7 @@ lists ``key  reason`` when it finds orphans:
 - a key under a thread's hash tag (``ac:{<thread>}:...``) whose thread record is gone (an
   audit list with a TTL, kept by ``retention.keep_audit_on_delete``, is not an orphan);
 - a run record or event stream its thread's run index does not name;
-- the checkpoints of a thread with no thread record (they are under its hash tag); the
-  writes of a checkpoint that is gone;
+- the checkpoints of a thread with no thread record (they are under its hash tag);
 - a specialist's sub-thread (``<thread>/<role>/<task>``) whose result is already in its idle
   parent (retention missed it): reported as ``<checkpoint hash>[<sub-thread>]``;
 - an effect ledger entry (``ac:effect:...``) of a thread that is gone and named by no
@@ -35,7 +34,7 @@ from redis.asyncio import Redis
 from agents.checkpoint import create_redis
 from agents.effects import LEDGER_PREFIX
 from agents.redis_saver import LeanRedisSaver
-from agents.slots import checkpoints_key, parse_checkpoint_field, untagged
+from agents.slots import parse_checkpoint_field, untagged
 from serve_app.keys import (
     ALL_THREADS,
     PREFIX,
@@ -107,9 +106,6 @@ class LeakCheck:
         if parts[0] == "run" and len(parts) >= 2 and \
                 await self.redis.zscore(runs_key(thread_id), parts[1]) is None:
             return "a run its thread does not list"
-        if parts[0] == "writes" and not await self.redis.hexists(
-                checkpoints_key(thread_id), rest.removeprefix("writes:")):
-            return "writes of a checkpoint that is gone"
         return None
 
     async def _ledger(self, key: str) -> str | None:

@@ -271,13 +271,14 @@ class Retention:
         found = await self.saver.stored(thread_id)
         mine = [s for s in found if s.run_id == run_id]
         await self.saver.delete(thread_id, mine)
-        before = run.get("checkpoint_before")
-        if before:
-            writes = await self.saver.write_channels(thread_id, "", before)
+        before = next((s for s in found if s.checkpoint_id == run.get("checkpoint_before")
+                       and s.ns == ""), None)
+        if before is not None:
+            writes = await self.saver.write_channels(before)
             interrupted = {task for task, channel in writes.values()
                            if channel == "__interrupt__"}
-            await self.saver.drop_writes(thread_id, "", before, [
-                field for field, (task, channel) in writes.items()
+            await self.saver.drop_writes(thread_id, [
+                name for name, (task, channel) in writes.items()
                 if channel == "__resume__"
                 or (task in interrupted and channel not in SPECIAL_WRITES)])
         remaining = [s for s in found if s.run_id != run_id]

@@ -162,9 +162,7 @@ async def test_stream_parallel_specialists_approval_and_every_key_in_one_slot(
                 break
     written |= await thread_keys(rc, tid)
 
-    assert f"ac:{{{tid}}}:checkpoints" in written
-    assert any(k.startswith(f"ac:{{{tid}}}:writes:") for k in written)
-    assert any(":writes:/coder/" in k for k in written)  # a specialist's sub-thread
+    assert f"ac:{{{tid}}}:checkpoints" in written  # with its sub-threads' (one slot)
     assert any(k.startswith("ac:effect:") for k in written)  # the refund's ledger entry
     assert any(k.endswith(":approvals") for k in written)
     assert {key_slot(k.encode()) for k in written} == {key_slot(tid.encode())}, written
