@@ -69,6 +69,7 @@ from agents.slots import (
 
 log = logging.getLogger(__name__)
 Command = tuple[Any, ...]
+_RESUME_IDX = f":{WRITES_IDX_MAP['__resume__']}"  # how a resume's write field ends
 
 
 class MessageCachingSerializer(JsonPlusRedisSerializer):
@@ -116,6 +117,11 @@ class CheckpointRef:
 
     def fields(self) -> list[str]:
         return [checkpoint_field(self.thread_id, self.ns, self.checkpoint_id), *self.writes]
+
+    @property
+    def resumed(self) -> bool:
+        """Whether an answer to an interrupt (a resume) was written on it."""
+        return any(name.endswith(_RESUME_IDX) for name in self.writes)
 
 
 @dataclass(frozen=True)

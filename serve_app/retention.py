@@ -193,10 +193,10 @@ class Retention:
     async def _finished_sub_threads(self, thread_id: str, refs: list[CheckpointRef],
                                     state: Any) -> list[CheckpointRef]:
         """The checkpoints of the sub-threads ``state`` no longer needs, their approval
-        decisions copied into the thread's audit list first."""
+        decisions (in those that were resumed) copied into the thread's audit list first."""
         doomed = {r.thread_id for r in refs} - self._live_sub_threads(thread_id, state)
-        for sub in sorted(doomed):
-            await self._audit(thread_id, sub)
+        for sub in sorted({r.thread_id for r in refs if r.resumed} & doomed):
+            await self._audit(thread_id, sub)  # decisions come only with an interrupt's answer
         if doomed:
             self.metrics.count("sub_threads_pruned", len(doomed))
         return [r for r in refs if r.thread_id in doomed]
