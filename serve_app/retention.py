@@ -110,20 +110,23 @@ class Retention:
                     state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
                 await self.redis.expire(events_key(thread_id, run["run_id"]),
                                         self.settings.events_grace_s)
-                await self.prune(thread_id, state)
+                await self.prune(thread_id, state, finishing=run["run_id"])
                 await self.prune_runs(thread_id)
             if (run.get("kwargs") or {}).get("on_completion") == "delete":
                 await self.expire_at(thread_id, time.time() + self.settings.events_grace_s)
             else:
-                await self.touch(thread_id)
+                await self._restart_ttl(thread_id)
         except Exception:
             log.exception("retention of thread %s after run %s failed", thread_id,
                           run["run_id"])
 
-    async def needed(self, thread_id: str) -> set[str]:
-        """Checkpoint ids that the thread's queued and running runs need."""
+    async def needed(self, thread_id: str, finishing: str | None = None) -> set[str]:
+        """Checkpoint ids that the thread's queued and running runs need (not the run
+        ``finishing``, which is done with them)."""
         ids: set[str] = set()
         for rid in await self.redis.zrange(queue_key(thread_id), 0, -1):
+            if _text(rid) == finishing:
+                continue
             run = await self.records.get_run(thread_id, _text(rid))
             if not run or run["status"] in TERMINAL:
                 continue
@@ -132,13 +135,15 @@ class Retention:
                                    (kwargs.get("rollback_to") or {}).get("checkpoint_id")) if i)
         return ids
 
-    async def prune(self, thread_id: str, state: Any | None) -> int:
+    async def prune(self, thread_id: str, state: Any | None, finishing: str | None = None
+                    ) -> int:
         """Old checkpoints and finished sub-threads (none if ``state`` is unknown: which
         sub-threads it needs is unknown), found by one read of the thread's checkpoint
         names and deleted in one round trip; how many checkpoints went."""
         refs = await self.saver.refs(thread_id, sub_threads=None)
         doomed = await self._old_checkpoints(thread_id, [r for r in refs
-                                                         if r.thread_id == thread_id])
+                                                         if r.thread_id == thread_id],
+                                             finishing=finishing)
         if state is not None:
             doomed += await self._finished_sub_threads(
                 thread_id, [r for r in refs if r.thread_id != thread_id], state)
@@ -169,7 +174,8 @@ class Retention:
 
     async def _old_checkpoints(self, thread_id: str, refs: list[CheckpointRef],
                                keep_latest: int | None = None,
-                               keep_for_s: float | None = None) -> list[CheckpointRef]:
+                               keep_for_s: float | None = None,
+                               finishing: str | None = None) -> list[CheckpointRef]:
         keep_latest = max(1, keep_latest or self.settings.keep_latest)
         keep_for_s = self.settings.keep_for_s if keep_for_s is None else keep_for_s
         by_ns: dict[str, list[CheckpointRef]] = defaultdict(list)
@@ -177,7 +183,7 @@ class Retention:
             by_ns[ref.ns].append(ref)
         if all(len(chain) <= keep_latest for chain in by_ns.values()):
             return []
-        needed = await self.needed(thread_id)
+        needed = await self.needed(thread_id, finishing)
         doomed = []
         for ns, chain in by_ns.items():
             latest = await self.saver.alatest_checkpoint_id(thread_id, ns)
@@ -303,6 +309,14 @@ class Retention:
         if minutes is None:
             await self.redis.zrem(THREAD_EXPIRY, thread_id)
         else:
+            await self.expire_at(thread_id, time.time() + minutes * 60)
+
+    async def _restart_ttl(self, thread_id: str) -> None:
+        """``touch`` after a run, reading only what it needs: a thread without a TTL is
+        not in the expiry index (an update that removed its TTL took it out)."""
+        ttl, exists = await self.redis.hmget(thread_key(thread_id), "ttl", "thread_id")
+        minutes = self.ttl_minutes({"ttl": json.loads(ttl)} if ttl else None)
+        if exists is not None and minutes is not None:
             await self.expire_at(thread_id, time.time() + minutes * 60)
 
     async def expire_at(self, thread_id: str, when: float) -> None:
