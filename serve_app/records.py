@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis.asyncio import Redis
-from redis.commands.core import HashDataPersistOptions
 
 from serve_app.keys import (
     ALL_THREADS,
@@ -37,6 +36,14 @@ ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
 TERMINAL: frozenset[str] = frozenset({"success", "error", "timeout", "interrupted"})
 ACTIVE: frozenset[str] = frozenset({"pending", "running"})
 
+# A record written only if it does not exist yet (a script, not Redis 8's ``HSETEX FNX``:
+# Redis Stack 7 has no HSETEX).
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 # KEYS[1]: the record; KEYS[2] (optional): its thread's record, also updated (if it still
 # exists) in the same step. ARGV[1]: allowed current statuses, JSON-encoded, comma-joined
 # ('' = any); ARGV[2]: the attempt it must be at ('' = any); ARGV[3]: '1' to return the
@@ -51,9 +58,7 @@ then return false end
 if ARGV[2] ~= '' and now[2] ~= ARGV[2] then return false end
 local own = 4 + tonumber(ARGV[4])
 if own > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, own)) end
-if #ARGV > own and redis.call('HSETEX', KEYS[2], 'FXX', 'FIELDS', (#ARGV - own) / 2,
-                              unpack(ARGV, own + 1)) == 0
-   and redis.call('EXISTS', KEYS[2]) == 1 then  -- a field new to the thread
+if #ARGV > own and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[2], unpack(ARGV, own + 1))
 end
 if ARGV[3] == '1' then return redis.call('HGETALL', KEYS[1]) end
@@ -67,8 +72,10 @@ return 1
 # the run id; then the run's field/value pairs. -> {-1} thread gone, else {joined (0
 # refused, 1 at the head, 2 behind), the run ids queued before}.
 _CREATE_RUN = JOIN_QUEUE + """
-if ARGV[2] ~= '' and redis.call('HSETEX', KEYS[1], 'FXX', 'FIELDS', 2, 'metadata', ARGV[2],
-                                 'updated_at', ARGV[3]) == 0 then return {-1, {}} end
+if ARGV[2] ~= '' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, {}} end
+  redis.call('HSET', KEYS[1], 'metadata', ARGV[2], 'updated_at', ARGV[3])
+end
 local joined, before = join_queue(KEYS[4], ARGV[5], ARGV[1] == '1')
 if joined == 0 then return {0, before} end
 redis.call('HSET', KEYS[2], unpack(ARGV, 6))
@@ -164,6 +171,7 @@ class Records:
 
     def __init__(self, redis: Redis):
         self.redis = redis
+        self._create = redis.register_script(_CREATE)
         self._set_if = redis.register_script(_SET_IF)
         self._create_run = redis.register_script(_CREATE_RUN)
         self._end_run = redis.register_script(_END_RUN)
@@ -195,8 +203,7 @@ class Records:
         """(the stored record, whether it is new): the record as asked if it is. Written
         only if it has none of those fields yet (every record has them all)."""
         while True:
-            if await self.redis.hsetex(key, mapping=encode(record),
-                                       data_persist_option=HashDataPersistOptions.FNX):
+            if await self._create(keys=[key], args=flat(record)):
                 return record, True
             stored = decode(await self.redis.hgetall(key))
             if stored is not None:  # else deleted meanwhile: create it after all
