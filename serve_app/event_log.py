@@ -5,10 +5,7 @@ writes in the last ``linger_s``) an event goes out at once: the run's metadata, 
 progress, the start of a message and its first token (LangGraph streams an empty chunk
 first) reach their reader without delay. Inside a burst an event opens a batch that is
 sent ``linger_s`` later (or at once on ``flush``) with everything appended meanwhile, and
-events that pile up while one write is in flight go out together in the next. Reports of
-the graph's state (``values``, ``updates``... : ``events.reports_state``), which every step
-streams and no reader waits on the way it waits for a token, always wait up to
-``linger_s`` for company: the next event that is not one takes them along at once. Tokens
+events that pile up while one write is in flight go out together in the next. Tokens
 arrive every few milliseconds, so without the linger nearly every token was its own write
 (an ``XADD`` and a wake-up of every reader of the stream); with 20 ms a research
 turn's ~20 writes become a handful, for at most 20 ms more between a token inside a stream
@@ -41,7 +38,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from serve_app.events import reports_state
 from serve_app.jsonable import dumps
 from serve_app.keys import events_key
 
@@ -72,7 +68,6 @@ class EventWriter:
         self.retry_s = retry_s
         self.linger_s = linger_s
         self._hurry = asyncio.Event()  # set while someone waits in flush
-        self._nudge = asyncio.Event()  # set by flush and by an event that is not a report
         self._pending: list[tuple[str, str]] = []
         self._flusher: asyncio.Task | None = None
         self._failure: Exception | None = None
@@ -87,15 +82,12 @@ class EventWriter:
         once, what storing earlier events raised; later events are tried again."""
         self._raise_failure()
         self._pending.append((event, dumps(data)))
-        if not reports_state(event):
-            self._nudge.set()
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._write())
 
     async def flush(self) -> None:
         if self._flusher is not None:
             self._hurry.set()
-            self._nudge.set()
             try:
                 await asyncio.shield(self._flusher)
             finally:
@@ -115,11 +107,6 @@ class EventWriter:
                 if burst and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), self.linger_s)
-                elif not self._hurry.is_set() and \
-                        all(reports_state(event) for event, _ in self._pending):
-                    self._nudge.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._nudge.wait(), self.linger_s)
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)

@@ -33,13 +33,6 @@ API_MODES = (frozenset(GRAPH_MODE) - {"chat"}) | {"events"}
 
 Event = tuple[str, Any]
 CONTROL_EVENTS = frozenset({"metadata", "error", "end"})  # of every run, whatever its modes
-# Reports of the graph's state, not output a reader waits for (tokens, progress, control).
-STATE_EVENTS = frozenset({"values", "updates", "debug", "tasks", "checkpoints"})
-
-
-def reports_state(event: str) -> bool:
-    """Whether a stored event (``mode`` or ``mode|<namespace>``) reports state."""
-    return event.split("|", 1)[0] in STATE_EVENTS
 
 
 def graph_modes(api_modes: Iterable[str]) -> list[str]:

@@ -63,31 +63,6 @@ async def test_events_outside_a_burst_go_out_at_once(redis_client):
     assert len(await stored(redis_client, run_id)) == 4
 
 
-async def test_state_reports_wait_for_company_and_go_with_the_next_token(redis_client):
-    """A step's ``updates`` and ``values`` wait up to the linger even after a quiet spell;
-    a token (or a flush) takes them along at once, in order; alone they go at the linger."""
-    run_id = f"log-{uuid.uuid4().hex[:8]}"
-    key = events_key("log-thread", run_id)
-    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.5)
-    writer.append("updates", {"n": 1})
-    writer.append("values|child:1", {"n": 2})
-    await asyncio.sleep(0.1)
-    assert await stored(redis_client, run_id) == []  # waiting for company
-    writer.append("messages", {"n": 3})
-    await asyncio.sleep(0.05)
-    assert [e["n"] for e in await stored(redis_client, run_id)] == [1, 2, 3]
-    assert len(await redis_client.xrange(key)) == 1  # one write for the three
-    await asyncio.sleep(0.6)  # quiet again
-    writer.append("values", {"n": 4})
-    await asyncio.sleep(0.1)
-    assert len(await stored(redis_client, run_id)) == 3
-    await asyncio.sleep(0.5)  # the linger passed: alone, then
-    assert len(await stored(redis_client, run_id)) == 4
-    writer.append("updates", {"n": 5})
-    await writer.flush()  # a flush does not wait
-    assert len(await stored(redis_client, run_id)) == 5
-
-
 async def test_a_failed_write_is_raised_once_then_writing_goes_on():
     dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     writer = EventWriter(dead, "thread-x", "run-x", ttl_s=60, retry_s=0)
