@@ -170,3 +170,11 @@ async def test_within_a_run_a_steps_writes_go_with_the_next_checkpoint(redis_cli
         await saver.aput_writes(latest.config, [("steps", 3)], "late-task")
         assert (await saver.aget_tuple(config)).pending_writes == []  # held
     assert (await saver.aget_tuple(config)).pending_writes == [("late-task", "steps", 3)]
+
+
+async def test_checkpoint_ttl_expires_the_thread_hash_after_its_last_write(redis_client):
+    thread_id = f"ttl-{uuid.uuid4().hex[:8]}"
+    await two_turns(LeanRedisSaver(redis_client, ttl_minutes=1), thread_id)
+    assert 0 < await redis_client.ttl(checkpoints_key(thread_id)) <= 60
+    await two_turns(LeanRedisSaver(redis_client), f"{thread_id}-kept")
+    assert await redis_client.ttl(checkpoints_key(f"{thread_id}-kept")) == -1
