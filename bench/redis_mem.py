@@ -46,7 +46,7 @@ async def redis_memory(url: str, baseline: int, turns_by_thread: dict[str, int],
         rows = []
         for thread_id in chosen:
             keys = await thread_keys(redis, thread_id)
-            sizes = [await redis.memory_usage(k) or 0 for k in keys]
+            sizes = [await redis.memory_usage(k, samples=0) or 0 for k in keys]
             rows.append({"turns": turns_by_thread[thread_id], "keys": len(keys),
                          "kib": sum(sizes) / 1024})
         result["sampled_threads"] = sorted(rows, key=lambda r: r["turns"])

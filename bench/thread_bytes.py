@@ -39,7 +39,7 @@ GOAL = 5.0
 
 async def thread_bytes(service: AgentService, thread_id: str) -> tuple[int, int]:
     keys = [k async for k in service.redis.scan_iter(match=f"*{thread_id}*", count=5000)]
-    sizes = [await service.redis.memory_usage(k) or 0 for k in keys]
+    sizes = [await service.redis.memory_usage(k, samples=0) or 0 for k in keys]
     return sum(sizes), len(keys)
 
 

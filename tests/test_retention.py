@@ -74,7 +74,8 @@ async def keys_of(redis: Redis, thread_id: str) -> list[str]:
 
 
 async def bytes_of(redis: Redis, thread_id: str) -> int:
-    return sum([await redis.memory_usage(k) or 0 for k in await keys_of(redis, thread_id)])
+    return sum([await redis.memory_usage(k, samples=0) or 0  # every field, not a sample
+                for k in await keys_of(redis, thread_id)])
 
 
 async def raw_conversation(service: AgentService, thread_id: str) -> int:
