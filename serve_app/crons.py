@@ -2,11 +2,13 @@
 ``/runs/crons``), kept in Redis and driven by a loop every supervisor replica runs.
 
 A cron is one JSON document (``{crons}:cron:<id>``), listed by creation in ``{crons}:all``
-and by its next tick in ``{crons}:due``. Each replica looks for due crons every
-``crons.tick_interval_s``; a tick runs exactly once across replicas: its run is created by
-whoever first takes the tick's lease (``SET NX`` on ``{crons}:tick:<id>:<tick time>``). The
-run goes through the normal creation path (admission, queue), as the cron's creator; a
-refusal by admission (503) leaves the tick due, to be tried again on the next round.
+and by its next tick in ``{crons}:due``. The replicas look for due crons in turn, paced
+(``serve_app.pace``) so that the cluster as a whole looks about every
+``crons.tick_interval_s``, whatever its size; a tick runs exactly once across replicas: its
+run is created by whoever first takes the tick's lease (``SET NX`` on
+``{crons}:tick:<id>:<tick time>``). The run goes through the normal creation path
+(admission, queue), as the cron's creator; a refusal by admission (503) leaves the tick due,
+to be tried again on the next round.
 
 Missed ticks (the cluster was down, or busy past a tick): when a cron is found due, only
 its latest tick at or before now runs, once; older missed ticks are skipped, and the next
@@ -32,6 +34,7 @@ from redis.asyncio import Redis
 
 from agents.settings import CronSettings
 from serve_app.api_errors import ApiError
+from serve_app.pace import Replicas, one_replica, pause
 from serve_app.records import now_iso
 
 log = logging.getLogger(__name__)
@@ -157,8 +160,10 @@ class Crons:
                       reverse=descending)
 
     # ticking
-    async def tick_forever(self, create_run: CreateRun) -> None:
-        """Every replica runs this; each tick's lease makes its run happen once."""
+    async def tick_forever(self, create_run: CreateRun,
+                           replicas: Replicas = one_replica) -> None:
+        """Every replica runs this; each tick's lease makes its run happen once. The
+        replicas' looks are paced: the cluster looks about every ``tick_interval_s``."""
         while True:
             try:
                 await self.tick_once(create_run)
@@ -166,7 +171,7 @@ class Crons:
                 raise
             except Exception:  # Redis away: try again next round
                 log.exception("crons: tick failed")
-            await asyncio.sleep(self.settings.tick_interval_s)
+            await pause(self.settings.tick_interval_s, replicas)
 
     async def tick_once(self, create_run: CreateRun, now: float | None = None) -> int:
         """Run the due crons' latest ticks; how many runs this replica created."""

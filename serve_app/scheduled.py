@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from agents.settings import Settings
 from serve_app.api_errors import ApiError
 from serve_app.crons import CreateRun, Crons
+from serve_app.pace import Replicas
 from serve_app.schemas import RunCreate
 from serve_app.webhooks import Outbox
 
@@ -43,8 +44,19 @@ def cron_runs(service: Any, outbox: Outbox) -> CreateRun:
     return run
 
 
+def live_replicas(service: Any) -> Replicas:
+    """The live replicas as of the executor's last sweep (1 before the first one)."""
+    def count() -> int:
+        load = service.executor.load
+        return 1 if load is None else load.replicas
+    return count
+
+
 def background_loops(service: Any, settings: Settings) -> list[Coroutine]:
-    """The crons' tick loop and the outbox's drain loop of one replica."""
+    """The crons' tick loop and the outbox's drain loop of one replica, both paced by the
+    live replicas (``serve_app.pace``)."""
     outbox = Outbox(service.redis, settings.webhooks)
-    return [Crons(service.redis, settings.crons).tick_forever(cron_runs(service, outbox)),
-            outbox.drain_forever(service.runs.output)]
+    replicas = live_replicas(service)
+    return [Crons(service.redis, settings.crons).tick_forever(cron_runs(service, outbox),
+                                                              replicas),
+            outbox.drain_forever(service.runs.output, replicas)]

@@ -3,14 +3,15 @@
 
 Delivery never blocks or fails a run, and survives the replica that created it: creating a
 run that has something to deliver puts it in a durable outbox in Redis (``Outbox.watch``);
-every replica drains the outbox in the background. An entry waits until its run has ended,
-then is POSTed: the run record plus ``values`` (or ``error``), ``run_started_at``,
-``run_ended_at`` and ``webhook_sent_at``, as LangGraph Platform sends it; for a pending
-approval: ``{"event": "approval.pending", thread_id, run_id, interrupt_id, tool, args,
-requested_by}``. Each POST carries ``X-Webhook-Timestamp`` and, with ``webhooks.secret``,
-``X-Webhook-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``. A failure
-(no answer, or not 2xx) is retried with exponential backoff up to
-``webhooks.max_attempts``; every attempt is recorded on the run record
+every replica drains the outbox in the background (paced, ``serve_app.pace``: the cluster
+as a whole drains about every ``webhooks.poll_interval_s``). An entry waits until its run
+has ended, then is POSTed: the run record plus ``values`` (or ``error``),
+``run_started_at``, ``run_ended_at`` and ``webhook_sent_at``, as LangGraph Platform sends
+it; for a pending approval: ``{"event": "approval.pending", thread_id, run_id,
+interrupt_id, tool, args, requested_by}``. Each POST carries ``X-Webhook-Timestamp`` and,
+with ``webhooks.secret``, ``X-Webhook-Signature: sha256=<hex HMAC-SHA256(secret,
+"<timestamp>.<body>")>``. A failure (no answer, or not 2xx) is retried with exponential
+backoff up to ``webhooks.max_attempts``; every attempt is recorded on the run record
 (``webhook_deliveries``; approvals: ``approval_deliveries``). A replica that dies mid-POST
 leaves its claim to expire and another replica sends it again: delivery is at least once.
 
@@ -39,6 +40,7 @@ from redis.exceptions import RedisError
 from agents.settings import WebhookSettings
 from serve_app.api_errors import ApiError
 from serve_app.jsonable import to_jsonable
+from serve_app.pace import Replicas, one_replica, pause
 from serve_app.records import TERMINAL, Records, now_iso
 
 log = logging.getLogger(__name__)
@@ -164,8 +166,10 @@ class Outbox:
         except RedisError:  # the run is made: an error now would have it made twice
             log.exception("run %s: its webhooks could not be queued", run["run_id"])
 
-    async def drain_forever(self, output_of: OutputOf) -> None:
-        """Every replica runs this; each due entry is taken by one replica at a time."""
+    async def drain_forever(self, output_of: OutputOf,
+                            replicas: Replicas = one_replica) -> None:
+        """Every replica runs this; each due entry is taken by one replica at a time. The
+        replicas' drains are paced: the cluster drains about every ``poll_interval_s``."""
         async with httpx.AsyncClient(timeout=self.settings.timeout_s) as client:
             while True:
                 try:
@@ -174,7 +178,7 @@ class Outbox:
                     raise
                 except Exception:  # Redis away: try again next round
                     log.exception("webhook outbox: drain failed")
-                await asyncio.sleep(self.settings.poll_interval_s)
+                await pause(self.settings.poll_interval_s, replicas)
 
     async def drain_once(self, output_of: OutputOf, client: httpx.AsyncClient) -> int:
         """Take the due entries and process them; how many were taken."""
