@@ -260,15 +260,17 @@ class WebhookSettings(BaseModel):
     backoff_s: float = Field(1.0, gt=0, description="wait before the first retry, doubled "
                                                     "after each failure (at most 5 minutes)")
     timeout_s: float = Field(10.0, gt=0, description="one delivery's HTTP timeout")
-    poll_interval_s: float = Field(0.5, gt=0, description="how often each replica drains "
-                                                          "the outbox")
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="how often the cluster drains the outbox (cluster-wide: each "
+        "replica drains every interval x live replicas, jittered)")
 
 
 class CronSettings(BaseModel):
     """Scheduled runs (``serve_app/crons.py``)."""
 
-    tick_interval_s: float = Field(1.0, gt=0, description="how often each replica looks "
-                                                          "for due crons")
+    tick_interval_s: float = Field(
+        1.0, gt=0, description="how often the cluster looks for due crons (cluster-wide: "
+        "each replica looks every interval x live replicas, jittered)")
 
 
 class RoleSettings(BaseModel):
