@@ -37,7 +37,7 @@ import logging
 import random
 import re
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +149,15 @@ class _Held:
 
 _HOLDING: ContextVar[dict[tuple[str, str], _Held] | None] = ContextVar(
     "checkpoint_writes_held", default=None)
+# Within a run: the latest checkpoint id of each (thread, namespace) as last read or saved.
+_LATEST: ContextVar[dict[tuple[str, str], str | None] | None] = ContextVar(
+    "checkpoint_latest_known", default=None)
+
+
+def _forget_latest() -> None:
+    """Checkpoints deleted or re-pointed within a run: read the latest ones again."""
+    if (known := _LATEST.get()) is not None:
+        known.clear()
 
 
 class LeanRedisSaver(BaseCheckpointSaver[str]):
@@ -166,16 +175,22 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
 
     # writing
     @contextlib.asynccontextmanager
-    async def holding_writes(self) -> AsyncIterator[None]:
-        """Within (one run of a graph, in this task and those it starts), a task's writes
-        go with the next checkpoint's ``HSET``; what is held at the end goes then."""
+    async def holding_writes(self, latest: Mapping[tuple[str, str], str | None] | None = None
+                             ) -> AsyncIterator[None]:
+        """Within (one run of a graph that holds its thread, in this task and those it
+        starts), a task's writes go with the next checkpoint's ``HSET``; what is held at the
+        end goes then. Nothing else writes the thread meanwhile, so each namespace's latest
+        checkpoint is read once and then known from the run's own saves (``latest``: what
+        the caller read already, (thread, ns) -> id or None)."""
         held: dict[tuple[str, str], _Held] = {}
-        outer = _HOLDING.get()
+        outer, outer_latest = _HOLDING.get(), _LATEST.get()
         _HOLDING.set(held)
+        _LATEST.set(dict(latest or {}))
         try:
             yield
         finally:
             _HOLDING.set(outer)  # not reset(): an async generator may end in another context
+            _LATEST.set(outer_latest)
             for slot in list(held):
                 waiting = held.pop(slot)
                 try:
@@ -199,6 +214,8 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         await self._hset(config, [*(held.fields if held else ()),
                                   checkpoint_field(thread_id, ns, checkpoint_id), record,
                                   checkpoint_field(thread_id, ns, LATEST), checkpoint_id])
+        if (known := _LATEST.get()) is not None:
+            known[(thread_id, ns)] = checkpoint_id
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                  "checkpoint_id": checkpoint_id}}
 
@@ -244,10 +261,17 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
 
     # reading
     async def alatest_checkpoint_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
-        """The id of a thread's latest checkpoint: one ``HGET``, nothing decoded."""
+        """The id of a thread's latest checkpoint: one ``HGET`` (none if the run knows it),
+        nothing decoded."""
+        known = _LATEST.get()
+        if known is not None and (thread_id, checkpoint_ns) in known:
+            return known[(thread_id, checkpoint_ns)]
         found = await self._redis.hget(checkpoints_key(thread_id),
                                        checkpoint_field(thread_id, checkpoint_ns, LATEST))
-        return _text(found) if found else None
+        latest = _text(found) if found else None
+        if known is not None:
+            known[(thread_id, checkpoint_ns)] = latest
+        return latest
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
@@ -372,6 +396,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         """Drop ``doomed`` (checkpoints of ``thread_id`` or of its sub-threads, as ``refs``
         names them) with their writes, and the latest pointers of ``pointers`` ((thread,
         ns) pairs); how many checkpoints went."""
+        _forget_latest()
         doomed = list(doomed)
         fields = [name for ref in doomed for name in ref.fields()]
         fields += [checkpoint_field(t, ns, LATEST) for t, ns in pointers]
@@ -382,10 +407,12 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
     async def delete_all(self, thread_id: str) -> int:
         """Every checkpoint and write of a thread and of its sub-threads (1: there were
         some, 0: none)."""
+        _forget_latest()
         return await self._redis.delete(checkpoints_key(thread_id))
 
     async def point_latest(self, thread_id: str, ns: str, checkpoint_id: str | None) -> None:
         """Make ``checkpoint_id`` the latest of ``thread_id``'s ``ns`` (None: no latest)."""
+        _forget_latest()
         name = checkpoint_field(thread_id, ns, LATEST)
         if checkpoint_id is None:
             await self._redis.hdel(checkpoints_key(thread_id), name)

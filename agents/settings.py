@@ -122,6 +122,9 @@ class ApiSettings(BaseModel):
 
     heartbeat_s: float = Field(5.0, gt=0, description="SSE keep-alive comment period")
     event_ttl_s: int = Field(3600, ge=1, description="how long a run's events can be replayed")
+    event_linger_ms: float = Field(
+        50.0, ge=0, description="an event within this of its stream's last write waits this "
+        "long for company (one XADD and one reader wake-up for the batch); 0: no batching")
     lease_ttl_s: float = Field(
         3.0, gt=0, description="run and thread leases; renewed every third of it"
     )

@@ -70,11 +70,11 @@ class SpecialistWorker:
         if graph is None:
             raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
         config = {"configurable": {"thread_id": req.thread_id, USER_KEY: req.user_id}}
-        graph_input = await self._next_input(graph, config, req)
+        graph_input, latest = await self._next_input(graph, config, req)
         usage, responses, final = Usage(), [], StreamedState()
         if graph_input is not None:
-            events = self._traced(self._events(graph, graph_input, config, req, final), req,
-                                  usage, responses)
+            events = self._traced(self._events(graph, graph_input, config, req, final, latest),
+                                  req, usage, responses)
             async for event in relay(events, self.token_linger_s):
                 yield event
         if final.values is not None:  # the run's last state, as it streamed: no read-back
@@ -105,29 +105,35 @@ class SpecialistWorker:
         raise RuntimeError("worker stream ended without a result")
 
     @staticmethod
-    async def _next_input(graph: CompiledStateGraph, config: dict, req: WorkerRequest) -> Any:
-        """What to send the graph now, or None if there is nothing to do (idempotency)."""
+    async def _next_input(graph: CompiledStateGraph, config: dict, req: WorkerRequest
+                          ) -> tuple[Any, str | None]:
+        """What to send the graph now, or None if there is nothing to do (idempotency),
+        and the id of the thread's latest checkpoint (read for it)."""
         state = await graph.aget_state(config)
+        latest = (state.config or {}).get("configurable", {}).get("checkpoint_id")
         if req.resume is not None:
             applied = {d.get("key") for d in state.values.get("decisions", [])}
             if req.resume_key in applied or not state.interrupts:
-                return None
-            return Command(resume={**req.resume, "key": req.resume_key})
+                return None, latest
+            return Command(resume={**req.resume, "key": req.resume_key}), latest
         if not state.values:
-            return {"messages": [HumanMessage(req.task or "")], "steps": 0}
+            return {"messages": [HumanMessage(req.task or "")], "steps": 0}, latest
         if state.next and not state.interrupts:
-            return _CONTINUE  # crashed mid-run: go on from the last checkpoint
-        return None
+            return _CONTINUE, latest  # crashed mid-run: go on from the last checkpoint
+        return None, latest
 
     @staticmethod
     async def _events(graph: CompiledStateGraph, graph_input: Any, config: dict,
-                      req: WorkerRequest, final: StreamedState
+                      req: WorkerRequest, final: StreamedState, latest: str | None
                       ) -> AsyncIterator[dict[str, Any]]:
-        """Token and progress events; ``final`` follows the state streamed."""
+        """Token and progress events; ``final`` follows the state streamed. ``latest``: the
+        thread's latest checkpoint as read for the input (not read again)."""
         graph_input = None if graph_input is _CONTINUE else graph_input
         role = req.role
-        holding = getattr(graph.checkpointer, "holding_writes", contextlib.nullcontext)
-        async with holding():  # a step's writes go with the checkpoint after it
+        holding = getattr(graph.checkpointer, "holding_writes", None)
+        # a step's writes go with the checkpoint after it
+        async with holding(latest={(req.thread_id, ""): latest}) if holding else \
+                contextlib.nullcontext():
             async for mode, payload in graph.astream(
                 graph_input, config, stream_mode=["messages", "custom", "values"],
                 context=req.context

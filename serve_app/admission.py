@@ -12,7 +12,10 @@ the hard cap of ``max_queued_runs`` per live replica. Past capacity, queuing mor
 adds waiting: a refusal in milliseconds beats an answer too late to use, and the runs
 admitted keep their latency.
 
-Decisions share reads of the pool's load: one read at most every ``LOAD_MAX_AGE_S`` per
+A replica with a free slot that has waited on the pool's ready queue for longer than a
+round trip (``IDLE_S``) knows that queue is empty: it admits without reading the load (the
+cluster below capacity, its usual state, spends no Redis command on admission).
+Otherwise decisions share reads of the pool's load: one read at most every ``LOAD_MAX_AGE_S`` per
 replica (one in flight at a time), so a storm of requests costs a decision in memory
 instead of a Redis round trip each (what is admitted within that age is seen by the next
 read; runs admitted while slots are free do not wait in the queue anyway).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agents.settings import ApiSettings
@@ -39,6 +43,7 @@ SMOOTHING = 0.05  # weight of each decision in the refused share (~20 decisions 
 RATE_WINDOW_S = 1.0  # the drain rate is re-measured at most this often (then averaged)
 SHARE_HALF_LIFE_S = 10.0  # with no requests, the refused share halves this often
 LOAD_MAX_AGE_S = 0.05  # decisions reuse a read of the pool's load this young
+IDLE_S = 0.05  # a free slot waiting this long on the ready queue: the queue is empty
 
 
 @dataclass
@@ -67,9 +72,11 @@ class DrainRate:
 
 
 class Admission:
-    def __init__(self, pool: RunPool, metrics: Metrics):
+    def __init__(self, pool: RunPool, metrics: Metrics,
+                 idle_for: Callable[[], float] = lambda: 0.0):
         self.pool = pool
         self.metrics = metrics
+        self.idle_for = idle_for  # how long a free slot here has waited for a run
         self._share = 0.0
         self._decided_at = time.monotonic()
         self.drain = DrainRate()
@@ -85,11 +92,12 @@ class Admission:
 
     async def check(self, settings: ApiSettings) -> Refusal | None:
         """None to admit; else why not and when to retry (counted either way)."""
+        if self.idle_for() > IDLE_S:
+            self._decided(refused=False)
+            return None
         load = await self._load()
         reason = self.reason(load, settings, self.drain.update(load.started, time.monotonic()))
-        self._share = self.refused_share + SMOOTHING * ((reason is not None) -
-                                                        self.refused_share)
-        self._decided_at = time.monotonic()
+        self._decided(refused=reason is not None)
         if reason is None:
             return None
         self.metrics.count("runs_refused", reason=reason)
@@ -99,6 +107,10 @@ class Admission:
         return Refusal(f"at capacity: {load.queued} runs queued, the oldest for "
                        f"{load.oldest_wait_s:.1f} s; retry after {retry_after} s",
                        retry_after, reason)
+
+    def _decided(self, refused: bool) -> None:
+        self._share = self.refused_share + SMOOTHING * (refused - self.refused_share)
+        self._decided_at = time.monotonic()
 
     async def _load(self) -> PoolLoad:
         """The pool's load as of a read at most ``LOAD_MAX_AGE_S`` old (the one in flight,

@@ -1,16 +1,19 @@
 """A run's events in its Redis Stream, appended in order without a round trip each.
 
-``append`` returns at once; events go out in batches. Outside a burst (fewer than two
-writes in the last ``linger_s``) an event goes out at once: the run's metadata, a tool's
-progress, the start of a message and its first token (LangGraph streams an empty chunk
-first) reach their reader without delay. Inside a burst an event opens a batch that is
-sent ``linger_s`` later (or at once on ``flush``) with everything appended meanwhile, and
-events that pile up while one write is in flight go out together in the next. Tokens
-arrive every few milliseconds, so without the linger nearly every token was its own write
-(an ``XADD`` and a wake-up of every reader of the stream); with 20 ms a research
-turn's ~20 writes become a handful, for at most 20 ms more between a token inside a stream
-of tokens and its reader. The graph never waits on Redis to stream its next chunk.
-``flush`` waits until every appended event is stored and raises what storing raised.
+``append`` returns at once; events go out in batches. An event goes out at once when the
+stream has been quiet for ``linger_s`` (a tool's progress after a model call, the start of
+a message and its first token: LangGraph streams an empty chunk first); within ``linger_s``
+of the last write it opens a batch that is sent ``linger_s`` later (or at once on
+``flush``) with everything appended meanwhile, and events that pile up while one write is
+in flight go out together in the next. A new stream starts as if just written: the run's
+metadata waits for its input's state report and both go in one write. Each write is an
+``XADD`` and a wake-up of every reader of the stream (one ``XREAD`` each): most of a run's
+Redis commands before the linger. A specialist's tokens reach the log every
+``token_linger_ms`` (40 ms) already merged, so a linger shorter than that batched nothing;
+with 50 ms a research turn's ~18 writes are ~12, for at most 50 ms more between an event
+inside a burst and its reader (~20 updates a second of a streamed answer). The graph
+never waits on Redis to stream its next chunk. ``flush`` waits until every appended event
+is stored and raises what storing raised.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
@@ -31,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import math
 import time
 import uuid
 from typing import Any
@@ -56,7 +58,7 @@ return 1
 """
 
 MAX_BATCH = 1000  # events per entry: Lua's unpack takes a few thousand values at most
-LINGER_S = 0.02
+LINGER_S = 0.05
 
 
 class EventWriter:
@@ -74,7 +76,7 @@ class EventWriter:
         self._expiring = False
         self._tag = uuid.uuid4().hex[:12]
         self._batches = itertools.count()
-        self._stored_at = (-math.inf, -math.inf)  # when the last two writes ended
+        self._stored_at = time.monotonic()  # when the last write ended (a new stream: now)
         self._append_once = redis.register_script(_APPEND_ONCE)
 
     def append(self, event: str, data: Any) -> None:
@@ -103,14 +105,14 @@ class EventWriter:
         deadline = time.monotonic() + self.retry_s
         try:
             while self._pending:
-                burst = time.monotonic() - self._stored_at[0] < self.linger_s
+                burst = time.monotonic() - self._stored_at < self.linger_s
                 if burst and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._hurry.wait(), self.linger_s)
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)
-                self._stored_at = (self._stored_at[1], time.monotonic())
+                self._stored_at = time.monotonic()
         except Exception as exc:
             self._failure = exc
         finally:

@@ -106,6 +106,7 @@ class RunExecutor:
         self.checkpointer = checkpointer
         self.metrics = metrics or Metrics()
         self.load = PoolLoad(0, 0.0, 1)  # as of the last sweep
+        self._waiting_since: float | None = None  # a free slot waits on an empty queue
         self._slots = Slots(1)
         self.limiter = LagLimiter(self._slots, settings.max_concurrent_runs,
                                   settings.loop_lag_target_ms,
@@ -139,6 +140,12 @@ class RunExecutor:
             self._background.append(asyncio.create_task(self.retention.sweep_forever(self)))
         self._background += [asyncio.create_task(loop) for loop in loops]
 
+    def idle_for(self) -> float:
+        """How long a free slot of this replica has been waiting for a run (0 if none
+        is): a wait longer than a round trip means the pool's ready queue is empty."""
+        since = self._waiting_since
+        return 0.0 if since is None else time.monotonic() - since
+
     @property
     def running(self) -> int:
         return len(self._tasks)
@@ -167,12 +174,16 @@ class RunExecutor:
         try:
             while not self._closing:
                 await self._slots.acquire()
+                if self._waiting_since is None:  # (still set after a wait that timed out)
+                    self._waiting_since = time.monotonic()
                 try:
                     ref = await self.pool.take(conn, timeout_s=1.0)
                 except RedisError as exc:
                     log.warning("taking a run failed (%s); retrying", type(exc).__name__)
-                    ref = None
+                    ref = self._waiting_since = None
                     await asyncio.sleep(0.5)
+                if ref is not None:
+                    self._waiting_since = None
                 if ref is None:
                     self._slots.release()
                 elif self._closing:
@@ -239,7 +250,8 @@ class RunExecutor:
 
     def event_writer(self, run: dict[str, Any]) -> EventWriter:
         return EventWriter(self.redis, run["thread_id"], run["run_id"],
-                           self.settings.event_ttl_s)
+                           self.settings.event_ttl_s,
+                           linger_s=self.settings.event_linger_ms / 1000)
 
     # one run
     async def execute(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
@@ -257,6 +269,7 @@ class RunExecutor:
         self._tasks[run_id] = asyncio.current_task()
         self._starting.add(run_id)
         started = None
+        read_latest = "checkpoint_before" not in run and not run["kwargs"].get("rollback_to")
         try:
             started = await self._started(run)
         finally:
@@ -283,7 +296,8 @@ class RunExecutor:
             graph = self.graphs[run["graph_id"]]
             deadline = asyncio.timeout(self.settings.run_timeout_s)
             try:
-                async with deadline, self.checkpointer.holding_writes():
+                known = {(thread_id, ""): run["checkpoint_before"]} if read_latest else None
+                async with deadline, self.checkpointer.holding_writes(latest=known):
                     async for event, data in observed.watch(
                             self._events(graph, run, run_config(run, token), final)):
                         events.append(event, data)
@@ -525,15 +539,15 @@ class RunExecutor:
         """Queue again every run whose owner stopped renewing its lease (and, with
         ``orphans``, every pending run nothing holds or queues); returns their ids."""
         requeued = []
-        await self.pool.release_due()  # delayed runs (after_seconds) whose time has come
-        for ref in await self.pool.expired():
+        due, expired, self.load = await self.pool.survey()
+        await self.pool.release(due)  # delayed runs (after_seconds) whose time has come
+        for ref in expired:
             if await self.pool.forfeit(ref) and await self._recover(ref):
                 requeued.append(parse_ref(ref)[1])
         if orphans:
             for ref in await self.pool.orphans(self.settings.orphan_grace_s):
                 if await self._recover(ref):
                     requeued.append(parse_ref(ref)[1])
-        self.load = await self.pool.load()
         self.metrics.gauge("runs_queued", self.load.queued)
         self.metrics.gauge("runs_running", self.running)
         return requeued

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from serve_app.keys import (
     delayed_key,
@@ -62,7 +63,7 @@ class RunPool:
     async def add(self, ref: str, ready: bool, not_before_ms: int | None = None) -> None:
         """A new run: always pending; ready too if it is its thread's next run, unless
         it may not start before ``not_before_ms`` (then delayed until the sweeper's
-        ``release_due``)."""
+        ``release``)."""
         stamp = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.pending, {ref: stamp}, nx=True)
@@ -73,20 +74,29 @@ class RunPool:
             await pipe.execute()
 
     async def make_ready(self, ref: str) -> None:
-        """Ready now, unless it is delayed and not due yet (``release_due`` queues it)."""
+        """Ready now, unless it is delayed and not due yet (``release`` queues it)."""
         due = await self.redis.zscore(self.delayed, ref)
         if due is None or due <= now_ms():
             await self.redis.zadd(self.ready, {ref: time.time()}, nx=True)
 
-    async def release_due(self) -> list[str]:
-        """Delayed runs whose time has come, made ready."""
-        due = [r.decode() for r in await self.redis.zrangebyscore(self.delayed, 0, now_ms())]
+    async def survey(self) -> tuple[list[str], list[str], PoolLoad]:
+        """What the sweeper looks at, in one round trip: the delayed runs whose time has
+        come, the runs whose owner stopped renewing their lease, and the load."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self.delayed, 0, now_ms())
+            pipe.zrangebyscore(self.running, 0, now_ms())
+            self._read_load(pipe)
+            due, expired, *load = await pipe.execute()
+        return ([r.decode() for r in due], [r.decode() for r in expired],
+                self._load_from(*load))
+
+    async def release(self, due: list[str]) -> None:
+        """Delayed runs whose time has come (``survey``), made ready."""
         for ref in due:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zadd(self.ready, {ref: time.time()}, nx=True)
                 pipe.zrem(self.delayed, ref)
                 await pipe.execute()
-        return due
 
     async def take(self, conn: Redis, timeout_s: float) -> str | None:
         """Pop the oldest ready run (blocking on ``conn``, a connection of its own) and
@@ -129,10 +139,6 @@ class RunPool:
                 pipe.zrem(self.delayed, ref)
             await pipe.execute()
 
-    async def expired(self) -> list[str]:
-        """Runs whose owner stopped renewing their lease."""
-        return [r.decode() for r in await self.redis.zrangebyscore(self.running, 0, now_ms())]
-
     async def forfeit(self, ref: str) -> bool:
         """Take an expired run away from its owner; only one sweeper wins."""
         return bool(await self.redis.zrem(self.running, ref))
@@ -159,12 +165,17 @@ class RunPool:
         return found
 
     async def load(self) -> PoolLoad:
-        now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.ready)
-            pipe.zrange(self.ready, 0, 0, withscores=True)
-            pipe.zcount(self.replicas, now_ms(), "+inf")
-            pipe.get(self.started)
-            queued, oldest, replicas, started = await pipe.execute()
-        wait = now - oldest[0][1] if oldest else 0.0
+            self._read_load(pipe)
+            return self._load_from(*await pipe.execute())
+
+    def _read_load(self, pipe: Pipeline) -> None:
+        pipe.zcard(self.ready)
+        pipe.zrange(self.ready, 0, 0, withscores=True)
+        pipe.zcount(self.replicas, now_ms(), "+inf")
+        pipe.get(self.started)
+
+    @staticmethod
+    def _load_from(queued: int, oldest: list, replicas: int, started: bytes | None) -> PoolLoad:
+        wait = time.time() - oldest[0][1] if oldest else 0.0
         return PoolLoad(queued, max(wait, 0.0), max(replicas, 1), int(started or 0))

@@ -172,6 +172,37 @@ async def test_within_a_run_a_steps_writes_go_with_the_next_checkpoint(redis_cli
     assert (await saver.aget_tuple(config)).pending_writes == [("late-task", "steps", 3)]
 
 
+async def test_within_a_run_the_latest_checkpoint_is_read_once(redis_client):
+    """A run that holds its thread reads a namespace's latest checkpoint id once (here
+    before the run, as the executor does) and follows its own saves after; a deletion
+    within the run makes it read again."""
+    saver = LeanRedisSaver(redis_client)
+    thread_id = f"known-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread_id}}
+    await two_turns(saver, thread_id)
+
+    async def hgets() -> int:
+        stats = await redis_client.info("commandstats")
+        return stats.get("cmdstat_hget", {}).get("calls", 0)
+
+    latest = await saver.alatest_checkpoint_id(thread_id)
+    before = await hgets()
+    async with saver.holding_writes(latest={(thread_id, ""): latest}):
+        await chat_graph(saver).ainvoke(
+            {"messages": [HumanMessage("third", id="third")], "steps": 0}, config)
+        assert await hgets() - before == 1  # the latest checkpoint itself, not its id
+        inside = await saver.alatest_checkpoint_id(thread_id)
+        assert await hgets() - before == 1
+    assert inside == await saver.alatest_checkpoint_id(thread_id) != latest
+    state = (await saver.aget_tuple(config)).checkpoint["channel_values"]
+    assert [m.content for m in state["messages"]] == [
+        "hello", "answer 1", "and again", "answer 3", "third", "answer 5"]
+
+    async with saver.holding_writes(latest={(thread_id, ""): inside}):
+        await saver.point_latest(thread_id, "", None)
+        assert await saver.alatest_checkpoint_id(thread_id) is None  # read again
+
+
 async def test_checkpoint_ttl_expires_the_thread_hash_after_its_last_write(redis_client):
     thread_id = f"ttl-{uuid.uuid4().hex[:8]}"
     await two_turns(LeanRedisSaver(redis_client, ttl_minutes=1), thread_id)
