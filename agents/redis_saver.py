@@ -335,8 +335,15 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
                    sub_threads: bool | None = False) -> list[CheckpointRef]:
         """The thread's checkpoints (``sub_threads``: its sub-threads'; None: both) with
         their writes' fields, from the hash's field names alone (one ``HKEYS``)."""
+        return self.refs_in(thread_id, await self._redis.hkeys(checkpoints_key(thread_id)),
+                            ns, sub_threads)
+
+    @staticmethod
+    def refs_in(thread_id: str, names: Iterable[str | bytes], ns: str | None = None,
+                sub_threads: bool | None = False) -> list[CheckpointRef]:
+        """``refs`` from the field names of the thread's hash, read by the caller."""
         checkpoints: dict[tuple[str, str, str], list[str]] = {}
-        for name in map(_text, await self._redis.hkeys(checkpoints_key(thread_id))):
+        for name in map(_text, names):
             owner, field_ns, checkpoint_id, task = parse_checkpoint_field(thread_id, name)
             if checkpoint_id == LATEST or (ns is not None and field_ns != ns):
                 continue

@@ -32,6 +32,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,7 @@ from redis.exceptions import RedisError
 from agents.effects import effect_key
 from agents.redis_saver import CheckpointRef, LeanRedisSaver
 from agents.settings import RetentionSettings
+from agents.slots import LATEST, checkpoint_field, checkpoints_key
 from agents.supervisor import sub_thread_id
 from serve_app.keys import (
     ALL_THREADS,
@@ -84,6 +86,18 @@ async def delete_keys(redis: Redis, keys: Iterable[str], batch: int = 500) -> in
     return deleted
 
 
+@dataclass
+class ThreadView:
+    """What retention reads of a thread as a run ends, in one round trip."""
+
+    names: list[bytes]  # the field names of its checkpoint hash
+    queued: list[bytes]  # its queue's run ids
+    latest: str | None  # its latest checkpoint (root namespace)
+    run_ids: list[str]  # its run records, newest first
+    ttl: bytes | None  # its own ttl, and whether its record exists
+    exists: bool
+
+
 class Retention:
     def __init__(self, redis: Redis, saver: LeanRedisSaver, settings: RetentionSettings,
                  records: Records | None = None, metrics: Metrics | None = None):
@@ -105,26 +119,43 @@ class Retention:
             if run.get("rolled_back_by_successor"):
                 await self.roll_back(run)
                 state = None
+            view = await self._view(run)
             if self.settings.enabled:
                 if state is None and graph is not None:
                     state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-                await self.redis.expire(events_key(thread_id, run["run_id"]),
-                                        self.settings.events_grace_s)
-                await self.prune(thread_id, state, finishing=run["run_id"])
-                await self.prune_runs(thread_id)
+                await self.prune(thread_id, state, finishing=run["run_id"], view=view)
+                await self.prune_runs(thread_id, view.run_ids)
             if (run.get("kwargs") or {}).get("on_completion") == "delete":
                 await self.expire_at(thread_id, time.time() + self.settings.events_grace_s)
             else:
-                await self._restart_ttl(thread_id)
+                await self._restart_ttl(thread_id, view)
         except Exception:
             log.exception("retention of thread %s after run %s failed", thread_id,
                           run["run_id"])
 
-    async def needed(self, thread_id: str, finishing: str | None = None) -> set[str]:
+    async def _view(self, run: dict[str, Any]) -> ThreadView:
+        """The thread as the run ends (and its event stream's grace period started)."""
+        thread_id = run["thread_id"]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if self.settings.enabled:
+                pipe.expire(events_key(thread_id, run["run_id"]), self.settings.events_grace_s)
+            pipe.hkeys(checkpoints_key(thread_id))
+            pipe.zrange(queue_key(thread_id), 0, -1)
+            pipe.hget(checkpoints_key(thread_id), checkpoint_field(thread_id, "", LATEST))
+            pipe.zrevrange(thread_runs_key(thread_id), 0, -1)
+            pipe.hmget(thread_key(thread_id), "ttl", "thread_id")
+            *_, names, queued, latest, run_ids, (ttl, exists) = await pipe.execute()
+        return ThreadView(names, queued, _text(latest) if latest else None,
+                          [_text(r) for r in run_ids], ttl, exists is not None)
+
+    async def needed(self, thread_id: str, finishing: str | None = None,
+                     queued: list[bytes] | None = None) -> set[str]:
         """Checkpoint ids that the thread's queued and running runs need (not the run
-        ``finishing``, which is done with them)."""
+        ``finishing``, which is done with them; ``queued``: the queue as read already)."""
         ids: set[str] = set()
-        for rid in await self.redis.zrange(queue_key(thread_id), 0, -1):
+        if queued is None:
+            queued = await self.redis.zrange(queue_key(thread_id), 0, -1)
+        for rid in queued:
             if _text(rid) == finishing:
                 continue
             run = await self.records.get_run(thread_id, _text(rid))
@@ -135,15 +166,17 @@ class Retention:
                                    (kwargs.get("rollback_to") or {}).get("checkpoint_id")) if i)
         return ids
 
-    async def prune(self, thread_id: str, state: Any | None, finishing: str | None = None
-                    ) -> int:
+    async def prune(self, thread_id: str, state: Any | None, finishing: str | None = None,
+                    view: ThreadView | None = None) -> int:
         """Old checkpoints and finished sub-threads (none if ``state`` is unknown: which
         sub-threads it needs is unknown), found by one read of the thread's checkpoint
-        names and deleted in one round trip; how many checkpoints went."""
-        refs = await self.saver.refs(thread_id, sub_threads=None)
+        names (``view``: read already) and deleted in one round trip; how many
+        checkpoints went."""
+        refs = self.saver.refs_in(thread_id, view.names, sub_threads=None) if view else \
+            await self.saver.refs(thread_id, sub_threads=None)
         doomed = await self._old_checkpoints(thread_id, [r for r in refs
                                                          if r.thread_id == thread_id],
-                                             finishing=finishing)
+                                             finishing=finishing, view=view)
         if state is not None:
             doomed += await self._finished_sub_threads(
                 thread_id, [r for r in refs if r.thread_id != thread_id], state)
@@ -175,7 +208,8 @@ class Retention:
     async def _old_checkpoints(self, thread_id: str, refs: list[CheckpointRef],
                                keep_latest: int | None = None,
                                keep_for_s: float | None = None,
-                               finishing: str | None = None) -> list[CheckpointRef]:
+                               finishing: str | None = None,
+                               view: ThreadView | None = None) -> list[CheckpointRef]:
         keep_latest = max(1, keep_latest or self.settings.keep_latest)
         keep_for_s = self.settings.keep_for_s if keep_for_s is None else keep_for_s
         by_ns: dict[str, list[CheckpointRef]] = defaultdict(list)
@@ -183,10 +217,11 @@ class Retention:
             by_ns[ref.ns].append(ref)
         if all(len(chain) <= keep_latest for chain in by_ns.values()):
             return []
-        needed = await self.needed(thread_id, finishing)
+        needed = await self.needed(thread_id, finishing, view.queued if view else None)
         doomed = []
         for ns, chain in by_ns.items():
-            latest = await self.saver.alatest_checkpoint_id(thread_id, ns)
+            latest = view.latest if view and ns == "" else \
+                await self.saver.alatest_checkpoint_id(thread_id, ns)
             chain.sort(key=lambda r: r.checkpoint_id, reverse=True)
             doomed += [r for r in chain[keep_latest:]
                        if r.checkpoint_id not in needed and r.checkpoint_id != latest]
@@ -242,10 +277,12 @@ class Retention:
             pipe.expire(audit_key(thread_id), int(self.settings.audit_ttl_days * 86400))
             await pipe.execute()
 
-    async def prune_runs(self, thread_id: str) -> int:
-        """Keep the ``keep_runs`` newest finished run records of the thread."""
-        run_ids = [_text(r) for r in await self.redis.zrevrange(thread_runs_key(thread_id),
-                                                                0, -1)]
+    async def prune_runs(self, thread_id: str, run_ids: list[str] | None = None) -> int:
+        """Keep the ``keep_runs`` newest finished run records of the thread (``run_ids``:
+        its records newest first, as read already)."""
+        if run_ids is None:
+            run_ids = [_text(r) for r in await self.redis.zrevrange(thread_runs_key(thread_id),
+                                                                    0, -1)]
         older = run_ids[self.settings.keep_runs:]
         if not older:
             return 0
@@ -311,12 +348,11 @@ class Retention:
         else:
             await self.expire_at(thread_id, time.time() + minutes * 60)
 
-    async def _restart_ttl(self, thread_id: str) -> None:
-        """``touch`` after a run, reading only what it needs: a thread without a TTL is
-        not in the expiry index (an update that removed its TTL took it out)."""
-        ttl, exists = await self.redis.hmget(thread_key(thread_id), "ttl", "thread_id")
-        minutes = self.ttl_minutes({"ttl": json.loads(ttl)} if ttl else None)
-        if exists is not None and minutes is not None:
+    async def _restart_ttl(self, thread_id: str, view: ThreadView) -> None:
+        """``touch`` after a run, from what the view read: a thread without a TTL is not
+        in the expiry index (an update that removed its TTL took it out)."""
+        minutes = self.ttl_minutes({"ttl": json.loads(view.ttl)} if view.ttl else None)
+        if view.exists and minutes is not None:
             await self.expire_at(thread_id, time.time() + minutes * 60)
 
     async def expire_at(self, thread_id: str, when: float) -> None:
