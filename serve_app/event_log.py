@@ -1,19 +1,20 @@
 """A run's events in its Redis Stream, appended in order without a round trip each.
 
-``append`` returns at once; events go out in batches. An event goes out at once when the
-stream has been quiet for ``linger_s`` (a tool's progress after a model call, the start of
-a message and its first token: LangGraph streams an empty chunk first); within ``linger_s``
-of the last write it opens a batch that is sent ``linger_s`` later (or at once on
-``flush``) with everything appended meanwhile, and events that pile up while one write is
-in flight go out together in the next. A new stream starts as if just written: the run's
-metadata waits for its input's state report and both go in one write. Each write is an
-``XADD`` and a wake-up of every reader of the stream (one ``XREAD`` each): most of a run's
-Redis commands before the linger. A specialist's tokens reach the log every
-``token_linger_ms`` (40 ms) already merged, so a linger shorter than that batched nothing;
-with 50 ms a research turn's ~18 writes are ~12, for at most 50 ms more between an event
-inside a burst and its reader (~20 updates a second of a streamed answer). The graph
-never waits on Redis to stream its next chunk. ``flush`` waits until every appended event
-is stored and raises what storing raised.
+``append`` returns at once; events go out in batches. Each write is an ``XADD`` and a
+wake-up of every reader of the stream (one ``XREAD`` each): before batching, most of a
+run's Redis commands. An event appended within ``linger_s`` of the stream's last write
+opens a batch sent ``linger_s`` later (or at once on ``flush``) with everything appended
+meanwhile; after a quiet spell an event waits only ``linger_s / 5`` (the start of a
+message and its first token, a tool's progress after a model call: LangGraph streams a
+message's empty first chunk and its next ones milliseconds apart, so they share a write
+for ~10 ms on the time to first token). Events that pile up while a write is in flight
+go out together in the next. A new stream starts as if just written: the run's metadata
+waits for its input's state report and both go in one write. A specialist's tokens reach
+the log every ``token_linger_ms`` (40 ms) already merged, so a linger shorter than that
+batched nothing; with 50 ms a research turn's ~18 writes are ~9, for at most 50 ms more
+between an event inside a burst and its reader (~20 updates a second of a streamed
+answer). The graph never waits on Redis to stream its next chunk. ``flush`` waits until
+every appended event is stored and raises what storing raised.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
@@ -106,9 +107,10 @@ class EventWriter:
         try:
             while self._pending:
                 burst = time.monotonic() - self._stored_at < self.linger_s
-                if burst and not self._hurry.is_set():
+                if not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), self.linger_s)
+                        await asyncio.wait_for(self._hurry.wait(),
+                                               self.linger_s if burst else self.linger_s / 5)
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)

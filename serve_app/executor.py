@@ -29,12 +29,13 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.checkpoint import dedicated_client, sync_client
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
+from agents.slots import LATEST, checkpoint_field, checkpoints_key
 from agents.streamed_state import StreamedState
 from serve_app import run_telemetry
 from serve_app.concurrency import LagLimiter, Slots
@@ -43,10 +44,10 @@ from serve_app.events import convert, final_answer, graph_modes
 from serve_app.fencing import FENCE, LeaseLost
 from serve_app.heartbeat import Heartbeat
 from serve_app.jsonable import to_jsonable
-from serve_app.keys import cancel_channel, parse_ref, run_ref, thread_lease_key
+from serve_app.keys import cancel_channel, parse_ref, run_key, run_ref, thread_lease_key
 from serve_app.leases import Leases
 from serve_app.metrics import Metrics
-from serve_app.records import ACTIVE, TERMINAL, Records, RunEnd
+from serve_app.records import ACTIVE, TERMINAL, Records, RunEnd, decode
 from serve_app.retention import Retention
 from serve_app.run_options import checkpoint_target, graph_options
 from serve_app.run_pool import PoolLoad, RunPool
@@ -257,11 +258,10 @@ class RunExecutor:
     async def execute(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
         """Run it here until it ends, is cancelled, handed back or lost to another replica."""
         ref = run_ref(thread_id, run_id)
-        run = await self.records.get_run(thread_id, run_id)
+        run, token, latest = await self._claim(thread_id, run_id)
         if run is None or run["status"] in TERMINAL:
-            await self._settle(ref, run)
+            await self._settle(ref, run)  # (and the lease, if it took one)
             return run
-        token = await self.leases.acquire(thread_id, run_id)
         if not token:  # not the thread's turn: queued again when it is
             await self.pool.let_go(ref)
             return None
@@ -271,7 +271,7 @@ class RunExecutor:
         started = None
         read_latest = "checkpoint_before" not in run and not run["kwargs"].get("rollback_to")
         try:
-            started = await self._started(run)
+            started = await self._started(run, latest)
         finally:
             self._starting.discard(run_id)
             if started is None:  # moved on meanwhile, or failed: no task to cancel
@@ -332,13 +332,31 @@ class RunExecutor:
                 del self._tasks[run_id]
         return await asyncio.shield(self._finish(run, status, error, token, events, final))
 
-    async def _started(self, run: dict[str, Any]) -> dict[str, Any] | None:
+    async def _claim(self, thread_id: str, run_id: str
+                     ) -> tuple[dict[str, Any] | None, str | None, str | None]:
+        """The run's record, the thread's lease if it is the run's turn, and the thread's
+        latest checkpoint as the lease was taken: one round trip (it was three)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(run_key(thread_id, run_id))
+            self.leases.acquire_in(pipe, thread_id, run_id)
+            pipe.hget(checkpoints_key(thread_id), checkpoint_field(thread_id, "", LATEST))
+            raw, reply, latest = await pipe.execute(raise_on_error=False)
+        for found in (raw, latest):
+            if isinstance(found, Exception):
+                raise found
+        token = await self.leases.acquired(reply, thread_id, run_id)
+        if isinstance(reply, NoScriptError):  # read before the lease: read it again
+            return decode(raw), token, await self.checkpointer.alatest_checkpoint_id(thread_id)
+        return decode(raw), token, latest.decode() if latest else None
+
+    async def _started(self, run: dict[str, Any], latest: str | None
+                       ) -> dict[str, Any] | None:
         """Mark the run running (if nobody moved it since it was read); remember where
-        its thread stood, for retries and rollback."""
+        its thread stood (``latest``, as its lease was taken), for retries and rollback."""
         thread_id = run["thread_id"]
         fields: dict[str, Any] = {"status": "running", "replica": self.replica_id}
         if "checkpoint_before" not in run:
-            fields["checkpoint_before"] = await self._latest_checkpoint(run)
+            fields["checkpoint_before"] = latest
         written = await self.records.transition_run(run, {"pending"}, returning=False,
                                                     thread_fields={"status": "busy"}, **fields)
         if written is None:

@@ -11,7 +11,11 @@ thread's own keys, one hash slot).
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from serve_app.keys import fence_key, queue_key, thread_lease_key
 
@@ -90,10 +94,24 @@ class Leases:
     async def acquire(self, thread_id: str, run_id: str) -> str | None:
         """The fencing token if this run is next and the thread is free (or already its,
         from an earlier attempt of the same run)."""
-        token = await self._acquire(
-            [queue_key(thread_id), thread_lease_key(thread_id), fence_key(thread_id)],
-            [run_id, self.ttl_ms])
+        token = await self._acquire(_acquire_keys(thread_id), [run_id, self.ttl_ms])
         return token.decode() if isinstance(token, bytes) else token
+
+    def acquire_in(self, pipe: Pipeline, thread_id: str, run_id: str) -> None:
+        """``acquire`` as one command of the caller's pipeline (``acquired`` reads its
+        reply): no round trip of its own."""
+        keys = _acquire_keys(thread_id)
+        pipe.execute_command("EVALSHA", self._acquire.sha, len(keys), *keys, run_id,
+                             self.ttl_ms)
+
+    async def acquired(self, reply: Any, thread_id: str, run_id: str) -> str | None:
+        """The token from ``acquire_in``'s reply (``execute(raise_on_error=False)``); a
+        Redis that lost its scripts (a restart, a failover) gets it loaded and run again."""
+        if isinstance(reply, NoScriptError):
+            return await self.acquire(thread_id, run_id)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply.decode() if isinstance(reply, bytes) else reply
 
     async def leave(self, thread_id: str, run_id: str, token: str | None
                     ) -> tuple[bool, str | None]:
@@ -110,3 +128,7 @@ class Leases:
 
     async def queued(self, thread_id: str) -> list[str]:
         return [rid.decode() for rid in await self.redis.zrange(queue_key(thread_id), 0, -1)]
+
+
+def _acquire_keys(thread_id: str) -> list[str]:
+    return [queue_key(thread_id), thread_lease_key(thread_id), fence_key(thread_id)]

@@ -199,3 +199,26 @@ async def test_refusals_store_nothing_and_ask_for_longer_waits_as_they_mount(mak
     assert await service.records.list_runs(thread["thread_id"]) == []
     assert (await service.threads.get_state(thread["thread_id"]))["values"] == {}
     assert service.metrics.total("runs_refused") == 40
+
+
+async def test_a_run_is_claimed_in_one_round_trip_even_after_redis_lost_its_scripts(
+        make_service):
+    """Taking a run reads its record, takes its thread's lease and reads where the thread
+    stands in one pipeline; a Redis that lost its script cache (a restart, a failover)
+    answers that pipeline with NOSCRIPT, and the claim still succeeds, once."""
+    service = await make_service()
+    executor = service.executor
+    thread, _ = await service.records.create_thread(None, {})
+    thread_id = thread["thread_id"]
+    run, _, _ = await service.records.create_run(thread_id, "a", "supervisor", {}, {},
+                                                 "enqueue")  # queued on its thread
+    await service.redis.script_flush()
+    record, token, latest = await executor._claim(thread_id, run["run_id"])
+    assert record["run_id"] == run["run_id"] and token and latest is None
+    # the same run again (a second attempt): its own lease, a new token; a run behind it
+    # gets none
+    again = (await executor._claim(thread_id, run["run_id"]))[1]
+    assert again and again != token
+    behind, _, _ = await service.records.create_run(thread_id, "b", "supervisor", {}, {},
+                                                    "enqueue")
+    assert (await executor._claim(thread_id, behind["run_id"]))[1] is None

@@ -4,6 +4,7 @@ concurrent runs on one thread under each multitask strategy, many runs through a
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -103,9 +104,12 @@ async def test_supervisor_replica_killed_mid_run_finishes_elsewhere(client, clus
     assert reclaimed < 30
 
 
-def _stream_id(event_id: str) -> tuple[int, int]:
-    ms, seq = event_id.split("-")
-    return int(ms), int(seq)
+def _stream_id(event_id: str) -> tuple[int, int, float]:
+    """An event id's place: its entry's id, then its index in the entry (``<entry>.<i>``
+    for the events before an entry's last, which carries the entry's id alone)."""
+    entry, _, index = event_id.partition(".")
+    ms, seq = entry.split("-")
+    return int(ms), int(seq), int(index) if index else math.inf
 
 
 async def _running(client, tid: str, rid: str):
