@@ -87,7 +87,11 @@ class Heartbeat:
                 log.warning("lease heartbeat failed: %s", exc)
 
     def beat(self) -> None:
-        """Renew every held lease and the replica's own, in one round trip."""
+        """Renew every held lease and the replica's own in one pipeline (one round trip;
+        a cluster's, one per master). The thread leases' renewals are ``EVALSHA`` in it,
+        not script objects, which redis-py would check with a ``SCRIPT EXISTS`` round
+        trip each beat (and a cluster pipeline refuses); a Redis that lost its scripts has
+        the renewal loaded and run again."""
         with self._lock:
             held = dict(self._held)
         expiry = now_ms() + self.pool.lease_ms
@@ -96,12 +100,15 @@ class Heartbeat:
         pipe.zremrangebyscore(self.pool.replicas, 0, now_ms() - 60_000)
         if held:
             pipe.zadd(self.pool.running, dict.fromkeys(held, expiry), xx=True)
-        # a cluster pipeline takes no scripts: there each thread lease is one call of its own
-        alone = isinstance(self.client, redis.RedisCluster)
-        for _, thread_key, token in held.values():
-            if token and not alone:
-                self._renew(keys=[thread_key], args=[token, self.pool.lease_ms], client=pipe)
-        pipe.execute()
-        for _, thread_key, token in held.values() if alone else ():
-            if token:
-                self._renew(keys=[thread_key], args=[token, self.pool.lease_ms])
+        leases = [(key, token) for _, key, token in held.values() if token]
+        for key, token in leases:
+            pipe.execute_command("EVALSHA", self._renew.sha, 1, key, token, self.pool.lease_ms)
+        replies = pipe.execute(raise_on_error=False)
+        renewals = replies[len(replies) - len(leases):]
+        for (key, token), reply in zip(leases, renewals, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                self._renew(keys=[key], args=[token, self.pool.lease_ms])
+        failed = [r for r in replies if isinstance(r, Exception)
+                  and not isinstance(r, redis.exceptions.NoScriptError)]
+        if failed:
+            raise failed[0]

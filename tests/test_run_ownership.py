@@ -18,8 +18,10 @@ import redis
 from agents.settings import Settings
 from agents.system import AgentSystem
 from serve_app.api_errors import ApiError
+from serve_app.heartbeat import Heartbeat
 from serve_app.keys import run_ref
 from serve_app.records import ACTIVE, Records
+from serve_app.run_pool import RunPool
 from serve_app.schemas import RunCreate
 from serve_app.service import AgentService
 
@@ -222,3 +224,25 @@ async def test_a_run_is_claimed_in_one_round_trip_even_after_redis_lost_its_scri
     behind, _, _ = await service.records.create_run(thread_id, "b", "supervisor", {}, {},
                                                     "enqueue")
     assert (await executor._claim(thread_id, behind["run_id"]))[1] is None
+
+
+def test_a_beat_renews_every_lease_in_one_pipeline_even_after_redis_lost_its_scripts(
+        redis_url):
+    """The heartbeat's renewals are EVALSHA inside its pipeline; NOSCRIPT (a restart, a
+    failover) gets each loaded and run again, so no lease lapses for it. A lease another
+    run took meanwhile is not renewed."""
+    client = redis.Redis.from_url(redis_url)
+    pool = RunPool(client, f"pool-{uuid.uuid4().hex[:8]}", lease_ttl_s=3)
+    beat = Heartbeat(client, pool, "r-beat", stall_limit_s=30)
+    mine, theirs = (f"ac:{{hb-{uuid.uuid4().hex[:8]}}}:active" for _ in range(2))
+    client.set(mine, "run-a:1", px=500)
+    client.set(theirs, "run-c:7", px=500)
+    beat.hold("run-a:t", object(), mine, "run-a:1")
+    beat.hold("run-b:t", object(), theirs, "run-b:3")  # its lease is someone else's now
+    client.script_flush()
+    beat.beat()
+    assert 2000 < client.pttl(mine) <= 3000
+    assert client.pttl(theirs) <= 500
+    beat.beat()  # the script is loaded again now
+    assert 2000 < client.pttl(mine) <= 3000
+    client.close()
