@@ -26,7 +26,9 @@ The hash carries the thread's hash tag, so a thread and its sub-threads live in 
 a Redis Cluster and every write (one fenced Lua call, ``serve_app.fencing``) stays in it. A
 thread's checkpoints are found by ``HKEYS``, never by a search: nothing here needs
 RediSearch, on one Redis or a cluster. Each message is serialised once in its life
-(``MessageCachingSerializer``), the checkpoint once per step.
+(``MessageCachingSerializer``), the checkpoint once per step, and stored compressed
+(``CompressingSerializer``). Within a run, a namespace's latest checkpoint id is read once
+(``holding_writes``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import contextlib
 import logging
 import random
 import re
+import threading
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -44,6 +47,7 @@ from typing import Any
 
 import orjson
 import ormsgpack
+import zstandard
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -104,6 +108,38 @@ class MessageCachingSerializer(JsonPlusRedisSerializer):
 def _fingerprint(message: BaseMessage) -> tuple:
     return (message.id, message.name, len(message.content),
             len(getattr(message, "tool_calls", None) or ()))
+
+
+class CompressingSerializer(MessageCachingSerializer):
+    """Values of ``COMPRESS_FROM`` bytes or more stored zstd-compressed (their type marked
+    ``+zstd``; values stored plain are read as before). A checkpoint carries the thread's
+    whole conversation, so its bytes are most of what a run sends to Redis, appends to its
+    AOF and keeps in memory: ~2 KB a step, 2.3x smaller compressed (measured on the
+    captured mix), for ~15 us of the replica's CPU to compress and ~2 us to read back."""
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        type_, data = super().dumps_typed(obj)
+        if len(data) < COMPRESS_FROM:
+            return type_, data
+        return type_ + COMPRESSED, _zstd().compressor.compress(data)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        type_, blob = data
+        if type_.endswith(COMPRESSED):
+            data = (type_[:-len(COMPRESSED)], _zstd().decompressor.decompress(blob))
+        return super().loads_typed(data)
+
+
+COMPRESSED = "+zstd"
+COMPRESS_FROM = 512  # bytes; smaller values gain little
+_ZSTD = threading.local()  # (de)compressor objects are not thread-safe; each thread its own
+
+
+def _zstd() -> Any:
+    if not hasattr(_ZSTD, "compressor"):
+        _ZSTD.compressor = zstandard.ZstdCompressor(level=3)
+        _ZSTD.decompressor = zstandard.ZstdDecompressor()
+    return _ZSTD
 
 
 @dataclass(frozen=True)
@@ -169,7 +205,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
     """
 
     def __init__(self, redis_client: Any, ttl_minutes: float | None = None):
-        super().__init__(serde=MessageCachingSerializer())
+        super().__init__(serde=CompressingSerializer())
         self._redis = redis_client
         self.ttl_minutes = ttl_minutes
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import uuid
 
+import ormsgpack
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import START, StateGraph
 from redis.cluster import key_slot
 
-from agents.redis_saver import LeanRedisSaver
-from agents.slots import checkpoints_key
+from agents.redis_saver import LeanRedisSaver, MessageCachingSerializer
+from agents.slots import checkpoint_field, checkpoints_key
 from agents.state import AgentState
 
 
@@ -201,6 +202,26 @@ async def test_within_a_run_the_latest_checkpoint_is_read_once(redis_client):
     async with saver.holding_writes(latest={(thread_id, ""): inside}):
         await saver.point_latest(thread_id, "", None)
         assert await saver.alatest_checkpoint_id(thread_id) is None  # read again
+
+
+async def test_large_values_are_stored_compressed_and_plain_ones_still_read(redis_client):
+    """A checkpoint carrying a long conversation is stored zstd-compressed (its type says
+    so) and reads back whole; a thread written before compression (plain) still reads."""
+    long_text = "Redis persistence: AOF with fsync every second. " * 40
+    plain, compressing = LeanRedisSaver(redis_client), LeanRedisSaver(redis_client)
+    plain.serde = MessageCachingSerializer()
+    for writer, thread_id in ((plain, f"plain-{uuid.uuid4().hex[:8]}"),
+                              (compressing, f"zstd-{uuid.uuid4().hex[:8]}")):
+        config = {"configurable": {"thread_id": thread_id}}
+        await chat_graph(writer).ainvoke(
+            {"messages": [HumanMessage(long_text, id="long")], "steps": 0}, config)
+        raw = await redis_client.hget(checkpoints_key(thread_id), checkpoint_field(
+            thread_id, "", await compressing.alatest_checkpoint_id(thread_id)))
+        checkpoint_type = ormsgpack.unpackb(raw)[2]
+        assert checkpoint_type.endswith("+zstd") == (writer is compressing)
+        assert len(raw) < len(long_text) or writer is plain
+        state = (await compressing.aget_tuple(config)).checkpoint["channel_values"]
+        assert state["messages"][0].content == long_text
 
 
 async def test_checkpoint_ttl_expires_the_thread_hash_after_its_last_write(redis_client):
