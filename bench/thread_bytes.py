@@ -182,12 +182,11 @@ def section(result: dict[str, Any], plot_path: str) -> str:
         f"At {at['turns']} turns the thread holds {at['bytes']:,} B, "
         f"{at['bytes'] / at['raw']:.1f}x its raw conversation (goal: <= {GOAL:g}x): "
         f"{'met' if at['bytes'] <= GOAL * at['raw'] else '**not met**'}. Growth after "
-        f"retention is linear, ~{slope:,.0f} B per turn (one copy of the conversation in "
-        "the latest checkpoint, plus the capped run records); before, every turn kept all "
-        "its checkpoints, each holding the whole conversation, and its specialists' "
-        "sub-threads: quadratic. Each extra checkpoint kept (`keep_latest`, "
-        "`keep_for_s`) costs about one more copy of the conversation (~2.5x raw in "
-        "RedisJSON).",
+        f"retention is linear, ~{slope:,.0f} B per turn (one zstd-compressed copy of the "
+        "conversation in the latest checkpoint, plus the capped run records); before, "
+        "every turn kept all its checkpoints, each holding the whole conversation, and its "
+        "specialists' sub-threads: quadratic. Each extra checkpoint kept (`keep_latest`, "
+        "`keep_for_s`) costs about one more compressed copy of the conversation.",
         "",
         f"![bytes per thread against turns]({plot_path})",
         END,
