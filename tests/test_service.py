@@ -21,9 +21,11 @@ from serve_app.service import AgentService
 
 @pytest.fixture
 async def service(settings: Settings):
-    """The API's service over in-process graphs, with a 1 s run deadline."""
+    """The API's service over in-process graphs, with a 2 s run deadline: shorter than one
+    model call of the deadline test (3 s), longer than a whole turn with an instant model
+    on a loaded 2-core CI box (~0.6 s alone; a fresh-clone run once took past 1 s)."""
     short = settings.model_copy(update={"api": settings.api.model_copy(
-        update={"run_timeout_s": 1.0})})
+        update={"run_timeout_s": 2.0})})
     async with await AgentSystem.create(short) as system:
         built = AgentService.in_process(system, replica_id="test-replica")
         built.executor.start()
