@@ -45,11 +45,8 @@ def cron_runs(service: Any, outbox: Outbox) -> CreateRun:
 
 
 def live_replicas(service: Any) -> Replicas:
-    """The live replicas as of the executor's last sweep (1 before the first one)."""
-    def count() -> int:
-        load = service.executor.load
-        return 1 if load is None else load.replicas
-    return count
+    """The live replicas as of the executor's last sweep (its load starts at 1)."""
+    return lambda: service.executor.load.replicas
 
 
 def background_loops(service: Any, settings: Settings) -> list[Coroutine]:
