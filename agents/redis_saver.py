@@ -439,13 +439,19 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         """Drop ``doomed`` (checkpoints of ``thread_id`` or of its sub-threads, as ``refs``
         names them) with their writes, and the latest pointers of ``pointers`` ((thread,
         ns) pairs); how many checkpoints went."""
-        _forget_latest()
         doomed = list(doomed)
+        for command in self.deletion(thread_id, doomed, pointers):
+            await self._redis.execute_command(*command)
+        return len(doomed)
+
+    @staticmethod
+    def deletion(thread_id: str, doomed: Iterable[CheckpointRef],
+                 pointers: Iterable[tuple[str, str]] = ()) -> list[Command]:
+        """What ``delete`` sends, for a caller that sends it with its own commands."""
+        _forget_latest()
         fields = [name for ref in doomed for name in ref.fields()]
         fields += [checkpoint_field(t, ns, LATEST) for t, ns in pointers]
-        if fields:
-            await self._redis.hdel(checkpoints_key(thread_id), *fields)
-        return len(doomed)
+        return [("HDEL", checkpoints_key(thread_id), *fields)] if fields else []
 
     async def delete_all(self, thread_id: str) -> int:
         """Every checkpoint and write of a thread and of its sub-threads (1: there were

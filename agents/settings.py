@@ -123,8 +123,9 @@ class ApiSettings(BaseModel):
     heartbeat_s: float = Field(5.0, gt=0, description="SSE keep-alive comment period")
     event_ttl_s: int = Field(3600, ge=1, description="how long a run's events can be replayed")
     event_linger_ms: float = Field(
-        50.0, ge=0, description="an event within this of its stream's last write waits this "
-        "long for company (one XADD and one reader wake-up for the batch); 0: no batching")
+        100.0, ge=0, description="an event within this of its stream's last write waits "
+        "this long for company (one XADD and one reader wake-up for the batch; after a quiet "
+        "spell an event waits 10 ms at most); 0: no batching")
     lease_ttl_s: float = Field(
         3.0, gt=0, description="run and thread leases; renewed every third of it"
     )
@@ -264,8 +265,9 @@ class WebhookSettings(BaseModel):
                                                     "after each failure (at most 5 minutes)")
     timeout_s: float = Field(10.0, gt=0, description="one delivery's HTTP timeout")
     poll_interval_s: float = Field(
-        0.5, gt=0, description="how often the cluster drains the outbox (cluster-wide: each "
-        "replica drains every interval x live replicas, jittered)")
+        1.0, gt=0, description="how often the cluster drains the outbox (cluster-wide: each "
+        "replica drains every interval x live replicas, jittered); a run's entry is first "
+        "due 0.5 s after it is made, then as the run goes on")
 
 
 class CronSettings(BaseModel):

@@ -28,6 +28,7 @@ class OverloadPlan:
     recovery_limit_s: float = 60.0
     recovery_window_s: float = 5.0
     settle_s: float = 20.0        # for the spike's last turns to end before judging
+    slice_s: float = 60.0         # the spike is also summarised in slices this long
 
 
 async def overload(gen: LoadGenerator, users: int, back_to: int, at_capacity: float,
@@ -48,13 +49,27 @@ async def overload(gen: LoadGenerator, users: int, back_to: int, at_capacity: fl
     result = {"users": users, "factor": plan.factor, "back_to": back_to,
               "capacity_runs_per_s": at_capacity, **spike,
               "goodput_ratio": spike["runs_per_s"] / at_capacity if at_capacity else None,
-              "recovery_s": recovered}
+              "recovery_s": recovered, "slices": slices(gen, start, end, plan, model)}
     say(f"  overload: goodput {spike['runs_per_s']:.1f} runs/s "
         f"({(result['goodput_ratio'] or 0) * 100:.0f}% of capacity), refused "
         f"{spike['refused']}, errors {spike['errors'] or 0}, admitted TTFT overhead p95 "
         f"{spike['ttft_overhead_ms']['p95'] or 0:.0f} ms, recovered after "
         f"{'-' if recovered is None else f'{recovered:.0f} s'}")
     return result
+
+
+def slices(gen: LoadGenerator, start: float, end: float, plan: OverloadPlan,
+           model: ModelTime) -> list[dict[str, Any]]:
+    """The spike slice by slice: whether admission holds latency as it goes on, or lets
+    it drift."""
+    out, at = [], start
+    while at < end:
+        part = summarise(gen.records, at, min(at + plan.slice_s, end), model)
+        out.append({"from_s": round(at - start), "runs_per_s": part["runs_per_s"],
+                    "refused": part["refused"],
+                    "ttft_overhead_p95_ms": part["ttft_overhead_ms"]["p95"]})
+        at += plan.slice_s
+    return out
 
 
 def recovery_s(gen: LoadGenerator, spike_end: float, plan: OverloadPlan, model: ModelTime,

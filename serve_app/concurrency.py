@@ -16,6 +16,9 @@ between 1 and the configured ceiling (``api.max_concurrent_runs``):
   steady; a 90th percentile judged the mix's spread and kept a half-idle box at 3 slots
   per replica, measured). The model's own time is left out: a slow model is not a reason
   to run fewer turns, and turn kinds differ by their model calls more than by overhead.
+  The lowest median ages (so a lucky moment does not throttle the replica for good), a
+  quarter as fast while every slot is in use: at the full rate, five minutes of overload
+  let it (and the latency of every run admitted) drift up 82 % (1.002^300).
 
 Runs past the slots wait in the pool's queue, where admission control bounds the wait.
 """
@@ -56,7 +59,8 @@ class Slots:
 class LagLimiter:
     DECREASE = 0.75
 
-    BASELINE_DRIFT = 1.002  # per window: an old lowest overhead ages out within minutes
+    BASELINE_DRIFT = 1.002  # per window: an old lowest ages out within minutes...
+    SATURATED_DRIFT = 1.0005  # ...or, while every slot is in use, within a quarter hour
 
     def __init__(self, slots: Slots, ceiling: int, target_ms: float,
                  overhead_budget_s: float = 0.5,
@@ -100,7 +104,8 @@ class LagLimiter:
         if self.lowest is None or typical < self.lowest:
             self.lowest = typical
         else:
-            self.lowest *= self.BASELINE_DRIFT
+            saturated = self.slots.used >= self.slots.size
+            self.lowest *= self.SATURATED_DRIFT if saturated else self.BASELINE_DRIFT
         return typical - self.lowest
 
     async def measure(self) -> float:

@@ -4,17 +4,19 @@
 wake-up of every reader of the stream (one ``XREAD`` each): before batching, most of a
 run's Redis commands. An event appended within ``linger_s`` of the stream's last write
 opens a batch sent ``linger_s`` later (or at once on ``flush``) with everything appended
-meanwhile; after a quiet spell an event waits only ``linger_s / 5`` (the start of a
+meanwhile; after a quiet spell an event waits only ``QUIET_S`` (10 ms: the start of a
 message and its first token, a tool's progress after a model call: LangGraph streams a
 message's empty first chunk and its next ones milliseconds apart, so they share a write
 for ~10 ms on the time to first token). Events that pile up while a write is in flight
 go out together in the next. A new stream starts as if just written: the run's metadata
 waits for its input's state report and both go in one write. A specialist's tokens reach
 the log every ``token_linger_ms`` (40 ms) already merged, so a linger shorter than that
-batched nothing; with 50 ms a research turn's ~18 writes are ~9, for at most 50 ms more
-between an event inside a burst and its reader (~20 updates a second of a streamed
-answer). The graph never waits on Redis to stream its next chunk. ``flush`` waits until
-every appended event is stored and raises what storing raised.
+batched nothing; 50 ms took a research turn's ~18 writes to ~10, 100 ms (the default) to
+~8 (measured in BENCHMARKS.md's optimisation log), for at most 100 ms more between an
+event inside a burst and its reader: a streamed answer still updates ~10 times a second,
+and its first token does not wait. The graph never waits on Redis to stream its next
+chunk. ``flush`` waits until every appended event is stored and raises what storing
+raised.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
@@ -59,7 +61,8 @@ return 1
 """
 
 MAX_BATCH = 1000  # events per entry: Lua's unpack takes a few thousand values at most
-LINGER_S = 0.05
+LINGER_S = 0.1
+QUIET_S = 0.01  # an event after a quiet spell waits this long for company
 
 
 class EventWriter:
@@ -107,10 +110,10 @@ class EventWriter:
         try:
             while self._pending:
                 burst = time.monotonic() - self._stored_at < self.linger_s
+                wait_s = self.linger_s if burst else min(QUIET_S, self.linger_s)
                 if not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(),
-                                               self.linger_s if burst else self.linger_s / 5)
+                        await asyncio.wait_for(self._hurry.wait(), wait_s)
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)

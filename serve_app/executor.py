@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from langgraph.graph.state import CompiledStateGraph
@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.checkpoint import dedicated_client, sync_client
+from agents.redis_saver import Command as RedisCommand
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
 from agents.slots import LATEST, checkpoint_field, checkpoints_key
@@ -440,11 +441,12 @@ class RunExecutor:
             return None  # another attempt owns the run now
         await run_telemetry.ended(self.redis, record, summary, answered,
                                   self.graphs[run["graph_id"]])
+        pruning: list[RedisCommand] = []  # sent with the thread's release, before it
         if self.retention is not None:  # while the run still holds its thread
-            await self.retention.after_run(run, self.graphs[run["graph_id"]], state)
+            await self.retention.after_run(run, self.graphs[run["graph_id"]], state, pruning)
         # The thread is free before the stream says so: a client that sends its next turn
         # (or its approval) on seeing the end finds the thread idle, not busy (409).
-        await self._leave(run, token)
+        await self._leave(run, token, pruning)
         self.metrics.count("runs_finished", status=status)
         api_modes = run["kwargs"].get("stream_mode") or []
         if error:
@@ -483,14 +485,31 @@ class RunExecutor:
             return ended
         return await durably(once)
 
-    async def _leave(self, run: dict[str, Any], token: str | None) -> None:
-        """Off the thread's queue and the pool's sets; the thread's next run is ready."""
-        thread_id = run["thread_id"]
-        _, following = await durably(lambda: self.leases.leave(thread_id, run["run_id"], token))
+    async def _leave(self, run: dict[str, Any], token: str | None,
+                     before: Sequence[RedisCommand] = ()) -> None:
+        """Off the thread's queue and the pool's sets, after ``before`` (writes to make
+        while the run holds its thread): one round trip; the thread's next run is ready."""
+        thread_id, run_id = run["thread_id"], run["run_id"]
+        ref = run_ref(thread_id, run_id)
+        taken = token is not None and not run.get("not_before_ms")
+
+        async def once() -> str | None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for command in before:
+                    pipe.execute_command(*command)
+                self.leases.leave_in(pipe, thread_id, run_id, token)
+                self.pool.done_in(pipe, ref, taken)
+                replies = await pipe.execute(raise_on_error=False)
+            written, (left, *removed) = replies[:len(before)], replies[len(before):]
+            for failed in (r for r in written if isinstance(r, Exception)):  # never fatal
+                log.warning("run %s: a write before leaving failed: %s", run_id, failed)
+            for failed in (r for r in removed if isinstance(r, Exception)):
+                raise failed
+            return (await self.leases.left(left, thread_id, run_id, token))[1]
+
+        following = await durably(once)
         if following:
             await durably(lambda: self.pool.make_ready(run_ref(thread_id, following)))
-        taken = token is not None and not run.get("not_before_ms")
-        await durably(lambda: self.pool.done(run_ref(thread_id, run["run_id"]), taken))
 
     async def _settle(self, ref: str, run: dict[str, Any] | None) -> None:
         """Clear what a finished (or deleted) run left queued, e.g. after a crash."""

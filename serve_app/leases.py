@@ -100,9 +100,7 @@ class Leases:
     def acquire_in(self, pipe: Pipeline, thread_id: str, run_id: str) -> None:
         """``acquire`` as one command of the caller's pipeline (``acquired`` reads its
         reply): no round trip of its own."""
-        keys = _acquire_keys(thread_id)
-        pipe.execute_command("EVALSHA", self._acquire.sha, len(keys), *keys, run_id,
-                             self.ttl_ms)
+        _evalsha_in(pipe, self._acquire.sha, _acquire_keys(thread_id), run_id, self.ttl_ms)
 
     async def acquired(self, reply: Any, thread_id: str, run_id: str) -> str | None:
         """The token from ``acquire_in``'s reply (``execute(raise_on_error=False)``); a
@@ -117,10 +115,21 @@ class Leases:
                     ) -> tuple[bool, str | None]:
         """Dequeue a finished run and free its thread: (done, the run to start next if the
         thread is now free). Refused (False) if another run holds the thread."""
-        done, head = await self._leave([thread_lease_key(thread_id), queue_key(thread_id)],
-                                       [run_id, token or ""])
-        head = head.decode() if isinstance(head, bytes) else head
-        return bool(done), head or None
+        return _left(await self._leave(_leave_keys(thread_id), [run_id, token or ""]))
+
+    def leave_in(self, pipe: Pipeline, thread_id: str, run_id: str, token: str | None
+                 ) -> None:
+        """``leave`` as one command of the caller's pipeline (``left`` reads its reply)."""
+        _evalsha_in(pipe, self._leave.sha, _leave_keys(thread_id), run_id, token or "")
+
+    async def left(self, reply: Any, thread_id: str, run_id: str, token: str | None
+                   ) -> tuple[bool, str | None]:
+        """``leave``'s answer from ``leave_in``'s reply (a lost script: loaded and run)."""
+        if isinstance(reply, NoScriptError):
+            return await self.leave(thread_id, run_id, token)
+        if isinstance(reply, Exception):
+            raise reply
+        return _left(reply)
 
     async def release(self, thread_id: str, token: str) -> None:
         """Give the thread up but stay queued (a run handed back to the pool)."""
@@ -132,3 +141,19 @@ class Leases:
 
 def _acquire_keys(thread_id: str) -> list[str]:
     return [queue_key(thread_id), thread_lease_key(thread_id), fence_key(thread_id)]
+
+
+def _leave_keys(thread_id: str) -> list[str]:
+    return [thread_lease_key(thread_id), queue_key(thread_id)]
+
+
+def _evalsha_in(pipe: Pipeline, sha: str, keys: list[str], *args: Any) -> None:
+    """A registered script as a plain ``EVALSHA`` in a pipeline: redis-py would first ask
+    ``SCRIPT EXISTS`` (a round trip of its own); its caller handles a ``NoScriptError``."""
+    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+
+
+def _left(reply: Any) -> tuple[bool, str | None]:
+    done, head = reply
+    head = head.decode() if isinstance(head, bytes) else head
+    return bool(done), head or None

@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.effects import effect_key
-from agents.redis_saver import CheckpointRef, LeanRedisSaver
+from agents.redis_saver import CheckpointRef, Command, LeanRedisSaver
 from agents.settings import RetentionSettings
 from agents.slots import LATEST, checkpoint_field, checkpoints_key
 from agents.supervisor import sub_thread_id
@@ -110,10 +110,13 @@ class Retention:
 
     # as runs end
     async def after_run(self, run: dict[str, Any], graph: Any = None,
-                        state: Any | None = None) -> None:
+                        state: Any | None = None, deferred: list[Command] | None = None
+                        ) -> None:
         """Prune the thread of a run that just ended (``state``: the thread's state after
         it, if read; else read here from ``graph``); a rolled-back run's checkpoints go.
-        Called while the run still holds its thread; never fails the run."""
+        Called while the run still holds its thread; never fails the run. With
+        ``deferred``, the checkpoints' deletion is added to it instead of sent: the caller
+        sends it with the thread's release, before it, in one round trip."""
         thread_id = run["thread_id"]
         try:
             if run.get("rolled_back_by_successor"):
@@ -123,7 +126,8 @@ class Retention:
             if self.settings.enabled:
                 if state is None and graph is not None:
                     state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-                await self.prune(thread_id, state, finishing=run["run_id"], view=view)
+                await self.prune(thread_id, state, finishing=run["run_id"], view=view,
+                                 deferred=deferred)
                 await self.prune_runs(thread_id, view.run_ids)
             if (run.get("kwargs") or {}).get("on_completion") == "delete":
                 await self.expire_at(thread_id, time.time() + self.settings.events_grace_s)
@@ -167,7 +171,8 @@ class Retention:
         return ids
 
     async def prune(self, thread_id: str, state: Any | None, finishing: str | None = None,
-                    view: ThreadView | None = None) -> int:
+                    view: ThreadView | None = None, deferred: list[Command] | None = None
+                    ) -> int:
         """Old checkpoints and finished sub-threads (none if ``state`` is unknown: which
         sub-threads it needs is unknown), found by one read of the thread's checkpoint
         names (``view``: read already) and deleted in one round trip; how many
@@ -180,7 +185,7 @@ class Retention:
         if state is not None:
             doomed += await self._finished_sub_threads(
                 thread_id, [r for r in refs if r.thread_id != thread_id], state)
-        return await self._delete(thread_id, doomed)
+        return await self._delete(thread_id, doomed, deferred)
 
     async def prune_checkpoints(self, thread_id: str, keep_latest: int | None = None,
                                 keep_for_s: float | None = None) -> int:
@@ -197,13 +202,17 @@ class Retention:
         return await self._delete(thread_id, await self._finished_sub_threads(
             thread_id, refs, state))
 
-    async def _delete(self, thread_id: str, doomed: list[CheckpointRef]) -> int:
+    async def _delete(self, thread_id: str, doomed: list[CheckpointRef],
+                      deferred: list[Command] | None = None) -> int:
         """Checkpoints with their writes, and every namespace pointer of the sub-threads
-        among them (a sub-thread goes whole)."""
+        among them (a sub-thread goes whole); added to ``deferred`` if given."""
         subs = {(r.thread_id, r.ns) for r in doomed if r.thread_id != thread_id}
         if old := sum(r.thread_id == thread_id for r in doomed):
             self.metrics.count("checkpoints_pruned", old)
-        return await self.saver.delete(thread_id, doomed, pointers=subs)
+        if deferred is None:
+            return await self.saver.delete(thread_id, doomed, pointers=subs)
+        deferred += self.saver.deletion(thread_id, doomed, pointers=subs)
+        return len(doomed)
 
     async def _old_checkpoints(self, thread_id: str, refs: list[CheckpointRef],
                                keep_latest: int | None = None,

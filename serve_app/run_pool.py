@@ -132,12 +132,16 @@ class RunPool:
         ``running`` and ``pending`` can hold it. Not atomic: a sweeper that sees it half
         removed settles it again, which changes nothing."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.running, ref)
-            pipe.zrem(self.pending, ref)
-            if not taken:
-                pipe.zrem(self.ready, ref)
-                pipe.zrem(self.delayed, ref)
+            self.done_in(pipe, ref, taken)
             await pipe.execute()
+
+    def done_in(self, pipe: Pipeline, ref: str, taken: bool = False) -> None:
+        """``done`` as commands of the caller's pipeline."""
+        pipe.zrem(self.running, ref)
+        pipe.zrem(self.pending, ref)
+        if not taken:
+            pipe.zrem(self.ready, ref)
+            pipe.zrem(self.delayed, ref)
 
     async def forfeit(self, ref: str) -> bool:
         """Take an expired run away from its owner; only one sweeper wins."""

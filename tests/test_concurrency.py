@@ -96,6 +96,21 @@ def test_runs_slowed_downstream_make_the_replica_take_fewer():
     assert watched.slots.size == 6 and not watched.overheads  # judged afresh
 
 
+def test_the_baseline_overhead_ages_slowly_while_every_slot_is_in_use():
+    """A lucky low is forgotten within minutes at normal load; under a sustained overload
+    (every slot in use) it holds much longer, so admitted runs' latency does not drift up
+    with it."""
+    for used, aged in ((8, False), (5, True)):  # 5: some slots free
+        watched = limiter(size=8, used=used)
+        for overhead in (0.2, 0.2, 0.2, 0.2):
+            watched.run_ended(overhead)
+        watched.excess_overhead()
+        for _ in range(300):  # five minutes of one-second windows
+            watched.run_ended(0.3)
+            excess = watched.excess_overhead()
+        assert excess == 0.0 if aged else excess > 0.05  # aged: up to the typical
+
+
 def test_admission_bounds_the_wait_a_new_run_would_face():
     api = ApiSettings(max_queued_runs=32, max_queue_wait_s=0.5)
 

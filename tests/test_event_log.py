@@ -45,7 +45,7 @@ async def test_a_burst_of_tokens_goes_out_in_a_few_writes(redis_client):
 
 async def test_a_quiet_stream_writes_soon_a_busy_one_lingers(redis_client):
     """A new stream's first event waits for company (a run's metadata and its input's
-    state go in one write); after a quiet spell an event waits a fifth of the linger (a
+    state go in one write); after a quiet spell an event waits 10 ms at most (a
     message's first token); one within the linger of the last write waits all of it."""
     run_id = f"log-{uuid.uuid4().hex[:8]}"
     key = events_key("log-thread", run_id)

@@ -16,10 +16,11 @@ import pytest
 import redis
 
 from agents.settings import Settings
+from agents.slots import checkpoints_key
 from agents.system import AgentSystem
 from serve_app.api_errors import ApiError
 from serve_app.heartbeat import Heartbeat
-from serve_app.keys import run_ref
+from serve_app.keys import queue_key, run_ref, thread_lease_key
 from serve_app.records import ACTIVE, Records
 from serve_app.run_pool import RunPool
 from serve_app.schemas import RunCreate
@@ -246,3 +247,32 @@ def test_a_beat_renews_every_lease_in_one_pipeline_even_after_redis_lost_its_scr
     beat.beat()  # the script is loaded again now
     assert 2000 < client.pttl(mine) <= 3000
     client.close()
+
+
+async def test_a_run_leaves_its_thread_and_the_pool_even_after_redis_lost_its_scripts(
+        make_service):
+    """A run's end prunes its thread (writes made while it still holds it), frees its
+    thread and leaves the pool in one pipeline; NOSCRIPT (a restart, a failover) gets the
+    leave script loaded and run, and nothing is left behind. A run whose thread another
+    attempt holds frees nothing."""
+    service = await make_service()
+    executor, pool = service.executor, service.executor.pool
+    thread, _ = await service.records.create_thread(None, {})
+    thread_id = thread["thread_id"]
+    run, _, _ = await service.records.create_run(thread_id, "a", "supervisor", {}, {},
+                                                 "enqueue")
+    ref = run_ref(thread_id, run["run_id"])
+    _, token, _ = await executor._claim(thread_id, run["run_id"])
+    await executor._leave(run, "someone-else:9")  # a stale attempt
+    assert await service.redis.get(thread_lease_key(thread_id)) == token.encode()
+
+    await pool.add(ref, ready=False)
+    await service.redis.zadd(pool.running, {ref: time.time() * 1000 + 60_000})
+    await service.redis.hset(checkpoints_key(thread_id), "old", "x")
+    await service.redis.script_flush()
+    await executor._leave(run, token, [("HDEL", checkpoints_key(thread_id), "old")])
+    assert await service.redis.get(thread_lease_key(thread_id)) is None
+    assert await service.redis.zrange(queue_key(thread_id), 0, -1) == []
+    assert await service.redis.hexists(checkpoints_key(thread_id), "old") == 0
+    for members in (pool.running, pool.pending, pool.ready):
+        assert await service.redis.zscore(members, ref) is None
