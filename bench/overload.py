@@ -62,13 +62,13 @@ def slices(gen: LoadGenerator, start: float, end: float, plan: OverloadPlan,
            model: ModelTime) -> list[dict[str, Any]]:
     """The spike slice by slice: whether admission holds latency as it goes on, or lets
     it drift."""
-    out, at = [], start
-    while at < end:
+    out = []
+    for index in range(max(1, round((end - start) / plan.slice_s))):
+        at = start + index * plan.slice_s
         part = summarise(gen.records, at, min(at + plan.slice_s, end), model)
         out.append({"from_s": round(at - start), "runs_per_s": part["runs_per_s"],
                     "refused": part["refused"],
                     "ttft_overhead_p95_ms": part["ttft_overhead_ms"]["p95"]})
-        at += plan.slice_s
     return out
 
 

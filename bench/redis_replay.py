@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
@@ -460,14 +461,27 @@ async def replay(url: str, trace: Trace, cluster: bool, seconds: float = 10.0,
 
 
 async def replay_on_cluster(trace: Trace, shards: int, **kwargs: Any) -> dict[str, Any]:
-    """``replay`` on a fresh embedded cluster of ``shards`` masters."""
+    """``replay`` on a fresh embedded cluster of ``shards`` masters, once the box is quiet
+    (what ran before, e.g. a target still shutting down, would inflate Redis's CPU)."""
     with tempfile.TemporaryDirectory(prefix="replay-") as work:
         cluster = EmbeddedRedisCluster(Path(work), shards=shards)
         await asyncio.to_thread(cluster.start)
         try:
-            return await replay(cluster.url, trace, cluster=True, **kwargs)
+            busy = await quiet_box()
+            return {**await replay(cluster.url, trace, cluster=True, **kwargs),
+                    "box_busy_before_pct": busy}
         finally:
             await asyncio.to_thread(cluster.stop)
+
+
+async def quiet_box(busy_below_pct: float = 10.0, within_s: float = 60.0) -> float:
+    """Wait (up to ``within_s``) for a second in which the machine's CPUs are busy less
+    than ``busy_below_pct`` of the time on average; the last second's busy share (%)."""
+    deadline = time.monotonic() + within_s
+    while (busy := await asyncio.to_thread(psutil.cpu_percent, 1.0)) >= busy_below_pct \
+            and time.monotonic() < deadline:
+        pass
+    return busy
 
 
 def scaling(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
