@@ -109,6 +109,9 @@ def check_target(base_url: str) -> None:
         raise ValueError(f"load targets must be on 127.0.0.1, not {host!r}")
 
 
+LAG_TICK_S = 0.05
+
+
 class LoadGenerator:
     """Users as asyncio tasks on one aiohttp session; ``records`` keeps every turn."""
 
@@ -125,6 +128,8 @@ class LoadGenerator:
         self._in_turn: set[int] = set()
         self._ids = itertools.count()
         self._session: aiohttp.ClientSession | None = None
+        self.lags: list[tuple[float, float]] = []  # (when, s): how late its own loop woke
+        self._lag_watch: asyncio.Task | None = None
 
     async def __aenter__(self) -> LoadGenerator:
         # Keep-alive shorter than the servers' (uvicorn: 5 s) so no request is sent on a
@@ -133,9 +138,12 @@ class LoadGenerator:
         self._session = aiohttp.ClientSession(
             connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
             timeout=aiohttp.ClientTimeout(total=self.config.turn_timeout_s, sock_connect=10))
+        self._lag_watch = asyncio.create_task(self._watch_lag())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
         await self.stop(drain_s=0)
         if self._session is not None:
             await self._session.close()
@@ -179,6 +187,19 @@ class LoadGenerator:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch_lag(self, tick_s: float = LAG_TICK_S) -> None:
+        """Its own event loop's lateness: every latency it measures includes it, so a
+        client starved of CPU shows here instead of passing for a slow target."""
+        while True:
+            asked = time.perf_counter()
+            await asyncio.sleep(tick_s)
+            now = time.perf_counter()
+            self.lags.append((now, now - asked - tick_s))
+
+    def lag_ms(self, start: float, end: float) -> dict[str, Any]:
+        """Summary (ms) of its loop's lateness between two ``perf_counter`` times."""
+        return summary([lag for when, lag in self.lags if start <= when < end], 1000)
 
     def in_flight(self, since: float) -> int:
         return sum(1 for r in self.records if r.started >= since and r.finished is None)

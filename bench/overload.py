@@ -49,11 +49,13 @@ async def overload(gen: LoadGenerator, users: int, back_to: int, at_capacity: fl
     result = {"users": users, "factor": plan.factor, "back_to": back_to,
               "capacity_runs_per_s": at_capacity, **spike,
               "goodput_ratio": spike["runs_per_s"] / at_capacity if at_capacity else None,
-              "recovery_s": recovered, "slices": slices(gen, start, end, plan, model)}
+              "recovery_s": recovered, "slices": slices(gen, start, end, plan, model),
+              "client_lag_ms": gen.lag_ms(start, end)}
     say(f"  overload: goodput {spike['runs_per_s']:.1f} runs/s "
         f"({(result['goodput_ratio'] or 0) * 100:.0f}% of capacity), refused "
         f"{spike['refused']}, errors {spike['errors'] or 0}, admitted TTFT overhead p95 "
-        f"{spike['ttft_overhead_ms']['p95'] or 0:.0f} ms, recovered after "
+        f"{spike['ttft_overhead_ms']['p95'] or 0:.0f} ms (the load generator's own loop "
+        f"lag p95 {result['client_lag_ms']['p95'] or 0:.0f} ms), recovered after "
         f"{'-' if recovered is None else f'{recovered:.0f} s'}")
     return result
 
@@ -68,7 +70,8 @@ def slices(gen: LoadGenerator, start: float, end: float, plan: OverloadPlan,
         part = summarise(gen.records, at, min(at + plan.slice_s, end), model)
         out.append({"from_s": round(at - start), "runs_per_s": part["runs_per_s"],
                     "refused": part["refused"],
-                    "ttft_overhead_p95_ms": part["ttft_overhead_ms"]["p95"]})
+                    "ttft_overhead_p95_ms": part["ttft_overhead_ms"]["p95"],
+                    "client_lag_p95_ms": gen.lag_ms(at, at + plan.slice_s)["p95"]})
     return out
 
 
