@@ -302,12 +302,20 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         known = _LATEST.get()
         if known is not None and (thread_id, checkpoint_ns) in known:
             return known[(thread_id, checkpoint_ns)]
-        found = await self._redis.hget(checkpoints_key(thread_id),
-                                       checkpoint_field(thread_id, checkpoint_ns, LATEST))
-        latest = _text(found) if found else None
+        latest = self.latest_of(await self._redis.hget(*_latest_field(thread_id, checkpoint_ns)))
         if known is not None:
             known[(thread_id, checkpoint_ns)] = latest
         return latest
+
+    @staticmethod
+    def latest_in(pipe: Any, thread_id: str, checkpoint_ns: str = "") -> None:
+        """``alatest_checkpoint_id``'s read as one command of the caller's pipeline
+        (``latest_of`` reads its reply)."""
+        pipe.hget(*_latest_field(thread_id, checkpoint_ns))
+
+    @staticmethod
+    def latest_of(reply: bytes | str | None) -> str | None:
+        return _text(reply) if reply else None
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         configurable = config["configurable"]
@@ -479,6 +487,11 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
     async def drop_writes(self, thread_id: str, fields: list[str]) -> None:
         if fields:
             await self._redis.hdel(checkpoints_key(thread_id), *fields)
+
+
+def _latest_field(thread_id: str, ns: str) -> tuple[str, str]:
+    """(hash, field) of the pointer to a namespace's latest checkpoint."""
+    return checkpoints_key(thread_id), checkpoint_field(thread_id, ns, LATEST)
 
 
 def _writes_of(ref: CheckpointRef) -> str:

@@ -36,7 +36,6 @@ from agents.checkpoint import dedicated_client, sync_client
 from agents.redis_saver import Command as RedisCommand
 from agents.redis_saver import LeanRedisSaver
 from agents.settings import ApiSettings
-from agents.slots import LATEST, checkpoint_field, checkpoints_key
 from agents.streamed_state import StreamedState
 from serve_app import run_telemetry
 from serve_app.concurrency import LagLimiter, Slots
@@ -340,7 +339,7 @@ class RunExecutor:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(run_key(thread_id, run_id))
             self.leases.acquire_in(pipe, thread_id, run_id)
-            pipe.hget(checkpoints_key(thread_id), checkpoint_field(thread_id, "", LATEST))
+            self.checkpointer.latest_in(pipe, thread_id)
             raw, reply, latest = await pipe.execute(raise_on_error=False)
         for found in (raw, latest):
             if isinstance(found, Exception):
@@ -348,7 +347,7 @@ class RunExecutor:
         token = await self.leases.acquired(reply, thread_id, run_id)
         if isinstance(reply, NoScriptError):  # read before the lease: read it again
             return decode(raw), token, await self.checkpointer.alatest_checkpoint_id(thread_id)
-        return decode(raw), token, latest.decode() if latest else None
+        return decode(raw), token, self.checkpointer.latest_of(latest)
 
     async def _started(self, run: dict[str, Any], latest: str | None
                        ) -> dict[str, Any] | None:

@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 from agents.effects import effect_key
 from agents.redis_saver import CheckpointRef, Command, LeanRedisSaver
 from agents.settings import RetentionSettings
-from agents.slots import LATEST, checkpoint_field, checkpoints_key
+from agents.slots import checkpoints_key
 from agents.supervisor import sub_thread_id
 from serve_app.keys import (
     ALL_THREADS,
@@ -145,11 +145,11 @@ class Retention:
                 pipe.expire(events_key(thread_id, run["run_id"]), self.settings.events_grace_s)
             pipe.hkeys(checkpoints_key(thread_id))
             pipe.zrange(queue_key(thread_id), 0, -1)
-            pipe.hget(checkpoints_key(thread_id), checkpoint_field(thread_id, "", LATEST))
+            self.saver.latest_in(pipe, thread_id)
             pipe.zrevrange(thread_runs_key(thread_id), 0, -1)
             pipe.hmget(thread_key(thread_id), "ttl", "thread_id")
             *_, names, queued, latest, run_ids, (ttl, exists) = await pipe.execute()
-        return ThreadView(names, queued, _text(latest) if latest else None,
+        return ThreadView(names, queued, self.saver.latest_of(latest),
                           [_text(r) for r in run_ids], ttl, exists is not None)
 
     async def needed(self, thread_id: str, finishing: str | None = None,
