@@ -470,11 +470,11 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
     async def point_latest(self, thread_id: str, ns: str, checkpoint_id: str | None) -> None:
         """Make ``checkpoint_id`` the latest of ``thread_id``'s ``ns`` (None: no latest)."""
         _forget_latest()
-        name = checkpoint_field(thread_id, ns, LATEST)
+        key, name = _latest_field(thread_id, ns)
         if checkpoint_id is None:
-            await self._redis.hdel(checkpoints_key(thread_id), name)
+            await self._redis.hdel(key, name)
         else:
-            await self._redis.hset(checkpoints_key(thread_id), name, checkpoint_id)
+            await self._redis.hset(key, name, checkpoint_id)
 
     async def write_channels(self, ref: CheckpointRef) -> dict[str, tuple[str, str]]:
         """The pending writes of one checkpoint: field -> (task id, channel)."""

@@ -67,11 +67,12 @@ def slices(gen: LoadGenerator, start: float, end: float, plan: OverloadPlan,
     out = []
     for index in range(max(1, round((end - start) / plan.slice_s))):
         at = start + index * plan.slice_s
-        part = summarise(gen.records, at, min(at + plan.slice_s, end), model)
+        until = min(at + plan.slice_s, end)
+        part = summarise(gen.records, at, until, model)
         out.append({"from_s": round(at - start), "runs_per_s": part["runs_per_s"],
                     "refused": part["refused"],
                     "ttft_overhead_p95_ms": part["ttft_overhead_ms"]["p95"],
-                    "client_lag_p95_ms": gen.lag_ms(at, at + plan.slice_s)["p95"]})
+                    "client_lag_p95_ms": gen.lag_ms(at, until)["p95"]})
     return out
 
 

@@ -21,7 +21,7 @@ import time
 
 import redis
 
-from serve_app.leases import RENEW
+from serve_app.leases import RENEW, evalsha_in
 from serve_app.run_pool import RunPool, now_ms
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Heartbeat:
             pipe.zadd(self.pool.running, dict.fromkeys(held, expiry), xx=True)
         leases = [(key, token) for _, key, token in held.values() if token]
         for key, token in leases:
-            pipe.execute_command("EVALSHA", self._renew.sha, 1, key, token, self.pool.lease_ms)
+            evalsha_in(pipe, self._renew.sha, [key], token, self.pool.lease_ms)
         replies = pipe.execute(raise_on_error=False)
         renewals = replies[len(replies) - len(leases):]
         for (key, token), reply in zip(leases, renewals, strict=True):

@@ -100,7 +100,7 @@ class Leases:
     def acquire_in(self, pipe: Pipeline, thread_id: str, run_id: str) -> None:
         """``acquire`` as one command of the caller's pipeline (``acquired`` reads its
         reply): no round trip of its own."""
-        _evalsha_in(pipe, self._acquire.sha, _acquire_keys(thread_id), run_id, self.ttl_ms)
+        evalsha_in(pipe, self._acquire.sha, _acquire_keys(thread_id), run_id, self.ttl_ms)
 
     async def acquired(self, reply: Any, thread_id: str, run_id: str) -> str | None:
         """The token from ``acquire_in``'s reply (``execute(raise_on_error=False)``); a
@@ -120,7 +120,7 @@ class Leases:
     def leave_in(self, pipe: Pipeline, thread_id: str, run_id: str, token: str | None
                  ) -> None:
         """``leave`` as one command of the caller's pipeline (``left`` reads its reply)."""
-        _evalsha_in(pipe, self._leave.sha, _leave_keys(thread_id), run_id, token or "")
+        evalsha_in(pipe, self._leave.sha, _leave_keys(thread_id), run_id, token or "")
 
     async def left(self, reply: Any, thread_id: str, run_id: str, token: str | None
                    ) -> tuple[bool, str | None]:
@@ -147,9 +147,10 @@ def _leave_keys(thread_id: str) -> list[str]:
     return [thread_lease_key(thread_id), queue_key(thread_id)]
 
 
-def _evalsha_in(pipe: Pipeline, sha: str, keys: list[str], *args: Any) -> None:
-    """A registered script as a plain ``EVALSHA`` in a pipeline: redis-py would first ask
-    ``SCRIPT EXISTS`` (a round trip of its own); its caller handles a ``NoScriptError``."""
+def evalsha_in(pipe: Any, sha: str, keys: list[str], *args: Any) -> None:
+    """A registered script as a plain ``EVALSHA`` in a pipeline (async or not): redis-py
+    would first ask ``SCRIPT EXISTS`` (a round trip of its own); its caller handles a
+    ``NoScriptError``."""
     pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
