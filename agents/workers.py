@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command, Interrupt
+from langgraph.types import Command, Interrupt, StateSnapshot
 from pydantic import BaseModel, Field
 
 from agents.errors import UnknownRoleError
@@ -70,7 +70,8 @@ class SpecialistWorker:
         if graph is None:
             raise UnknownRoleError(f"no specialist {req.role!r}; known: {sorted(self.graphs)}")
         config = {"configurable": {"thread_id": req.thread_id, USER_KEY: req.user_id}}
-        graph_input, latest = await self._next_input(graph, config, req)
+        graph_input, state = await self._next_input(graph, config, req)
+        latest = (state.config or {}).get("configurable", {}).get("checkpoint_id")
         usage, responses, final = Usage(), [], StreamedState()
         if graph_input is not None:
             events = self._traced(self._events(graph, graph_input, config, req, final, latest),
@@ -79,7 +80,9 @@ class SpecialistWorker:
                 yield event
         if final.values is not None:  # the run's last state, as it streamed: no read-back
             result = outcome(req, final.values, final.interrupts)
-        else:  # nothing ran (a repeated request): what the thread holds
+        elif graph_input is None:  # nothing ran (a repeated request): the state as read
+            result = outcome(req, state.values, state.interrupts)
+        else:
             result = await self.status(graph, config, req)
         result.usage, result.responses = usage.as_dict(), responses
         yield {"type": "result", "result": result.model_dump()}
@@ -106,21 +109,21 @@ class SpecialistWorker:
 
     @staticmethod
     async def _next_input(graph: CompiledStateGraph, config: dict, req: WorkerRequest
-                          ) -> tuple[Any, str | None]:
+                          ) -> tuple[Any, StateSnapshot]:
         """What to send the graph now, or None if there is nothing to do (idempotency),
-        and the id of the thread's latest checkpoint (read for it)."""
+        and the thread's state as read for it (its latest checkpoint, or what a request
+        that runs nothing answers)."""
         state = await graph.aget_state(config)
-        latest = (state.config or {}).get("configurable", {}).get("checkpoint_id")
         if req.resume is not None:
             applied = {d.get("key") for d in state.values.get("decisions", [])}
             if req.resume_key in applied or not state.interrupts:
-                return None, latest
-            return Command(resume={**req.resume, "key": req.resume_key}), latest
+                return None, state
+            return Command(resume={**req.resume, "key": req.resume_key}), state
         if not state.values:
-            return {"messages": [HumanMessage(req.task or "")], "steps": 0}, latest
+            return {"messages": [HumanMessage(req.task or "")], "steps": 0}, state
         if state.next and not state.interrupts:
-            return _CONTINUE, latest  # crashed mid-run: go on from the last checkpoint
-        return None, latest
+            return _CONTINUE, state  # crashed mid-run: go on from the last checkpoint
+        return None, state
 
     @staticmethod
     async def _events(graph: CompiledStateGraph, graph_input: Any, config: dict,

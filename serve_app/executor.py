@@ -48,7 +48,7 @@ from serve_app.keys import cancel_channel, parse_ref, run_key, run_ref, thread_l
 from serve_app.leases import Leases
 from serve_app.metrics import Metrics
 from serve_app.records import ACTIVE, TERMINAL, Records, RunEnd, decode
-from serve_app.retention import Retention
+from serve_app.retention import Retention, ThreadView
 from serve_app.run_options import checkpoint_target, graph_options
 from serve_app.run_pool import PoolLoad, RunPool
 
@@ -434,15 +434,17 @@ class RunExecutor:
             self.limiter.run_ended(summary["usage"]["other_s"])
         stopped = interrupts or (state is not None and state.next)  # incl. breakpoints
         thread_status = "error" if error else "interrupted" if stopped else "idle"
-        record, answered = await self._end(run, status, error, thread_status,
-                                           run_telemetry.run_end(run, summary))
+        record, answered, view = await self._end(run, status, error, thread_status,
+                                                 run_telemetry.run_end(run, summary),
+                                                 viewing=True)
         if record is None:
             return None  # another attempt owns the run now
         await run_telemetry.ended(self.redis, record, summary, answered,
                                   self.graphs[run["graph_id"]])
         pruning: list[RedisCommand] = []  # sent with the thread's release, before it
         if self.retention is not None:  # while the run still holds its thread
-            await self.retention.after_run(run, self.graphs[run["graph_id"]], state, pruning)
+            await self.retention.after_run(run, self.graphs[run["graph_id"]], state, pruning,
+                                           view)
         # The thread is free before the stream says so: a client that sends its next turn
         # (or its approval) on seeing the end finds the thread idle, not busy (409).
         await self._leave(run, token, pruning)
@@ -467,21 +469,29 @@ class RunExecutor:
         return record
 
     async def _end(self, run: dict[str, Any], status: str, error: dict | None,
-                   thread_status: str, end: RunEnd | None = None
-                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+                   thread_status: str, end: RunEnd | None = None, viewing: bool = False
+                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, ThreadView | None]:
         """The terminal record, if this attempt still owns the run, with its thread's
         status and ``end``'s usage and approval (retried: a write that timed out may have
-        landed, which the retry recognises); and the approval the run answered, if any."""
-        async def once() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-            ended = await self.records.end_run(run, ACTIVE, {"status": thread_status,
-                                                             "error": error},
-                                               end or RunEnd(), status=status, error=error)
-            if ended[0] is None:
+        landed, which the retry recognises); the approval the run answered, if any; and
+        with ``viewing``, the thread as retention reads it after a run, in the same round
+        trip (None if unread)."""
+        async def once() -> tuple[dict[str, Any] | None, dict[str, Any] | None,
+                                  ThreadView | None]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                ended = self.records.end_run_in(pipe, run, ACTIVE,
+                                                {"status": thread_status, "error": error},
+                                                end or RunEnd(), status=status, error=error)
+                view = self.retention.view_in(pipe, run) \
+                    if viewing and self.retention is not None else lambda replies: None
+                replies = await pipe.execute(raise_on_error=False)
+            record, answered = await ended(replies[0])
+            if record is None:
                 stored = await self.records.get_run(run["thread_id"], run["run_id"])
                 if stored and stored["attempt"] == run["attempt"] and \
                         stored["status"] == status and stored.get("error") == error:
-                    return stored, None
-            return ended
+                    return stored, None, view(replies)
+            return record, answered, view(replies)
         return await durably(once)
 
     async def _leave(self, run: dict[str, Any], token: str | None,

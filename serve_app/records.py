@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from serve_app.keys import (
     ALL_THREADS,
@@ -29,7 +30,7 @@ from serve_app.keys import (
     thread_key,
     thread_runs_key,
 )
-from serve_app.leases import JOIN_QUEUE
+from serve_app.leases import JOIN_QUEUE, evalsha_in
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -336,20 +337,42 @@ class Records:
         at the attempt ``run`` knows, its thread's ``thread_fields`` and ``end``'s totals
         with them: (the record after, or None if someone else moved it first; the approval
         this run answered, if it did)."""
+        keys, args, written = self._end_call(run, allowed, thread_fields, end, fields)
+        return _ended(run, written, await self._end_run(keys=keys, args=args))
+
+    def end_run_in(self, pipe: Any, run: dict[str, Any], allowed: Iterable[str],
+                   thread_fields: dict[str, Any], end: RunEnd, **fields: Any
+                   ) -> Callable[[Any], Awaitable[tuple[dict[str, Any] | None,
+                                                        dict[str, Any] | None]]]:
+        """``end_run`` as one command of the caller's pipeline; the function returned reads
+        its reply (a Redis that lost its scripts gets the script loaded and run)."""
+        keys, args, written = self._end_call(run, allowed, thread_fields, end, fields)
+        evalsha_in(pipe, self._end_run.sha, keys, *args)
+
+        async def ended(reply: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            if isinstance(reply, NoScriptError):  # not run: run it now
+                reply = await self._end_run(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+            return _ended(run, written, reply)
+        return ended
+
+    @staticmethod
+    def _end_call(run: dict[str, Any], allowed: Iterable[str], thread_fields: dict[str, Any],
+                  end: RunEnd, fields: dict[str, Any]
+                  ) -> tuple[list[str], list[Any], dict[str, Any]]:
+        """The end script's keys and arguments, and the run's fields it writes."""
         stamp = now_iso()
         written = {**fields, **end.fields, "updated_at": stamp}
         own = flat(written)
         thread_id = run["thread_id"]
-        ended, answered = await self._end_run(
-            keys=[run_key(thread_id, run["run_id"]), thread_key(thread_id),
-                  end.responses_key or run_key(thread_id, run["run_id"])],
-            args=[_statuses(allowed), json.dumps(run["attempt"]),
-                  json.dumps(end.totals) if end.totals else "", end.asks,
-                  "1" if end.answers else "", end.responses, end.responses_ttl_s, len(own),
-                  *own, *flat({**thread_fields, "updated_at": stamp})]) or (None, None)
-        if not ended:
-            return None, None
-        return {**run, **written}, json.loads(answered) if answered else None
+        keys = [run_key(thread_id, run["run_id"]), thread_key(thread_id),
+                end.responses_key or run_key(thread_id, run["run_id"])]
+        args = [_statuses(allowed), json.dumps(run["attempt"]),
+                json.dumps(end.totals) if end.totals else "", end.asks,
+                "1" if end.answers else "", end.responses, end.responses_ttl_s, len(own),
+                *own, *flat({**thread_fields, "updated_at": stamp})]
+        return keys, args, written
 
     async def list_runs(self, thread_id: str, limit: int = 10, offset: int = 0,
                         status: str | None = None) -> list[dict[str, Any]]:
@@ -362,3 +385,12 @@ class Records:
         runs = await self._many(run_key(thread_id, rid.decode()) for rid in run_ids)
         runs = [run for run in runs if run and status in (None, run["status"])]
         return runs if status is None else runs[offset:offset + limit]
+
+
+def _ended(run: dict[str, Any], written: dict[str, Any], reply: Any
+           ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``end_run``'s answer from its script's reply."""
+    ended, answered = reply or (None, None)
+    if not ended:
+        return None, None
+    return {**run, **written}, json.loads(answered) if answered else None

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -110,19 +110,20 @@ class Retention:
 
     # as runs end
     async def after_run(self, run: dict[str, Any], graph: Any = None,
-                        state: Any | None = None, deferred: list[Command] | None = None
-                        ) -> None:
+                        state: Any | None = None, deferred: list[Command] | None = None,
+                        view: ThreadView | None = None) -> None:
         """Prune the thread of a run that just ended (``state``: the thread's state after
         it, if read; else read here from ``graph``); a rolled-back run's checkpoints go.
         Called while the run still holds its thread; never fails the run. With
         ``deferred``, the checkpoints' deletion is added to it instead of sent: the caller
-        sends it with the thread's release, before it, in one round trip."""
+        sends it with the thread's release, before it, in one round trip. ``view``: the
+        thread as read already with the run's end (``view_in``)."""
         thread_id = run["thread_id"]
         try:
             if run.get("rolled_back_by_successor"):
                 await self.roll_back(run)
-                state = None
-            view = await self._view(run)
+                state = view = None
+            view = view or await self._view(run)
             if self.settings.enabled:
                 if state is None and graph is not None:
                     state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
@@ -139,18 +140,35 @@ class Retention:
 
     async def _view(self, run: dict[str, Any]) -> ThreadView:
         """The thread as the run ends (and its event stream's grace period started)."""
-        thread_id = run["thread_id"]
         async with self.redis.pipeline(transaction=False) as pipe:
-            if self.settings.enabled:
-                pipe.expire(events_key(thread_id, run["run_id"]), self.settings.events_grace_s)
-            pipe.hkeys(checkpoints_key(thread_id))
-            pipe.zrange(queue_key(thread_id), 0, -1)
-            self.saver.latest_in(pipe, thread_id)
-            pipe.zrevrange(thread_runs_key(thread_id), 0, -1)
-            pipe.hmget(thread_key(thread_id), "ttl", "thread_id")
-            *_, names, queued, latest, run_ids, (ttl, exists) = await pipe.execute()
-        return ThreadView(names, queued, self.saver.latest_of(latest),
-                          [_text(r) for r in run_ids], ttl, exists is not None)
+            view = self.view_in(pipe, run)
+            found = view(await pipe.execute())
+        assert found is not None  # (execute raised what failed)
+        return found
+
+    def view_in(self, pipe: Any, run: dict[str, Any]
+                ) -> Callable[[list[Any]], ThreadView | None]:
+        """``_view``'s reads as commands of the caller's pipeline (e.g. with the run's end
+        record); the function returned makes the view from the pipeline's replies, or None
+        if a read failed (``after_run`` then reads it again)."""
+        thread_id, start = run["thread_id"], len(pipe)
+        if self.settings.enabled:
+            pipe.expire(events_key(thread_id, run["run_id"]), self.settings.events_grace_s)
+        pipe.hkeys(checkpoints_key(thread_id))
+        pipe.zrange(queue_key(thread_id), 0, -1)
+        self.saver.latest_in(pipe, thread_id)
+        pipe.zrevrange(thread_runs_key(thread_id), 0, -1)
+        pipe.hmget(thread_key(thread_id), "ttl", "thread_id")
+        end = len(pipe)
+
+        def view(replies: list[Any]) -> ThreadView | None:
+            mine = replies[start:end]
+            if any(isinstance(reply, Exception) for reply in mine):
+                return None
+            *_, names, queued, latest, run_ids, (ttl, exists) = mine
+            return ThreadView(names, queued, self.saver.latest_of(latest),
+                              [_text(r) for r in run_ids], ttl, exists is not None)
+        return view
 
     async def needed(self, thread_id: str, finishing: str | None = None,
                      queued: list[bytes] | None = None) -> set[str]:

@@ -276,3 +276,27 @@ async def test_a_run_leaves_its_thread_and_the_pool_even_after_redis_lost_its_sc
     assert await service.redis.hexists(checkpoints_key(thread_id), "old") == 0
     for members in (pool.running, pool.pending, pool.ready):
         assert await service.redis.zscore(members, ref) is None
+
+
+async def test_a_run_ends_and_its_thread_is_read_for_retention_in_one_pipeline(make_service):
+    """The run's terminal record and retention's read of its thread go in one pipeline
+    (the read after the write); NOSCRIPT (a restart, a failover) gets the end script loaded
+    and run, once. A stale attempt ends nothing."""
+    service = await make_service()
+    executor = service.executor
+    thread, _ = await service.records.create_thread(None, {})
+    thread_id = thread["thread_id"]
+    run, _, _ = await service.records.create_run(thread_id, "a", "supervisor", {}, {},
+                                                 "enqueue")
+    stale = {**run, "attempt": run["attempt"] + 1}
+    assert (await executor._end(stale, "success", None, "idle", viewing=True))[0] is None
+    await service.redis.script_flush()
+    record, answered, view = await executor._end(run, "success", None, "idle", viewing=True)
+    assert record["status"] == "success" and answered is None
+    assert view.exists and view.run_ids == [run["run_id"]]
+    assert view.queued == [run["run_id"].encode()]  # (it leaves its queue after)
+    assert (await service.records.get_run(thread_id, run["run_id"]))["status"] == "success"
+    assert (await service.records.get_thread(thread_id))["status"] == "idle"
+    # ended already: the same end again is recognised as this attempt's, not written twice
+    again, _, _ = await executor._end(run, "success", None, "idle")
+    assert again["status"] == "success"
