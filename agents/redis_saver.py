@@ -188,12 +188,17 @@ _HOLDING: ContextVar[dict[tuple[str, str], _Held] | None] = ContextVar(
 # Within a run: the latest checkpoint id of each (thread, namespace) as last read or saved.
 _LATEST: ContextVar[dict[tuple[str, str], str | None] | None] = ContextVar(
     "checkpoint_latest_known", default=None)
+# Within a run: checkpoints read before it started ((thread, ns, id) -> the replies of
+# ``checkpoint_in``), each taken by the first read of it.
+_READ: ContextVar[dict[tuple[str, str, str], Sequence[Any]] | None] = ContextVar(
+    "checkpoint_read_before", default=None)
 
 
 def _forget_latest() -> None:
-    """Checkpoints deleted or re-pointed within a run: read the latest ones again."""
-    if (known := _LATEST.get()) is not None:
-        known.clear()
+    """Checkpoints deleted or re-pointed within a run: read them (and the latest) again."""
+    for known in (_LATEST.get(), _READ.get()):
+        if known is not None:
+            known.clear()
 
 
 class LeanRedisSaver(BaseCheckpointSaver[str]):
@@ -211,22 +216,27 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
 
     # writing
     @contextlib.asynccontextmanager
-    async def holding_writes(self, latest: Mapping[tuple[str, str], str | None] | None = None
+    async def holding_writes(self, latest: Mapping[tuple[str, str], str | None] | None = None,
+                             read: Mapping[tuple[str, str, str], Sequence[Any]] | None = None
                              ) -> AsyncIterator[None]:
         """Within (one run of a graph that holds its thread, in this task and those it
         starts), a task's writes go with the next checkpoint's ``HSET``; what is held at the
         end goes then. Nothing else writes the thread meanwhile, so each namespace's latest
         checkpoint is read once and then known from the run's own saves (``latest``: what
-        the caller read already, (thread, ns) -> id or None)."""
+        the caller read already, (thread, ns) -> id or None; ``read``: checkpoints the
+        caller read already, (thread, ns, id) -> the replies of ``checkpoint_in``'s reads,
+        each used once: the next read of it sees what the run wrote since)."""
         held: dict[tuple[str, str], _Held] = {}
-        outer, outer_latest = _HOLDING.get(), _LATEST.get()
+        outer, outer_latest, outer_read = _HOLDING.get(), _LATEST.get(), _READ.get()
         _HOLDING.set(held)
         _LATEST.set(dict(latest or {}))
+        _READ.set(dict(read or {}))
         try:
             yield
         finally:
             _HOLDING.set(outer)  # not reset(): an async generator may end in another context
             _LATEST.set(outer_latest)
+            _READ.set(outer_read)
             for slot in list(held):
                 waiting = held.pop(slot)
                 try:
@@ -326,10 +336,12 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             return None
         ref = CheckpointRef(thread_id, ns, checkpoint_id)
         key = checkpoints_key(thread_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(key, checkpoint_field(thread_id, ns, checkpoint_id))
-            pipe.hscan(key, 0, match=_writes_of(ref), count=1000)
-            raw, (cursor, writes) = await pipe.execute()
+        read = (_READ.get() or {}).pop((thread_id, ns, checkpoint_id), None)
+        if read is None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                self.checkpoint_in(pipe, thread_id, checkpoint_id, ns)
+                read = await pipe.execute()
+        raw, (cursor, writes) = read
         if raw is None:
             return None
         while cursor:
@@ -337,6 +349,16 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
                                                    count=1000)
             writes.update(more)
         return self._tuple(Stored.unpack(ref, raw), writes)
+
+    @staticmethod
+    def checkpoint_in(pipe: Any, thread_id: str, checkpoint_id: str, ns: str = "") -> None:
+        """``aget_tuple``'s reads of a checkpoint and its writes as two commands of the
+        caller's pipeline; their replies, handed to ``holding_writes(read=...)``, spare
+        the run's first read of it a round trip."""
+        key = checkpoints_key(thread_id)
+        pipe.hget(key, checkpoint_field(thread_id, ns, checkpoint_id))
+        pipe.hscan(key, 0, match=_writes_of(CheckpointRef(thread_id, ns, checkpoint_id)),
+                   count=1000)
 
     async def alist(self, config: RunnableConfig | None, *,
                     filter: dict[str, Any] | None = None,

@@ -146,7 +146,7 @@ class ApiSettings(BaseModel):
         20.0, gt=0, description="a replica takes fewer runs at once while its event loop "
         "wakes up later than this on average (CPU-bound), more while it is prompt")
     overhead_budget_s: float = Field(
-        0.2, gt=0, description="...and while its runs' time outside model calls and tools "
+        0.1, gt=0, description="...and while its runs' time outside model calls and tools "
         "(median) is more than this above the lowest seen lately")
     max_queued_runs: int = Field(
         32, ge=0, description="per live replica: past this many queued runs, new runs "

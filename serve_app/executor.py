@@ -271,7 +271,8 @@ class RunExecutor:
         started = None
         read_latest = "checkpoint_before" not in run and not run["kwargs"].get("rollback_to")
         try:
-            started = await self._started(run, latest)
+            started, read = await self._started(
+                run, latest, read_latest and not run["kwargs"].get("checkpoint_id"))
         finally:
             self._starting.discard(run_id)
             if started is None:  # moved on meanwhile, or failed: no task to cancel
@@ -297,7 +298,7 @@ class RunExecutor:
             deadline = asyncio.timeout(self.settings.run_timeout_s)
             try:
                 known = {(thread_id, ""): run["checkpoint_before"]} if read_latest else None
-                async with deadline, self.checkpointer.holding_writes(latest=known):
+                async with deadline, self.checkpointer.holding_writes(latest=known, read=read):
                     async for event, data in observed.watch(
                             self._events(graph, run, run_config(run, token), final)):
                         events.append(event, data)
@@ -349,18 +350,28 @@ class RunExecutor:
             return decode(raw), token, await self.checkpointer.alatest_checkpoint_id(thread_id)
         return decode(raw), token, self.checkpointer.latest_of(latest)
 
-    async def _started(self, run: dict[str, Any], latest: str | None
-                       ) -> dict[str, Any] | None:
+    async def _started(self, run: dict[str, Any], latest: str | None, read_latest: bool
+                       ) -> tuple[dict[str, Any] | None, dict[tuple[str, str, str], Any]]:
         """Mark the run running (if nobody moved it since it was read); remember where
-        its thread stood (``latest``, as its lease was taken), for retries and rollback."""
+        its thread stood (``latest``, as its lease was taken), for retries and rollback.
+        With ``read_latest`` (the run starts from there), that checkpoint is read in the
+        same round trip: (the run, the read for ``holding_writes``)."""
         thread_id = run["thread_id"]
         fields: dict[str, Any] = {"status": "running", "replica": self.replica_id}
         if "checkpoint_before" not in run:
             fields["checkpoint_before"] = latest
-        written = await self.records.transition_run(run, {"pending"}, returning=False,
-                                                    thread_fields={"status": "busy"}, **fields)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            transitioned = self.records.transition_run_in(
+                pipe, run, {"pending"}, returning=False, thread_fields={"status": "busy"},
+                **fields)
+            if read_latest and latest:
+                self.checkpointer.checkpoint_in(pipe, thread_id, latest)
+            written, *checkpoint = await pipe.execute(raise_on_error=False)
+        written = await transitioned(written)
         if written is None:
-            return None
+            return None, {}
+        read = {(thread_id, "", latest): checkpoint} if checkpoint and not any(
+            isinstance(reply, Exception) for reply in checkpoint) else {}
         started = {**run, **written}
         rollback = run["kwargs"].get("rollback_to")
         if rollback is not None and not run.get("rolled_back"):
@@ -371,7 +382,7 @@ class RunExecutor:
             rolled = await self.records.update_run(thread_id, run["run_id"], returning=False,
                                                    rolled_back=True, kwargs=run["kwargs"])
             started.update(rolled or {})
-        return started
+        return started, read
 
     async def _latest_checkpoint(self, run: dict[str, Any]) -> str | None:
         return await self.checkpointer.alatest_checkpoint_id(run["thread_id"])

@@ -186,18 +186,8 @@ class Records:
         fields written (a writer that has the record spares Redis reading it back), or
         None if refused. ``thread``: (key, fields) of the thread's record, set in the same
         step if this one is (and the thread still exists)."""
-        stamp = now_iso()
-        written = {**fields, "updated_at": stamp}
-        own = flat(written)
-        keys, args = [key], [_statuses(allowed), "" if attempt is None else json.dumps(attempt),
-                             "1" if returning else "0", len(own), *own]
-        if thread is not None:
-            keys.append(thread[0])
-            args += flat({**thread[1], "updated_at": stamp})
-        stored = await self._set_if(keys=keys, args=args)
-        if stored is None:
-            return None
-        return decode(stored) if returning else written
+        keys, args, written = _update_call(key, fields, allowed, attempt, returning, thread)
+        return _updated(await self._set_if(keys=keys, args=args), returning, written)
 
     async def _create_record(self, key: str, record: dict[str, Any]
                              ) -> tuple[dict[str, Any], bool]:
@@ -325,10 +315,30 @@ class Records:
         """Set ``fields`` only if the run is still in an ``allowed`` status at the attempt
         ``run`` knows (and its thread's ``thread_fields`` with them); the record after (the
         fields written unless ``returning``), or None if someone else moved it first."""
-        thread = None if thread_fields is None else \
-            (thread_key(run["thread_id"]), thread_fields)
-        return await self._update(run_key(run["thread_id"], run["run_id"]), fields,
-                                  allowed, run["attempt"], returning, thread)
+        return await self._update(*_transition(run, allowed, returning, thread_fields, fields))
+
+    def transition_run_in(self, pipe: Any, run: dict[str, Any], allowed: Iterable[str],
+                          returning: bool = True, thread_fields: dict[str, Any] | None = None,
+                          **fields: Any) -> Callable[[Any], Awaitable[dict[str, Any] | None]]:
+        """``transition_run`` as one command of the caller's pipeline; the function
+        returned reads its reply (a Redis that lost its scripts gets it loaded and run)."""
+        keys, args, written = _update_call(*_transition(run, allowed, returning,
+                                                        thread_fields, fields))
+        evalsha_in(pipe, self._set_if.sha, keys, *args)
+
+        async def transitioned(reply: Any) -> dict[str, Any] | None:
+            return _updated(await self._script_reply(self._set_if, keys, args, reply),
+                            returning, written)
+        return transitioned
+
+    @staticmethod
+    async def _script_reply(script: Any, keys: list[str], args: list[Any], reply: Any) -> Any:
+        """A script's reply in a pipeline (``evalsha_in``); NOSCRIPT (not run): run now."""
+        if isinstance(reply, NoScriptError):
+            return await script(keys=keys, args=args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def end_run(self, run: dict[str, Any], allowed: Iterable[str],
                       thread_fields: dict[str, Any], end: RunEnd, **fields: Any
@@ -350,11 +360,8 @@ class Records:
         evalsha_in(pipe, self._end_run.sha, keys, *args)
 
         async def ended(reply: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-            if isinstance(reply, NoScriptError):  # not run: run it now
-                reply = await self._end_run(keys=keys, args=args)
-            elif isinstance(reply, Exception):
-                raise reply
-            return _ended(run, written, reply)
+            return _ended(run, written,
+                          await self._script_reply(self._end_run, keys, args, reply))
         return ended
 
     @staticmethod
@@ -394,3 +401,34 @@ def _ended(run: dict[str, Any], written: dict[str, Any], reply: Any
     if not ended:
         return None, None
     return {**run, **written}, json.loads(answered) if answered else None
+
+
+def _transition(run: dict[str, Any], allowed: Iterable[str], returning: bool,
+                thread_fields: dict[str, Any] | None, fields: dict[str, Any]) -> tuple:
+    """``Records._update``'s arguments for a run's status change."""
+    thread = None if thread_fields is None else (thread_key(run["thread_id"]), thread_fields)
+    return (run_key(run["thread_id"], run["run_id"]), fields, allowed, run["attempt"],
+            returning, thread)
+
+
+def _update_call(key: str, fields: dict[str, Any], allowed: Iterable[str],
+                 attempt: int | None, returning: bool,
+                 thread: tuple[str, dict[str, Any]] | None
+                 ) -> tuple[list[str], list[Any], dict[str, Any]]:
+    """The update script's keys and arguments, and the fields it writes."""
+    stamp = now_iso()
+    written = {**fields, "updated_at": stamp}
+    own = flat(written)
+    keys, args = [key], [_statuses(allowed), "" if attempt is None else json.dumps(attempt),
+                         "1" if returning else "0", len(own), *own]
+    if thread is not None:
+        keys.append(thread[0])
+        args += flat({**thread[1], "updated_at": stamp})
+    return keys, args, written
+
+
+def _updated(stored: Any, returning: bool, written: dict[str, Any]) -> dict[str, Any] | None:
+    """``Records._update``'s answer from its script's reply."""
+    if stored is None:
+        return None
+    return decode(stored) if returning else written

@@ -204,6 +204,40 @@ async def test_within_a_run_the_latest_checkpoint_is_read_once(redis_client):
         assert await saver.alatest_checkpoint_id(thread_id) is None  # read again
 
 
+async def test_a_checkpoint_read_before_the_run_serves_its_first_read_only(redis_client):
+    """The executor reads the run's starting checkpoint with the run's start (one round
+    trip); the graph's first read of it comes from that, a later one from Redis (and sees
+    the writes made since). A deletion within the run drops what was read before."""
+    saver = LeanRedisSaver(redis_client)
+    thread_id = f"read-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread_id}}
+    await two_turns(saver, thread_id)
+    latest = await saver.alatest_checkpoint_id(thread_id)
+    async with redis_client.pipeline(transaction=False) as pipe:
+        saver.checkpoint_in(pipe, thread_id, latest)
+        read = await pipe.execute()
+    expected = (await saver.aget_tuple(config)).checkpoint
+
+    async def hgets() -> int:
+        stats = await redis_client.info("commandstats")
+        return stats.get("cmdstat_hget", {}).get("calls", 0)
+
+    before = await hgets()
+    async with saver.holding_writes(latest={(thread_id, ""): latest},
+                                    read={(thread_id, "", latest): read}):
+        first = await saver.aget_tuple(config)
+        assert await hgets() == before
+        assert first.checkpoint["id"] == latest
+        assert first.checkpoint["channel_values"] == expected["channel_values"]
+        await saver.aget_tuple(config)
+        assert await hgets() == before + 1
+    async with saver.holding_writes(latest={(thread_id, ""): latest},
+                                    read={(thread_id, "", latest): read}):
+        await saver.point_latest(thread_id, "", latest)  # re-pointed: read again
+        await saver.aget_tuple(config)
+        assert await hgets() == before + 3  # the latest pointer, then the checkpoint
+
+
 async def test_large_values_are_stored_compressed_and_plain_ones_still_read(redis_client):
     """A checkpoint carrying a long conversation is stored zstd-compressed (its type says
     so) and reads back whole; a thread written before compression (plain) still reads."""
