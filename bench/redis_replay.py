@@ -38,7 +38,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class Seen:
     client: str
     at: float
     args: list[bytes]
+    ended: float | None = None  # a script's: when its last own call ran
 
 
 def parse_monitor_line(line: bytes) -> Seen | None:
@@ -153,7 +154,10 @@ class Capture:
             seen = parse_monitor_line(line) if isinstance(line, bytes) else None
             if seen and [a.upper() for a in seen.args[:2]] == [b"SCRIPT", b"LOAD"]:
                 self.scripts[hashlib.sha1(seen.args[2]).hexdigest()] = seen.args[2].decode()
-            elif seen and seen.client != "lua":
+            elif seen and seen.client == "lua":  # the script before it is still running
+                if self.commands and self.commands[-1].args[0].upper().startswith(b"EVAL"):
+                    self.commands[-1] = replace(self.commands[-1], ended=seen.at)
+            elif seen:
                 command = replayable(seen.args)
                 if command:
                     self.commands.append(Seen(seen.client, seen.at, command))
@@ -252,12 +256,14 @@ class Trace:
 
 
 def _batches(seen: list[Seen]) -> list[int]:
-    """Commands per pipeline: a client's consecutive commands within ``PIPELINE_GAP_S``."""
+    """Commands per pipeline: a client's consecutive commands within ``PIPELINE_GAP_S`` of
+    the end of the one before (a script's last own call: a long script is not a gap in its
+    pipeline)."""
     sizes: list[int] = []
     for i, command in enumerate(seen):
         before = seen[i - 1] if i else None
         if before and before.client == command.client and \
-                command.at - before.at <= PIPELINE_GAP_S:
+                command.at - (before.ended or before.at) <= PIPELINE_GAP_S:
             sizes[-1] += 1
         else:
             sizes.append(1)

@@ -5,6 +5,7 @@ checkpointer's writes and searches, a script, blocking reads."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from agents.settings import RedisSettings
 from bench.console import Progress
 from bench.plots import SHARDS, TTFT, write_plots
 from bench.redis_replay import (
+    PIPELINE_GAP_S,
     Capture,
     Trace,
     parse_monitor_line,
@@ -145,6 +147,31 @@ def test_monitor_lines_parse_and_blocking_reads_become_non_blocking():
                        b"0-0", b"1732870000000-3"]) == [
         b"XREAD", b"COUNT", b"10", b"STREAMS", b"a", b"b", b"0-0", b"+"]
     assert replayable([b"CLIENT", b"SETNAME", b"x"]) is None
+
+
+async def test_a_long_script_does_not_split_its_pipeline_in_the_capture(redis_url: str):
+    """A pipeline is a client's commands close together; a script that runs long (its own
+    calls shown after it) is not a gap: the command after it is still the same pipeline."""
+    client = create_redis(redis_url, RedisSettings())
+    try:
+        async with Capture(redis_url) as seen:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.eval("local n = 0 for i = 1, 500000 do n = n + i end "
+                          "return redis.call('GET', KEYS[1])", 1, "bench-long:{a}")
+                pipe.get("bench-long:{a}")
+                await pipe.execute()
+            await asyncio.sleep(0.05)
+    finally:
+        await close_redis(client)
+    script = next(c for c in seen.commands if c.args[0] == b"EVAL")
+    after = seen.commands[seen.commands.index(script) + 1]
+    assert after.args[0] == b"GET" and after.at - script.at > PIPELINE_GAP_S  # a long one
+    position, sizes = seen.commands.index(script), []
+    for batch in Trace.from_commands(seen.commands, runs=1).batches:
+        sizes.append(batch)
+        if sum(sizes) > position:
+            break
+    assert sizes[-1] == 2 and sum(sizes) == position + 2  # the script and the GET
 
 
 def tiny_graph(saver):
