@@ -16,7 +16,8 @@ batched nothing; 50 ms took a research turn's ~18 writes to ~10, 100 ms (the def
 event inside a burst and its reader: a streamed answer still updates ~10 times a second,
 and its first token does not wait. The graph never waits on Redis to stream its next
 chunk. ``flush`` waits until every appended event is stored and raises what storing
-raised.
+raised. A run's last events wait for its end (``hold``): one write (and one reader
+wake-up) for both, not one each.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
@@ -63,6 +64,7 @@ return 1
 MAX_BATCH = 1000  # events per entry: Lua's unpack takes a few thousand values at most
 LINGER_S = 0.1
 QUIET_S = 0.01  # an event after a quiet spell waits this long for company
+HELD_S = 1.0  # what is pending while the writer is held waits at most this long
 
 
 class EventWriter:
@@ -78,6 +80,7 @@ class EventWriter:
         self._flusher: asyncio.Task | None = None
         self._failure: Exception | None = None
         self._expiring = False
+        self._held = False
         self._tag = uuid.uuid4().hex[:12]
         self._batches = itertools.count()
         self._stored_at = time.monotonic()  # when the last write ended (a new stream: now)
@@ -91,7 +94,14 @@ class EventWriter:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._write())
 
+    def hold(self) -> None:
+        """Until the next ``flush``, pending events wait for it (up to ``HELD_S``) instead
+        of their linger: a run's last state goes in one write with its end, not one each
+        (the end comes a few round trips later, after a quiet spell's 10 ms)."""
+        self._held = True
+
     async def flush(self) -> None:
+        self._held = False
         if self._flusher is not None:
             self._hurry.set()
             try:
@@ -109,11 +119,7 @@ class EventWriter:
         deadline = time.monotonic() + self.retry_s
         try:
             while self._pending:
-                burst = time.monotonic() - self._stored_at < self.linger_s
-                wait_s = self.linger_s if burst else min(QUIET_S, self.linger_s)
-                if not self._hurry.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), wait_s)
+                await self._linger()
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 await self._store_retrying(batch, f"{self._tag}:{next(self._batches)}",
                                            deadline)
@@ -122,6 +128,19 @@ class EventWriter:
             self._failure = exc
         finally:
             self._flusher = None
+
+    async def _linger(self) -> None:
+        """Wait for company until the linger (or ``QUIET_S``) is over or a flush hurries
+        the write; while held, for the flush (up to ``HELD_S``)."""
+        start = time.monotonic()
+        burst = start - self._stored_at < self.linger_s
+        linger_s = self.linger_s if burst else min(QUIET_S, self.linger_s)
+        while not self._hurry.is_set():
+            left = start + (HELD_S if self._held else linger_s) - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), left)
 
     async def _store_retrying(self, batch: list[tuple[str, str]], tag: str,
                               deadline: float) -> None:

@@ -426,6 +426,7 @@ class RunExecutor:
         the thread. Each write is retried through transient Redis errors: a client must
         always learn how its run ended. The thread's state after a run that went to its
         end is the state it streamed; after any other end it is read back."""
+        events.hold()  # its last events go with its end
         run_id, thread_id = run["run_id"], run["thread_id"]
         interrupts, answer, state = [], "", None
         if not error:

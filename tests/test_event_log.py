@@ -69,6 +69,28 @@ async def test_a_quiet_stream_writes_soon_a_busy_one_lingers(redis_client):
     assert [event["n"] for event in await stored(redis_client, run_id)] == [1, 2, 3, 4]
 
 
+async def test_a_held_writer_writes_a_runs_last_events_with_its_end(redis_client):
+    """Held (the run's graph is done), its last state waits for the end instead of its
+    10 ms after a quiet spell, and both go in one write."""
+    run_id = f"log-{uuid.uuid4().hex[:8]}"
+    key = events_key("log-thread", run_id)
+    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.05)
+    writer.append("metadata", {"n": 1})
+    await writer.flush()
+    await asyncio.sleep(0.1)  # quiet
+    writer.append("values", {"n": 2})
+    writer.hold()
+    await asyncio.sleep(0.2)
+    assert len(await stored(redis_client, run_id)) == 1  # waiting for the end
+    writer.append("end", {"n": 3})
+    await writer.flush()
+    assert [event["n"] for event in await stored(redis_client, run_id)] == [1, 2, 3]
+    assert len(await redis_client.xrange(key)) == 2
+    writer.append("values", {"n": 4})  # flushed: not held any more
+    await asyncio.sleep(0.2)
+    assert len(await stored(redis_client, run_id)) == 4
+
+
 async def test_a_failed_write_is_raised_once_then_writing_goes_on():
     dead = Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     writer = EventWriter(dead, "thread-x", "run-x", ttl_s=60, retry_s=0)
