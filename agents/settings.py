@@ -132,7 +132,9 @@ class ApiSettings(BaseModel):
     stall_limit_s: float = Field(
         30.0, gt=0, description="a replica whose event loop is silent this long stops "
         "renewing its leases, so its runs go to another replica")
-    sweep_interval_s: float = Field(1.0, gt=0, description="how often runs are checked")
+    sweep_interval_s: float = Field(
+        1.0, gt=0, description="how often the cluster checks for runs whose owner died "
+        "(each replica every this times the live replicas, jittered)")
     orphan_grace_s: float = Field(
         5.0, gt=0, description="a pending run nothing holds or queues is queued again "
         "after this (a replica died between two steps of taking it)")
@@ -178,8 +180,8 @@ class RetentionSettings(BaseModel):
         None, gt=0, description="default idle TTL of threads (minutes since their last "
         "activity), as ttl on threads.create sets it per thread; None: threads stay")
     sweep_interval_s: float = Field(
-        5.0, gt=0, description="how often each replica deletes expired threads and checks "
-        "Redis memory")
+        5.0, gt=0, description="how often the cluster deletes expired threads and checks "
+        "Redis memory (each replica every this times the live replicas, jittered)")
     delete_wait_s: float = Field(
         10.0, ge=0, description="DELETE of a busy thread cancels its runs and waits this "
         "long for them to end; past it 409")

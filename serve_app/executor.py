@@ -47,6 +47,7 @@ from serve_app.jsonable import to_jsonable
 from serve_app.keys import cancel_channel, parse_ref, run_key, run_ref, thread_lease_key
 from serve_app.leases import Leases
 from serve_app.metrics import Metrics
+from serve_app.pace import pause
 from serve_app.records import ACTIVE, TERMINAL, Records, RunEnd, decode
 from serve_app.retention import Retention, ThreadView
 from serve_app.run_options import checkpoint_target, graph_options
@@ -112,7 +113,7 @@ class RunExecutor:
         self.limiter = LagLimiter(self._slots, settings.max_concurrent_runs,
                                   settings.loop_lag_target_ms,
                                   on_change=lambda size: self.metrics.gauge("run_slots", size),
-                                  on_measure=lambda lag: self.metrics.gauge("loop_lag_ms", lag))
+                                  on_measure=self._loop_measured)
         self.limiter.retune(settings.max_concurrent_runs, settings.loop_lag_target_ms,
                             settings.overhead_budget_s)
         self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once it holds the lease
@@ -140,6 +141,16 @@ class RunExecutor:
         if self.retention is not None:
             self._background.append(asyncio.create_task(self.retention.sweep_forever(self)))
         self._background += [asyncio.create_task(loop) for loop in loops]
+
+    def _loop_measured(self, lag_ms: float) -> None:
+        """The event loop answered (the limiter measures it every second): the heartbeat's
+        sign of life, and a gauge."""
+        self.heartbeat.alive()
+        self.metrics.gauge("loop_lag_ms", lag_ms)
+
+    def live_replicas(self) -> int:
+        """The pool's live replicas as of the last sweep (1 before it: this one)."""
+        return self.load.replicas
 
     def idle_for(self) -> float:
         """How long a free slot of this replica has been waiting for a run (0 if none
@@ -583,10 +594,11 @@ class RunExecutor:
 
     # orphans
     async def _sweep_forever(self) -> None:
+        """Sweeps paced so that the cluster as a whole sweeps about every
+        ``sweep_interval_s`` (any replica's sweep recovers any run), not each replica."""
         sweeps = 0
         while True:
-            self.heartbeat.alive()
-            await asyncio.sleep(self.settings.sweep_interval_s)
+            await pause(self.settings.sweep_interval_s, self.live_replicas)
             sweeps += 1
             try:
                 await self.sweep_once(orphans=sweeps % 5 == 0)

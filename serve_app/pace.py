@@ -1,4 +1,5 @@
-"""Pacing of cluster-wide background work (the crons' tick, the webhook outbox's drain).
+"""Pacing of cluster-wide background work (the crons' tick, the webhook outbox's drain, the
+sweeps for runs whose owner died and for expired threads).
 
 Any replica may do such work (a lease or claim makes each item happen once), so polling
 Redis for it on a fixed timer in every replica makes its cost grow with the replicas for no

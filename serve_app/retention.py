@@ -26,7 +26,6 @@ policy keeps them for audit) its audit list, approval log and effect ledger entr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -60,6 +59,7 @@ from serve_app.keys import (
     thread_runs_key,
 )
 from serve_app.metrics import Metrics
+from serve_app.pace import one_replica, pause
 from serve_app.records import TERMINAL, Records
 
 log = logging.getLogger(__name__)
@@ -428,8 +428,11 @@ class Retention:
         return ratio
 
     async def sweep_forever(self, executor: Any = None) -> None:
+        """Paced by the executor's live replicas: the cluster sweeps about every
+        ``sweep_interval_s`` (any replica may delete any expired thread)."""
+        replicas = executor.live_replicas if executor is not None else one_replica
         while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
+            await pause(self.settings.sweep_interval_s, replicas)
             try:
                 await self.check_memory()
                 await self.sweep_once(executor)

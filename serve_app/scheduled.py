@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from agents.settings import Settings
 from serve_app.api_errors import ApiError
 from serve_app.crons import CreateRun, Crons
-from serve_app.pace import Replicas
 from serve_app.schemas import RunCreate
 from serve_app.webhooks import Outbox
 
@@ -44,16 +43,13 @@ def cron_runs(service: Any, outbox: Outbox) -> CreateRun:
     return run
 
 
-def live_replicas(service: Any) -> Replicas:
-    """The live replicas as of the executor's last sweep (its load starts at 1)."""
-    return lambda: service.executor.load.replicas
 
 
 def background_loops(service: Any, settings: Settings) -> list[Coroutine]:
     """The crons' tick loop and the outbox's drain loop of one replica, both paced by the
     live replicas (``serve_app.pace``)."""
     outbox = Outbox(service.redis, settings.webhooks)
-    replicas = live_replicas(service)
+    replicas = service.executor.live_replicas
     return [Crons(service.redis, settings.crons).tick_forever(cron_runs(service, outbox),
                                                               replicas),
             outbox.drain_forever(service.runs.output, replicas)]
