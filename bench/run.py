@@ -64,7 +64,7 @@ class ReplayPlan:
 
     enabled: bool = True
     users: int = 6
-    capture_s: float = 20.0
+    capture_s: float = 60.0         # ~120 runs: the mix of turn kinds varies less
     think_s: float = 2.0           # short: many threads' whole lives in the capture
     shards: list[int] = field(default_factory=lambda: [1, 2])
     seconds: float = 15.0          # measured per replay
