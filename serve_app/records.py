@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from serve_app.keys import (
     ALL_THREADS,
@@ -30,7 +29,7 @@ from serve_app.keys import (
     thread_key,
     thread_runs_key,
 )
-from serve_app.leases import JOIN_QUEUE, evalsha_in
+from serve_app.leases import JOIN_QUEUE, evalsha_in, script_reply
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -327,18 +326,9 @@ class Records:
         evalsha_in(pipe, self._set_if.sha, keys, *args)
 
         async def transitioned(reply: Any) -> dict[str, Any] | None:
-            return _updated(await self._script_reply(self._set_if, keys, args, reply),
+            return _updated(await script_reply(self._set_if, keys, args, reply),
                             returning, written)
         return transitioned
-
-    @staticmethod
-    async def _script_reply(script: Any, keys: list[str], args: list[Any], reply: Any) -> Any:
-        """A script's reply in a pipeline (``evalsha_in``); NOSCRIPT (not run): run now."""
-        if isinstance(reply, NoScriptError):
-            return await script(keys=keys, args=args)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     async def end_run(self, run: dict[str, Any], allowed: Iterable[str],
                       thread_fields: dict[str, Any], end: RunEnd, **fields: Any
@@ -361,7 +351,7 @@ class Records:
 
         async def ended(reply: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
             return _ended(run, written,
-                          await self._script_reply(self._end_run, keys, args, reply))
+                          await script_reply(self._end_run, keys, args, reply))
         return ended
 
     @staticmethod
