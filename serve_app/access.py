@@ -200,7 +200,7 @@ class Access:
         }
         where = await self.auth.authorize(user, "threads", "create_run", value)
         if not admitted:  # past capacity, refused before any read: in milliseconds
-            await self.service.runs.admit()
+            await self.service.runs.admit(command is not None and command.resume is not None)
             admitted = True
         body.metadata = _metadata(value, body.metadata)
         webhook = getattr(body, "webhook", None)

@@ -20,6 +20,10 @@ replica (one in flight at a time), so a storm of requests costs a decision in me
 instead of a Redis round trip each (what is admitted within that age is seen by the next
 read; runs admitted while slots are free do not wait in the queue anyway).
 
+A run that resumes an interrupted thread (an approval, hours later) finishes a turn already
+under way: it is refused only past the hard cap, never for the queue's wait, so a human's
+decision is not bounced for minutes by a storm of new turns.
+
 ``Retry-After`` grows with the share of recent requests refused (1 s when refusals are
 rare, 4 s when three in four are, up to 30 s), so clients that wait as asked retry at a
 rate the cluster can refuse cheaply instead of a storm that eats the CPU the admitted runs
@@ -90,13 +94,15 @@ class Admission:
         idle = time.monotonic() - self._decided_at
         return self._share * 0.5 ** (idle / SHARE_HALF_LIFE_S)
 
-    async def check(self, settings: ApiSettings) -> Refusal | None:
-        """None to admit; else why not and when to retry (counted either way)."""
+    async def check(self, settings: ApiSettings, resume: bool = False) -> Refusal | None:
+        """None to admit; else why not and when to retry (counted either way). ``resume``:
+        the run resumes an interrupted thread."""
         if self.idle_for() > IDLE_S:
             self._decided(refused=False)
             return None
         load = await self._load()
-        reason = self.reason(load, settings, self.drain.update(load.started, time.monotonic()))
+        reason = self.reason(load, settings, self.drain.update(load.started, time.monotonic()),
+                             resume)
         self._decided(refused=reason is not None)
         if reason is None:
             return None
@@ -123,9 +129,12 @@ class Admission:
         return await asyncio.shield(self._read)
 
     @staticmethod
-    def reason(load: PoolLoad, settings: ApiSettings, drain_per_s: float) -> str | None:
+    def reason(load: PoolLoad, settings: ApiSettings, drain_per_s: float,
+               resume: bool = False) -> str | None:
         if load.queued >= settings.max_queued_runs * load.replicas:
             return "queue_full"
+        if resume:
+            return None
         if load.oldest_wait_s > settings.max_queue_wait_s:
             return "queue_wait"
         if load.queued and load.oldest_wait_s >= settings.max_queue_wait_s / 4 and \

@@ -114,10 +114,10 @@ class RunsService:
         self.threads = threads
         self.streams = streams
 
-    async def admit(self) -> None:
+    async def admit(self, resume: bool = False) -> None:
         """Refuse a new run at once (503, ``Retry-After``) past capacity
-        (``serve_app.admission``)."""
-        refusal = await self.ctx.admission.check(self.ctx.settings)
+        (``serve_app.admission``; ``resume``: it resumes an interrupted thread)."""
+        refusal = await self.ctx.admission.check(self.ctx.settings, resume)
         if refusal is not None:
             raise ApiError(503, refusal.detail,
                            headers={"Retry-After": str(refusal.retry_after_s)})
@@ -146,15 +146,15 @@ class RunsService:
             if body.command.goto is not None:
                 check_goto(body.command.goto, graph)
         options = run_options(body, assistant, graph, thread_id)
+        resume = body.command is not None and body.command.resume is not None
         if not admitted:
-            await self.admit()
+            await self.admit(resume)
         stateless = thread_id is None
         thread, new_metadata = await self.run_thread(thread_id, graph_id, body.if_not_exists,
                                                      thread_metadata, thread)
         thread_id = thread["thread_id"]
         if options.get("checkpoint_id"):  # 404 if none (or pruned)
             await self.threads.snapshot(thread, options["checkpoint_id"])
-        resume = body.command is not None and body.command.resume is not None
         if resume:
             await self.check_resume(thread, body.command.resume)
         # rollback needs the runs before this one now; interrupt once it is queued

@@ -125,6 +125,10 @@ def test_admission_bounds_the_wait_a_new_run_would_face():
     assert Admission.reason(load(2, oldest_wait_s=0.01), api, drain_per_s=0.1) is None
     assert Admission.reason(load(1, oldest_wait_s=0.8), api, 40.0) == "queue_wait"
     assert Admission.reason(load(64), api, drain_per_s=1000.0) == "queue_full"
+    # a resume (an approval) finishes a turn under way: only the hard cap refuses it
+    assert Admission.reason(load(1, oldest_wait_s=0.8), api, 40.0, resume=True) is None
+    assert Admission.reason(load(2), api, drain_per_s=4.0, resume=True) is None
+    assert Admission.reason(load(64), api, drain_per_s=1000.0, resume=True) == "queue_full"
 
 
 @pytest.mark.parametrize("idle_s", [0.0, 1.0])
