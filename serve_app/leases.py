@@ -15,7 +15,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from serve_app.keys import fence_key, queue_key, thread_lease_key
@@ -106,9 +105,9 @@ class Leases:
     async def acquired(self, reply: Any, thread_id: str, run_id: str) -> str | None:
         """The token from ``acquire_in``'s reply (``execute(raise_on_error=False)``); a
         Redis that lost its scripts (a restart, a failover) gets it loaded and run again."""
-        token = await script_reply(self._acquire, _acquire_keys(thread_id),
-                                   [run_id, self.ttl_ms], reply)
-        return token.decode() if isinstance(token, bytes) else token
+        if not ran(reply):
+            return await self.acquire(thread_id, run_id)
+        return reply.decode() if isinstance(reply, bytes) else reply
 
     async def leave(self, thread_id: str, run_id: str, token: str | None
                     ) -> tuple[bool, str | None]:
@@ -124,8 +123,7 @@ class Leases:
     async def left(self, reply: Any, thread_id: str, run_id: str, token: str | None
                    ) -> tuple[bool, str | None]:
         """``leave``'s answer from ``leave_in``'s reply (a lost script: loaded and run)."""
-        return _left(await script_reply(self._leave, _leave_keys(thread_id),
-                                        [run_id, token or ""], reply))
+        return _left(reply) if ran(reply) else await self.leave(thread_id, run_id, token)
 
     async def release(self, thread_id: str, token: str) -> None:
         """Give the thread up but stay queued (a run handed back to the pool)."""
@@ -150,16 +148,15 @@ def evalsha_in(pipe: Any, sha: str, keys: list[str], *args: Any) -> None:
     pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
-async def script_reply(script: AsyncScript, keys: list[str], args: list[Any],
-                       reply: Any) -> Any:
-    """The reply of ``evalsha_in``'s command (``execute(raise_on_error=False)``): a Redis
-    that lost its scripts (a restart, a failover) did not run it, so it is loaded and run
-    now; another error is raised."""
+def ran(reply: Any) -> bool:
+    """Whether ``evalsha_in``'s command ran (its reply from ``execute(raise_on_error=
+    False)``): not if Redis lost its scripts (a restart, a failover), so the caller runs it
+    again, loaded; another error is raised."""
     if isinstance(reply, NoScriptError):
-        return await script(keys=keys, args=args)
+        return False
     if isinstance(reply, Exception):
         raise reply
-    return reply
+    return True
 
 
 def _left(reply: Any) -> tuple[bool, str | None]:

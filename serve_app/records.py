@@ -29,7 +29,7 @@ from serve_app.keys import (
     thread_key,
     thread_runs_key,
 )
-from serve_app.leases import JOIN_QUEUE, evalsha_in, script_reply
+from serve_app.leases import JOIN_QUEUE, evalsha_in, ran
 
 RunStatus = Literal["pending", "running", "success", "error", "timeout", "interrupted"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
@@ -320,14 +320,15 @@ class Records:
                           returning: bool = True, thread_fields: dict[str, Any] | None = None,
                           **fields: Any) -> Callable[[Any], Awaitable[dict[str, Any] | None]]:
         """``transition_run`` as one command of the caller's pipeline; the function
-        returned reads its reply (a Redis that lost its scripts gets it loaded and run)."""
+        returned reads its reply (a Redis that lost its scripts: ``transition_run``)."""
         keys, args, written = _update_call(*_transition(run, allowed, returning,
                                                         thread_fields, fields))
         evalsha_in(pipe, self._set_if.sha, keys, *args)
 
         async def transitioned(reply: Any) -> dict[str, Any] | None:
-            return _updated(await script_reply(self._set_if, keys, args, reply),
-                            returning, written)
+            if ran(reply):
+                return _updated(reply, returning, written)
+            return await self.transition_run(run, allowed, returning, thread_fields, **fields)
         return transitioned
 
     async def end_run(self, run: dict[str, Any], allowed: Iterable[str],
@@ -345,13 +346,14 @@ class Records:
                    ) -> Callable[[Any], Awaitable[tuple[dict[str, Any] | None,
                                                         dict[str, Any] | None]]]:
         """``end_run`` as one command of the caller's pipeline; the function returned reads
-        its reply (a Redis that lost its scripts gets the script loaded and run)."""
+        its reply (a Redis that lost its scripts: ``end_run``)."""
         keys, args, written = self._end_call(run, allowed, thread_fields, end, fields)
         evalsha_in(pipe, self._end_run.sha, keys, *args)
 
         async def ended(reply: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-            return _ended(run, written,
-                          await script_reply(self._end_run, keys, args, reply))
+            if ran(reply):
+                return _ended(run, written, reply)
+            return await self.end_run(run, allowed, thread_fields, end, **fields)
         return ended
 
     @staticmethod
