@@ -43,8 +43,6 @@ def cron_runs(service: Any, outbox: Outbox) -> CreateRun:
     return run
 
 
-
-
 def background_loops(service: Any, settings: Settings) -> list[Coroutine]:
     """The crons' tick loop and the outbox's drain loop of one replica, both paced by the
     live replicas (``serve_app.pace``)."""
