@@ -51,6 +51,25 @@ def ray_env() -> dict[str, str]:
     return {name: os.environ.get(name, value) for name, value in RAY_ENV.items()}
 
 
+def ensure_auth_token() -> None:
+    """The token a head node in token mode needs: ``ray.init()`` makes one on a machine
+    without, ``ray start --head`` refuses to start instead (a fresh machine's first
+    ``make run``). Saved where Ray looks (``~/.ray/auth_token``) unless the environment
+    names one; a node joining from another machine needs the same token."""
+    if ray_env()["RAY_AUTH_MODE"] != "token":
+        return
+    from ray._private.authentication.authentication_token_setup import (
+        generate_and_save_token,
+    )
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # the environment or the file may have changed since
+    if not loader.has_token(ignore_auth_mode=True):
+        generate_and_save_token()
+        loader.reset_cache()
+
+
 def temp_dir_for(data_dir: Path, name: str) -> Path:
     """A short per-data-dir temp dir: Ray's unix sockets live under it (107-byte limit)."""
     digest = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:8]
@@ -99,6 +118,8 @@ class RayNode:
         for line in leftovers.clear(self.state_file):
             print(f"stopped a process an earlier, killed start left behind: {line}", flush=True)
         leftovers.check_free(ports or {})
+        if self.port is not None:
+            ensure_auth_token()
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._start_once(timeout_s)

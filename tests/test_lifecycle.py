@@ -42,6 +42,7 @@ class Start:
                "OPENAI_BASE_URL": settings.model.base_url,
                "AGENT_CLUSTER_DATA_DIR": str(data_dir),
                "AGENT_CLUSTER_WORKSPACE_DIR": str(data_dir / "workspace"),
+               "HOME": str(data_dir / "home"),  # a fresh machine's: no Ray token yet
                **{name: str(ports[name]) for name in HAPROXY_MODE_PORTS}}
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -87,6 +88,7 @@ async def test_sigterm_hands_runs_back_and_sigkill_leftovers_are_cleared(
     first = Start(settings, tmp_path, ports)
     try:
         first.wait_up()
+        assert (tmp_path / "home" / ".ray" / "auth_token").is_file()  # made for its Ray
         client = get_client(url=first.url)
         tid = (await client.threads.create())["thread_id"]
         run = await client.runs.create(tid, "supervisor",
