@@ -158,6 +158,11 @@ class RunExecutor:
         since = self._waiting_since
         return 0.0 if since is None else time.monotonic() - since
 
+    def slots_full(self) -> bool:
+        """Every slot of this replica is running a run (none waits on the queue): a run
+        admitted now waits in the queue for one to end, here or on another replica."""
+        return self._waiting_since is None and self._slots.used >= self._slots.size
+
     @property
     def running(self) -> int:
         return len(self._tasks)

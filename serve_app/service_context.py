@@ -33,7 +33,8 @@ class ServiceContext:
         self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, pool,
                                     self.metrics)
         self.feed = EventFeed(redis)
-        self.admission = Admission(self.executor.pool, self.metrics, self.executor.idle_for)
+        self.admission = Admission(self.executor.pool, self.metrics, self.executor.idle_for,
+                                   self.executor.slots_full)
         self.retention = Retention(redis, checkpointer, retention or RetentionSettings(),
                                    self.records, self.metrics)
         self.executor.retention = self.retention
