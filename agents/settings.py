@@ -154,8 +154,9 @@ class ApiSettings(BaseModel):
         32, ge=0, description="per live replica: past this many queued runs, new runs "
         "are refused (503 with Retry-After)")
     max_queue_wait_s: float = Field(
-        0.1, gt=0, description="new runs are refused while the oldest queued run has "
-        "waited longer than this (the queue is not draining)")
+        0.2, gt=0, description="new runs are refused while the wait they would face in "
+        "the queue (runs ahead / the rate it drains) or the oldest queued run's wait is "
+        "longer than this")
     max_attempts: int = Field(3, ge=1, description="executions of a run before it errors")
     run_timeout_s: float = Field(
         600.0, gt=0, description="one execution of a run; then it ends with status timeout"
