@@ -4,13 +4,14 @@ a client should wait before asking again.
 A new run waits behind every run queued before it, and the queue drains at the rate the
 pool's replicas take runs (measured: the pool's ``started`` counter over time). So a run
 is refused when the wait it would face (queued / drain rate) exceeds ``max_queue_wait_s``
-while the queue is really waiting (its oldest run has waited a quarter of that, or every
-slot of this replica is in use: the drain rate only measures capacity when runs wait for
-slots; on a quiet cluster it is the arrival rate, and a run that free slots take at once
-must not be refused by it), when the queue's oldest run has already waited that long (not
-draining at all), or past the hard cap of ``max_queued_runs`` per live replica. Past
-capacity, queuing more only adds waiting: a refusal in milliseconds beats an answer too
-late to use, and the runs admitted keep their latency.
+while the queue is really waiting (its oldest run has waited a quarter of that, or two
+runs are ahead and every slot of this replica is in use: the drain rate only measures
+capacity when runs wait for slots; on a quiet cluster it is the arrival rate, and a run
+that free slots take at once must not be refused by it), when the queue's oldest run has
+already waited that long (not draining at all), or past the hard cap of
+``max_queued_runs`` per live replica. Past capacity, queuing more only adds waiting: a
+refusal in milliseconds beats an answer too late to use, and the runs admitted keep their
+latency.
 
 A replica with a free slot that has waited on the pool's ready queue for longer than a
 round trip (``IDLE_S``) knows that queue is empty: it admits without reading the load (the
@@ -147,7 +148,10 @@ class Admission:
             return None
         if load.oldest_wait_s > settings.max_queue_wait_s:
             return "queue_wait"
-        waiting = slots_full or load.oldest_wait_s >= settings.max_queue_wait_s / 4
+        # two ahead with no slot free here: a burst (below capacity the slots track the
+        # runs in use, so one arrival often finds them full, about to free or grow)
+        waiting = load.oldest_wait_s >= settings.max_queue_wait_s / 4 or \
+            (slots_full and load.queued >= 2)
         if load.queued and waiting and drain_per_s > 0 and \
                 (load.queued + 1) / drain_per_s > settings.max_queue_wait_s:
             return "expected_wait"

@@ -190,6 +190,8 @@ class RunExecutor:
         conn = dedicated_client(self.redis)
         try:
             while not self._closing:
+                if self._slots.used >= self._slots.size:  # no slot free (they shrank):
+                    self._waiting_since = None  # waiting for a slot, not for runs
                 await self._slots.acquire()
                 if self._waiting_since is None:  # (still set after a wait that timed out)
                     self._waiting_since = time.monotonic()

@@ -123,9 +123,11 @@ def test_admission_bounds_the_wait_a_new_run_would_face():
     assert Admission.reason(load(2), api, drain_per_s=0.0) is None  # not measured yet
     # runs taken at once by free slots: a low rate is the arrivals, not the capacity
     assert Admission.reason(load(2, oldest_wait_s=0.01), api, drain_per_s=0.1) is None
-    # ...unless no slot here is free: then a new run waits for one, however fresh the queue
+    # ...unless two are ahead and no slot here is free: a burst waits, however fresh
     assert Admission.reason(load(2, oldest_wait_s=0.01), api, drain_per_s=4.0,
                             slots_full=True) == "expected_wait"
+    assert Admission.reason(load(1, oldest_wait_s=0.01), api, drain_per_s=2.0,
+                            slots_full=True) is None
     assert Admission.reason(load(1, oldest_wait_s=0.8), api, 40.0) == "queue_wait"
     assert Admission.reason(load(64), api, drain_per_s=1000.0) == "queue_full"
     # a resume (an approval) finishes a turn under way: only the hard cap refuses it
@@ -175,7 +177,7 @@ async def test_runs_admitted_since_the_last_read_count_as_queued(redis_client, f
     admission.drain.per_s = 10.0  # runs/s the pool takes from its queue, as measured
     api = ApiSettings(max_queue_wait_s=0.1)
     decisions = await asyncio.gather(*(admission.check(api) for _ in range(20)))
-    assert sum(d is None for d in decisions) == (1 if full else 20)  # (1 + 1) / 10 > 0.1 s
+    assert sum(d is None for d in decisions) == (2 if full else 20)  # (2 + 1) / 10 > 0.1 s
     assert {d.reason for d in decisions if d is not None} <= {"expected_wait"}
 
 
