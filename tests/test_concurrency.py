@@ -4,6 +4,7 @@ the wait of the runs it lets in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ from agents.settings import ApiSettings
 from serve_app.admission import Admission, DrainRate
 from serve_app.autoscaling import runs_policy
 from serve_app.concurrency import LagLimiter, Slots
+from serve_app.executor import RunExecutor
 from serve_app.metrics import Metrics
 from serve_app.run_pool import PoolLoad, RunPool
 
@@ -179,6 +181,31 @@ async def test_runs_admitted_since_the_last_read_count_as_queued(redis_client, f
     decisions = await asyncio.gather(*(admission.check(api) for _ in range(20)))
     assert sum(d is None for d in decisions) == (2 if full else 20)  # (2 + 1) / 10 > 0.1 s
     assert {d.reason for d in decisions if d is not None} <= {"expected_wait"}
+
+
+async def test_a_puller_waiting_for_a_slot_is_not_an_idle_slot(redis_client):
+    """Admission lets runs in unchecked while a free slot has waited on the empty queue
+    (``idle_for``). A puller whose wait timed out and then finds every slot taken (runs in
+    them, or the limiter shrank them) waits for a slot, not for runs: its replica must not
+    keep admitting as if idle (measured: such runs queued 1.3-1.8 s)."""
+    executor = RunExecutor(redis_client, {}, ApiSettings(), "replica-1", checkpointer=None,
+                           pool=f"pool-{uuid.uuid4().hex[:8]}")
+    executor.limiter.retune(1, 20, 0.1)  # one slot, taken by the puller while it waits
+    puller = asyncio.create_task(executor._pull_forever())
+    try:
+        await asyncio.sleep(0.3)
+        assert executor.idle_for() > 0.2 and not executor.slots_full()
+        executor._slots.used += 1  # a run takes the slot while the puller's wait runs out
+        await asyncio.sleep(1.2)  # (its wait on the queue times out after 1 s)
+        assert executor.idle_for() == 0.0 and executor.slots_full()
+        executor._slots.release()  # the run ends: the puller waits on the queue again
+        await asyncio.sleep(0.3)
+        assert executor.idle_for() > 0.2
+    finally:
+        executor._closing = True
+        puller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await puller
 
 
 def test_the_drain_rate_is_measured_from_the_started_counter():
