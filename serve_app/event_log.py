@@ -17,7 +17,9 @@ event inside a burst and its reader: a streamed answer still updates ~10 times a
 and its first token does not wait. The graph never waits on Redis to stream its next
 chunk. ``flush`` waits until every appended event is stored and raises what storing
 raised. A run's last events wait for its end (``hold``): one write (and one reader
-wake-up) for both, not one each.
+wake-up) for both, not one each; but a run over within its first write's linger stores
+that first (``started``), or retention's grace expiry would find no stream and the first
+write's TTL (an hour) would keep it.
 
 A failed write is tried again (with backoff, for up to ``retry_s``) with its events kept
 in order: a transient Redis error must not leave a hole in a stream that clients replay
@@ -93,6 +95,11 @@ class EventWriter:
         self._pending.append((event, dumps(data)))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._write())
+
+    @property
+    def started(self) -> bool:
+        """Its stream exists: a write has been stored (and set the stream's TTL)."""
+        return self._expiring
 
     def hold(self) -> None:
         """Until the next ``flush``, pending events wait for it (up to ``HELD_S``) instead
