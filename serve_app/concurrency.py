@@ -41,8 +41,13 @@ class Slots:
         self.used = 0
         self._freed = asyncio.Event()
 
+    @property
+    def full(self) -> bool:
+        """Every slot is in use."""
+        return self.used >= self.size
+
     async def acquire(self) -> None:
-        while self.used >= self.size:
+        while self.full:
             self._freed.clear()
             await self._freed.wait()
         self.used += 1
@@ -104,7 +109,7 @@ class LagLimiter:
         if self.lowest is None or typical < self.lowest:
             self.lowest = typical
         else:
-            saturated = self.slots.used >= self.slots.size
+            saturated = self.slots.full
             self.lowest *= self.SATURATED_DRIFT if saturated else self.BASELINE_DRIFT
         return typical - self.lowest
 
@@ -123,7 +128,7 @@ class LagLimiter:
         if lag_ms > self.target_ms or late:
             self._resize(max(1, int(size * self.DECREASE)))
             self.overheads.clear()  # judge the smaller size by its own runs
-        elif lag_ms < self.target_ms / 2 and self.slots.used >= size and \
+        elif lag_ms < self.target_ms / 2 and self.slots.full and \
                 (excess_s is None or excess_s < self.overhead_budget_s / 2):
             self._resize(min(self.ceiling, size + 1))
 

@@ -161,7 +161,7 @@ class RunExecutor:
     def slots_full(self) -> bool:
         """Every slot of this replica is running a run (none waits on the queue): a run
         admitted now waits in the queue for one to end, here or on another replica."""
-        return self._waiting_since is None and self._slots.used >= self._slots.size
+        return self._waiting_since is None and self._slots.full
 
     @property
     def running(self) -> int:
@@ -190,7 +190,7 @@ class RunExecutor:
         conn = dedicated_client(self.redis)
         try:
             while not self._closing:
-                if self._slots.used >= self._slots.size:  # no slot free (they shrank):
+                if self._slots.full:  # no slot free (runs in them, or they shrank):
                     self._waiting_since = None  # waiting for a slot, not for runs
                 await self._slots.acquire()
                 if self._waiting_since is None:  # (still set after a wait that timed out)
