@@ -37,6 +37,7 @@ def test_bench_smoke_mode(tmp_path):
     assert audit["lost"] == audit["duplicated"] == audit["unanswered"] == 0, audit
     assert audit["wrong_answer"] == audit["read_errors"] == 0, audit
     assert audit["refused_but_stored"] == audit["busy_threads"] == 0, audit
+    assert audit["unaudited_threads"] == 0, audit
     assert audit["refused"] == target["refused_total"]
     assert target["errors_total"] == {} and target["thread_create_errors"] == {}
 
