@@ -464,9 +464,11 @@ class RunExecutor:
             self.limiter.run_ended(summary["usage"]["other_s"])
         stopped = interrupts or (state is not None and state.next)  # incl. breakpoints
         thread_status = "error" if error else "interrupted" if stopped else "idle"
-        if not events.started:  # a run quicker than its first write's linger: the stream
-            with contextlib.suppress(RedisError):  # must exist for retention to set its
-                await events.flush()  # grace (a first write's TTL is the hour's)
+        # A run quicker than its first write's linger: the stream must exist before the
+        # end, for retention to set its grace (a first write's TTL is the hour's).
+        if not events.started:
+            with contextlib.suppress(RedisError):
+                await events.flush()
         record, answered, view = await self._end(run, status, error, thread_status,
                                                  run_telemetry.run_end(run, summary),
                                                  viewing=True)
