@@ -23,7 +23,7 @@ go at once, with whatever is held. Writes held when a process dies are lost
 like the step that made them: that step runs again from the last checkpoint.
 
 The hash carries the thread's hash tag, so a thread and its sub-threads live in one slot of
-a Redis Cluster and every write (one fenced Lua call, ``serve_app.fencing``) stays in it. A
+a Redis Cluster and every write (one fenced Lua call, ``serve_app.runs.fencing``) stays in it. A
 thread's checkpoints are found by ``HKEYS``, never by a search: nothing here needs
 RediSearch, on one Redis or a cluster. Each message is serialised once in its life
 (``MessageCachingSerializer``), the checkpoint once per step, and stored compressed
@@ -206,7 +206,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
 
     ``ttl_minutes`` expires a thread's checkpoints that long after their last write. A
     subclass decides how a write's commands reach Redis (``_write``: a pipeline here, a
-    fenced script in ``serve_app.fencing``).
+    fenced script in ``serve_app.runs.fencing``).
     """
 
     def __init__(self, redis_client: Any, ttl_minutes: float | None = None):

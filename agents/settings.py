@@ -143,7 +143,7 @@ class ApiSettings(BaseModel):
         description="the queue this deployment's replicas pull runs from")
     max_concurrent_runs: int = Field(
         16, ge=1, description="at most this many runs at once per replica (fewer while its "
-        "event loop lags: serve_app/concurrency.py); the rest wait queued")
+        "event loop lags: serve_app/runs/concurrency.py); the rest wait queued")
     loop_lag_target_ms: float = Field(
         20.0, gt=0, description="a replica takes fewer runs at once while its event loop "
         "wakes up later than this on average (CPU-bound), more while it is prompt")
@@ -203,7 +203,8 @@ class ApiKey(BaseModel):
 
     identity: str = Field(min_length=1, description="who the key authenticates")
     sha256: str = Field("", pattern="^([0-9a-f]{64})?$",
-                        description="hex SHA-256 of the key: python -m serve_app.auth hash KEY")
+                        description=("hex SHA-256 of the key: "
+                                     "python -m serve_app.resources.auth hash KEY"))
     key: str | None = Field(None, exclude=True, repr=False,
                             description="the key in plain text; hashed at once, never kept")
     permissions: list[str] = Field(default_factory=list)
@@ -219,7 +220,7 @@ class ApiKey(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """Who may call the API and do what (``serve_app/auth.py``; README "Auth")."""
+    """Who may call the API and do what (``serve_app/resources/auth.py``; README "Auth")."""
 
     path: str | None = Field(
         None, description="a LangGraph auth object, as langgraph.json names it: "
@@ -236,7 +237,7 @@ class AuthSettings(BaseModel):
 
 
 class LimitsSettings(BaseModel):
-    """Per-request and per-user limits (``serve_app/limits.py``); 0 turns one off."""
+    """Per-request and per-user limits (``serve_app/resources/limits.py``); 0 turns one off."""
 
     max_body_bytes: int = Field(1_048_576, ge=0, description="request body; past it 413")
     max_message_chars: int = Field(
@@ -253,7 +254,8 @@ class LimitsSettings(BaseModel):
 
 
 class WebhookSettings(BaseModel):
-    """Webhooks of runs and crons, and the approval webhook (``serve_app/webhooks.py``)."""
+    """Webhooks of runs and crons, and the approval webhook
+    (``serve_app/resources/webhooks.py``)."""
 
     secret: str | None = Field(
         None, repr=False, description="HMAC-SHA256 key: each delivery carries "
@@ -274,7 +276,7 @@ class WebhookSettings(BaseModel):
 
 
 class CronSettings(BaseModel):
-    """Scheduled runs (``serve_app/crons.py``)."""
+    """Scheduled runs (``serve_app/resources/crons.py``)."""
 
     tick_interval_s: float = Field(
         1.0, gt=0, description="how often the cluster looks for due crons (cluster-wide: "

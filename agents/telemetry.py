@@ -5,7 +5,7 @@ are tested) the same with or without a tracing backend:
 
 - ``span(name, **attrs)``: an OpenTelemetry span through the OpenTelemetry *API*. With no
   ``TracerProvider`` configured (the serving layer configures one from the standard
-  ``OTEL_*`` variables, ``serve_app/tracing.py``) every span is a no-op.
+  ``OTEL_*`` variables, ``serve_app/telemetry/tracing.py``) every span is a no-op.
 - ``Usage`` / ``collect_usage``: the tokens, model time and tool time of one run (or of one
   specialist call, returned to the caller in its result and added to the caller's run).
 - ``ModelCallback``: a LangChain callback on the chat model (``agents/models.py``): one
@@ -57,7 +57,7 @@ def content_enabled() -> bool:
     return os.environ.get("AGENT_CLUSTER_TRACE_CONTENT", "").lower() in ("1", "true", "yes")
 
 
-# metrics: whatever the process plugs in (serve_app.metrics.Metrics), else nothing
+# metrics: whatever the process plugs in (serve_app.telemetry.metrics.Metrics), else nothing
 class Meter(Protocol):
     def count(self, name: str, value: float = 1.0, **tags: str) -> None: ...
     def observe(self, name: str, value: float, **tags: str) -> None: ...

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from agents.settings import get_settings
-from serve_app.launcher import serve_cluster
+from serve_app.ops.launcher import serve_cluster
 
 
 def main() -> None:

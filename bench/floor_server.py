@@ -16,8 +16,8 @@ import uvicorn
 
 from agents.settings import Settings
 from agents.system import AgentSystem, Runtime
-from serve_app.http_api import build_api
-from serve_app.service import AgentService
+from serve_app.api.http_api import build_api
+from serve_app.resources.service import AgentService
 
 
 async def serve(port: int) -> None:

@@ -25,9 +25,9 @@ from agents.settings import Settings
 from bench.checkpoint_latency import checkpoint_latency, turn_latency
 from bench.loadgen import STREAM_MODE
 from bench.stats import summary
-from serve_app.event_log import EventWriter, entry_events
-from serve_app.events import convert, sse_frame
 from serve_app.keys import events_key
+from serve_app.runs.event_log import EventWriter, entry_events
+from serve_app.runs.events import convert, sse_frame
 
 STEPS = 20
 

@@ -25,7 +25,7 @@ from langgraph_sdk import get_client
 from agents.local.process import free_port
 from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, Settings
-from serve_app.launcher import serve_cluster
+from serve_app.ops.launcher import serve_cluster
 
 PROMPT = ("Research how Redis persistence works and write a Python function that parses a "
           "redis.conf line")

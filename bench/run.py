@@ -52,7 +52,7 @@ from bench.report import write_markdown
 from bench.sizing import sizing_report
 from bench.staircase import Stairs, StepPlan, capacity, levels_from
 from bench.stub import StubAdmin, StubCallLog, calibrate
-from serve_app.launcher import HAPROXY_MODE_PORTS
+from serve_app.ops.launcher import HAPROXY_MODE_PORTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,8 +27,8 @@ from typing import Any
 from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, Settings
 from agents.system import AgentSystem
-from serve_app.schemas import RunCreate
-from serve_app.service import AgentService
+from serve_app.resources.schemas import RunCreate
+from serve_app.resources.service import AgentService
 
 START = "<!-- thread-bytes:start (bench/thread_bytes.py; bench.run keeps this section) -->"
 END = "<!-- thread-bytes:end -->"

@@ -37,9 +37,9 @@ async def measure(runs: int, concurrency: int) -> dict:
     from agents.local.services import local_services
     from agents.settings import Settings
     from agents.system import AgentSystem
-    from serve_app import tracing
-    from serve_app.schemas import RunCreate
-    from serve_app.service import AgentService
+    from serve_app.resources.schemas import RunCreate
+    from serve_app.resources.service import AgentService
+    from serve_app.telemetry import tracing
 
     traced = tracing.configure("bench", "bench-1")
     data = tempfile.mkdtemp()
@@ -96,7 +96,7 @@ def span_cost_ms(receiver_url: str, n: int = 3000) -> float:
     """CPU ms of one span (our facade, the SDK, the OTLP/HTTP export), in a child process."""
     code = ("import os,time\n"
             f"os.environ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT']='{receiver_url}/v1/traces'\n"
-            "from serve_app import tracing; tracing.configure('bench','micro')\n"
+            "from serve_app.telemetry import tracing; tracing.configure('bench','micro')\n"
             "from agents import telemetry\n"
             "t=time.process_time()\n"
             f"for i in range({n}):\n"

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from agents.local.services import local_services
 from agents.settings import PROJECT_ROOT, get_settings
-from serve_app.auth import check_bind
-from serve_app.launcher import serve_cluster
-from serve_app.leftovers import DataDirInUse, PortInUse
+from serve_app.ops.launcher import serve_cluster
+from serve_app.ops.leftovers import DataDirInUse, PortInUse
+from serve_app.resources.auth import check_bind
 
 HOW_TO_TALK = """
 Agent Cluster is up at {url}  (Redis: {redis}, model: {model})

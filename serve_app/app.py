@@ -7,8 +7,8 @@ from typing import Any
 from ray.serve import Application
 
 from agents.settings import get_settings
-from serve_app.specialist import SpecialistDeployment
-from serve_app.supervisor import SupervisorDeployment
+from serve_app.deployments.specialist import SpecialistDeployment
+from serve_app.deployments.supervisor import SupervisorDeployment
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

@@ -77,7 +77,7 @@ def events_key(thread_id: str, run_id: str) -> str:
 
 def run_scoped_keys(thread_id: str, run_id: str) -> list[str]:
     """Every key of one run: what deleting the run (or its thread) removes. A new per-run
-    key belongs here, or DELETE leaves it behind (``python -m serve_app.leaks`` shows it)."""
+    key belongs here, or DELETE leaves it behind (``python -m serve_app.ops.leaks`` shows it)."""
     return [run_key(thread_id, run_id), events_key(thread_id, run_id),
             responses_key(thread_id, run_id)]
 

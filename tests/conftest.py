@@ -18,9 +18,9 @@ from agents.local.services import local_services
 from agents.local.webhook_receiver import Receiver as WebhookReceiver
 from agents.settings import PROJECT_ROOT, Settings
 from agents.system import AgentSystem, Runtime
-from serve_app.approvals import RecordedApprovals
-from serve_app.launcher import HAPROXY_MODE_PORTS, serve_cluster
-from serve_app.service import AgentService
+from serve_app.ops.launcher import HAPROXY_MODE_PORTS, serve_cluster
+from serve_app.resources.approvals import RecordedApprovals
+from serve_app.resources.service import AgentService
 
 FIRST = {"test_multinode.py"}  # its own Ray driver: before the session cluster's (one a process)
 LAST = {"test_serving_faults.py"}  # they kill replicas and Redis

@@ -14,12 +14,12 @@ import pytest
 import redis
 
 from agents.settings import ApiSettings
-from serve_app.admission import Admission, DrainRate
-from serve_app.autoscaling import runs_policy
-from serve_app.concurrency import LagLimiter, Slots
-from serve_app.executor import RunExecutor
-from serve_app.metrics import Metrics
-from serve_app.run_pool import PoolLoad, RunPool
+from serve_app.deployments.autoscaling import runs_policy
+from serve_app.runs.admission import Admission, DrainRate
+from serve_app.runs.concurrency import LagLimiter, Slots
+from serve_app.runs.executor import RunExecutor
+from serve_app.runs.run_pool import PoolLoad, RunPool
+from serve_app.telemetry.metrics import Metrics
 
 
 def limiter(size: int, used: int, ceiling: int = 16) -> LagLimiter:

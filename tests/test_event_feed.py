@@ -11,7 +11,7 @@ import pytest
 
 from agents.checkpoint import create_redis
 from agents.settings import RedisSettings
-from serve_app.event_feed import EventFeed
+from serve_app.runs.event_feed import EventFeed
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agents.local.process import free_port
-from serve_app.event_log import EventWriter, entry_events, resume_point
 from serve_app.keys import events_key
+from serve_app.runs.event_log import EventWriter, entry_events, resume_point
 
 
 async def test_events_are_stored_in_order_with_their_ttl(redis_client):

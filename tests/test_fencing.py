@@ -7,8 +7,8 @@ import uuid
 import pytest
 from langchain_core.messages import HumanMessage
 
-from serve_app.fencing import FENCE, FencedRedisSaver, LeaseLost
-from serve_app.leases import Leases
+from serve_app.runs.fencing import FENCE, FencedRedisSaver, LeaseLost
+from serve_app.runs.leases import Leases
 from tests.test_checkpoint import chat_graph
 
 

@@ -20,9 +20,9 @@ from hypothesis import settings as hypothesis_settings
 from agents.local.process import free_port
 from agents.settings import AuthSettings, LimitsSettings, Settings
 from agents.system import AgentSystem, Runtime
-from serve_app.approvals import RecordedApprovals
-from serve_app.http_api import build_api
-from serve_app.service import AgentService
+from serve_app.api.http_api import build_api
+from serve_app.resources.approvals import RecordedApprovals
+from serve_app.resources.service import AgentService
 
 AUTH_FILE = "./tests/langgraph_auth.py:auth"
 ALICE = {"Authorization": "Bearer alice-token"}

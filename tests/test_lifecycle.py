@@ -25,7 +25,7 @@ from langgraph_sdk import get_client
 
 from agents.local.process import free_port
 from agents.settings import PROJECT_ROOT, Settings
-from serve_app.launcher import HAPROXY_MODE_PORTS
+from serve_app.ops.launcher import HAPROXY_MODE_PORTS
 
 STOPPED_WITHIN_S = 30  # Serve's own shutdown timeout, the old behaviour's floor
 RESEARCH = "Research how Redis persistence works"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agents.settings import ApiKey, AuthSettings, LimitsSettings, Settings
-from serve_app.http_api import build_api
+from serve_app.api.http_api import build_api
 
 AUTH_FILE = "./tests/langgraph_auth.py:auth"
 ALICE = {"Authorization": "Bearer alice-token"}

@@ -1,5 +1,5 @@
 """Several Ray nodes on one machine (README "Several Ray nodes"): a head node and worker
-nodes started with ``ray start`` (``serve_app.ray_node``: each its own raylet, temp dir and
+nodes started with ``ray start`` (``serve_app.ops.ray_node``: each its own raylet, temp dir and
 ports), specialists placed on the workers by a custom resource, supervisors anywhere.
 
 Shows: tokens a specialist on a worker node streams reach the client through the head;
@@ -27,9 +27,9 @@ from test_serving import sse_events
 
 from agents.local.process import free_port
 from agents.settings import PROJECT_ROOT, ROLES, Settings
-from serve_app.launcher import HAPROXY_MODE_PORTS, deploy, load_serve_config, serve_cluster
-from serve_app.leftovers import MARKER
-from serve_app.ray_node import RayNode, temp_dir_for
+from serve_app.ops.launcher import HAPROXY_MODE_PORTS, deploy, load_serve_config, serve_cluster
+from serve_app.ops.leftovers import MARKER
+from serve_app.ops.ray_node import RayNode, temp_dir_for
 
 SPECIALIST_RESOURCE = "specialist_node"
 REPLICA = re.compile(r"ServeReplica:agent-cluster:([a-z]+)")

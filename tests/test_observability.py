@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agents import pricing, telemetry
 from agents.settings import Settings
 from agents.system import AgentSystem
-from serve_app.metrics import Metrics
-from serve_app.schemas import RunCreate
-from serve_app.service import AgentService
+from serve_app.resources.schemas import RunCreate
+from serve_app.resources.service import AgentService
+from serve_app.telemetry.metrics import Metrics
 
 RESEARCH = ("Research how Redis persistence works and write a Python function that parses "
             "a redis.conf line")

@@ -19,7 +19,7 @@ import pytest
 from ray import serve
 
 from agents.settings import PROJECT_ROOT, ApiSettings
-from serve_app.launcher import deploy, load_serve_config
+from serve_app.ops.launcher import deploy, load_serve_config
 
 CONFIG = PROJECT_ROOT / "configs" / "local.yaml"
 LOW = {"max_concurrent_runs": 1, "max_queued_runs": 2, "max_queue_wait_s": 0.5}

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from serve_app.pace import JITTER, one_replica, pause, wait_s
+from serve_app.runs.pace import JITTER, one_replica, pause, wait_s
 
 
 def waits(interval_s: float, replicas: int, draws: int = 2000) -> list[float]:

@@ -15,8 +15,8 @@ from langgraph_sdk.errors import ConflictError, NotFoundError, UnprocessableEnti
 
 from agents.settings import AuthSettings
 from agents.system import AgentSystem
-from serve_app.http_api import build_api
-from serve_app.service import AgentService
+from serve_app.api.http_api import build_api
+from serve_app.resources.service import AgentService
 
 
 @pytest.fixture

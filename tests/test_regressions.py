@@ -11,10 +11,10 @@ import pytest
 
 from agents.settings import Settings
 from agents.system import AgentSystem
-from serve_app import regressions
-from serve_app.regressions import RunFeedback, record_feedback
-from serve_app.schemas import RunCreate
-from serve_app.service import AgentService
+from serve_app.resources.schemas import RunCreate
+from serve_app.resources.service import AgentService
+from serve_app.runs import regressions
+from serve_app.runs.regressions import RunFeedback, record_feedback
 
 RESEARCH = "Research how Redis persistence works and write a Python function that parses " \
            "a redis.conf line"

@@ -17,12 +17,12 @@ from agents.settings import Settings
 from agents.slots import checkpoints_key
 from agents.system import AgentSystem
 from agents.tools.backoffice import effect_counts
-from serve_app.api_errors import ApiError
-from serve_app.http_api import build_api
+from serve_app.api.http_api import build_api
 from serve_app.keys import ALL_THREADS, THREAD_EXPIRY, audit_key
-from serve_app.leaks import find_orphans
-from serve_app.schemas import RunCreate
-from serve_app.service import AgentService
+from serve_app.ops.leaks import find_orphans
+from serve_app.resources.api_errors import ApiError
+from serve_app.resources.schemas import RunCreate
+from serve_app.resources.service import AgentService
 
 
 @pytest.fixture
@@ -349,7 +349,7 @@ async def test_redis_full_is_503_then_writes_work_again_and_nothing_is_lost(
     async with api:
         try:
             await redis_client.config_set("maxmemory", int(used / 0.9))
-            with caplog.at_level(logging.WARNING, logger="serve_app.retention"):
+            with caplog.at_level(logging.WARNING, logger="serve_app.runs.retention"):
                 assert await service.retention.check_memory() >= 0.85
             assert "maxmemory" in caplog.text
             assert service.metrics.prometheus().count("redis_memory_ratio") >= 1

@@ -18,13 +18,13 @@ import redis
 from agents.settings import Settings
 from agents.slots import checkpoints_key
 from agents.system import AgentSystem
-from serve_app.api_errors import ApiError
-from serve_app.heartbeat import Heartbeat
 from serve_app.keys import queue_key, run_ref, thread_lease_key
-from serve_app.records import ACTIVE, Records
-from serve_app.run_pool import RunPool
-from serve_app.schemas import RunCreate
-from serve_app.service import AgentService
+from serve_app.resources.api_errors import ApiError
+from serve_app.resources.schemas import RunCreate
+from serve_app.resources.service import AgentService
+from serve_app.runs.heartbeat import Heartbeat
+from serve_app.runs.records import ACTIVE, Records
+from serve_app.runs.run_pool import RunPool
 
 
 @pytest.fixture

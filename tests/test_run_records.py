@@ -13,8 +13,8 @@ import uuid
 import redis
 
 from serve_app.keys import pending_key, run_ref
-from serve_app.records import ACTIVE, Records, RunEnd
-from serve_app.schemas import RunCreate
+from serve_app.resources.schemas import RunCreate
+from serve_app.runs.records import ACTIVE, Records, RunEnd
 
 
 def new_id() -> str:

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from agents.settings import Settings
 from agents.system import AgentSystem
 from agents.tools.backoffice import effect_counts
-from serve_app.api_errors import ApiError
-from serve_app.schemas import RunCreate, ThreadSearch
-from serve_app.service import AgentService
+from serve_app.resources.api_errors import ApiError
+from serve_app.resources.schemas import RunCreate, ThreadSearch
+from serve_app.resources.service import AgentService
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ from langgraph_sdk.errors import NotFoundError, UnprocessableEntityError
 from agents.local.webhook_receiver import signature_ok
 from agents.settings import ApiKey, AuthSettings, WebhookSettings
 from agents.system import AgentSystem
-from serve_app.api_errors import ApiError
-from serve_app.crons import DUE, TICK
-from serve_app.http_api import build_api
-from serve_app.service import AgentService
-from serve_app.webhooks import check_destination
+from serve_app.api.http_api import build_api
+from serve_app.resources.api_errors import ApiError
+from serve_app.resources.crons import DUE, TICK
+from serve_app.resources.service import AgentService
+from serve_app.resources.webhooks import check_destination
 
 
 @pytest.fixture

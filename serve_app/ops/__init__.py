@@ -1,0 +1,4 @@
+"""Operating a cluster: start and stop it (launcher, Ray node), clear what a killed start left
+behind, check Redis for leaked keys.
+
+May import: every other package of ``serve_app``."""
