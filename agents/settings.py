@@ -36,7 +36,7 @@ class RedisSettings(BaseModel):
     pool_size: int = Field(64, ge=1, description="BlockingConnectionPool max_connections")
     pool_timeout_s: float = Field(5.0, gt=0, description="wait for a free connection")
     socket_timeout_s: float = Field(5.0, gt=0, description="per-command socket timeout")
-    connect_timeout_s: float = Field(2.0, gt=0)
+    connect_timeout_s: float = Field(2.0, gt=0, description="timeout of opening a connection")
     retries: int = Field(5, ge=0, description="reconnect attempts (exponential backoff)")
     checkpoint_ttl_minutes: float | None = Field(
         None, description="expire checkpoints this long after their last write (None: keep)"
@@ -63,11 +63,13 @@ class ModelSettings(BaseModel):
     """Any OpenAI-compatible endpoint: the stub, OpenAI, vLLM, Ollama."""
 
     base_url: str | None = Field(None, description="None: the embedded stub model server")
-    api_key: str = "stub-key"
-    name: str = "stub-model"
-    temperature: float = 0.0
-    timeout_s: float = 60.0
-    max_retries: int = 3
+    api_key: str = Field("stub-key", description="the endpoint's API key")
+    name: str = Field("stub-model", description="the model every role calls (a run's "
+                      "context may name another)")
+    temperature: float = Field(0.0, description="sampling temperature of every call")
+    timeout_s: float = Field(60.0, description="one model call's HTTP timeout")
+    max_retries: int = Field(3, description="retries of a call after 429, 5xx or a timeout "
+                             "(exponential backoff with jitter); then the run errors")
 
 
 class StubModelSettings(BaseModel):
@@ -82,9 +84,11 @@ class StubModelSettings(BaseModel):
 class SandboxSettings(BaseModel):
     """Limits and isolation of the coder's Python subprocess (``agents/tools/sandbox.py``)."""
 
-    timeout_s: float = 10.0
-    memory_mb: int = 512
-    max_output_chars: int = 4000
+    timeout_s: float = Field(10.0, description="wall time of one execution; then its "
+                             "processes are killed")
+    memory_mb: int = Field(512, description="address space of each process (AS)")
+    max_output_chars: int = Field(4000, description="characters kept of stdout (its "
+                                  "head) and of stderr (its tail)")
     isolation: str = Field(
         "auto", pattern="^(auto|namespaces|user|python)$",
         description="the strongest isolation to use (auto: the strongest this machine allows); "
@@ -104,7 +108,8 @@ class SandboxSettings(BaseModel):
 class ApprovalPolicy(BaseModel):
     """Which tool calls must wait for a human before they run."""
 
-    always: list[str] = ["issue_refund", "delete_records"]
+    always: list[str] = Field(["issue_refund", "delete_records"],
+                              description="tools that always wait for a decision")
     when_args: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"run_python": {"persist": True}},
         description="tool -> {arg: value}: sensitive when every listed arg has that value",
@@ -207,7 +212,9 @@ class ApiKey(BaseModel):
                                      "python -m serve_app.resources.auth hash KEY"))
     key: str | None = Field(None, exclude=True, repr=False,
                             description="the key in plain text; hashed at once, never kept")
-    permissions: list[str] = Field(default_factory=list)
+    permissions: list[str] = Field(default_factory=list, description="the user's "
+                                   "permissions, as LangGraph auth has them (with auth."
+                                   "approver_permission it may decide approvals)")
 
     @model_validator(mode="after")
     def _hash_plain_key(self) -> ApiKey:
@@ -286,8 +293,9 @@ class CronSettings(BaseModel):
 class RoleSettings(BaseModel):
     """One specialist: what it is for, which tools it may use, how long it may loop."""
 
-    description: str
-    tools: list[str]
+    description: str = Field(description="what it does, as the supervisor and the "
+                             "specialist's own prompt read it")
+    tools: list[str] = Field(description="the tools it may call (agents/tools/)")
     max_steps: int = Field(12, ge=1, description="model calls per specialist run")
 
 
@@ -324,7 +332,9 @@ class Settings(BaseSettings):
     stub: StubModelSettings = StubModelSettings()
     sandbox: SandboxSettings = SandboxSettings()
     approval: ApprovalPolicy = ApprovalPolicy()
-    roles: dict[str, RoleSettings] = Field(default_factory=_default_roles)
+    roles: dict[str, RoleSettings] = Field(
+        default_factory=_default_roles, description="the specialists by name: one Serve "
+        "deployment each, and the workers the supervisor routes to")
     api: ApiSettings = ApiSettings()
     retention: RetentionSettings = RetentionSettings()
     auth: AuthSettings = AuthSettings()
@@ -335,9 +345,13 @@ class Settings(BaseSettings):
     token_linger_ms: float = Field(
         40.0, ge=0, description="a specialist's later tokens wait this long to be merged "
         "into one event (the first token of a message never waits); 0: one event per token")
-    data_dir: Path = PROJECT_ROOT / ".data"
-    corpus_dir: Path = PROJECT_ROOT / "data" / "corpus"
-    workspace_dir: Path = PROJECT_ROOT / ".data" / "workspace"
+    data_dir: Path = Field(PROJECT_ROOT / ".data", description="the embedded services' "
+                           "data and logs (Redis's AOF, the stub) and the Ray node's "
+                           "record (ray-head.json); one running start per data dir")
+    corpus_dir: Path = Field(PROJECT_ROOT / "data" / "corpus", description="the "
+                             "researcher's documents (*.md), indexed into Redis at start")
+    workspace_dir: Path = Field(PROJECT_ROOT / ".data" / "workspace", description="where "
+                                "an approved persist run of run_python works and writes")
 
     @classmethod
     def settings_customise_sources(
