@@ -6,7 +6,6 @@ checkpointer's writes and searches, a script, blocking reads."""
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from pathlib import Path
 
@@ -46,20 +45,21 @@ def figures(**changes) -> Measured:
 
 
 def test_sizing_from_measured_figures():
-    m = figures()
-    z = size(m, Assumptions(cores_per_node=16, shard_utilisation=0.5, redis_replicas=1))
-    # a user: 1.25 runs a turn every 30 + 7.5 s
-    assert z.user_runs_per_s == pytest.approx(1.25 / 37.5)
-    assert z.runs_per_s == pytest.approx(10_000 * 1.25 / 37.5)
-    # serving CPU without Redis's: 100 % - 20 ms x 2 runs/s = 96 % of a core for 2 runs/s
-    assert z.runs_per_core_at_slo == pytest.approx(2 / 0.96)
-    assert z.cores_at_slo == pytest.approx(z.runs_per_s / (2 / 0.96))
-    assert z.cores_marginal == pytest.approx(z.runs_per_s * 0.18)
-    assert z.cores == max(z.cores_at_slo, z.cores_marginal)
-    assert z.replicas == math.ceil(z.cores) and z.nodes == math.ceil(z.cores / 16)
-    assert z.shards == math.ceil(z.runs_per_s / 50)
-    assert z.redis_memory_gib == pytest.approx(10_000 * 16 * 2 / 2**20)
-    assert z.app_memory_gib == pytest.approx((z.replicas * 200 + z.nodes * 1000) / 1024)
+    """Numbers worked out by hand for ``figures()`` (not the formula restated)."""
+    z = size(figures(), Assumptions(cores_per_node=16, shard_utilisation=0.5, redis_replicas=1))
+    # a user: 2 / 1.6 = 1.25 runs a turn, a turn every 30 + 7.5 s: 1/30 runs/s; 10,000 users
+    assert z.user_runs_per_s == pytest.approx(1 / 30)
+    assert z.runs_per_s == pytest.approx(333.333, rel=1e-5)
+    # serving CPU without Redis's: 100 % - 20 ms x 2 runs/s = 96 %: 2.083 runs/s a core
+    assert z.runs_per_core_at_slo == pytest.approx(2.08333, rel=1e-5)
+    assert z.cores_at_slo == pytest.approx(160.0)
+    assert z.cores_marginal == pytest.approx(60.0)  # (0.2 - 0.02 s) x 333.3 runs/s
+    assert z.cores == pytest.approx(160.0)  # the larger of the two
+    assert (z.replicas, z.nodes) == (160, 10)  # 160 cores on 16-core nodes
+    assert z.shards == 7  # 333.3 runs/s over shards held at 50 of their 100 runs/s
+    assert z.redis_memory_gib == pytest.approx(0.30517578125)  # 10,000 x 16 KiB x 2 copies
+    assert z.app_memory_gib == pytest.approx(41.015625)  # 160 x 200 + 10 x 1000 MiB
+    assert z.memory_per_user_kib == pytest.approx(4332.8)  # 32 KiB + 42,000 MiB / 10,000
     assert any("16 cores" in line for line in z.assumptions)
 
 
