@@ -299,6 +299,35 @@ class RoleSettings(BaseModel):
     max_steps: int = Field(12, ge=1, description="model calls per specialist run")
 
 
+class GraphDeploymentSettings(BaseModel):
+    """The replicas of one project graph's deployment (``serve_app/deployments/graph.py``):
+    they pull that graph's runs from a pool of its own and scale on it
+    (``serve_app/deployments/autoscaling.py``), without taking other graphs' slots."""
+
+    min_replicas: int = Field(1, ge=0, description="replicas kept however idle")
+    max_replicas: int = Field(2, ge=1, description="replicas at most, whatever the backlog")
+    upscale_delay_s: float = Field(5.0, ge=0, description="a backlog this long adds replicas")
+    downscale_delay_s: float = Field(60.0, ge=0, description="idle this long removes one")
+    graceful_shutdown_timeout_s: float = Field(
+        20.0, ge=0, description="a stopping replica hands its runs back within this; past "
+        "it, they come back when their leases expire (as a new attempt)")
+
+
+class GraphDeploymentsSettings(BaseModel):
+    """Replicas per project graph (``make run CONFIG=langgraph.json``): ``default`` for every
+    graph, ``graphs.<graph id>`` the fields that graph changes (YAML, or the JSON of
+    ``AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS``)."""
+
+    default: GraphDeploymentSettings = Field(
+        default_factory=GraphDeploymentSettings, description="every graph's, unless changed")
+    graphs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="graph id -> the fields of ``default`` it changes")
+
+    def of(self, graph_id: str) -> GraphDeploymentSettings:
+        return GraphDeploymentSettings.model_validate(
+            {**self.default.model_dump(), **self.graphs.get(graph_id, {})})
+
+
 def _default_roles() -> dict[str, RoleSettings]:
     return {
         "researcher": RoleSettings(
@@ -341,6 +370,9 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     crons: CronSettings = CronSettings()
+    graph_deployments: GraphDeploymentsSettings = Field(
+        default_factory=GraphDeploymentsSettings,
+        description="replicas and autoscaling of each project graph's deployment")
     supervisor_max_steps: int = Field(8, ge=1, description="routing decisions per turn")
     token_linger_ms: float = Field(
         40.0, ge=0, description="a specialist's later tokens wait this long to be merged "
