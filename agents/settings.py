@@ -290,6 +290,40 @@ class CronSettings(BaseModel):
         "each replica looks every interval x live replicas, jittered)")
 
 
+class StoreIndexSettings(BaseModel):
+    """The long-term store's semantic index (langgraph.json ``store.index``): what
+    ``asearch(namespace, query=...)`` ranks by, with vectors in Redis (``agents.memory``)."""
+
+    dims: int = Field(ge=1, description="the embeddings' size (asked of the endpoint as "
+                                        "'dimensions')")
+    embed: str = Field(pattern=r"^openai:\S+$", description="'openai:<model>': embeddings "
+                       "from the OpenAI-compatible endpoint of model.base_url and api_key")
+    fields: list[str] = Field(["$"], min_length=1, description="the JSON paths of an item's "
+                              "value that are embedded ('$': all of it)")
+
+    @property
+    def model(self) -> str:
+        return self.embed.removeprefix("openai:")
+
+
+class StoreTtlSettings(BaseModel):
+    """Expiry of the long-term store's items (langgraph.json ``store.ttl``), kept by Redis."""
+
+    default_ttl: float | None = Field(
+        None, gt=0, description="minutes an item lives after its last write (or read, with "
+        "refresh_on_read) unless its put sets a ttl; None: items stay")
+    refresh_on_read: bool = Field(True, description="a read (get, search) restarts the "
+                                                    "items' ttl")
+
+
+class StoreSettings(BaseModel):
+    """The long-term memory store every graph's ``runtime.store`` is (``agents.memory``)."""
+
+    index: StoreIndexSettings | None = Field(
+        None, description="None: no semantic search (asearch filters and lists only)")
+    ttl: StoreTtlSettings = Field(StoreTtlSettings(), description="items' expiry")
+
+
 class RoleSettings(BaseModel):
     """One specialist: what it is for, which tools it may use, how long it may loop."""
 
@@ -370,6 +404,8 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     crons: CronSettings = CronSettings()
+    store: StoreSettings = Field(StoreSettings(), description="the long-term store: "
+                                 "semantic index and ttl")
     graph_deployments: GraphDeploymentsSettings = Field(
         default_factory=GraphDeploymentsSettings,
         description="replicas and autoscaling of each project graph's deployment")
