@@ -6,19 +6,27 @@ on LangGraph Platform. A user's memories live in the namespace ``(<user>, "memor
 the user is the authenticated identity the serving layer puts in the run's config
 (``langgraph_auth_user_id``, as LangGraph Platform does), else the config's ``user_id``,
 else ``anonymous``. Memories written in one thread are recalled in any other of that user.
+
+With ``store.index`` configured (langgraph.json's), ``asearch(namespace, query=...)`` ranks
+by meaning: the store embeds the indexed fields of each value on ``aput`` with
+``OpenAIEmbeddings`` against the model endpoint (the stub's ``/v1/embeddings`` offline) and
+keeps the vectors in Redis beside the items (a RediSearch vector index, so every replica
+and process sees them).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
+from langchain_openai import OpenAIEmbeddings
 from langgraph.config import get_config, get_store
-from langgraph.store.base import GetOp
+from langgraph.store.base import GetOp, IndexConfig, TTLConfig
 from langgraph.store.redis import AsyncRedisStore
 from langgraph.store.redis.base import _namespace_to_text
 from pydantic import BaseModel, Field
@@ -26,6 +34,7 @@ from redis.asyncio import Redis, RedisCluster
 from redisvl.index import SearchIndex
 from redisvl.query.filter import Tag
 
+from agents.settings import ModelSettings, StoreIndexSettings, StoreSettings
 from agents.slots import shard_of
 
 AUTH_USER_KEY = "langgraph_auth_user_id"  # set by the serving layer when auth is on
@@ -51,18 +60,52 @@ class RedisStore(AsyncRedisStore):
                 for namespace, items in groups.items()]
 
 
-async def create_store(redis: Redis | RedisCluster) -> RedisStore:
-    """The store on ``redis`` (its search index created once, idempotently). On a Redis
+async def create_store(redis: Redis | RedisCluster, settings: StoreSettings | None = None,
+                       model: ModelSettings | None = None) -> RedisStore:
+    """The store on ``redis`` (its search indexes created once, idempotently), with the
+    semantic index of ``settings`` (embeddings from ``model``'s endpoint). On a Redis
     Cluster every item is in one hash slot (tag ``{store}``) and the store talks to the
     master that holds it: RediSearch cannot search across shards (``agents.slots``)."""
-    prefixes: dict[str, str] = {}
+    settings = settings or StoreSettings()
+    store_prefix = "store"
     if isinstance(redis, RedisCluster):
-        prefixes = {"store_prefix": "{store}", "vector_prefix": "{store}_vectors"}
+        store_prefix = "{store}"
         redis = shard_of(redis, "{store}").client
+    index = settings.index and index_config(settings.index, model or ModelSettings())
     with _sync_index_tolerated():
-        store = RedisStore(redis_client=redis, **prefixes)
+        store = RedisStore(redis_client=redis, index=index, ttl=ttl_config(settings),
+                           store_prefix=store_prefix,
+                           vector_prefix=vector_prefix(store_prefix, settings.index))
     await store.setup()
     return store
+
+
+def index_config(index: StoreIndexSettings, model: ModelSettings) -> IndexConfig:
+    """LangGraph's index config, its ``embed`` an ``OpenAIEmbeddings`` on our endpoint. It
+    sends text, not tokens: tokenising first needs tiktoken's files (offline: none), and
+    the stub, vLLM and Ollama take text."""
+    embeddings = OpenAIEmbeddings(
+        model=index.model, dimensions=index.dims, base_url=model.base_url,
+        api_key=model.api_key, timeout=model.timeout_s, max_retries=model.max_retries,
+        check_embedding_ctx_length=False)
+    return IndexConfig(dims=index.dims, embed=embeddings, fields=index.fields)
+
+
+def ttl_config(settings: StoreSettings) -> TTLConfig:
+    ttl = TTLConfig(refresh_on_read=settings.ttl.refresh_on_read)
+    if settings.ttl.default_ttl is not None:
+        ttl["default_ttl"] = settings.ttl.default_ttl
+    return ttl
+
+
+def vector_prefix(store_prefix: str, index: StoreIndexSettings | None) -> str:
+    """The vector index's name and key prefix, one per embedding model and size: vectors
+    of another model (or size) are not comparable, and an index of another size would
+    refuse them (the items stay; their vectors come back with writes under this one)."""
+    if index is None:
+        return f"{store_prefix}_vectors"
+    tag = hashlib.sha256(json.dumps([index.embed, index.dims]).encode()).hexdigest()[:8]
+    return f"{store_prefix}_vectors_{tag}"
 
 
 @contextmanager

@@ -56,8 +56,9 @@ class Runtime:
         await check_redis(redis, settings.redis_url)
         checkpointer = await create_checkpointer(redis, settings.redis)
         await prepare_tools(redis, settings)
-        return cls(settings, redis, checkpointer, await create_store(redis),
-                   build_chat_model(settings.model), build_toolbox(redis, settings))
+        return cls(settings, redis, checkpointer,
+                   await create_store(redis, settings.store, settings.model),
+                   build_chat_model(settings, redis), build_toolbox(redis, settings))
 
     def specialist(self, role: str) -> CompiledStateGraph:
         role_settings = self.settings.roles[role]

@@ -7,7 +7,8 @@ scopes a user by rewriting ``value["namespace"]``, and a filter it returns narro
 search. With auth but no ``store`` handler (the built-in API keys, or an auth file without
 one), a user's namespaces are those under its identity (``own_namespace``), the namespaces
 the agents keep its memories in (``agents.memory``). In the open mode namespaces are shared
-by every caller.
+by every caller. With a semantic index (``store.index``), a search's ``query`` ranks by
+meaning and a put's ``index`` names the fields to embed; without one, both are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from redis.exceptions import ResponseError
 from redisvl.exceptions import RedisSearchError
 
 from agents.memory import create_store
+from agents.settings import Settings, get_settings
 from serve_app.resources.api_errors import ApiError
 from serve_app.resources.auth import Authorizer, User
 
@@ -63,9 +65,10 @@ class StoreService:
     """One replica's access to the store; the store object is built on first use, inside
     the serving event loop (its batching task lives there)."""
 
-    def __init__(self, redis: Redis, authorizer: Authorizer):
+    def __init__(self, redis: Redis, authorizer: Authorizer, settings: Settings | None = None):
         self.redis = redis
         self.auth = authorizer
+        self.settings = settings or get_settings()  # its store section, and the model's URL
         self._store: BaseStore | None = None
         self._lock = asyncio.Lock()
 
@@ -86,7 +89,8 @@ class StoreService:
     async def store(self) -> BaseStore:
         async with self._lock:
             if self._store is None:
-                self._store = await create_store(self.redis)
+                self._store = await create_store(self.redis, self.settings.store,
+                                                 self.settings.model)
         return self._store
 
     async def _authorized(self, user: User, action: str, value: dict[str, Any],
@@ -103,7 +107,7 @@ class StoreService:
 
     async def put(self, user: User, namespace: Sequence[str], key: str,
                   value: dict[str, Any], index: Any, ttl: float | None) -> None:
-        if isinstance(index, list):
+        if isinstance(index, list) and self.settings.store.index is None:
             raise no_semantic_index("index")
         args = {"namespace": check_namespace(namespace), "key": key, "value": value,
                 "index": index, "ttl": ttl}
@@ -129,7 +133,7 @@ class StoreService:
             await (await self.store()).adelete(args["namespace"], args["key"])
 
     async def search(self, user: User, body: Any) -> dict[str, Any]:
-        if body.query:
+        if body.query and self.settings.store.index is None:
             raise no_semantic_index("query")
         args = {"namespace": check_namespace(body.namespace_prefix, "namespace_prefix"),
                 "filter": body.filter, "limit": body.limit, "offset": body.offset,

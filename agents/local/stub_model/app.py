@@ -1,4 +1,5 @@
-"""The stub model's HTTP face: enough of the OpenAI Chat Completions API for ``ChatOpenAI``.
+"""The stub model's HTTP face: enough of the OpenAI Chat Completions and Embeddings APIs for
+``ChatOpenAI`` and ``OpenAIEmbeddings``.
 
 Real HTTP, real SSE streaming (one word per chunk, paced), tool calls, usage counts,
 configurable latency and injected faults, so the agents and the serving layer are exercised
@@ -14,16 +15,18 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.local.stub_model import policy
+from agents.local.stub_model.embeddings import EmbeddingRequest, embeddings_body
 from agents.local.stub_model.policy import Reply
 
 MODEL_ID = "stub-model"
+Body = TypeVar("Body", bound=BaseModel)
 MAX_CALLS_KEPT = 1000
 
 
@@ -146,12 +149,12 @@ async def read_json(request: Request) -> Any:
         raise bad_request(f"the request body is not valid JSON: {exc}") from exc
 
 
-async def parse_chat_request(request: Request) -> ChatRequest:
+async def parse_body(request: Request, model: type[Body]) -> Body:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     try:
-        return ChatRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -247,7 +250,7 @@ def usage_headers(usage: dict[str, int]) -> dict[str, str]:
 async def chat_completions(state: StubState, request: Request) -> Response:
     """Parse, maybe fail on purpose, decide the reply, then stream or send it."""
     started, clock = time.time(), time.perf_counter()
-    req = await parse_chat_request(request)
+    req = await parse_body(request, ChatRequest)
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     tools = req.offered_tools()
     role = policy.detect_role(policy.tool_names(tools))
@@ -313,6 +316,12 @@ def create_app(config: StubConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await chat_completions(state, request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict[str, Any]:
+        req = await parse_body(request, EmbeddingRequest)
+        state.by_role["embeddings"] += 1
+        return embeddings_body(req)
 
     @app.get("/admin/config")
     async def get_config() -> dict[str, Any]:

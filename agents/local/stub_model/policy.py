@@ -27,6 +27,8 @@ DELETE_RE = re.compile(r"delete\s+(?:all\s+)?records\s+(?:of|for)\s+customer\s+#
 READ_DOC_RE = re.compile(r"read the document ([a-z0-9-]+)")
 REMEMBER_RE = re.compile(r"remember that i prefer\s+(.+?)[.!]*\s*$", re.I | re.S)
 RECALL_RE = re.compile(r"what do i prefer", re.I)
+REMEMBER_THAT_RE = re.compile(r"remember that\s+(.+?)[.!]*\s*$", re.I | re.S)
+MEMORIES_RE = re.compile(r"<memories>(.*?)</memories>", re.S)
 CODE_BLOCK_RE = re.compile(r"```python\n(.*?)```", re.S)
 SOURCE_RE = re.compile(r"\(source: ([A-Za-z0-9_.-]+)\)")
 VERDICT_RE = re.compile(r"Verdict:\s*([A-Za-z_]+)")
@@ -93,6 +95,7 @@ class Conversation:
     previous_task: str | None
     after: tuple[Message, ...]
     results: tuple[ToolResult, ...] = field(default=())
+    system: str = ""
 
     @property
     def t(self) -> str:
@@ -156,6 +159,8 @@ def detect_role(names: Sequence[str]) -> str:
         return "coder"
     if "review_code" in lowered:
         return "reviewer"
+    if "upsert_memory" in lowered:
+        return "memory"
     return "plain"
 
 
@@ -201,6 +206,7 @@ def parse_conversation(messages: Sequence[Message], tools: Sequence[Mapping[str,
         previous_task=text_of(messages[users[-2]].get("content")) if len(users) > 1 else None,
         after=after,
         results=tool_results(after),
+        system="\n".join(text_of(m.get("content")) for m in messages if m.get("role") == "system"),
     )
 
 
@@ -540,6 +546,23 @@ def reviewer(conv: Conversation) -> Reply:
     return say(f"Verdict: {verdict}. {reasons}".rstrip() + f"\n```python\n{code}\n```")
 
 
+def memory(conv: Conversation) -> Reply:
+    """LangGraph's memory-agent template (its ``upsert_memory`` tool): store what the user
+    asks to be remembered; otherwise answer from the first (best ranked) memory of the
+    system prompt's ``<memories>`` block."""
+    last = conv.last_result("upsert_memory")
+    if last is not None:
+        return say(f"Noted: {last.args.get('content')}.")
+    if wanted := REMEMBER_THAT_RE.search(conv.task):
+        return call(conv, "upsert_memory", {"content": wanted.group(1), "context": conv.task})
+    block = MEMORIES_RE.search(conv.system)
+    remembered = [line.strip() for line in (block.group(1) if block else "").splitlines()
+                  if line.strip()]
+    if not remembered:
+        return say("I do not know anything about you yet.")
+    return say(f"From what I remember: {remembered[0]}")
+
+
 def plain(conv: Conversation) -> Reply:
     return say(f"Hello from the stub model. You said: {conv.task}")
 
@@ -555,6 +578,8 @@ def decide(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | Non
         return supervisor(conv)
     if conv.role in SPECIALISTS:
         return general_rules(conv) or SPECIALISTS[conv.role](conv)
+    if conv.role == "memory":
+        return memory(conv)
     return plain(conv)
 
 

@@ -1,0 +1,125 @@
+"""The store's semantic index (langgraph.json ``store.index``): a memory agent in the style of
+LangGraph's template, run in-process on ``agents.system.Runtime``, recalls by meaning with
+embeddings from the stub over HTTP and vectors in Redis; a second process ranks the same
+items the same way; the Store API's search ranks by ``query`` once an index is configured."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from agents.memory import vector_prefix
+from agents.settings import PROJECT_ROOT, Settings, StoreIndexSettings, StoreSettings
+from agents.system import Runtime
+
+PROJECT = Path(__file__).parent / "fixtures" / "memory_agent"
+INDEX = StoreIndexSettings(**json.loads((PROJECT / "langgraph.json").read_text())["store"]["index"])
+
+FACTS = ["I like coffee in the morning", "my dog is named Rex",
+         "I work on Redis replication at night"]
+
+
+def load_graph_module() -> ModuleType:
+    """The fixture's graph module, imported by path as langgraph.json names it."""
+    spec = importlib.util.spec_from_file_location(
+        "memory_agent_fixture_graph", PROJECT / "src" / "memory_agent" / "graph.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def indexed(settings: Settings) -> Settings:
+    return settings.model_copy(update={"store": StoreSettings(index=INDEX)})
+
+
+@pytest.fixture
+async def runtime(indexed: Settings):
+    built = await Runtime.create(indexed)
+    yield built
+    await built.aclose()
+
+
+@pytest.fixture
+def openai_env(monkeypatch, stub_url):
+    """What every replica's environment has with the embedded stub (the user's graph
+    builds ``ChatOpenAI()`` from it)."""
+    monkeypatch.setenv("OPENAI_BASE_URL", stub_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "stub-key")
+
+
+async def turn(graph, module: ModuleType, user: str, text: str) -> str:
+    config = {"configurable": {"thread_id": str(uuid.uuid4())}}
+    out = await graph.ainvoke({"messages": [{"role": "user", "content": text}]}, config,
+                              context=module.Context(user_id=user))
+    return out["messages"][-1].content
+
+
+async def test_memory_agent_recalls_by_meaning_from_redis(runtime, openai_env, stub_admin):
+    module = load_graph_module()
+    graph = module.graph.copy(update={"checkpointer": runtime.checkpointer,
+                                      "store": runtime.store})
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    embedded_before = stub_admin.get("/stats").json()["by_role"].get("embeddings", 0)
+    for fact in FACTS:
+        assert await turn(graph, module, user, f"Remember that {fact}.") == f"Noted: {fact}."
+
+    drink = await turn(graph, module, user, "Which drink do I like in the morning?")
+    dog = await turn(graph, module, user, "What is my dog named?")
+    assert drink.startswith("From what I remember: [") and "coffee" in drink
+    assert "Rex" in dog and "coffee" not in dog
+    assert "I do not know" in await turn(graph, module, f"{user}-other", "What is my dog named?")
+
+    # the embeddings came from the stub over HTTP; the vectors are in Redis
+    assert stub_admin.get("/stats").json()["by_role"]["embeddings"] > embedded_before
+    vectors = [k async for k in runtime.redis.scan_iter(
+        match=f"{vector_prefix('store', INDEX)}:*", count=1000)]
+    assert len(vectors) >= len(FACTS)
+
+
+SEARCH_ELSEWHERE = """
+import asyncio, json, sys
+from redis.asyncio import Redis
+from agents.memory import create_store
+from agents.settings import ModelSettings, StoreIndexSettings, StoreSettings
+
+async def main(redis_url, model_url, index, user, query):
+    redis = Redis.from_url(redis_url)
+    store = await create_store(redis, StoreSettings(index=StoreIndexSettings(**index)),
+                               ModelSettings(base_url=model_url))
+    found = await store.asearch(("memories", user), query=query, limit=3)
+    print(json.dumps([[item.value["content"], item.score] for item in found]))
+    await redis.aclose()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]))
+"""
+
+
+def search_elsewhere(settings: Settings, user: str, query: str) -> list[list]:
+    """``asearch`` in another process, on a store client of its own."""
+    done = subprocess.run(
+        [sys.executable, "-c", SEARCH_ELSEWHERE, settings.redis_url, settings.model.base_url,
+         INDEX.model_dump_json(), user, query],
+        capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+async def test_another_process_ranks_the_same_items_by_meaning(runtime, indexed):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    for i, fact in enumerate(FACTS):
+        await runtime.store.aput(("memories", user), f"m{i}", {"content": fact, "context": ""})
+
+    ranked = search_elsewhere(indexed, user, "the name of my dog")
+    assert ranked[0][0] == "my dog is named Rex"
+    scores = [score for _, score in ranked]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+    assert search_elsewhere(indexed, user, "redis replication")[0][0] == FACTS[2]
