@@ -13,8 +13,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from agents.keys import checkpoints_key
 from agents.settings import Settings
-from agents.slots import checkpoints_key
 from agents.system import AgentSystem
 from agents.tools.backoffice import effect_counts
 from serve_app.api.http_api import build_api
@@ -150,7 +150,7 @@ async def test_delete_removes_every_key_and_the_id_comes_back_empty(service):
     await turn(service, thread_id, approval())  # a ledger entry and an audit record
     await turn(service, thread_id, user("Refund $7 to order 42"))  # a pending sub-thread
     keys = await keys_of(service.redis, thread_id)
-    assert any(k.startswith("ac:effect:") for k in keys)
+    assert any(":effect/coder/" in k for k in keys)  # the refund's ledger entry
     assert await service.redis.llen(audit_key(thread_id)) == 1
     assert any("/coder/" in k for k in keys)
 
@@ -464,7 +464,7 @@ async def test_no_orphans_after_a_replica_dies_mid_run(service, stub_admin):
 
     async def dead(*_args, **_kwargs) -> None:  # a dead process writes no ending
         return None
-    victim.executor._finish = dead
+    victim.executor.endings.finish = dead
     for task in list(victim.executor._in_slots):
         task.cancel()
     await victim.aclose()  # no more pulls, sweeps or lease renewals

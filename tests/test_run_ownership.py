@@ -15,8 +15,8 @@ import uuid
 import pytest
 import redis
 
+from agents.keys import checkpoints_key
 from agents.settings import Settings
-from agents.slots import checkpoints_key
 from agents.system import AgentSystem
 from serve_app.keys import queue_key, run_ref, thread_lease_key
 from serve_app.resources.api_errors import ApiError
@@ -216,15 +216,15 @@ async def test_a_run_is_claimed_in_one_round_trip_even_after_redis_lost_its_scri
     run, _, _ = await service.records.create_run(thread_id, "a", "supervisor", {}, {},
                                                  "enqueue")  # queued on its thread
     await service.redis.script_flush()
-    record, token, latest = await executor._claim(thread_id, run["run_id"])
+    record, token, latest = await executor.execution.claim(thread_id, run["run_id"])
     assert record["run_id"] == run["run_id"] and token and latest is None
     # the same run again (a second attempt): its own lease, a new token; a run behind it
     # gets none
-    again = (await executor._claim(thread_id, run["run_id"]))[1]
+    again = (await executor.execution.claim(thread_id, run["run_id"]))[1]
     assert again and again != token
     behind, _, _ = await service.records.create_run(thread_id, "b", "supervisor", {}, {},
                                                     "enqueue")
-    assert (await executor._claim(thread_id, behind["run_id"]))[1] is None
+    assert (await executor.execution.claim(thread_id, behind["run_id"]))[1] is None
 
 
 def test_a_beat_renews_every_lease_in_one_pipeline_even_after_redis_lost_its_scripts(
@@ -262,15 +262,15 @@ async def test_a_run_leaves_its_thread_and_the_pool_even_after_redis_lost_its_sc
     run, _, _ = await service.records.create_run(thread_id, "a", "supervisor", {}, {},
                                                  "enqueue")
     ref = run_ref(thread_id, run["run_id"])
-    _, token, _ = await executor._claim(thread_id, run["run_id"])
-    await executor._leave(run, "someone-else:9")  # a stale attempt
+    _, token, _ = await executor.execution.claim(thread_id, run["run_id"])
+    await executor.endings.leave(run, "someone-else:9")  # a stale attempt
     assert await service.redis.get(thread_lease_key(thread_id)) == token.encode()
 
     await pool.add(ref, ready=False)
     await service.redis.zadd(pool.running, {ref: time.time() * 1000 + 60_000})
     await service.redis.hset(checkpoints_key(thread_id), "old", "x")
     await service.redis.script_flush()
-    await executor._leave(run, token, [("HDEL", checkpoints_key(thread_id), "old")])
+    await executor.endings.leave(run, token, [("HDEL", checkpoints_key(thread_id), "old")])
     assert await service.redis.get(thread_lease_key(thread_id)) is None
     assert await service.redis.zrange(queue_key(thread_id), 0, -1) == []
     assert await service.redis.hexists(checkpoints_key(thread_id), "old") == 0
@@ -289,14 +289,14 @@ async def test_a_run_ends_and_its_thread_is_read_for_retention_in_one_pipeline(m
     run, _, _ = await service.records.create_run(thread_id, "a", "supervisor", {}, {},
                                                  "enqueue")
     stale = {**run, "attempt": run["attempt"] + 1}
-    assert (await executor._end(stale, "success", None, "idle", viewing=True))[0] is None
+    assert (await executor.endings.end(stale, "success", None, "idle", viewing=True))[0] is None
     await service.redis.script_flush()
-    record, answered, view = await executor._end(run, "success", None, "idle", viewing=True)
+    record, answered, view = await executor.endings.end(run, "success", None, "idle", viewing=True)
     assert record["status"] == "success" and answered is None
     assert view.exists and view.run_ids == [run["run_id"]]
     assert view.queued == [run["run_id"].encode()]  # (it leaves its queue after)
     assert (await service.records.get_run(thread_id, run["run_id"]))["status"] == "success"
     assert (await service.records.get_thread(thread_id))["status"] == "idle"
     # ended already: the same end again is recognised as this attempt's, not written twice
-    again, _, _ = await executor._end(run, "success", None, "idle")
+    again, _, _ = await executor.endings.end(run, "success", None, "idle")
     assert again["status"] == "success"

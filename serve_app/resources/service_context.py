@@ -30,14 +30,13 @@ class ServiceContext:
         self.settings = self.base_settings = settings
         self.replica_id = replica_id
         self.metrics = metrics or Metrics()
+        self.retention = Retention(redis, checkpointer, retention or RetentionSettings(),
+                                   self.records, self.metrics)
         self.executor = RunExecutor(redis, graphs, settings, replica_id, checkpointer, pool,
-                                    self.metrics)
+                                    self.metrics, self.retention)
         self.feed = EventFeed(redis)
         self.admission = Admission(self.executor.pool, self.metrics, self.executor.idle_for,
                                    self.executor.slots_full)
-        self.retention = Retention(redis, checkpointer, retention or RetentionSettings(),
-                                   self.records, self.metrics)
-        self.executor.retention = self.retention
 
     def retune(self, **limits: Any) -> ApiSettings:
         """Admission limits (``api.*`` fields) over the replica's own settings, live; no
