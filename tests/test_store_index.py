@@ -13,11 +13,21 @@ import uuid
 from pathlib import Path
 from types import ModuleType
 
+import httpx
 import pytest
 
 from agents.memory import vector_prefix
-from agents.settings import PROJECT_ROOT, Settings, StoreIndexSettings, StoreSettings
+from agents.settings import (
+    PROJECT_ROOT,
+    AuthSettings,
+    LimitsSettings,
+    Settings,
+    StoreIndexSettings,
+    StoreSettings,
+    get_settings,
+)
 from agents.system import Runtime
+from serve_app.api.http_api import build_api
 
 PROJECT = Path(__file__).parent / "fixtures" / "memory_agent"
 INDEX = StoreIndexSettings(**json.loads((PROJECT / "langgraph.json").read_text())["store"]["index"])
@@ -123,3 +133,40 @@ async def test_another_process_ranks_the_same_items_by_meaning(runtime, indexed)
     scores = [score for _, score in ranked]
     assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
     assert search_elsewhere(indexed, user, "redis replication")[0][0] == FACTS[2]
+
+
+@pytest.fixture
+def indexed_process(monkeypatch, stub_url) -> Settings:
+    """The process settings with the fixture's index, as the replicas of a project with a
+    ``store.index`` read them (the API builds its Store API on them)."""
+    monkeypatch.setenv("AGENT_CLUSTER_STORE__INDEX__DIMS", str(INDEX.dims))
+    monkeypatch.setenv("AGENT_CLUSTER_STORE__INDEX__EMBED", INDEX.embed)
+    monkeypatch.setenv("AGENT_CLUSTER_STORE__INDEX__FIELDS", json.dumps(INDEX.fields))
+    monkeypatch.setenv("OPENAI_BASE_URL", stub_url)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+async def test_store_api_search_ranks_by_query(settings, indexed_process, in_process_service):
+    assert indexed_process.store.index == INDEX
+    namespace = ["docs", uuid.uuid4().hex[:8]]
+    async with in_process_service(settings, "store-index") as service, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_api(service, AuthSettings(),
+                                                        LimitsSettings())),
+            base_url="http://api", timeout=30) as client:
+        for i, fact in enumerate(FACTS):
+            put = await client.put("/store/items", json={
+                "namespace": namespace, "key": f"m{i}", "value": {"content": fact}})
+            assert put.status_code == 204, put.text
+        ranked = await client.post("/store/items/search", json={
+            "namespace_prefix": namespace, "query": "what is my dog named", "limit": 3})
+        listed = await client.post("/store/items/search", json={"namespace_prefix": namespace})
+
+    assert ranked.status_code == 200, ranked.text
+    items = ranked.json()["items"]
+    assert items[0]["key"] == "m1"
+    scores = [item["score"] for item in items]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+    assert {item["key"] for item in listed.json()["items"]} == {"m0", "m1", "m2"}
+    assert all(item.get("score") is None for item in listed.json()["items"])
