@@ -18,7 +18,7 @@ import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.utils.json import parse_partial_json
-from langchain_openai import ChatOpenAI
+from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
 from agents.local.stub_model import policy
 from agents.local.stub_model.policy import (
@@ -315,6 +315,25 @@ def test_reviewer_reviews_the_code_block_and_reports_the_verdict():
         "Verdict: approve. compiles ruff clean\n```python\nx = 1\n```")
 
 
+MEMORY = [tool_schema("upsert_memory", content="string", context="string")]
+
+
+def test_memory_agent_upserts_what_to_remember_and_answers_from_the_best_memory():
+    messages = [user("Remember that I like tea.")]
+    reply = decide(messages, MEMORY)
+    assert called(reply) == ("upsert_memory", {"content": "I like tea",
+                                               "context": "Remember that I like tea."})
+    assert decide(answer_tool(messages, reply, "Stored memory 1"), MEMORY).content == (
+        "Noted: I like tea.")
+    prompt = {"role": "system", "content": "Hi\n<memories>\n[a]: I like tea (0.9)\n"
+                                           "[b]: I have a dog (0.1)\n</memories>"}
+    assert decide([prompt, user("What do I drink?")], MEMORY).content == (
+        "From what I remember: [a]: I like tea (0.9)")
+    empty = {"role": "system", "content": "<memories>\n\n</memories>"}
+    assert decide([empty, user("What do I drink?")], MEMORY).content == (
+        "I do not know anything about you yet.")
+
+
 def test_same_request_same_reply_and_ids_look_like_openai():
     messages = [user(RESEARCH_AND_CODE)]
     first, again = decide(messages, ROUTE), decide(messages, ROUTE)
@@ -529,3 +548,39 @@ async def test_tokens_are_flushed_one_by_one_at_the_configured_pace(stub_url, st
     assert arrivals[-1] - arrivals[0] >= 9 / 40 * 0.9
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert statistics.median(gaps) > 0.01  # really separate flushes, not one buffered burst
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+async def test_embeddings_are_deterministic_unit_vectors_near_when_words_are_shared(stub_url):
+    embeddings = OpenAIEmbeddings(model="text-embedding-3-small", dimensions=256,
+                                  base_url=stub_url, api_key="x", max_retries=0,
+                                  check_embedding_ctx_length=False)
+    coffee, drink, dog = await embeddings.aembed_documents([
+        "User likes coffee in the morning", "Which coffee do I drink in the mornings?",
+        "My dog is named Rex"])
+    again = await embeddings.aembed_query("User likes coffee in the morning")
+    assert len(coffee) == 256 and again == coffee
+    assert abs(cosine(coffee, coffee) - 1) < 1e-6
+    assert cosine(coffee, drink) > 0.5 > abs(cosine(coffee, dog))
+
+
+async def test_embeddings_wire_format_base64_tokens_and_bad_requests(stub_url):
+    client = openai.AsyncOpenAI(base_url=stub_url, api_key="x", max_retries=0)
+    as_base64 = await client.embeddings.create(model="m", input=["a red fox", "red"],
+                                               dimensions=8)  # the client asks for base64
+    as_floats = await client.embeddings.create(model="m", input=["a red fox", "red"],
+                                               dimensions=8, encoding_format="float")
+    tokens = await client.embeddings.create(model="m", input=[[1, 2, 3]])
+    assert [d.index for d in as_base64.data] == [0, 1] and as_base64.object == "list"
+    for got, sent in zip(as_base64.data, as_floats.data, strict=True):
+        assert got.embedding == pytest.approx(sent.embedding, abs=1e-6)
+    assert len(tokens.data[0].embedding) == 1536  # text-embedding-3-small's, by default
+    assert as_floats.usage.prompt_tokens == 3  # "red", "fox", "red": a token per word
+    async with httpx.AsyncClient(base_url=stub_url, timeout=10) as http:
+        no_input = await http.post("/embeddings", json={"model": "m"})
+        too_big = await http.post("/embeddings", json={"input": "x", "dimensions": 99999})
+    for bad in (no_input, too_big):
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
