@@ -9,6 +9,8 @@ from langchain_core.messages import SystemMessage
 from langgraph.runtime import get_runtime
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.settings import Budget
+
 
 class RunContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -18,6 +20,9 @@ class RunContext(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     locale: str | None = Field(None, max_length=35,
                                description="the user's locale (BCP 47), e.g. fr-FR")
+    budget: Budget | None = Field(
+        None, description="this run's budget (agents.budgets), never above the operator's "
+        "budgets.run")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Model call parameters that override the configured model's."""

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -290,6 +290,58 @@ class CronSettings(BaseModel):
         "each replica looks every interval x live replicas, jittered)")
 
 
+class Budget(BaseModel):
+    """What one run, thread or user may spend (``agents/budgets.py``); 0 or None: no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(None, ge=0, description="input + output tokens")
+    max_cost_usd: float | None = Field(
+        None, ge=0, description="cost in USD at the price table (configs/prices.yaml, "
+        "genai-prices)")
+    max_steps: int | None = Field(None, ge=0, description="model calls")
+
+    def limits(self) -> dict[str, float]:
+        """The limits that are on, by measure (``tokens``, ``cost_usd``, ``steps``)."""
+        return {measure: float(value) for measure, value in (
+            ("tokens", self.max_tokens), ("cost_usd", self.max_cost_usd),
+            ("steps", self.max_steps)) if value}
+
+    def within(self, asked: Budget | None) -> Budget:
+        """A run's own budget (its ``context``) under this one: never above a limit here."""
+        if asked is None:
+            return self
+        return Budget(**{name: min((v for v in (getattr(self, name), getattr(asked, name))
+                                    if v), default=None)
+                         for name in ("max_tokens", "max_cost_usd", "max_steps")})
+
+
+class UserBudget(Budget):
+    window_s: float = Field(86400.0, gt=0, description="a user's spend is counted over "
+                            "fixed windows this long; past a limit, new runs get 429 until "
+                            "the window ends")
+
+
+class BudgetSettings(BaseModel):
+    """Limits of a run, of a thread (all its runs) and of a user over a window, counted in
+    Redis as the model is called, so every replica and a retried run see the same spend."""
+
+    run: Budget = Budget()
+    thread: Budget = Budget()
+    user: UserBudget = UserBudget()
+
+
+class BreakerSettings(BaseModel):
+    """The circuit breaker each model endpoint shares across replicas (``agents/breaker.py``)."""
+
+    failures: int = Field(5, ge=1, description="consecutive failed calls that open it")
+    cooldown_s: float = Field(30.0, gt=0, description="how long it stays open (longer if "
+                              "the provider's Retry-After says so)")
+    max_wait_s: float = Field(
+        60.0, ge=0, description="a model call waits for it to close this long at most "
+        "(within its run's deadline); past that it fails at once with ModelUnavailable")
+
+
 class StoreIndexSettings(BaseModel):
     """The long-term store's semantic index (langgraph.json ``store.index``): what
     ``asearch(namespace, query=...)`` ranks by, with vectors in Redis (``agents.memory``)."""
@@ -404,6 +456,8 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     crons: CronSettings = CronSettings()
+    budgets: BudgetSettings = BudgetSettings()
+    breaker: BreakerSettings = BreakerSettings()
     store: StoreSettings = Field(StoreSettings(), description="the long-term store: "
                                  "semantic index and ttl")
     graph_deployments: GraphDeploymentsSettings = Field(

@@ -198,6 +198,11 @@ def current_usage() -> Usage | None:
     return _usage.get()
 
 
+def current_ids() -> Mapping[str, str]:
+    """The ids of the work in progress (run id, thread id, role...), as spans get them."""
+    return _ids.get()
+
+
 def add_usage(other: Mapping[str, Any] | None) -> None:
     """A specialist call's usage, added to the run that made it."""
     usage = _usage.get()

@@ -14,6 +14,7 @@ from typing import Any
 from langgraph.graph.state import CompiledStateGraph
 from redis.exceptions import NoScriptError
 
+from agents.budgets import BudgetExceeded
 from agents.redis_saver import LeanRedisSaver
 from agents.streamed_state import StreamedState
 from serve_app.keys import run_key, run_ref, thread_lease_key
@@ -116,6 +117,8 @@ class Execution:
             log.warning("run %s: Redis failed (%s); trying it again", run_id, exc)
             await asyncio.shield(self.attempts.retry(run, token, exc))
             return None
+        except BudgetExceeded as exc:  # its run's, thread's or user's: which, used, limit
+            status, error = "error", exc.as_error()
         except Exception as exc:
             log.exception("run %s failed", run_id)
             status, error = "error", {"error": type(exc).__name__, "message": str(exc)}

@@ -38,7 +38,13 @@ class StubConfig(BaseModel):
     ttft_ms: float = Field(0.0, ge=0, description="delay before the first chunk or the answer")
     tokens_per_s: float = Field(0.0, ge=0, description="pacing between tokens; 0: none")
     fault_rate: float = Field(0.0, ge=0, le=1, description="share of chat requests that fail")
-    fault_status: int = Field(500, description="429 (with retry-after: 0) or a 5xx")
+    fault_status: int = Field(500, description="429 or a 5xx")
+    retry_after_s: float = Field(0.0, ge=0, description="the Retry-After of an injected "
+                                 "fault (a 429 always has one, 0 by default)")
+    fault_for_s: float = Field(0.0, ge=0, description="an outage: every chat request fails "
+                               "for this long from the update that sets it, then none")
+    hang_rate: float = Field(0.0, ge=0, le=1, description="share of chat requests that hang")
+    hang_s: float = Field(0.0, ge=0, description="how long a hanging request sends nothing")
     seed: int = Field(0, description="seed of the fault sequence, so tests are repeatable")
 
     @field_validator("fault_status")
@@ -107,6 +113,8 @@ class StubState:
         self.rng = random.Random(config.seed)
         self.requests = 0
         self.faults = 0
+        self.hangs = 0
+        self.fault_until = 0.0
         self.by_role: Counter[str] = Counter()
         self.calls: deque[dict[str, Any]] = deque(maxlen=MAX_CALLS_KEPT)
 
@@ -114,19 +122,25 @@ class StubState:
         """Apply a partial update; restarting the fault sequence keeps fault tests repeatable."""
         self.config = StubConfig.model_validate({**self.config.model_dump(), **update})
         self.rng = random.Random(self.config.seed)
+        if "fault_for_s" in update:
+            self.fault_until = time.time() + self.config.fault_for_s
         return self.config
 
     def reset(self) -> None:
-        self.requests = self.faults = 0
+        self.requests = self.faults = self.hangs = 0
         self.by_role.clear()
         self.calls.clear()
         self.rng = random.Random(self.config.seed)
 
     def next_is_fault(self) -> bool:
-        return self.rng.random() < self.config.fault_rate
+        return time.time() < self.fault_until or self.rng.random() < self.config.fault_rate
+
+    def next_hangs(self) -> bool:
+        return self.config.hang_rate > 0 and self.rng.random() < self.config.hang_rate
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "by_role": dict(self.by_role), "faults": self.faults,
+                "hangs": self.hangs,
                 "calls": list(self.calls)}
 
 
@@ -161,13 +175,14 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
         raise bad_request(f"invalid request: {where}: {first['msg']}") from exc
 
 
-def fault(status: int) -> tuple[StubError, dict[str, str]]:
+def fault(status: int, retry_after_s: float = 0.0) -> tuple[StubError, dict[str, str]]:
     """An injected failure as the real API would send it."""
+    headers = {"retry-after": f"{retry_after_s:g}"} if retry_after_s or status == 429 else {}
     if status == 429:
         return (StubError(429, "Rate limit reached for stub-model (injected fault).",
-                          "rate_limit_error", "rate_limit_exceeded"), {"retry-after": "0"})
+                          "rate_limit_error", "rate_limit_exceeded"), headers)
     return (StubError(status, f"The stub model failed with {status} (injected fault).",
-                      "server_error", "stub_fault"), {})
+                      "server_error", "stub_fault"), headers)
 
 
 def usage_of(req: ChatRequest, messages: list[dict[str, Any]], reply: Reply) -> dict[str, int]:
@@ -257,11 +272,14 @@ async def chat_completions(state: StubState, request: Request) -> Response:
     config = state.config
     state.requests += 1
     state.by_role[role] += 1
+    if state.next_hangs():  # a provider that accepted the call and sends nothing
+        state.hangs += 1
+        await asyncio.sleep(config.hang_s)
     if state.next_is_fault():
         state.faults += 1
         state.calls.append({"role": role, "started": started, "finished": time.time(),
                             "status": config.fault_status})
-        error, headers = fault(config.fault_status)
+        error, headers = fault(config.fault_status, config.retry_after_s)
         return error_response(error, headers)
     reply = policy.decide(messages, tools)
     usage = usage_of(req, messages, reply)

@@ -1,0 +1,135 @@
+"""A circuit breaker per model endpoint, shared by every replica through Redis.
+
+Without it each model call retried on its own, so a provider outage multiplied the load on
+the provider and every run of every user failed one by one. Here every failed attempt
+(429, 5xx, a timeout, a refused connection) counts against the endpoint in one Redis hash
+(``agents.keys.breaker_key``): after ``breaker.failures`` in a row it opens for
+``breaker.cooldown_s``; a ``Retry-After`` from the provider opens it for that long at
+once. While it is open no replica calls the endpoint: a call waits for it to close if that
+is within ``breaker.max_wait_s`` (and its run's deadline, which cancels the wait), else it
+fails at once with ``ModelUnavailable``; admission refuses new runs with 503 and the time it
+reopens (``serve_app.runs.admission``). The first call after the cool-down goes through:
+a success closes the breaker for everyone, a failure opens it again. So after the provider
+recovers, runs go on with no restart.
+
+Each replica reads the shared state at most once a second (``REFRESH_S``) and on its own
+failures: a replica sees another's opening within a second, and a healthy endpoint costs
+one Redis read per second per process, not one per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agents.errors import AgentClusterError
+from agents.keys import breaker_key
+from agents.settings import BreakerSettings
+
+REFRESH_S = 1.0
+TTL_S = 86400  # a breaker nobody touched for a day is forgotten (closed)
+
+# KEYS[1]: the breaker; ARGV: now, failures that open it, cool-down, Retry-After (0: none),
+# cause, TTL. Counts one failure; opens (or extends) it. Returns {failures, open_until}.
+_FAILED = """
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local now, wait = tonumber(ARGV[1]), tonumber(ARGV[4])
+if n >= tonumber(ARGV[2]) then wait = math.max(wait, tonumber(ARGV[3])) end
+local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
+if wait > 0 and now + wait > open_until then
+  open_until = now + wait
+  redis.call('HSET', KEYS[1], 'open_until', tostring(open_until), 'cause', ARGV[5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return {n, tostring(open_until)}
+"""
+
+
+class ModelUnavailable(AgentClusterError):
+    """The model endpoint's circuit is open for longer than a call may wait."""
+
+    def __init__(self, endpoint: str, cause: str, retry_in_s: float):
+        super().__init__(f"the model endpoint {endpoint} is unavailable ({cause}); its "
+                         f"circuit breaker reopens in {math.ceil(retry_in_s)} s")
+        self.endpoint, self.cause, self.retry_in_s = endpoint, cause, retry_in_s
+
+    def __reduce__(self) -> tuple:  # crosses a Ray handle intact
+        return ModelUnavailable, (self.endpoint, self.cause, self.retry_in_s)
+
+
+@dataclass
+class State:
+    failures: int = 0
+    open_until: float = 0.0  # epoch seconds
+    cause: str = ""
+
+    def open_for(self) -> float:
+        return max(0.0, self.open_until - time.time())
+
+
+class Breaker:
+    def __init__(self, redis: Redis, endpoint: str, settings: BreakerSettings):
+        self.redis = redis
+        self.endpoint = endpoint
+        self.key = breaker_key(endpoint)
+        self.settings = settings
+        self.known = State()
+        self._read_at = -math.inf
+        self._script = redis.register_script(_FAILED)
+        _breakers[endpoint] = self
+
+    async def state(self, fresh: bool = False) -> State:
+        """The shared state, as read at most ``REFRESH_S`` ago (now, if ``fresh``)."""
+        if fresh or time.monotonic() - self._read_at > REFRESH_S:
+            self._read_at = time.monotonic()
+            failures, open_until, cause = await self.redis.hmget(
+                self.key, ["failures", "open_until", "cause"])
+            self.known = State(int(failures or 0), float(open_until or 0),
+                               (cause or b"").decode() if isinstance(cause, bytes)
+                               else cause or "")
+        return self.known
+
+    async def wait(self) -> None:
+        """Return once the circuit is closed; wait while it is open, up to ``max_wait_s``
+        in all, or raise ``ModelUnavailable`` at once if it stays open longer."""
+        waited = 0.0
+        state = await self.state()
+        while (open_for := state.open_for()) > 0:
+            if waited + open_for > self.settings.max_wait_s:
+                raise ModelUnavailable(self.endpoint, state.cause, open_for)
+            await asyncio.sleep(open_for)
+            waited += open_for
+            state = await self.state(fresh=True)
+
+    async def failed(self, cause: str, retry_after_s: float | None) -> None:
+        """One failed attempt: counted for every replica; may open the circuit."""
+        failures, open_until = await self._script(keys=[self.key], args=[
+            time.time(), self.settings.failures, self.settings.cooldown_s,
+            retry_after_s or 0, cause, TTL_S])
+        self.known = State(int(failures), float(open_until), cause)
+        self._read_at = time.monotonic()
+
+    async def succeeded(self) -> None:
+        """The endpoint answered: the failures in a row end (a write only after some)."""
+        if self.known.failures:
+            self.known = State()
+            await self.redis.delete(self.key)
+
+
+_breakers: dict[str, Breaker] = {}  # this process's, by endpoint (the latest built)
+
+
+async def open_circuit() -> Breaker | None:
+    """A breaker of this process's model endpoints that is open now (state at most a
+    second old), for admission to refuse new runs while it is."""
+    for breaker in list(_breakers.values()):
+        with contextlib.suppress(RedisError, RuntimeError):  # a closed client: not ours now
+            if (await breaker.state()).open_for() > 0:
+                return breaker
+    return None

@@ -1,0 +1,140 @@
+"""Budgets (agents/budgets.py) over the real Redis and the stub model, in-process service: a
+runaway run stops at its budget, within one model call of the limit; a run's own budget
+never goes above the operator's; spend counted in Redis survives a new attempt; a user
+over a windowed budget is refused at creation with 429 and when the window resets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agents.budgets import Budgets
+from agents.keys import spend_key
+from agents.settings import Settings
+from serve_app.resources.schemas import RunCreate
+
+LOOP = "Research this and loop forever"
+
+
+def with_budgets(settings: Settings, **budgets: Any) -> Settings:
+    """``settings`` with these budgets and a researcher that may loop 60 steps (its own
+    step limit is not what stops a runaway here)."""
+    roles = {name: role.model_copy(update={"max_steps": 60})
+             for name, role in settings.roles.items()}
+    return settings.model_copy(update={
+        "budgets": settings.budgets.model_validate(budgets), "roles": roles,
+        "api": settings.api.model_copy(update={"run_timeout_s": 60.0})})
+
+
+def turn(text: str, **extra: Any) -> RunCreate:
+    return RunCreate.model_validate({
+        "assistant_id": "supervisor", "stream_mode": ["values"],
+        "input": {"messages": [{"role": "user", "content": text}]}, **extra})
+
+
+async def ended(service, run: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
+    return await asyncio.wait_for(
+        service.streams.wait_for_end(run["thread_id"], run["run_id"]), timeout_s)
+
+
+async def spent(service, run: dict[str, Any]) -> tuple[int, float]:
+    """Model calls and cost the run was charged in Redis."""
+    counters = await service.redis.hgetall(spend_key(run["thread_id"], run["run_id"]))
+    return int(counters[b"steps"]), float(counters[b"cost_usd"])
+
+
+async def test_a_runaway_run_stops_at_its_cost_budget_and_the_thread_takes_the_next_run(
+        settings, in_process_service):
+    limit = 0.0005  # USD: a dozen steps or so of the stub's loop (prices.yaml: stub-model)
+    async with in_process_service(with_budgets(settings, run={"max_cost_usd": limit}),
+                                  "budget-run") as service:
+        thread, _ = await service.records.create_thread(None, {})
+        run = await service.runs.create(thread["thread_id"], turn(LOOP))
+        frames = b"".join([f async for f in service.streams.events(run["thread_id"],
+                                                                   run["run_id"])])
+        record = await ended(service, run)
+
+        assert record["status"] == "error"
+        error = record["error"]
+        assert (error["error"], error["budget"], error["measure"]) == \
+            ("BudgetExceeded", "run", "cost_usd")
+        assert error["limit"] == limit and error["used"] >= limit
+        assert b"event: error" in frames and b"BudgetExceeded" in frames
+        # within one model call of the limit: the same loop one call shorter (the stub is
+        # deterministic) had not reached it
+        steps, cost = await spent(service, run)
+        assert steps > 5 and cost == pytest.approx(error["used"])  # it did loop
+        shorter = await service.runs.create(
+            (await service.records.create_thread(None, {}))[0]["thread_id"],
+            turn(LOOP, context={"budget": {"max_steps": steps - 1}}))
+        assert (await ended(service, shorter))["error"]["measure"] == "steps"
+        assert (await spent(service, shorter))[1] < limit <= cost
+
+        # the thread keeps its checkpoint and takes the next run
+        assert (await service.records.get_thread(thread["thread_id"]))["status"] == "error"
+        again = await service.runs.create(thread["thread_id"],
+                                          turn("What is Redis persistence?"))
+        assert (await ended(service, again))["status"] == "success"
+        state = await service.threads.get_state(thread["thread_id"])
+        texts = [m["content"] for m in state["values"]["messages"] if m["type"] == "human"]
+        assert texts == [LOOP, "What is Redis persistence?"]
+
+
+async def test_a_runs_own_budget_applies_but_never_above_the_operators(
+        settings, in_process_service):
+    async with in_process_service(with_budgets(settings, run={"max_steps": 6}),
+                                  "budget-context") as service:
+        async def stopped_at(context: dict[str, Any] | None) -> dict[str, Any]:
+            thread, _ = await service.records.create_thread(None, {})
+            extra = {"context": context} if context else {}
+            run = await service.runs.create(thread["thread_id"], turn(LOOP, **extra))
+            record = await ended(service, run)
+            assert record["status"] == "error", record
+            assert (await spent(service, run))[0] == record["error"]["used"]
+            return record["error"]
+
+        own = await stopped_at({"budget": {"max_steps": 3}})
+        assert (own["budget"], own["measure"], own["used"], own["limit"]) == \
+            ("run", "steps", 3, 3)
+        above = await stopped_at({"budget": {"max_steps": 100}})
+        assert (above["used"], above["limit"]) == (6, 6)
+
+
+async def test_spend_is_the_runs_not_the_attempts(settings, in_process_service):
+    """A run taken over by another replica goes on from what it had spent: its counters
+    are keyed by the run in Redis. Here its first attempt's spend is already there when
+    it starts (a delayed run, charged meanwhile as a dead replica's attempt would have)."""
+    capped = with_budgets(settings, run={"max_tokens": 2000})
+    async with in_process_service(capped, "budget-attempt") as service:
+        thread, _ = await service.records.create_thread(None, {})
+        run = await service.runs.create(thread["thread_id"],
+                                        turn("What is Redis persistence?", after_seconds=1))
+        budgets = Budgets(service.redis, capped.budgets)  # as another replica's
+        levels = budgets.levels(thread["thread_id"], run["run_id"], None)
+        await budgets.charge(levels, 1990, 0.0)  # what the lost attempt had used
+        record = await ended(service, run)
+
+        assert record["status"] == "error"
+        assert record["error"]["budget"] == "run" and record["error"]["limit"] == 2000
+        assert record["error"]["used"] > 2000  # 1990 + the one call it made
+        spent = await service.redis.hgetall(spend_key(thread["thread_id"], run["run_id"]))
+        assert int(spent[b"steps"]) == 2 and int(spent[b"tokens"]) == record["error"]["used"]
+
+
+async def test_a_thread_budget_counts_every_run_of_the_thread(settings, in_process_service):
+    async with in_process_service(with_budgets(settings, thread={"max_steps": 5}),
+                                  "budget-thread") as service:
+        thread, _ = await service.records.create_thread(None, {})
+        results = []
+        for _ in range(4):  # a plain question is 3 model calls (route, answer, finish)
+            run = await service.runs.create(thread["thread_id"],
+                                            turn("What is Redis persistence?"))
+            results.append(await ended(service, run))
+        assert [r["status"] for r in results[:2]] == ["success", "error"]
+        assert results[1]["error"]["budget"] == "thread"
+        assert all(r["error"]["budget"] == "thread" for r in results[2:])
+        other, _ = await service.records.create_thread(None, {})  # another thread: its own
+        run = await service.runs.create(other["thread_id"], turn("What is Redis persistence?"))
+        assert (await ended(service, run))["status"] == "success"
