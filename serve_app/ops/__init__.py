@@ -1,4 +1,5 @@
-"""Operating a cluster: start and stop it (launcher, Ray node), clear what a killed start left
-behind, check Redis for leaked keys.
+"""Operating a cluster: start and stop it (launcher, Ray node), start the embedded services
+alone for ``serve run`` (``services``), clear what a killed start left behind, check Redis
+for leaked keys.
 
 May import: every other package of ``serve_app``."""
