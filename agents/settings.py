@@ -390,7 +390,9 @@ class GraphDeploymentSettings(BaseModel):
     they pull that graph's runs from a pool of its own and scale on it
     (``serve_app/deployments/autoscaling.py``), without taking other graphs' slots."""
 
-    min_replicas: int = Field(1, ge=0, description="replicas kept however idle")
+    min_replicas: int = Field(
+        1, ge=1, description="replicas kept however idle (at least one: replicas pull their "
+        "runs from Redis, so an empty deployment would never see a backlog to scale on)")
     max_replicas: int = Field(2, ge=1, description="replicas at most, whatever the backlog")
     upscale_delay_s: float = Field(5.0, ge=0, description="a backlog this long adds replicas")
     downscale_delay_s: float = Field(60.0, ge=0, description="idle this long removes one")

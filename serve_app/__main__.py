@@ -1,20 +1,24 @@
 """``make run``: the whole cluster on the embedded default, until Ctrl-C.
 
 Starts Redis (RedisJSON + RediSearch) and the stub model unless ``REDIS_URL`` /
-``OPENAI_BASE_URL`` point elsewhere, a local Ray, and the Serve app of ``configs/local.yaml``.
+``OPENAI_BASE_URL`` point elsewhere, a local Ray, and the Serve app of ``configs/local.yaml``
+(``--serve-config``). ``--config path/langgraph.json`` (``make run CONFIG=...``) serves that
+LangGraph project's graphs too, each in a deployment of its own (docs/own-agents.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from agents.local.services import local_services
-from agents.settings import PROJECT_ROOT, get_settings
-from serve_app.ops.launcher import serve_cluster
+from agents.project import Project, ProjectError
+from agents.settings import PROJECT_ROOT, Settings, get_settings
+from serve_app.ops.launcher import serve_cluster, service_env
 from serve_app.ops.leftovers import DataDirInUse, PortInUse
 from serve_app.resources.auth import check_bind
 
@@ -41,18 +45,26 @@ Ctrl-C stops everything.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "configs" / "local.yaml")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a LangGraph project's langgraph.json to serve")
+    parser.add_argument("--serve-config", type=Path,
+                        default=PROJECT_ROOT / "configs" / "local.yaml",
+                        help="the Serve YAML the application is deployed from")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8085,
                         help="Ray's Prometheus export port")
     args = parser.parse_args()
+    if args.config is not None and args.config.suffix in (".yaml", ".yml"):
+        print(f"note: {args.config} taken as --serve-config (--config now takes a "
+              "langgraph.json)", flush=True)
+        args.serve_config, args.config = args.config, None
 
     stop_on_signals()
     try:
         serve_until_stopped(args)
     except Stop as stop:
         print(f"stopped ({stop})", flush=True)
-    except (PortInUse, DataDirInUse) as exc:
+    except (PortInUse, DataDirInUse, ProjectError) as exc:
         sys.exit(f"cannot start: {exc}")
 
 
@@ -74,18 +86,43 @@ def stop_on_signals() -> None:
         signal.signal(sig, stop)
 
 
-def serve_until_stopped(args: argparse.Namespace) -> None:
-    with local_services(get_settings()) as settings, \
-            serve_cluster(settings, args.config, port=args.port,
-                          metrics_port=args.metrics_port) as url:
-        stop_on_signals()  # again: ray.init set a SIGTERM handler of its own
-        print(HOW_TO_TALK.format(url=url, redis=settings.redis_url,
-                                 model=settings.model.base_url,
-                                 metrics_port=args.metrics_port), flush=True)
-        print(check_bind(urlsplit(url).hostname or "", settings.auth), flush=True)
-        while True:
-            signal.pause()
+def open_project(path: Path) -> Project:
+    """The project read and its dependencies installed, before anything starts."""
+    project = Project.load(path)
+    project.install()
+    return project
 
+
+def check_project(project: Project, settings: Settings) -> None:
+    """Every graph loaded here, in the environment replicas will have, before Ray starts:
+    a graph that does not load stops the start in seconds (ProjectError)."""
+    os.environ.update({**service_env(settings), **project.env_vars()})
+    for line in project.check(["supervisor", *settings.roles]):
+        print(line, flush=True)
+
+
+def serve_until_stopped(args: argparse.Namespace) -> None:
+    project = open_project(args.config) if args.config else None
+    with local_services(get_settings()) as settings:
+        if project is not None:
+            check_project(project, settings)
+        with serve_cluster(settings, args.serve_config, port=args.port,
+                           metrics_port=args.metrics_port, project=project) as url:
+            serve_while_up(settings, url, args, project)
+
+
+def serve_while_up(settings: Settings, url: str, args: argparse.Namespace,
+                   project: Project | None) -> None:
+    stop_on_signals()  # again: ray.init set a SIGTERM handler of its own
+    print(HOW_TO_TALK.format(url=url, redis=settings.redis_url,
+                             model=settings.model.base_url,
+                             metrics_port=args.metrics_port), flush=True)
+    if project is not None:
+        print(f"Graphs of {project.path}, a deployment each: {', '.join(project.graphs)}\n",
+              flush=True)
+    print(check_bind(urlsplit(url).hostname or "", settings.auth), flush=True)
+    while True:
+        signal.pause()
 
 if __name__ == "__main__":
     main()

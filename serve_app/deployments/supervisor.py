@@ -19,9 +19,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from agents import telemetry
+from agents.project import Project
 from agents.settings import get_settings
 from agents.system import Runtime
 from serve_app.api.http_api import build_api
+from serve_app.deployments.graph import graph_pool, pool_stats
 from serve_app.deployments.remote_worker import RemoteWorker
 from serve_app.resources.approvals import RecordedApprovals
 from serve_app.resources.auth import check_bind
@@ -47,7 +49,9 @@ def serve_http_host() -> str | None:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class SupervisorDeployment:
-    async def __init__(self, workers: dict[str, DeploymentHandle]):
+    async def __init__(self, workers: dict[str, DeploymentHandle],
+                       project_graphs: dict[str, DeploymentHandle] | None = None,
+                       project: str | None = None):
         settings = get_settings()
         host = serve_http_host()
         if host is not None:  # refuse to start open on a non-loopback address
@@ -61,12 +65,16 @@ class SupervisorDeployment:
         remote = {role: RemoteWorker(handle) for role, handle in workers.items()}
         graphs = {"supervisor": self.runtime.supervisor(remote)}
         graphs |= {role: self.runtime.specialist(role) for role in settings.roles}
+        if project:  # a user's graphs, for reads here; their runs go to their deployments
+            graphs |= await Project.load(project).load_graphs(fenced, self.runtime.store)
         context = serve.get_replica_context()
         tracing.configure("supervisor", context.replica_id.unique_id)
         self.service = AgentService(self.runtime.redis, graphs, settings.api,
                                     context.replica_id.unique_id, fenced,
                                     metrics=RayMetrics(), retention=settings.retention)
         telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
+        for graph_id in project_graphs or {}:
+            self.service.executor.route(graph_id, graph_pool(settings.api.run_pool, graph_id))
         self.service.executor.start(*background_loops(self.service, settings))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -78,12 +86,7 @@ class SupervisorDeployment:
         self.service.retune(**user_config)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Custom autoscaling metrics: runs here, runs waiting in the pool's queue, the
-        share of run requests refused (``serve_app.deployments.autoscaling``)."""
-        executor = self.service.executor
-        return {"runs_running": executor.running, "runs_queued": executor.load.queued,
-                "run_slots": executor.slots,
-                "refused_share": self.service.admission.refused_share}
+        return pool_stats(self.service)
 
     async def check_health(self) -> None:
         await self.runtime.redis.ping()

@@ -19,6 +19,7 @@ from ray._raylet import Config as RayConfig
 from ray.serve._private import api as serve_private_api
 from ray.serve.schema import ServeDeploySchema
 
+from agents.project import Project
 from agents.settings import PROJECT_ROOT, Settings
 from serve_app.ops.ray_node import RayNode, ray_env, temp_dir_for
 from serve_app.resources.auth import check_bind
@@ -45,17 +46,40 @@ def service_env(settings: Settings) -> dict[str, str]:
 
 
 def load_serve_config(path: Path, port: int | None = None,
-                      user_configs: dict[str, dict] | None = None) -> ServeDeploySchema:
+                      user_configs: dict[str, dict] | None = None,
+                      project: Project | None = None,
+                      settings: Settings | None = None) -> ServeDeploySchema:
     """A Serve config file, on ``port``, with ``user_configs`` per deployment name (the
-    supervisor's are live admission limits, ``api.*``)."""
+    supervisor's are live admission limits, ``api.*``), and a deployment per graph of
+    ``project`` (its replicas from ``settings.graph_deployments``)."""
     config = yaml.safe_load(Path(path).read_text())
     if port is not None:
         config.setdefault("http_options", {})["port"] = port
+    if project is not None:
+        add_project(config["applications"][0], project, settings or Settings())
     for app in config["applications"]:
         for deployment in app.get("deployments", []):
             if deployment["name"] in (user_configs or {}):
                 deployment["user_config"] = user_configs[deployment["name"]]
     return ServeDeploySchema.model_validate(config)
+
+
+def add_project(app: dict[str, Any], project: Project, settings: Settings) -> None:
+    """The application serves ``project`` (``serve_app.app.build_app``'s ``project``),
+    each graph in a deployment named by its id, scaled on its own pool of runs."""
+    app["args"] = {**(app.get("args") or {}), "project": str(project.path)}
+    for graph_id in project.graphs:
+        scale = settings.graph_deployments.of(graph_id)
+        app.setdefault("deployments", []).append({
+            "name": graph_id,
+            "graceful_shutdown_timeout_s": scale.graceful_shutdown_timeout_s,
+            "autoscaling_config": {
+                "min_replicas": scale.min_replicas, "max_replicas": scale.max_replicas,
+                "upscale_delay_s": scale.upscale_delay_s,
+                "downscale_delay_s": scale.downscale_delay_s,
+                "metrics_interval_s": 2, "look_back_period_s": 10,
+                "policy": {"policy_function":
+                           "serve_app.deployments.autoscaling:runs_policy"}}})
 
 
 def deploy(config: ServeDeploySchema) -> None:
@@ -90,12 +114,15 @@ def serve_cluster(
     extra_env: dict[str, str] | None = None,
     metrics_port: int | None = None,
     address: str | None = None,
+    project: Project | None = None,
 ) -> Iterator[str]:
     """Yield the base URL of the deployed app; shut Serve (and the Ray node started here)
     down afterwards. ``address``: a running Ray cluster's GCS (``host:port``) to deploy
     on instead of starting a head node here. ``metrics_port``: where the started node
-    exports Prometheus metrics (Serve's and ours)."""
-    config = load_serve_config(config_path, port)
+    exports Prometheus metrics (Serve's and ours). ``project``: a ``langgraph.json``
+    served too, its ``env`` in every replica's environment."""
+    config = load_serve_config(config_path, port, project=project, settings=settings)
+    extra_env = {**(project.env_vars() if project else {}), **(extra_env or {})}
     check_bind(config.http_options.host, settings.auth)  # no open API on a public address
     os.environ.update(ray_env())  # this driver talks to the nodes as they expect,
     RayConfig.initialize("")       # auth mode included (Ray read it once, at import)
@@ -108,7 +135,7 @@ def serve_cluster(
             head.start(ports=serve_ports(port, metrics_port))
             address = head.address
         ray.init(address=address, namespace="serve", log_to_driver=False,
-                 runtime_env={"env_vars": {**service_env(settings), **(extra_env or {})}})
+                 runtime_env={"env_vars": {**service_env(settings), **extra_env}})
         stack.callback(ray.shutdown)
         stack.callback(_shutdown_serve)
         deploy(config)

@@ -46,7 +46,7 @@ class Cancellation:
                     await self.retention.roll_back_safely(run)
                 await context.records.delete_run(run)
             return
-        await context.redis.publish(cancel_channel(context.pool.name),
+        await context.redis.publish(cancel_channel(context.pool_of(run.get("graph_id")).name),
                                     json.dumps({"run_id": run["run_id"], "action": action}))
 
     async def listen_forever(self) -> None:

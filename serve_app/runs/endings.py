@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.redis_saver import Command as RedisCommand
 from agents.streamed_state import StreamedState
-from serve_app.keys import parse_ref, run_ref
+from serve_app.keys import parse_ref, run_key, run_ref
 from serve_app.runs import run_telemetry
 from serve_app.runs.concurrency import LagLimiter
 from serve_app.runs.event_log import EventWriter
@@ -152,7 +153,7 @@ class Endings:
                     before: Sequence[RedisCommand] = ()) -> None:
         """Off the thread's queue and the pool's sets, after ``before`` (writes to make
         while the run holds its thread): one round trip; the thread's next run is ready."""
-        leases, pool = self.context.leases, self.context.pool
+        leases, pool = self.context.leases, self.context.pool_of(run.get("graph_id"))
         thread_id, run_id = run["thread_id"], run["run_id"]
         ref = run_ref(thread_id, run_id)
         taken = token is not None and not run.get("not_before_ms")
@@ -173,6 +174,10 @@ class Endings:
 
         following = await durably(once)
         if following:
+            if self.context.routes:  # the thread's next run may be another graph's
+                graph_id = await durably(lambda: self.context.redis.hget(
+                    run_key(thread_id, following), "graph_id"))
+                pool = self.context.pool_of(json.loads(graph_id) if graph_id else None)
             await durably(lambda: pool.make_ready(run_ref(thread_id, following)))
 
     async def settle(self, ref: str, run: dict[str, Any] | None) -> None:

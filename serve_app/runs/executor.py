@@ -146,10 +146,16 @@ class RunExecutor:
                             settings.overhead_budget_s)
         self.metrics.gauge("run_slots_max", settings.max_concurrent_runs)
 
+    def route(self, graph_id: str, pool: str) -> None:
+        """``graph_id``'s runs go to ``pool``: the replicas of a deployment of its own."""
+        self.context.routes[graph_id] = RunPool(self.redis, pool,
+                                                self.context.settings.lease_ttl_s)
+
     async def submit(self, run: dict[str, Any], first_in_thread: bool) -> None:
         """Queue an admitted run; it is ready at once if its thread has nothing before it."""
-        await self.pool.add(run_ref(run["thread_id"], run["run_id"]), ready=first_in_thread,
-                            not_before_ms=run.get("not_before_ms"))
+        await self.context.pool_of(run["graph_id"]).add(
+            run_ref(run["thread_id"], run["run_id"]), ready=first_in_thread,
+            not_before_ms=run.get("not_before_ms"))
         self.metrics.count("runs_admitted")
 
     async def cancel(self, run: dict[str, Any], action: str = "interrupt") -> None:

@@ -4,7 +4,7 @@ executor's ``retune`` replaces the settings here, live, so no part keeps a stale
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -26,6 +26,12 @@ class ExecutorContext:
     metrics: Metrics
     replica_id: str
     settings: ApiSettings
+    # graph id -> the pool of the deployment that runs it, if not this one's
+    routes: dict[str, RunPool] = field(default_factory=dict)
+
+    def pool_of(self, graph_id: str | None) -> RunPool:
+        """Where ``graph_id``'s runs wait and are cancelled."""
+        return self.routes.get(graph_id, self.pool)
 
     def event_writer(self, run: dict[str, Any]) -> EventWriter:
         """The run's event stream, with the current TTL and linger."""

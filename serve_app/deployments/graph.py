@@ -1,0 +1,69 @@
+"""One graph of a user's project (``langgraph.json``) per binding: the replicas that run its
+runs, each graph under its own name with its own replicas (``graph_deployments`` settings).
+
+They take no HTTP requests: the ingress (``deployments.supervisor``) admits and records a
+run and queues it in the graph's own pool (``graph_pool``); these replicas pull it from
+there as the supervisor's replicas pull theirs, with the same leases, checkpoints per step
+(through the fenced saver), re-claim after a replica's death, cancels and event streams.
+Serve scales them on that pool (``autoscaling.runs_policy``), so a heavy graph takes
+replicas of its own, not the others' slots.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+
+from agents import telemetry
+from agents.checkpoint import check_redis, create_redis
+from agents.memory import create_store
+from agents.project import Project
+from agents.settings import get_settings
+from serve_app.resources.service_context import ServiceContext
+from serve_app.runs.fencing import FencedRedisSaver
+from serve_app.telemetry import tracing
+from serve_app.telemetry.metrics import RayMetrics
+
+
+def graph_pool(run_pool: str, graph_id: str) -> str:
+    """The pool a project graph's runs wait in (``api.run_pool`` is the built-ins')."""
+    return f"{run_pool}:graph:{graph_id}"
+
+
+def pool_stats(service: ServiceContext) -> dict[str, float]:
+    """Custom autoscaling metrics: runs here, runs waiting in the pool's queue, the share
+    of run requests refused (``serve_app.deployments.autoscaling``)."""
+    executor = service.executor
+    return {"runs_running": executor.running, "runs_queued": executor.load.queued,
+            "run_slots": executor.slots, "refused_share": service.admission.refused_share}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100,
+                  health_check_period_s=2, graceful_shutdown_wait_loop_s=0.5)
+class GraphDeployment:
+    async def __init__(self, project: str, graph_id: str):
+        settings = get_settings()
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        tracing.configure(graph_id, replica_id)
+        redis = create_redis(settings.redis_url, settings.redis)
+        await check_redis(redis, settings.redis_url)
+        fenced = FencedRedisSaver(redis_client=redis,
+                                  ttl_minutes=settings.redis.checkpoint_ttl_minutes)
+        tracing.instrument_checkpointer(fenced)
+        graph = await Project.load(project).load_graph(graph_id, fenced,
+                                                       await create_store(redis))
+        self.service = ServiceContext(redis, {graph_id: graph}, settings.api, replica_id,
+                                      fenced, pool=graph_pool(settings.api.run_pool, graph_id),
+                                      metrics=RayMetrics(), retention=settings.retention)
+        telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
+        self.service.executor.start()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        return pool_stats(self.service)
+
+    async def check_health(self) -> None:
+        await self.service.redis.ping()
+
+    async def __del__(self) -> None:
+        """Graceful shutdown: hand unfinished runs back to the other replicas."""
+        await self.service.executor.hand_back_all()
+        await self.service.aclose()

@@ -1,0 +1,296 @@
+"""A user's LangGraph project served as it is (``python -m serve_app --config langgraph.json``).
+
+The loader in this process (no Ray): the projects under ``tests/fixtures/`` load as
+LangGraph's server loads them; every bad input stops the start naming the file, the
+attribute and the cause. Then one real start of ``tests/fixtures/langgraph.json`` (their
+four graphs), in a process of its own, talked to with ``langgraph_sdk`` only: a ReAct agent
+with a context and a tool, an ``interrupt()`` in a tool resumed with ``Command``, a replica
+of a user's graph SIGKILLed mid-run, a node that raises, a cancel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph_sdk import get_client
+
+from agents.local.process import free_port
+from agents.project import GraphLoadError, Project, ProjectError
+from agents.settings import PROJECT_ROOT, Settings
+from serve_app.ops.launcher import HAPROXY_MODE_PORTS
+
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
+BUILT_INS = ["supervisor", "researcher", "coder", "reviewer"]
+GRAPHS = ["agent", "refund", "slow", "boom"]
+
+
+# the loader, in this process
+async def test_template_projects_load_as_langgraph_serves_them():
+    agent = Project.load(FIXTURES / "react_agent" / "langgraph.json")
+    assert agent.notes() == ["note: python_version only matters to an image build "
+                             "(langgraph build); not used here"]  # $schema: no note
+    assert agent.env_vars() == {"ORDERS_REGION": "eu-west"}
+    assert agent.pip_requirements() == []  # "." has no pyproject: put on the path
+    saver = InMemorySaver()
+    graph = await agent.load_graph("agent", checkpointer=saver)  # a compiled graph
+    assert graph.checkpointer is saver
+    assert "max_search_results" in graph.get_context_jsonschema()["properties"]
+    refund = Project.load(FIXTURES / "refund_agent" / "langgraph.json")
+    assert refund.description("refund") == "issues refunds once a human accepts them"
+    assert (await refund.load_graph("refund", saver)).checkpointer is saver  # a StateGraph
+    slow = Project.load(FIXTURES / "slow_agent" / "langgraph.json")
+    made = await slow.load_graph("slow", saver)  # an async factory taking a config
+    assert set(made.nodes) == {"__start__", "first", "second"}
+
+
+def write_project(folder: Path, graphs: dict, files: dict[str, str] | None = None,
+                  **keys) -> Path:
+    for name, text in (files or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    path = folder / "langgraph.json"
+    path.write_text(json.dumps({"graphs": graphs, **keys}))
+    return path
+
+
+SG = "from langgraph.graph import StateGraph\ngraph = StateGraph(dict)\n"
+BAD_GRAPHS = {
+    "missing file": ("./nowhere.py:graph", {}, "FileNotFoundError"),
+    "syntax error": ("./bad.py:graph", {"bad.py": "def graph(:\n"}, "SyntaxError"),
+    "import error": ("./imp.py:graph", {"imp.py": "import no_such_module_xyz\n"},
+                     "ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    "missing attribute": ("./ok.py:grpah", {"ok.py": "graph = 1\n"}, "no such attribute"),
+    "not a graph": ("./ok.py:graph", {"ok.py": "graph = 1\n"}, "int is not a graph"),
+    "factory raises": ("./fac.py:make", {"fac.py": "def make():\n    raise KeyError('db')\n"},
+                       "the factory raised KeyError: 'db'"),
+    "no module": ("no_such_pkg_xyz.graph:graph", {}, "ModuleNotFoundError"),
+    "does not compile": ("./sg.py:graph", {"sg.py": SG}, "it does not compile: ValueError: "
+                         "Graph must have an entrypoint"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GRAPHS)
+async def test_a_graph_that_does_not_load_is_named_with_its_cause(case, tmp_path):
+    target, files, cause = BAD_GRAPHS[case]
+    project = Project.load(write_project(tmp_path, {"g": target}, files))
+    with pytest.raises(GraphLoadError) as raised:
+        await project.load_graph("g")
+    where, attr = target.rsplit(":", 1)
+    named = str(tmp_path / where.removeprefix("./")) if where.startswith(".") else where
+    assert f"graph 'g': {named}:{attr}: " in str(raised.value)
+    assert cause in str(raised.value)
+
+
+def test_keys_refused_noted_or_warned_by_name(tmp_path):
+    graphs = {"g": "./g.py:graph"}
+    with pytest.raises(ProjectError, match=r"http: .*remove http.app, cors"):
+        Project.load(write_project(tmp_path, graphs, http={"app": "./a.py:app", "cors": {}}))
+    with pytest.raises(ProjectError, match=r"store\.ttl"):
+        Project.load(write_project(tmp_path, graphs, store={"ttl": {"default_ttl": 5}}))
+    with pytest.raises(ProjectError, match=r"graphs: .*at least 1"):
+        Project.load(write_project(tmp_path, {}))
+    project = Project.load(write_project(
+        tmp_path, graphs, pip_config_file="pip.conf", colour="blue",
+        auth={"path": "./auth.py:auth", "openapi": {}},
+        checkpointer={"ttl": {"strategy": "delete", "default_ttl": 90,
+                              "sweep_interval_minutes": 2}}))
+    assert project.notes() == [
+        "note: pip_config_file only matters to an image build (langgraph build); not used here",
+        "warning: unknown key 'colour' in langgraph.json, not used",
+        "note: auth.openapi: not used here (only auth.path)"]
+    assert project.env_vars() == {  # mapped onto our settings, for every replica
+        "AGENT_CLUSTER_AUTH__PATH": f"{tmp_path / 'auth.py'}:auth",
+        "AGENT_CLUSTER_RETENTION__THREAD_TTL_MINUTES": "90.0",
+        "AGENT_CLUSTER_RETENTION__SWEEP_INTERVAL_S": "120.0"}
+    with pytest.raises(ProjectError, match=r"built-in graphs \['coder', 'researcher', "
+                                           r"'reviewer', 'supervisor'\]"):
+        Project.load(write_project(tmp_path, {"researcher": "./g.py:graph"})
+                     ).check_ids(BUILT_INS)
+
+
+def test_a_dependency_pip_cannot_install_stops_with_pips_reason(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "pyproject.toml").write_text("[project\nname = 'broken'\n")
+    project = Project.load(write_project(tmp_path, {"g": "./g.py:graph"},
+                                         dependencies=["./lib"]))
+    with pytest.raises(ProjectError) as raised:
+        project.install()
+    assert f"dependencies ['{tmp_path / 'lib'}']" in str(raised.value)
+    assert "ERROR: Exception:\n  tomllib.TOMLDecodeError: Expected ']'" in str(raised.value)
+
+
+def start(args: list[str], settings: Settings, data_dir: Path, log: Path,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``python -m serve_app`` on the session's Redis and stub model, as a service manager
+    runs it (a session of its own)."""
+    env = {**os.environ, "REDIS_URL": settings.redis_url,
+           "OPENAI_BASE_URL": settings.model.base_url,
+           "AGENT_CLUSTER_DATA_DIR": str(data_dir),
+           "AGENT_CLUSTER_WORKSPACE_DIR": str(data_dir / "workspace"), **(env or {})}
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "serve_app", *args], cwd=PROJECT_ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def test_a_start_with_a_broken_graph_fails_fast_naming_it(settings, tmp_path):
+    path = write_project(tmp_path, {"ok": "./ok.py:graph", "bad": "./bad.py:graph"},
+                         {"ok.py": SG + "graph.add_node('n', lambda s: s)\n"
+                                        "graph.set_entry_point('n')\n",
+                          "bad.py": "raise RuntimeError('no database')\n"})
+    began = time.monotonic()
+    proc = start(["--config", str(path), "--port", str(free_port())], settings, tmp_path,
+                 tmp_path / "start.log")
+    assert proc.wait(60) != 0
+    took = time.monotonic() - began
+    out = (tmp_path / "start.log").read_text()
+    assert f"cannot start: graph 'bad': {tmp_path / 'bad.py'}:graph: RuntimeError: " \
+           "no database" in out, out[-2000:]
+    assert "ray" not in out.lower(), "the check comes before Ray starts"
+    print(f"refused after {took:.1f} s")
+    assert took < 30
+    assert not [p for p in psutil.process_iter(["environ"]) if p.info["environ"] and
+                p.info["environ"].get("AGENT_CLUSTER_DATA_DIR") == str(tmp_path)]
+
+
+# one cluster serving tests/fixtures/langgraph.json
+@pytest.fixture(scope="module")
+def project_url(settings, tmp_path_factory):
+    """The fixture project served by a real start (``--config``), its Serve YAML given by
+    ``--serve-config`` (one supervisor replica: 2 cores), two replicas of ``slow``."""
+    data_dir = tmp_path_factory.mktemp("own-agents")
+    serve = yaml.safe_load((PROJECT_ROOT / "configs" / "local.yaml").read_text())
+    supervisor = serve["applications"][0]["deployments"][0]
+    supervisor["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    (data_dir / "serve.yaml").write_text(yaml.safe_dump(serve))
+    port = free_port()
+    log = data_dir / "start.log"
+    proc = start(["--config", str(FIXTURES / "langgraph.json"), "--serve-config",
+                  str(data_dir / "serve.yaml"), "--port", str(port),
+                  "--metrics-port", str(free_port())], settings, data_dir, log,
+                 {"AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"slow": {"min_replicas": 2}}',
+                  **{name: str(free_port()) for name in HAPROXY_MODE_PORTS}})
+    try:
+        deadline = time.monotonic() + 400
+        while "is up at" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def replica_pids(deployment: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"ServeReplica:agent-cluster:{deployment}$"],
+                         capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def user(text: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+@pytest.mark.timeout(600)
+async def test_each_graph_is_an_assistant_with_a_deployment_of_its_own(project_url):
+    client = get_client(url=project_url)
+    found = {a["graph_id"] for a in await client.assistants.search(limit=50)}
+    assert set(GRAPHS) | set(BUILT_INS) <= found
+    schemas = await client.assistants.get_schemas("agent")
+    assert schemas["context_schema"]["properties"]["max_search_results"]["default"] == 3
+    assert {node["id"] for node in (await client.assistants.get_graph("slow"))["nodes"]} >= \
+        {"first", "second"}
+    assert {g: len(replica_pids(g)) for g in GRAPHS} == \
+        {"agent": 1, "refund": 1, "slow": 2, "boom": 1}
+
+
+async def test_react_agent_reads_its_context_and_env_in_a_tool(project_url):
+    client = get_client(url=project_url)
+    tid = (await client.threads.create())["thread_id"]
+    parts = [part async for part in client.runs.stream(
+        tid, "agent", input=user("Where is order 42?"), context={"max_search_results": 7},
+        stream_mode=["custom", "values"])]
+    assert {"searching": "order 42"} in [p.data for p in parts if p.event == "custom"]
+    messages = [p for p in parts if p.event == "values"][-1].data["messages"]
+    tool = json.loads(next(m for m in messages if m["type"] == "tool")["content"])
+    assert tool == {"hits": [], "max_results": 7, "region": "eu-west"}
+    assert messages[-1]["content"] == "I found nothing in the corpus about order 42."
+    assert (await client.threads.get(tid))["status"] == "idle"
+
+
+async def test_interrupt_in_a_tool_is_resumed_with_a_command(project_url):
+    client = get_client(url=project_url)
+    tid = (await client.threads.create())["thread_id"]
+    first = await client.runs.wait(tid, "refund", input=user("Refund $25 to order 42"))
+    assert first["__interrupt__"][0]["value"] == {
+        "action": "issue_refund",
+        "args": {"amount": 25, "order_id": "42", "reason": "customer request"}}
+    thread = await client.threads.get(tid)
+    assert thread["status"] == "interrupted"
+    done = await client.runs.wait(tid, "refund", command={"resume": {"type": "accept"}})
+    assert done["messages"][-1]["content"] == "Refund issued: $25 to order 42 (refund r-42)."
+    assert (await client.threads.get(tid))["status"] == "idle"
+
+
+async def first_pid(client, tid: str, rid: str) -> tuple[int, str]:
+    async for part in client.runs.join_stream(tid, rid):
+        if part.event == "custom" and part.data.get("step") == "first":
+            return part.data["pid"], part.id
+    raise AssertionError("the run never started its first step")
+
+
+async def test_a_user_graphs_replica_killed_mid_run_finishes_elsewhere(project_url):
+    client = get_client(url=project_url)
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "slow", input={"steps": []},
+                                   stream_mode=["custom", "values"])
+    pid, seen = await first_pid(client, tid, run["run_id"])
+    assert pid in replica_pids("slow")
+    os.kill(pid, signal.SIGKILL)
+    rest = [p async for p in client.runs.join_stream(tid, run["run_id"], last_event_id=seen)]
+    pids = [p.data["pid"] for p in rest if p.event == "custom"]
+    assert pids and pid not in pids, rest
+    final = await client.runs.get(tid, run["run_id"])
+    assert final["status"] == "success" and final["attempt"] == 2, final
+    state = await client.threads.get_state(tid)
+    assert state["values"]["steps"] == ["first", "second"]
+
+
+async def test_a_node_that_raises_ends_its_run_in_error_not_its_thread_busy(project_url):
+    client = get_client(url=project_url)
+    tid = (await client.threads.create())["thread_id"]
+    for _ in range(2):  # the thread takes the next run: not left busy
+        parts = [p async for p in client.runs.stream(tid, "boom", input={"steps": []})]
+        assert parts[-1].event == "error", parts
+        assert parts[-1].data == {"error": "LookupError",
+                                  "message": "order 7 is not in the ledger"}
+    runs = await client.runs.list(tid)
+    assert [r["status"] for r in runs] == ["error", "error"]
+    assert (await client.threads.get(tid))["status"] == "error"
+
+
+async def test_a_cancel_reaches_the_graphs_replica(project_url):
+    client = get_client(url=project_url)
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "slow", input={"steps": []}, stream_mode=["custom"])
+    await first_pid(client, tid, run["run_id"])
+    began = time.monotonic()
+    await client.runs.cancel(tid, run["run_id"], wait=True)
+    assert (await client.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+    assert time.monotonic() - began < 3  # not the step's end (4 s)
+    later = await client.runs.wait(tid, "slow", input={"steps": []})
+    assert later["steps"] == ["first", "second"]
