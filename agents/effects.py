@@ -5,7 +5,8 @@ A node replayed after a crash (its checkpoint was not written) calls the tool ag
 same key and gets the recorded result instead of a second effect. Tools whose effect lives in
 Redis (the back office) keep a receipt of the key in the same MULTI/EXEC as the effect, as an
 external system keeps the idempotency keys it was sent: exactly once. Other tools can only
-be recorded right after the effect: a crash in between can repeat it.
+be recorded right after the effect: a crash in between can repeat it. An entry's key
+(``agents.keys.effect_key``) is under its thread's prefix: it goes with the thread.
 """
 
 from __future__ import annotations
@@ -15,19 +16,10 @@ from contextvars import ContextVar
 
 from redis.asyncio import Redis
 
-from agents.slots import tagged
-
-LEDGER_PREFIX = "ac:effect:"
 LEDGER_TTL_S = 30 * 24 * 3600
 
 # The key of the sensitive call being executed, for tools that join our transaction.
 current_effect_key: ContextVar[str | None] = ContextVar("current_effect_key", default=None)
-
-
-def effect_key(thread_id: str, tool_call_id: str) -> str:
-    """Unique per call: tool call ids repeat across threads, not within one. In the
-    thread's hash slot (``agents.slots``)."""
-    return f"{LEDGER_PREFIX}{tagged(thread_id)}:{tool_call_id}"
 
 
 class EffectLedger:

@@ -34,6 +34,7 @@ from redis.asyncio import Redis, RedisCluster
 from redisvl.index import SearchIndex
 from redisvl.query.filter import Tag
 
+from agents.keys import STORE_TAG
 from agents.settings import ModelSettings, StoreIndexSettings, StoreSettings
 from agents.slots import shard_of
 
@@ -69,8 +70,8 @@ async def create_store(redis: Redis | RedisCluster, settings: StoreSettings | No
     settings = settings or StoreSettings()
     store_prefix = "store"
     if isinstance(redis, RedisCluster):
-        store_prefix = "{store}"
-        redis = shard_of(redis, "{store}").client
+        store_prefix = STORE_TAG
+        redis = shard_of(redis, STORE_TAG).client
     index = settings.index and index_config(settings.index, model or ModelSettings())
     with _sync_index_tolerated():
         store = RedisStore(redis_client=redis, index=index, ttl=ttl_config(settings),

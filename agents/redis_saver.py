@@ -5,7 +5,7 @@ the shared tier. ``langgraph-checkpoint-redis``'s layout stores each checkpoint 
 pending write as a RedisJSON document indexed by RediSearch: ~31 ``JSON.SET`` per run at
 ~120-160 us of Redis's one command thread each (parsing the document into a JSON tree and
 indexing it), most of a run's Redis time. Here the same data is opaque bytes in one hash per
-thread, ``ac:{<thread>}:checkpoints`` (fields: ``agents.slots``), holding the thread's
+thread, ``ac:{<thread>}:checkpoints`` (fields: ``agents.keys``), holding the thread's
 checkpoints and their pending writes, of every namespace and of its specialists'
 sub-threads:
 
@@ -62,7 +62,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 
-from agents.slots import (
+from agents.keys import (
     LATEST,
     WRITE,
     checkpoint_field,

@@ -1,8 +1,8 @@
 """The one hash slot of a thread's keys, so a Redis Cluster can hold them.
 
-Every key of a thread (the serving layer's, ``serve_app.keys``; the checkpointer's, built
-here for ``agents.redis_saver``; the effect ledger's) carries one hash tag: the thread id up
-to its first ``/``. A specialist's sub-thread is ``<thread>/<role>/<task id>``
+Every key of a thread (the serving layer's, ``serve_app.keys``; the checkpointer's and the
+effect ledger's, ``agents.keys``) carries one hash tag: the thread id up to its first ``/``.
+A specialist's sub-thread is ``<thread>/<role>/<task id>``
 (``agents.supervisor.sub_thread_id``), so it lands in its parent's slot, and every Lua
 script or MULTI over a thread's keys stays within one slot.
 
@@ -20,50 +20,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 
-
-def tagged(thread_id: str) -> str:
-    """``thread_id`` with its hash tag in braces: ``{t}`` for ``t``, ``{t}/role/task`` for
-    a sub-thread of ``t``. Unique per id, and identical to ``{t}`` for ids without ``/``."""
-    root, slash, rest = thread_id.partition("/")
-    return f"{{{root}}}{slash}{rest}"
-
-
-def untagged(text: str) -> str:
-    """The id back from ``tagged(id)`` (its first pair of braces removed)."""
-    return text.replace("{", "", 1).replace("}", "", 1)
-
-
-# The checkpointer's keys (``agents.redis_saver``): a thread's checkpoints and their pending
-# writes, and its sub-threads', in one hash under the thread's tag. A checkpoint's field is
-# ``<sub-thread suffix>#<ns>#<checkpoint id>`` (the suffix is what follows the thread id in
-# a sub-thread's id: ``/<role>/<task id>``, empty for the thread); a write's is ``!`` then
-# its checkpoint's field, ``#<task id>:<idx>``.
-LATEST = "latest"  # the checkpoint id field naming a namespace's latest checkpoint
-WRITE = "!"  # what a write's field starts with
-
-
-def checkpoints_key(thread_id: str) -> str:
-    return f"ac:{{{thread_id.partition('/')[0]}}}:checkpoints"
-
-
-def checkpoint_field(thread_id: str, ns: str, checkpoint_id: str) -> str:
-    _, slash, rest = thread_id.partition("/")
-    return f"{slash}{rest}#{ns}#{checkpoint_id}"
-
-
-def checkpoint_write_field(thread_id: str, ns: str, checkpoint_id: str, task_id: str,
-                           idx: int) -> str:
-    return f"{WRITE}{checkpoint_field(thread_id, ns, checkpoint_id)}#{task_id}:{idx}"
-
-
-def parse_checkpoint_field(thread_id: str, field: str) -> tuple[str, str, str, str]:
-    """(thread or sub-thread id, namespace, checkpoint id, ``<task id>:<idx>`` of a write or
-    "" for the checkpoint itself) of a field of ``checkpoints_key(thread_id)``."""
-    if field.startswith(WRITE):
-        suffix, ns, checkpoint_id, task = field[len(WRITE):].rsplit("#", 3)
-    else:
-        (suffix, ns, checkpoint_id), task = field.rsplit("#", 2), ""
-    return thread_id.partition("/")[0] + suffix, ns, checkpoint_id, task
+from agents.keys import shard_tag
 
 
 @dataclass(frozen=True)
@@ -102,7 +59,7 @@ def _shard(client: RedisCluster, node: ClusterNode) -> Shard:
     if node.name not in known:
         kwargs = {k: v for k, v in client.get_connection_kwargs().items()
                   if k in ("username", "password", "socket_timeout", "socket_connect_timeout")}
-        tag = next(tag for tag in (f"{{shard{i}}}" for i in itertools.count())
+        tag = next(tag for tag in (shard_tag(i) for i in itertools.count())
                    if client.get_node_from_key(tag).name == node.name)
         known[node.name] = Shard(Redis(host=node.host, port=node.port, **kwargs), tag)
     return known[node.name]

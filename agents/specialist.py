@@ -23,8 +23,9 @@ from langgraph.store.base import BaseStore
 from langgraph.types import interrupt
 
 from agents.approval import ApprovalRequest, ApprovalVerifier, parse_decision
-from agents.effects import EffectLedger, effect_key
+from agents.effects import EffectLedger
 from agents.errors import StepLimitExceeded
+from agents.keys import effect_key
 from agents.run_context import RunContext, current_context
 from agents.settings import ApprovalPolicy, RoleSettings
 from agents.state import Decision, SpecialistState

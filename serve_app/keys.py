@@ -1,20 +1,22 @@
-"""Every Redis key the serving layer writes, in one place (prefix ``ac:``).
+"""Every Redis key the serving layer writes, in one place (prefix ``ac:``); the graph's
+(checkpoints, effect ledger, store, corpus) are in ``agents.keys``. ``tests/test_keys.py``
+fails on a key built anywhere else.
 
 Keys of one thread carry the thread's hash tag (``ac:{<thread id>}:...``,
-``agents.slots``): its record, its runs' records and event streams, its run queue, lease,
+``agents.keys``): its record, its runs' records and event streams, its run queue, lease,
 fencing counter, approval log and audit list live in one hash slot with its checkpoints and
 its specialists' sub-threads, so a Lua script over them stays valid on a Redis Cluster.
 Keys of a run pool (the replicas that execute runs from one queue) carry the pool's tag
-(``ac:{pool:<name>}:...``).
+(``ac:{pool:<name>}:...``). Crons and webhooks have a tag each (one slot each), without
+the prefix (their layout predates it).
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from agents.slots import tagged
+from agents.keys import PREFIX, tagged, untagged
 
-PREFIX = "ac:"
 # Cross-thread indexes: one key each, so in one slot (one shard) of a cluster by design,
 # touched by single-key commands only (never in a script or MULTI with a thread's keys); at
 # ~60 bytes a thread, one shard holds millions.
@@ -57,8 +59,18 @@ def audit_key(thread_id: str) -> str:
 
 
 def thread_prefix(thread_id: str) -> str:
-    """What every serving-layer key of the thread starts with."""
+    """What every key of the thread starts with: the serving layer's, and its and its
+    sub-threads' checkpoints and effect ledger entries (``agents.keys``)."""
     return f"{_thread(thread_id)}:"
+
+
+def split_thread_key(key: str) -> tuple[str, str] | None:
+    """``(thread id, what follows its prefix)`` of a key of a thread; None for any other
+    key (a pool's, a user's, the assistants', an index)."""
+    if not key.startswith(f"{PREFIX}{{") or key.startswith(_NOT_THREADS):
+        return None
+    tag, found, rest = key[len(PREFIX):].partition("}:")
+    return (untagged(f"{tag}}}"), rest) if found else None
 
 
 def approvals_key(thread_id: str) -> str:
@@ -87,8 +99,14 @@ def responses_key(thread_id: str, run_id: str) -> str:
     return f"{_thread(thread_id)}:responses:{run_id}"
 
 
+_POOLS = f"{PREFIX}{{pool:"
+
+
 def _pool(pool: str) -> str:
-    return f"{PREFIX}{{pool:{pool}}}"
+    return f"{_POOLS}{pool}}}"
+
+
+POOL_KEYS = f"{_POOLS}*"  # a SCAN pattern: every pool's keys
 
 
 def ready_key(pool: str) -> str:
@@ -137,10 +155,13 @@ def parse_ref(ref: str | bytes) -> tuple[str, str]:
     return thread_id, run_id
 
 
+_USERS = f"{PREFIX}{{user:"
+
+
 def _user(identity: str) -> str:
     """A user's keys: tagged by a digest of the identity (any string, braces included)."""
     digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
-    return f"{PREFIX}{{user:{digest}}}"
+    return f"{_USERS}{digest}}}"
 
 
 def user_bucket_key(identity: str) -> str:
@@ -170,3 +191,22 @@ def assistant_key(assistant_id: str) -> str:
 def assistant_versions_key(assistant_id: str) -> str:
     """Every version of the assistant: a hash, version number -> JSON."""
     return f"{_ASSISTANTS}:versions:{assistant_id}"
+
+_NOT_THREADS = (_POOLS, _USERS, _ASSISTANTS)
+
+# Crons (``serve_app.resources.crons``)
+CRONS_ALL = "{crons}:all"  # cron id -> created (epoch seconds)
+CRONS_DUE = "{crons}:due"  # cron id -> its next tick (epoch seconds)
+CRON_PREFIX = "{crons}:cron:"  # + cron id: the cron (JSON)
+CRON_TICK_PREFIX = "{crons}:tick:"  # + "<cron id>:<tick epoch>": the tick's lease
+
+# Webhooks' outbox (``serve_app.resources.webhooks``)
+WEBHOOKS_DUE = "{webhooks}:due"  # delivery id -> when to look at it next (epoch seconds)
+WEBHOOK_ENTRY_PREFIX = "{webhooks}:entry:"  # + delivery id: what to deliver (JSON)
+
+REGRESSION_CASES = f"{PREFIX}regressions"  # case id -> a failed run kept as a case (JSON)
+
+
+def feed_wake_key(feed_id: str) -> str:
+    """The stream a process's event feed writes to wake its own blocked read."""
+    return f"{PREFIX}feed:{feed_id}:wake"

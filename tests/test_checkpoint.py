@@ -10,8 +10,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import START, StateGraph
 from redis.cluster import key_slot
 
+from agents.keys import checkpoint_field, checkpoints_key
 from agents.redis_saver import LeanRedisSaver, MessageCachingSerializer
-from agents.slots import checkpoint_field, checkpoints_key
 from agents.state import AgentState
 
 

@@ -11,7 +11,7 @@ import uuid
 from langgraph_sdk import get_client
 from redis.asyncio import Redis
 
-from agents.slots import checkpoints_key
+from agents.keys import checkpoints_key
 
 RESEARCH_AND_CODE = (
     "Research how Redis persistence works and write a Python function that parses a "

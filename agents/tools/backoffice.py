@@ -23,20 +23,20 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from agents.effects import LEDGER_TTL_S, current_effect_key
+from agents.keys import backoffice_key
 
-PREFIX = "backoffice:{bo}:"
-SEEDED = f"{PREFIX}seeded"
-CUSTOMERS = f"{PREFIX}customers"
-ORDERS = f"{PREFIX}orders"
-REFUNDS = f"{PREFIX}refunds"
-EFFECTS = f"{PREFIX}effects"
+SEEDED = backoffice_key("seeded")
+CUSTOMERS = backoffice_key("customers")
+ORDERS = backoffice_key("orders")
+REFUNDS = backoffice_key("refunds")
+EFFECTS = backoffice_key("effects")
 CUSTOMER_COUNT = 20
 ORDER_COUNT = 100
 RECORD_KINDS = ("profile", "invoice", "support_ticket")
 
 
 def records_key(customer_id: str) -> str:
-    return f"{PREFIX}customer:{customer_id}:records"
+    return backoffice_key(f"customer:{customer_id}:records")
 
 
 def order_amount(order_id: int) -> float:
@@ -122,7 +122,7 @@ async def _once(redis: Redis, result: dict, effect: Callable[[Pipeline], None]) 
     so the transaction stays in its slot; the caller records the thread's ledger entry."""
     key = current_effect_key.get()
     # by digest: no back-office key names a thread (deleting the thread leaves none behind)
-    receipt = f"{PREFIX}receipt:{hashlib.sha256(str(key).encode()).hexdigest()[:32]}"
+    receipt = backoffice_key(f"receipt:{hashlib.sha256(str(key).encode()).hexdigest()[:32]}")
     async with redis.pipeline(transaction=True) as pipe:
         if key is not None:
             await pipe.watch(receipt)

@@ -23,12 +23,12 @@ from redis.commands.search.index_definition import IndexDefinition, IndexType
 from redis.commands.search.query import Query
 from redis.exceptions import ResponseError
 
+from agents.keys import CORPUS_DOC as PREFIX
+from agents.keys import CORPUS_INDEX as INDEX
+from agents.keys import CORPUS_LOCK as LOCK_KEY
+from agents.keys import CORPUS_VERSION as VERSION_KEY
 from agents.slots import shard_of
 
-INDEX = "idx:{corpus}"  # in the documents' slot: on a cluster RediSearch loads only those
-PREFIX = "corpus:{corpus}:doc:"
-VERSION_KEY = "corpus:{corpus}:version"
-LOCK_KEY = "corpus:{corpus}:lock"
 SCHEMA = (TextField("title", weight=2.0), TextField("body"))
 SCORER = "BM25STD"  # the textbook BM25; RediSearch's TFIDF ranks unions of terms oddly
 SNIPPET_CHARS = 200

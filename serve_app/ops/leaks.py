@@ -5,14 +5,13 @@
 An operator's tool (it scans the keyspace, which the serving layer never does). Exits 1 and
 lists ``key  reason`` when it finds orphans:
 
-- a key under a thread's hash tag (``ac:{<thread>}:...``) whose thread record is gone (an
-  audit list with a TTL, kept by ``retention.keep_audit_on_delete``, is not an orphan);
+- a key under a thread's prefix (``serve_app.keys.thread_prefix``: its records, runs,
+  checkpoints and effect ledger entries) whose thread record is gone; what
+  ``retention.keep_audit_on_delete`` keeps is not an orphan: an audit list or approval log
+  with a TTL, and the effect ledger entries an audit list names;
 - a run record or event stream its thread's run index does not name;
-- the checkpoints of a thread with no thread record (they are under its hash tag);
 - a specialist's sub-thread (``<thread>/<role>/<task>``) whose result is already in its idle
   parent (retention missed it): reported as ``<checkpoint hash>[<sub-thread>]``;
-- an effect ledger entry (``ac:effect:...``) of a thread that is gone and named by no
-  audit list;
 - members of the global indexes (``ac:threads``, ``ac:expiry``) and of run pools' sets
   naming a thread or run that is gone.
 
@@ -32,23 +31,21 @@ from typing import Any
 from redis.asyncio import Redis
 
 from agents.checkpoint import create_redis
-from agents.effects import LEDGER_PREFIX
+from agents.keys import checkpoints_key, parse_checkpoint_field
 from agents.redis_saver import LeanRedisSaver
-from agents.slots import parse_checkpoint_field, untagged
 from serve_app.keys import (
     ALL_THREADS,
-    PREFIX,
+    POOL_KEYS,
     THREAD_EXPIRY,
+    audit_key,
     parse_ref,
     queue_key,
     run_key,
+    split_thread_key,
     thread_key,
 )
 from serve_app.keys import thread_runs_key as runs_key
 from serve_app.runs.retention import _text
-
-TAGGED = re.compile(r"^ac:\{(?P<tag>[^}]*)\}:(?P<rest>.*)$")
-SUB_THREAD = re.compile(r"^(?P<parent>.+)/[^/]+/[^/]+$")
 
 
 class LeakCheck:
@@ -68,13 +65,6 @@ class LeakCheck:
             self._threads[thread_id] = bool(await self.redis.exists(thread_key(thread_id)))
         return self._threads[thread_id]
 
-    async def owner_exists(self, thread_id: str) -> bool:
-        """A thread, or the parent of a specialist's sub-thread, with a record."""
-        if await self.thread_exists(thread_id):
-            return True
-        sub = SUB_THREAD.match(thread_id)
-        return bool(sub) and await self.thread_exists(sub["parent"])
-
     async def run(self) -> list[tuple[str, str]]:
         pattern = f"*{_glob(self.prefix)}*" if self.prefix else "*"
         found: list[tuple[str, str]] = []
@@ -88,19 +78,13 @@ class LeakCheck:
         return sorted(found)
 
     async def classify(self, key: str) -> str | None:
-        tagged = TAGGED.match(key)
-        if tagged and not tagged["tag"].startswith("pool:"):
-            return await self._thread_key(tagged["tag"], tagged["rest"], key)
-        if key.startswith(LEDGER_PREFIX):
-            return await self._ledger(key)
-        return None
-
-    async def _thread_key(self, thread_id: str, rest: str, key: str) -> str | None:
-        if not self.mine(thread_id):
+        split = split_thread_key(key)
+        if split is None or not self.mine(split[0]):
             return None
+        thread_id, rest = split
         if not await self.thread_exists(thread_id):
-            if rest in ("audit", "approvals") and await self.redis.ttl(key) > 0:
-                return None  # kept for audit by policy, expiring
+            if await self.kept_for_audit(rest, key):
+                return None
             return "its thread is gone"
         parts = rest.split(":")
         if parts[0] == "run" and len(parts) >= 2 and \
@@ -108,19 +92,18 @@ class LeakCheck:
             return "a run its thread does not list"
         return None
 
-    async def _ledger(self, key: str) -> str | None:
-        thread_id = untagged(key[len(LEDGER_PREFIX):].rsplit(":", 1)[0])
-        if not self.mine(thread_id) or await self.owner_exists(thread_id):
-            return None
-        if key in await self.audited():
-            return None
-        return "effect ledger entry of a deleted thread"
+    async def kept_for_audit(self, rest: str, key: str) -> bool:
+        """What ``retention.keep_audit_on_delete`` keeps of a deleted thread: its audit
+        list and approval log, expiring, and the ledger entries an audit list names."""
+        if rest in ("audit", "approvals"):
+            return await self.redis.ttl(key) > 0
+        return key in await self.audited()
 
     async def audited(self) -> set[str]:
         """Ledger keys named by surviving audit lists (kept by policy)."""
         if self._audited is None:
             self._audited = set()
-            pattern = f"{PREFIX}{{{_glob(self.prefix)}*}}:audit"
+            pattern = audit_key(f"{_glob(self.prefix)}*")
             async for raw in self.redis.scan_iter(match=pattern, count=2000):
                 for entry in await self.redis.lrange(raw, 0, -1):
                     self._audited.add(json.loads(entry).get("effect_key") or "")
@@ -129,10 +112,10 @@ class LeakCheck:
     async def finished_sub_threads_found(self) -> list[tuple[str, str]]:
         """Sub-threads of live threads whose result is in their idle parent."""
         found = []
-        pattern = f"{PREFIX}{{{_glob(self.prefix)}*}}:checkpoints"
+        pattern = checkpoints_key(f"{_glob(self.prefix)}*")
         async for raw in self.redis.scan_iter(match=pattern, count=2000):
             key = _text(raw)
-            thread_id = untagged(key[len(PREFIX):].rsplit(":", 1)[0])
+            thread_id, _ = split_thread_key(key) or ("", "")
             if not await self.thread_exists(thread_id):
                 continue  # reported with the thread's other keys
             finished = await self.finished_sub_threads(thread_id) or set()
@@ -166,7 +149,7 @@ class LeakCheck:
                 if self.mine(thread_id) and not await self.thread_exists(thread_id):
                     found.append((f"{index}[{thread_id}]", "index entry of a thread that "
                                                            "is gone"))
-        async for raw in self.redis.scan_iter(match=f"{PREFIX}{{pool:*", count=2000):
+        async for raw in self.redis.scan_iter(match=POOL_KEYS, count=2000):
             pool_key = _text(raw)
             if await self.redis.type(raw) not in (b"zset", "zset"):
                 continue

@@ -33,16 +33,16 @@ from croniter import CroniterError, croniter
 from redis.asyncio import Redis
 
 from agents.settings import CronSettings
+from serve_app.keys import CRON_PREFIX as CRON
+from serve_app.keys import CRON_TICK_PREFIX as TICK
+from serve_app.keys import CRONS_ALL as ALL
+from serve_app.keys import CRONS_DUE as DUE
 from serve_app.resources.api_errors import ApiError
 from serve_app.runs.pace import Replicas, one_replica, pause
 from serve_app.runs.records import now_iso
 
 log = logging.getLogger(__name__)
 
-ALL = "{crons}:all"  # cron id -> created (epoch seconds)
-DUE = "{crons}:due"  # cron id -> its next tick (epoch seconds)
-CRON = "{crons}:cron:"  # + cron id: the cron (JSON)
-TICK = "{crons}:tick:"  # + "<cron id>:<tick epoch>": the tick's lease
 TICK_LEASE_S = 7 * 24 * 3600  # longer than any restart: a tick is never run twice
 
 # (cron, its tick's time) -> the created run; raises ApiError (503: try the tick again)

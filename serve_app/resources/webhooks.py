@@ -38,6 +38,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agents.settings import WebhookSettings
+from serve_app.keys import WEBHOOK_ENTRY_PREFIX as ENTRY
+from serve_app.keys import WEBHOOKS_DUE as DUE
 from serve_app.resources.api_errors import ApiError
 from serve_app.runs.jsonable import to_jsonable
 from serve_app.runs.pace import Replicas, one_replica, pause
@@ -45,8 +47,6 @@ from serve_app.runs.records import TERMINAL, Records, now_iso
 
 log = logging.getLogger(__name__)
 
-DUE = "{webhooks}:due"  # delivery id -> when to look at it next (epoch seconds)
-ENTRY = "{webhooks}:entry:"  # + delivery id: what to deliver (JSON)
 MAX_BACKOFF_S = 300.0
 WAIT_FOR_END_S = (0.5, 1.0, 2.0, 5.0)  # checks of a running run, then every 5 s
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis, RedisCluster
 
 from agents.checkpoint import connection_kwargs, dedicated_client
-from serve_app.keys import PREFIX
+from serve_app.keys import feed_wake_key
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class EventFeed:
         # An idle read must end well before the socket would time out on it.
         self.block_ms = min(block_ms, int(socket_timeout * 500)) if socket_timeout else block_ms
         self.count = count
-        self.wake_key = f"{PREFIX}feed:{uuid.uuid4().hex}:wake"
+        self.wake_key = feed_wake_key(uuid.uuid4().hex)
         self._wake_seen: StreamId = (0, 0)
         self._readers: defaultdict[str, set[_Reader]] = defaultdict(set)
         self._task: asyncio.Task | None = None

@@ -42,10 +42,9 @@ from redis.asyncio import Redis
 from agents import telemetry
 from agents.checkpoint import create_redis
 from agents.settings import PROJECT_ROOT
-from serve_app.keys import responses_key, thread_runs_key
+from serve_app.keys import REGRESSION_CASES, responses_key, thread_runs_key
 from serve_app.runs.records import Records
 
-CASES = "ac:regressions"
 RESPONSES_TTL_S = 86_400  # a run's model responses, kept a day for feedback to flag it
 FAILED = frozenset({"error", "timeout"})
 DEFAULT_DIR = PROJECT_ROOT / "tests" / "regressions"
@@ -73,7 +72,7 @@ async def keep(redis: Redis, record: dict[str, Any], responses: list[dict[str, A
         "feedback": feedback,
         "interrupted_by": await interrupted_run(redis, record, graph) if resumes else None,
     }
-    await redis.hset(CASES, case["case_id"], json.dumps(case, default=str))
+    await redis.hset(REGRESSION_CASES, case["case_id"], json.dumps(case, default=str))
     telemetry.count("regression_cases_kept", reason=reason)
     return case
 
@@ -144,7 +143,7 @@ async def feedback(redis: Redis, record: dict[str, Any], score: float, comment: 
 
 
 async def cases(redis: Redis) -> list[dict[str, Any]]:
-    return sorted((json.loads(v) for v in (await redis.hgetall(CASES)).values()),
+    return sorted((json.loads(v) for v in (await redis.hgetall(REGRESSION_CASES)).values()),
                   key=lambda c: c["kept_at"])
 
 

@@ -1,6 +1,6 @@
 """What a thread keeps in Redis, and how all of it goes.
 
-Applied as each run ends (``RunExecutor._finish``, while the run still holds its thread),
+Applied as each run ends (``serve_app.runs.endings``, while the run still holds its thread),
 never by a scan of the keyspace: the thread's checkpoint hash names its checkpoints and its
 sub-threads' (``agents.redis_saver``), the thread's hash tag (``serve_app.keys``) the rest.
 
@@ -38,10 +38,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agents.effects import effect_key
+from agents.keys import checkpoints_key, effect_key
 from agents.redis_saver import CheckpointRef, Command, LeanRedisSaver
 from agents.settings import RetentionSettings
-from agents.slots import checkpoints_key
 from agents.supervisor import sub_thread_id
 from serve_app.keys import (
     ALL_THREADS,
