@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -14,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agents.local.process import free_port
 from serve_app.keys import events_key
-from serve_app.runs.event_log import EventWriter, entry_events, resume_point
+from serve_app.runs.event_log import HELD_S, EventWriter, entry_events, resume_point
 
 
 async def test_events_are_stored_in_order_with_their_ttl(redis_client):
@@ -31,40 +32,45 @@ async def test_events_are_stored_in_order_with_their_ttl(redis_client):
 
 async def test_a_burst_of_tokens_goes_out_in_a_few_writes(redis_client):
     """Tokens a few ms apart share writes (the linger), in order: one write per linger
-    (~80 ms of tokens, 50 ms linger). Each write is one entry."""
+    of tokens (~80 ms of them at 50 ms: 2-3 writes, not 40), however slowly they came.
+    Each write is one entry."""
     run_id = f"log-{uuid.uuid4().hex[:8]}"
     writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.05)
+    started = time.monotonic()
     for index in range(40):
         writer.append("messages", {"n": index})
         await asyncio.sleep(0.002)
+    lingers = (time.monotonic() - started) / 0.05
     await writer.flush()
     assert [event["n"] for event in await stored(redis_client, run_id)] == list(range(40))
     writes = len(await redis_client.xrange(events_key("log-thread", run_id)))
-    assert 1 <= writes <= 4, writes
+    assert 1 <= writes <= lingers + 2, (writes, lingers)
 
 
 async def test_a_quiet_stream_writes_soon_a_busy_one_lingers(redis_client):
     """A new stream's first event waits for company (a run's metadata and its input's
     state go in one write); after a quiet spell an event waits 10 ms at most (a
-    message's first token); one within the linger of the last write waits all of it."""
+    message's first token); one within the linger of the last write waits all of it.
+    A write's time is its entry's (Redis's clock): a slow event loop only delays lingering
+    writes, and the quiet one has half the linger to spare."""
     run_id = f"log-{uuid.uuid4().hex[:8]}"
     key = events_key("log-thread", run_id)
-    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=0.5)
+    linger = 0.8
+    writer = EventWriter(redis_client, "log-thread", run_id, ttl_s=600, linger_s=linger)
+    appended = time.time()
     writer.append("metadata", {"n": 1})
     await asyncio.sleep(0.05)
     writer.append("values", {"n": 2})
-    await asyncio.sleep(0.1)
-    assert await stored(redis_client, run_id) == []  # lingering
-    await asyncio.sleep(0.55)
+    assert (await write_times(redis_client, key, 1))[0] - appended > linger - 0.01  # lingered
     assert len(await stored(redis_client, run_id)) == 2
     assert len(await redis_client.xrange(key)) == 1  # one write for both
-    await asyncio.sleep(0.6)  # quiet
+    await asyncio.sleep(linger + 0.1)  # quiet
+    appended = time.time()
     writer.append("messages", {"n": 3})
-    await asyncio.sleep(0.3)
-    assert len(await stored(redis_client, run_id)) == 3  # after 0.1 s, well before 0.5
-    writer.append("messages", {"n": 4})
-    await asyncio.sleep(0.15)
-    assert len(await stored(redis_client, run_id)) == 3  # right after a write: lingers
+    assert (await write_times(redis_client, key, 2))[1] - appended < linger / 2  # 10 ms
+    appended = time.time()
+    writer.append("messages", {"n": 4})  # right after a write: lingers
+    assert (await write_times(redis_client, key, 3))[2] - appended > linger - 0.01
     await writer.flush()
     assert [event["n"] for event in await stored(redis_client, run_id)] == [1, 2, 3, 4]
 
@@ -80,14 +86,15 @@ async def test_a_held_writer_writes_a_runs_last_events_with_its_end(redis_client
     await asyncio.sleep(0.1)  # quiet
     writer.append("values", {"n": 2})
     writer.hold()
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.1)  # its 10 ms are long past, its second (HELD_S) far off
     assert len(await stored(redis_client, run_id)) == 1  # waiting for the end
     writer.append("end", {"n": 3})
     await writer.flush()
     assert [event["n"] for event in await stored(redis_client, run_id)] == [1, 2, 3]
     assert len(await redis_client.xrange(key)) == 2
-    writer.append("values", {"n": 4})  # flushed: not held any more
-    await asyncio.sleep(0.2)
+    appended = time.time()
+    writer.append("values", {"n": 4})  # flushed: not held any more (its linger, not HELD_S)
+    assert (await write_times(redis_client, key, 3))[2] - appended < HELD_S / 2
     assert len(await stored(redis_client, run_id)) == 4
 
 
@@ -146,6 +153,16 @@ async def stored(client: Redis, run_id: str) -> list[dict]:
     """The data of every event stored for ``run_id``, in order."""
     entries = await client.xrange(events_key("log-thread", run_id))
     return [json.loads(data) for entry in entries for _, _, data in entry_events(*entry)]
+
+
+async def write_times(client: Redis, key: str, count: int) -> list[float]:
+    """When each write to ``key`` was stored (epoch seconds: its entry id, Redis's clock),
+    once there are ``count`` of them (waited for, up to 10 s)."""
+    deadline = time.monotonic() + 10
+    while len(entries := await client.xrange(key)) < count:
+        assert time.monotonic() < deadline, f"{len(entries)} of {count} writes"
+        await asyncio.sleep(0.005)
+    return [int(entry_id.split(b"-")[0]) / 1000 for entry_id, _ in entries]
 
 
 def _url(client: Redis) -> str:
