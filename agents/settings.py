@@ -227,7 +227,7 @@ class ApiKey(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """Who may call the API and do what (``serve_app/resources/auth.py``; README "Auth")."""
+    """Who may call the API and do what (``serve_app/resources/auth.py``; docs/security.md)."""
 
     path: str | None = Field(
         None, description="a LangGraph auth object, as langgraph.json names it: "

@@ -37,7 +37,7 @@ Agent Cluster is up at {url}  (Redis: {redis}, model: {model})
 
   Metrics (Prometheus): http://127.0.0.1:{metrics_port}/metrics (Ray's export: Serve's and
   ray_agent_cluster_*), and {url}/metrics (the answering replica's agent_cluster_*).
-  Traces: set OTEL_EXPORTER_OTLP_ENDPOINT before make run (README: Observability).
+  Traces: set OTEL_EXPORTER_OTLP_ENDPOINT before make run (docs/operations.md).
 
 Ctrl-C stops everything.
 """
