@@ -8,6 +8,7 @@ import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -47,8 +48,10 @@ def test_a_lagging_loop_takes_fewer_runs_a_prompt_full_one_more():
 
 
 async def test_lag_is_measured_from_the_loop_itself():
+    # idle: lateness only, not the 100 ms asked for (a busy box's few ms of noise allowed)
+    ticks = LagLimiter(Slots(1), ceiling=4, target_ms=20, tick_s=0.1, window_s=0.3)
+    assert await ticks.measure() < 50
     meter = LagLimiter(Slots(1), ceiling=4, target_ms=20, tick_s=0.01, window_s=0.3)
-    assert await meter.measure() < 10
 
     async def hog() -> None:  # CPU-bound work holding the loop 30 ms at a time
         while True:
@@ -183,6 +186,14 @@ async def test_runs_admitted_since_the_last_read_count_as_queued(redis_client, f
     assert {d.reason for d in decisions if d is not None} <= {"expected_wait"}
 
 
+async def soon(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """``check()``, polled until true or ``timeout_s`` is over (no timing asserted)."""
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return check()
+
+
 async def test_a_puller_waiting_for_a_slot_is_not_an_idle_slot(redis_client):
     """Admission lets runs in unchecked while a free slot has waited on the empty queue
     (``idle_for``). A puller whose wait timed out and then finds every slot taken (runs in
@@ -193,14 +204,12 @@ async def test_a_puller_waiting_for_a_slot_is_not_an_idle_slot(redis_client):
     executor.limiter.retune(1, 20, 0.1)  # one slot, taken by the puller while it waits
     puller = asyncio.create_task(executor._pull_forever())
     try:
-        await asyncio.sleep(0.3)
-        assert executor.idle_for() > 0.2 and not executor.slots_full()
+        assert await soon(lambda: executor.idle_for() > 0.1) and not executor.slots_full()
         executor._slots.used += 1  # a run takes the slot while the puller's wait runs out
-        await asyncio.sleep(1.2)  # (its wait on the queue times out after 1 s)
-        assert executor.idle_for() == 0.0 and executor.slots_full()
+        # (its wait on the queue times out after 1 s)
+        assert await soon(lambda: executor.idle_for() == 0.0 and executor.slots_full())
         executor._slots.release()  # the run ends: the puller waits on the queue again
-        await asyncio.sleep(0.3)
-        assert executor.idle_for() > 0.2
+        assert await soon(lambda: executor.idle_for() > 0.1)
     finally:
         executor._closing = True
         puller.cancel()
