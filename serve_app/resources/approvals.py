@@ -11,6 +11,12 @@ the action, the original and edited args, the reason and the interrupt answered.
 specialists' tools node runs a sensitive call only if its decision is found in that log for
 that very call (``RecordedApprovals``), so a forged resume payload or a state update cannot
 make it run.
+
+A decision may come in LangGraph's ``HumanResponse`` form (``agents.approval``), as Agent
+Inbox and agent-chat-ui send it. A user's graph that interrupts with a bare
+``HumanInterrupt`` waits on a human the same way: the approver rule holds and its answers
+are logged, then reach the graph as ``HumanResponse`` s, shaped as it asked (a list for a
+list).
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from agents.approval import parse_decision
+from agents.approval import (
+    HumanInterrupt,
+    HumanResponse,
+    check_responses,
+    human_interrupts,
+    human_responses,
+    parse_decision,
+)
 from agents.errors import InvalidDecisionError
 from serve_app.keys import approvals_key
 from serve_app.resources.api_errors import ApiError
@@ -81,10 +94,31 @@ class RecordedApprovals:
         return None
 
 
-def approval_interrupts(pending: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The pending interrupts that wait on a sensitive tool."""
+def is_ours(value: Any) -> bool:
+    """An interrupt of a sensitive tool (``agents.approval.ApprovalRequest``)."""
+    return isinstance(value, dict) and value.get("type") == "approval"
+
+
+def approval_interrupts(pending: dict[str, Any]) -> dict[str, Any]:
+    """The pending interrupts that wait on a human decision: sensitive tools', and a user's
+    graph's ``HumanInterrupt`` s."""
     return {iid: value for iid, value in pending.items()
-            if isinstance(value, dict) and value.get("type") == "approval"}
+            if is_ours(value) or human_interrupts(value)}
+
+
+def human_entries(interrupt_id: str, asked: list[HumanInterrupt],
+                  responses: list[HumanResponse], by: str) -> list[dict[str, Any]]:
+    """The log entries of a bare ``HumanInterrupt``'s answers, one per request."""
+    entries = []
+    for request, response in zip(asked, responses, strict=True):
+        decision = response.decision()
+        entries.append({
+            "event": "decision", "interrupt_id": interrupt_id, "action": decision.action,
+            "response": response.type, "by": by, "tool": request.action_request.action,
+            "original_args": request.action_request.args,
+            "args": decision.args or request.action_request.args,
+            "reason": decision.reason})
+    return entries
 
 
 class Approvals:
@@ -139,6 +173,13 @@ class Approvals:
                 rewritten[interrupt_id] = value
                 continue
             try:
+                asked, responses = human_interrupts(request), human_responses(value)
+                if asked and responses is not None:
+                    check_responses(asked, responses)
+                if not is_ours(request):
+                    rewritten[interrupt_id] = await self._answer_bare(
+                        user, open_mode, thread_id, interrupt_id, request, responses, entries)
+                    continue
                 decision = parse_decision(value)
             except InvalidDecisionError as exc:
                 raise ApiError(422, str(exc)) from exc
@@ -161,6 +202,22 @@ class Approvals:
         if not keyed and len(rewritten) == 1:
             return next(iter(rewritten.values())), entries
         return rewritten, entries
+
+    async def _answer_bare(self, user: Any, open_mode: bool, thread_id: str,
+                           interrupt_id: str, request: Any,
+                           responses: list[HumanResponse] | None, entries: list[str]) -> Any:
+        """Log the answers to a user's ``HumanInterrupt`` (ids added to ``entries``) and
+        return them as the graph asked: a list for a list, else the one response."""
+        if responses is None:
+            raise InvalidDecisionError("this interrupt is a HumanInterrupt: answer it with "
+                                       "HumanResponse(s) {'type': 'accept' | 'edit' | "
+                                       "'response' | 'ignore', 'args': ...}")
+        by = user.identity if not open_mode else (responses[0].by or "anonymous")
+        for entry in human_entries(interrupt_id, human_interrupts(request), responses, by):
+            entries.append(await self.log.append(
+                thread_id, {**entry, "authenticated": not open_mode}))
+        wire = [response.wire() for response in responses]
+        return wire if isinstance(request, list) else wire[0]
 
     async def not_applied(self, thread_id: str, entries: list[str], detail: str) -> None:
         """The decisions of ``entries`` were logged but their run was refused."""
