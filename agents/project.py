@@ -27,7 +27,9 @@ from dotenv import dotenv_values
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agents.settings import StoreIndexSettings, StoreSettings, StoreTtlSettings
 
 IMAGE_ONLY = ("python_version", "node_version", "dockerfile_lines", "pip_config_file",
               "pip_installer", "image_distro", "base_image", "keep_pkg_tools", "api_version",
@@ -71,12 +73,6 @@ class CheckpointerConfig(BaseModel):
     ttl: CheckpointerTTL | None = None
 
 
-class StoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    index: dict[str, Any] | None = None
-    ttl: dict[str, Any] | None = None
-
-
 class AuthConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     path: str | None = None
@@ -91,7 +87,7 @@ class Project(BaseModel):
     dependencies: list[str] = Field(default_factory=list)
     env: str | dict[str, str] | None = None
     auth: AuthConfig | None = None
-    store: StoreConfig | None = None
+    store: dict[str, Any] | None = None
     checkpointer: CheckpointerConfig | None = None
 
     @classmethod
@@ -106,8 +102,6 @@ class Project(BaseModel):
             raise ProjectError(f"{path}: a JSON object expected")
         refused = [f"{key}: {why.format(keys=', '.join(map(str, raw[key])))}"
                    for key, why in REFUSED.items() if raw.get(key)]
-        if isinstance(raw.get("store"), dict) and raw["store"].get("ttl"):
-            refused.append("store.ttl: items of the store do not expire here (remove it)")
         if refused:
             raise ProjectError(f"{path}: " + "; ".join(refused))
         try:
@@ -124,6 +118,17 @@ class Project(BaseModel):
                  "not used here" for key in IMAGE_ONLY if key in extra]
         notes += [f"warning: unknown key {key!r} in langgraph.json, not used" for key in extra
                   if key not in IMAGE_ONLY and key not in REFUSED and key != "$schema"]
+        store = self.store or {}
+        if "sweep_interval_minutes" in (store.get("ttl") or {}):
+            notes.append("note: store.ttl.sweep_interval_minutes: not needed here (Redis "
+                         "expires the store's items itself)")
+        known = {"ttl": {*StoreTtlSettings.model_fields, "sweep_interval_minutes"},
+                 "index": set(StoreIndexSettings.model_fields)}
+        notes += [f"warning: unknown key 'store.{key}' in langgraph.json, not used"
+                  for key in store if key not in known]
+        notes += [f"warning: unknown key 'store.{part}.{key}' in langgraph.json, not used"
+                  for part, keys in known.items() for key in store.get(part) or {}
+                  if key not in keys]
         if self.auth and self.auth.model_extra:
             notes.append(f"note: auth.{', auth.'.join(self.auth.model_extra)}: not used "
                          "here (only auth.path)")
@@ -135,6 +140,13 @@ class Project(BaseModel):
         if clash:
             raise ProjectError(f"graph ids {clash} of {self.path} clash "
                                f"with the built-in graphs {sorted(built_ins)}: rename them")
+
+    @field_validator("store")
+    @classmethod
+    def _store_fits_our_settings(cls, store: dict[str, Any] | None) -> dict[str, Any] | None:
+        if store is not None:
+            StoreSettings.model_validate(store)
+        return store
 
     @property
     def root(self) -> Path:
@@ -186,6 +198,9 @@ class Project(BaseModel):
         if self.auth and self.auth.path:
             target, _, attr = self.auth.path.rpartition(":")
             env["AGENT_CLUSTER_AUTH__PATH"] = f"{self._file_or_module(target)}:{attr}"
+        if self.store:  # store.index and store.ttl (agents.memory)
+            env["AGENT_CLUSTER_STORE"] = StoreSettings.model_validate(self.store
+                                                                      ).model_dump_json()
         ttl = self.checkpointer.ttl if self.checkpointer else None
         if ttl and ttl.default_ttl:
             env["AGENT_CLUSTER_RETENTION__THREAD_TTL_MINUTES"] = str(ttl.default_ttl)

@@ -10,12 +10,14 @@ of a user's graph SIGKILLed mid-run, a node that raises, a cancel.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -24,10 +26,16 @@ import yaml
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph_sdk import get_client
 
+from agents.checkpoint import create_redis
 from agents.local.process import free_port
 from agents.project import GraphLoadError, Project, ProjectError
 from agents.settings import PROJECT_ROOT, Settings
+from serve_app.deployments.graph import graph_pool, route_graphs
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS
+from serve_app.resources.schemas import RunCreate
+from serve_app.resources.service import AgentService
+from serve_app.resources.service_context import ServiceContext
+from serve_app.runs.fencing import FencedRedisSaver
 
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 BUILT_INS = ["supervisor", "researcher", "coder", "reviewer"]
@@ -95,21 +103,27 @@ def test_keys_refused_noted_or_warned_by_name(tmp_path):
     graphs = {"g": "./g.py:graph"}
     with pytest.raises(ProjectError, match=r"http: .*remove http.app, cors"):
         Project.load(write_project(tmp_path, graphs, http={"app": "./a.py:app", "cors": {}}))
-    with pytest.raises(ProjectError, match=r"store\.ttl"):
-        Project.load(write_project(tmp_path, graphs, store={"ttl": {"default_ttl": 5}}))
+    with pytest.raises(ProjectError, match=r"store\.index\.embed: String should match"):
+        Project.load(write_project(tmp_path, graphs, store={"index": {"dims": 8,
+                                                                      "embed": "fake"}}))
     with pytest.raises(ProjectError, match=r"graphs: .*at least 1"):
         Project.load(write_project(tmp_path, {}))
     project = Project.load(write_project(
         tmp_path, graphs, pip_config_file="pip.conf", colour="blue",
         auth={"path": "./auth.py:auth", "openapi": {}},
+        store={"ttl": {"default_ttl": 5, "sweep_interval_minutes": 1}, "shards": 2},
         checkpointer={"ttl": {"strategy": "delete", "default_ttl": 90,
                               "sweep_interval_minutes": 2}}))
     assert project.notes() == [
         "note: pip_config_file only matters to an image build (langgraph build); not used here",
         "warning: unknown key 'colour' in langgraph.json, not used",
+        "note: store.ttl.sweep_interval_minutes: not needed here (Redis expires the "
+        "store's items itself)",
+        "warning: unknown key 'store.shards' in langgraph.json, not used",
         "note: auth.openapi: not used here (only auth.path)"]
     assert project.env_vars() == {  # mapped onto our settings, for every replica
         "AGENT_CLUSTER_AUTH__PATH": f"{tmp_path / 'auth.py'}:auth",
+        "AGENT_CLUSTER_STORE": '{"index":null,"ttl":{"default_ttl":5.0,"refresh_on_read":true}}',
         "AGENT_CLUSTER_RETENTION__THREAD_TTL_MINUTES": "90.0",
         "AGENT_CLUSTER_RETENTION__SWEEP_INTERVAL_S": "120.0"}
     with pytest.raises(ProjectError, match=r"built-in graphs \['coder', 'researcher', "
@@ -127,6 +141,52 @@ def test_a_dependency_pip_cannot_install_stops_with_pips_reason(tmp_path):
         project.install()
     assert f"dependencies ['{tmp_path / 'lib'}']" in str(raised.value)
     assert "ERROR: Exception:\n  tomllib.TOMLDecodeError: Expected ']'" in str(raised.value)
+
+
+@pytest.fixture
+async def project_replicas(settings: Settings, monkeypatch):
+    """An ingress and one replica per graph of the ``slow_agent`` project, in this process
+    (no Ray), as ``deployments.supervisor`` and ``deployments.graph`` build them: the
+    ingress holds the graphs for reads and routes their runs to their graphs' pools."""
+    monkeypatch.setenv("SLOW_STEP_S", "1")
+    redis = create_redis(settings.redis_url, settings.redis)
+    saver = FencedRedisSaver(redis_client=redis)
+    project = Project.load(FIXTURES / "slow_agent" / "langgraph.json")
+    name = f"own-{uuid.uuid4().hex[:6]}"
+    ingress = AgentService(redis, await project.load_graphs(saver), settings.api, "ingress",
+                           saver, pool=name)
+    replicas = {graph_id: ServiceContext(redis, {graph_id: graph}, settings.api,
+                                         f"{graph_id}-replica", saver,
+                                         pool=graph_pool(name, graph_id))
+                for graph_id, graph in (await project.load_graphs(saver)).items()}
+    for replica in (ingress, *replicas.values()):
+        route_graphs(replica.executor, project.graphs, name)
+    for replica in replicas.values():
+        replica.executor.start()
+    ingress.executor.start()
+    yield ingress
+    for part in (ingress, *replicas.values()):
+        await part.aclose()
+    await redis.aclose()
+
+
+async def test_a_graphs_runs_go_to_its_own_replicas_and_pool(project_replicas):
+    ingress = project_replicas
+    thread, _ = await ingress.records.create_thread(None, {})
+    tid = thread["thread_id"]
+    slow = await ingress.runs.create(tid, RunCreate(assistant_id="slow", input={"steps": []}))
+    after = await ingress.runs.create(tid, RunCreate(assistant_id="boom", input={"steps": []}))
+    done = await ingress.streams.wait_for_end(tid, slow["run_id"])
+    assert (done["status"], done["replica"]) == ("success", "slow-replica")
+    failed = await ingress.streams.wait_for_end(tid, after["run_id"])  # next, in boom's pool
+    assert (failed["status"], failed["replica"]) == ("error", "boom-replica")
+    assert failed["error"] == {"error": "LookupError", "message": "order 7 is not in the ledger"}
+    third = await ingress.runs.create(tid, RunCreate(assistant_id="slow", input={"steps": []}))
+    while (await ingress.records.get_run(tid, third["run_id"]))["status"] != "running":
+        await asyncio.sleep(0.05)
+    await ingress.runs.cancel(tid, third["run_id"], wait=True, action="interrupt")
+    assert (await ingress.records.get_run(tid, third["run_id"]))["status"] == "interrupted"
+    assert (await ingress.records.get_thread(tid))["status"] != "busy"
 
 
 def start(args: list[str], settings: Settings, data_dir: Path, log: Path,

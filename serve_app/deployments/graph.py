@@ -11,6 +11,8 @@ replicas of its own, not the others' slots.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ray import serve
 
 from agents import telemetry
@@ -19,6 +21,7 @@ from agents.memory import create_store
 from agents.project import Project
 from agents.settings import get_settings
 from serve_app.resources.service_context import ServiceContext
+from serve_app.runs.executor import RunExecutor
 from serve_app.runs.fencing import FencedRedisSaver
 from serve_app.telemetry import tracing
 from serve_app.telemetry.metrics import RayMetrics
@@ -27,6 +30,17 @@ from serve_app.telemetry.metrics import RayMetrics
 def graph_pool(run_pool: str, graph_id: str) -> str:
     """The pool a project graph's runs wait in (``api.run_pool`` is the built-ins')."""
     return f"{run_pool}:graph:{graph_id}"
+
+
+def route_graphs(executor: RunExecutor, graph_ids: Iterable[str], run_pool: str,
+                 built_ins: Iterable[str] = ()) -> None:
+    """Where each graph's runs go: a project graph's to its own pool, a built-in's to
+    ``run_pool``. Every replica that ends runs needs all of it: a thread's next run, made
+    ready as the previous one ends, may be another graph's."""
+    for graph_id in graph_ids:
+        executor.route(graph_id, graph_pool(run_pool, graph_id))
+    for graph_id in built_ins:
+        executor.route(graph_id, run_pool)
 
 
 def pool_stats(service: ServiceContext) -> dict[str, float]:
@@ -49,12 +63,15 @@ class GraphDeployment:
         fenced = FencedRedisSaver(redis_client=redis,
                                   ttl_minutes=settings.redis.checkpoint_ttl_minutes)
         tracing.instrument_checkpointer(fenced)
-        graph = await Project.load(project).load_graph(graph_id, fenced,
-                                                       await create_store(redis))
+        loaded = Project.load(project)
+        graph = await loaded.load_graph(graph_id, fenced, await create_store(redis))
+        run_pool = settings.api.run_pool
         self.service = ServiceContext(redis, {graph_id: graph}, settings.api, replica_id,
-                                      fenced, pool=graph_pool(settings.api.run_pool, graph_id),
+                                      fenced, pool=graph_pool(run_pool, graph_id),
                                       metrics=RayMetrics(), retention=settings.retention)
         telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
+        route_graphs(self.service.executor, loaded.graphs, run_pool,
+                     ["supervisor", *settings.roles])
         self.service.executor.start()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:

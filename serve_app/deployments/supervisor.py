@@ -23,7 +23,7 @@ from agents.project import Project
 from agents.settings import get_settings
 from agents.system import Runtime
 from serve_app.api.http_api import build_api
-from serve_app.deployments.graph import graph_pool, pool_stats
+from serve_app.deployments.graph import pool_stats, route_graphs
 from serve_app.deployments.remote_worker import RemoteWorker
 from serve_app.resources.approvals import RecordedApprovals
 from serve_app.resources.auth import check_bind
@@ -73,8 +73,7 @@ class SupervisorDeployment:
                                     context.replica_id.unique_id, fenced,
                                     metrics=RayMetrics(), retention=settings.retention)
         telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
-        for graph_id in project_graphs or {}:
-            self.service.executor.route(graph_id, graph_pool(settings.api.run_pool, graph_id))
+        route_graphs(self.service.executor, project_graphs or {}, settings.api.run_pool)
         self.service.executor.start(*background_loops(self.service, settings))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
