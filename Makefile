@@ -21,8 +21,9 @@ browser:
 		sh -c '$(APT_CHROMIUM)' || sudo -n sh -c '$(APT_CHROMIUM)' || \
 		echo "warning: could not install chromium + chromium-driver; browser tests will skip"
 
+# CONFIG=path/langgraph.json: serve that LangGraph project too (docs/own-agents.md)
 run: install
-	$(PY) -m serve_app
+	$(PY) -m serve_app $(if $(CONFIG),--config $(CONFIG))
 
 test: install browser
 	$(VENV)/bin/ruff check .
