@@ -12,9 +12,9 @@ reopens (``serve_app.runs.admission``). The first call after the cool-down goes 
 a success closes the breaker for everyone, a failure opens it again. So after the provider
 recovers, runs go on with no restart.
 
-Each replica reads the shared state at most once a second (``REFRESH_S``) and on its own
-failures: a replica sees another's opening within a second, and a healthy endpoint costs
-one Redis read per second per process, not one per call.
+Each replica reads the shared state at most every ``REFRESH_S`` and on its own failures: a
+replica sees another's opening within a quarter of a second, and a healthy endpoint costs
+four Redis reads a second per process, not one per call.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from agents.errors import AgentClusterError
 from agents.keys import breaker_key
 from agents.settings import BreakerSettings
 
-REFRESH_S = 1.0
+REFRESH_S = 0.25
 TTL_S = 86400  # a breaker nobody touched for a day is forgotten (closed)
 
 # KEYS[1]: the breaker; ARGV: now, failures that open it, cool-down, Retry-After (0: none),
@@ -95,16 +95,14 @@ class Breaker:
                                else cause or "")
         return self.known
 
-    async def wait(self) -> None:
-        """Return once the circuit is closed; wait while it is open, up to ``max_wait_s``
-        in all, or raise ``ModelUnavailable`` at once if it stays open longer."""
-        waited = 0.0
+    async def wait(self, until: float) -> None:
+        """Return once the circuit is closed; wait while it is open, or raise
+        ``ModelUnavailable`` at once if it stays open past ``until`` (``time.monotonic``)."""
         state = await self.state()
         while (open_for := state.open_for()) > 0:
-            if waited + open_for > self.settings.max_wait_s:
+            if time.monotonic() + open_for > until:
                 raise ModelUnavailable(self.endpoint, state.cause, open_for)
             await asyncio.sleep(open_for)
-            waited += open_for
             state = await self.state(fresh=True)
 
     async def failed(self, cause: str, retry_after_s: float | None) -> None:
@@ -126,8 +124,8 @@ _breakers: dict[str, Breaker] = {}  # this process's, by endpoint (the latest bu
 
 
 async def open_circuit() -> Breaker | None:
-    """A breaker of this process's model endpoints that is open now (state at most a
-    second old), for admission to refuse new runs while it is."""
+    """A breaker of this process's model endpoints that is open now (its state at most
+    ``REFRESH_S`` old), for admission to refuse new runs while it is."""
     for breaker in list(_breakers.values()):
         with contextlib.suppress(RedisError, RuntimeError):  # a closed client: not ours now
             if (await breaker.state()).open_for() > 0:

@@ -36,8 +36,13 @@ class GuardedChatOpenAI(ChatOpenAI):
     attempts: int = 1
 
     async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        for attempt in range(1, self.attempts + 1):
-            await self.breaker.wait()
+        """Up to ``attempts`` tries; and while the breaker is open (this call's failures
+        may have opened it), waits for it up to ``breaker.max_wait_s`` in all, then tries
+        again: a run in flight rides out an outage that short."""
+        waits_until = time.monotonic() + self.breaker.settings.max_wait_s
+        attempt = 0
+        while True:
+            await self.breaker.wait(waits_until)
             answered = False
             try:
                 async for chunk in super()._astream(*args, **kwargs):
@@ -49,13 +54,15 @@ class GuardedChatOpenAI(ChatOpenAI):
             except (openai.APIConnectionError, openai.APIStatusError) as exc:
                 if answered or not retryable(exc):
                     raise
+                attempt += 1
                 retry_after = retry_after_s(exc)
                 await self.breaker.failed(cause(exc), retry_after)
-                if attempt == self.attempts:
+                if self.breaker.known.open_for() > 0:
+                    continue  # the breaker says when (and raises past max_wait_s)
+                if attempt >= self.attempts:
                     raise
-                if retry_after is None:  # (with one, the breaker waits for it)
-                    await asyncio.sleep(min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1))
-                                        * random.uniform(0.75, 1.0))
+                await asyncio.sleep(min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1))
+                                    * random.uniform(0.75, 1.0))
 
 
 def retryable(exc: Exception) -> bool:

@@ -27,6 +27,10 @@ A run that resumes an interrupted thread (an approval, hours later) finishes a t
 under way: it is refused only past the hard cap, never for the queue's wait, so a human's
 decision is not bounced for minutes by a storm of new turns.
 
+While the model endpoint's circuit breaker is open (``agents.breaker``: the provider failing,
+or asking for a pause with ``Retry-After``) new runs are refused with the time it reopens,
+not admitted to fail one model call at a time minutes later (resumes wait in flight).
+
 ``Retry-After`` grows with the share of recent requests refused (1 s when refusals are
 rare, 4 s when three in four are, up to 30 s), so clients that wait as asked retry at a
 rate the cluster can refuse cheaply instead of a storm that eats the CPU the admitted runs
@@ -41,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from agents import breaker
 from agents.settings import ApiSettings
 from serve_app.runs.run_pool import PoolLoad, RunPool
 from serve_app.telemetry.metrics import Metrics
@@ -103,6 +108,13 @@ class Admission:
     async def check(self, settings: ApiSettings, resume: bool = False) -> Refusal | None:
         """None to admit; else why not and when to retry (counted either way). ``resume``:
         the run resumes an interrupted thread."""
+        circuit = None if resume else await breaker.open_circuit()
+        if circuit is not None:
+            self.metrics.count("runs_refused", reason="model_unavailable")
+            wait = max(1, math.ceil(circuit.known.open_for()))
+            return Refusal(f"the model endpoint {circuit.endpoint} is failing "
+                           f"({circuit.known.cause}): its circuit breaker is open; retry "
+                           f"after {wait} s", wait, "model_unavailable")
         if self.idle_for() > IDLE_S:
             self._decided(refused=False)
             return None

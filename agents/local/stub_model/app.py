@@ -272,10 +272,11 @@ async def chat_completions(state: StubState, request: Request) -> Response:
     config = state.config
     state.requests += 1
     state.by_role[role] += 1
-    if state.next_hangs():  # a provider that accepted the call and sends nothing
+    hangs, fails = state.next_hangs(), state.next_is_fault()  # drawn together: repeatable
+    if hangs:  # a provider that accepted the call and sends nothing
         state.hangs += 1
         await asyncio.sleep(config.hang_s)
-    if state.next_is_fault():
+    if fails:
         state.faults += 1
         state.calls.append({"role": role, "started": started, "finished": time.time(),
                             "status": config.fault_status})
