@@ -82,6 +82,6 @@ async def test_a_new_reader_is_served_at_once_while_the_feed_blocks(feed, small_
     started = time.monotonic()
     await small_pool.xadd(key, {"event": "token"})
     assert len(await reader) == 1
-    assert time.monotonic() - started < 0.5  # not the feed's 2 s block
+    assert time.monotonic() - started < 1.0  # not the feed's 2 s block (half of it to spare)
     idle.cancel()
 

@@ -105,7 +105,7 @@ async def test_connect_to_an_outside_address(sandboxed):
     code = "import socket\nsocket.create_connection(('192.0.2.1', 80), timeout=5)\n"
     out = await run_python(sandboxed, code)
     await assert_contained(sandboxed, out, "Network is unreachable", "PermissionError: sandbox")
-    assert out["duration_ms"] < 2000  # refused at once, not a connect timeout
+    assert out["duration_ms"] < 4000  # refused at once, not the 5 s connect timeout
 
 
 async def test_write_to_the_project_dir(sandboxed, tmp_path):

@@ -530,7 +530,7 @@ async def test_latency_applies_and_stats_show_overlapping_calls(stub_url, stub_a
         model(stub_url).bind_tools(CODER).ainvoke([HumanMessage("say hi")]),
     )
     elapsed = time.monotonic() - started
-    assert 0.4 <= elapsed < 0.75  # both waited their time to first token, at the same time
+    assert 0.4 <= elapsed < 2.0  # each waited its time to first token (at once: below)
     stats = stub_admin.get("/stats").json()
     assert stats["requests"] == 2 and stats["by_role"] == {"researcher": 1, "coder": 1}
     research, code = sorted(stats["calls"], key=lambda c: c["role"], reverse=True)
