@@ -1,22 +1,29 @@
 """Approvals in LangGraph's own shape, through the API in one process (ASGI, no Ray): our
 approval interrupt is a ``HumanInterrupt`` and takes ``HumanResponse`` answers (as Agent
 Inbox and agent-chat-ui send them), and a user's graph that interrupts with a bare
-``HumanInterrupt`` is decided by an approver, logged, and resumed with ``HumanResponse`` s."""
+``HumanInterrupt`` is decided by an approver, logged, and resumed with ``HumanResponse`` s;
+the console's inbox (a real browser) lists such an interrupt and answers it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, TypedDict
 
 import httpx
 import pytest
+import uvicorn
 from langchain_core.messages import AIMessage
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
+from agents.local.process import free_port
 from agents.settings import AuthSettings, LimitsSettings, Settings
 from serve_app.api.http_api import build_api
+from tests.test_console import browser, decided_text, inbox_item, wait_for  # noqa: F401
 
 AUTH_FILE = "./tests/langgraph_auth.py:auth"
 ALICE = {"Authorization": "Bearer alice-token"}  # a user
@@ -32,16 +39,14 @@ class MailState(TypedDict):
 def review_email(state: MailState) -> dict[str, Any]:
     """A user's node as LangGraph's HITL docs write one: ``interrupt([request])[0]``."""
     request = {"action_request": {"action": "send_email", "args": EMAIL},
-               "config": {"allow_accept": True, "allow_edit": True, "allow_respond": True,
+               "config": {"allow_accept": True, "allow_edit": True, "allow_respond": False,
                           "allow_ignore": False},
                "description": "Send this email to the customer?"}
     response = interrupt([request])[0]
     if response["type"] == "accept":
         outcome = f"sent to {EMAIL['to']}"
-    elif response["type"] == "edit":
-        outcome = f"sent to {response['args']['args']['to']}"
     else:
-        outcome = f"not sent: {response['args']}"
+        outcome = f"sent to {response['args']['args']['to']}"
     return {"messages": [AIMessage(outcome)]}
 
 
@@ -53,15 +58,19 @@ def mailer(checkpointer: Any):
 
 
 @pytest.fixture(scope="module")
-async def api(settings: Settings, in_process_service):
+async def app(settings: Settings, in_process_service):
     """The API over the built-in graphs plus a user's graph, with the LangGraph auth file
     of tests/test_auth.py (carol is the approver)."""
     async with in_process_service(settings, "human-interrupt") as service:
         service.graphs[USER_GRAPH] = mailer(service.executor.checkpointer)
-        app = build_api(service, AuthSettings(path=AUTH_FILE), LimitsSettings())
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api", timeout=60) as client:
-            yield client
+        yield build_api(service, AuthSettings(path=AUTH_FILE), LimitsSettings())
+
+
+@pytest.fixture(scope="module")
+async def api(app):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://api", timeout=60) as client:
+        yield client
 
 
 async def waiting(api: httpx.AsyncClient, graph: str, text: str) -> tuple[str, Any]:
@@ -139,6 +148,7 @@ async def test_a_users_bare_human_interrupt_is_listed_decided_and_logged(api):
                              headers=ALICE)
     assert refused.status_code == 403
     for bad in ({"type": "ignore", "args": None},  # allow_ignore is false
+                {"type": "response", "args": "no"},  # allow_respond is false
                 {"action": "approve"}):  # not a HumanResponse
         malformed = await api.post(f"/threads/{tid}/runs/wait", json=resume(USER_GRAPH, bad),
                                    headers=CAROL)
@@ -165,3 +175,47 @@ async def test_an_accepted_bare_interrupt_resumes_the_users_graph(api):
     assert done.json()["messages"][-1]["content"] == f"sent to {EMAIL['to']}"
     [entry] = (await api.get(f"/threads/{tid}/approvals", headers=ALICE)).json()
     assert entry["action"] == "approve" and entry["args"] == EMAIL
+
+
+@pytest.fixture(scope="module")
+async def served(app):
+    """The same app over HTTP on a loopback port, in this event loop (its service's)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def test_the_inbox_lists_a_bare_human_interrupt_and_answers_it(api, served, request):
+    driver = request.getfixturevalue("browser")  # tests/test_console.py's headless chromium
+    tid, _ = await waiting(api, USER_GRAPH, "email the customer")
+
+    def decide_in_the_browser() -> tuple[str, str, list[str]]:
+        driver.get(f"{served}/ui/inbox")
+        driver.find_element(By.ID, "signin-summary").click()
+        driver.find_element(By.ID, "signin-token").send_keys("carol-token", Keys.ENTER)
+        item = wait_for(driver, lambda: inbox_item(driver, tid), what="the HumanInterrupt")
+        shown = [b.get_attribute("data-action") for b in item.find_elements(
+            By.CSS_SELECTOR, "button[data-action]") if b.is_displayed()]
+        heading, text = item.find_element(By.TAG_NAME, "h3").text, item.text
+        item.find_element(By.CSS_SELECTOR, 'button[data-action="edit"]').click()
+        to = wait_for(driver, lambda: item.find_elements(By.NAME, "to"))[0]
+        to.clear()
+        to.send_keys("billing@example.com")
+        item.find_element(By.CSS_SELECTOR, 'button[data-action="send-edit"]').click()
+        wait_for(driver, lambda: "sent to billing@example.com" in decided_text(driver, tid),
+                 timeout=60, what="the graph's outcome")
+        return heading, text, shown
+
+    heading, text, shown = await asyncio.to_thread(decide_in_the_browser)
+    assert heading == f"send_email requested by {USER_GRAPH}"
+    assert "Send this email to the customer?" in text and "customer@example.com" in text
+    assert shown == ["approve", "edit"]  # what its config allows (neither respond nor ignore)
+    [entry] = (await api.get(f"/threads/{tid}/approvals", headers=ALICE)).json()
+    assert (entry["by"], entry["response"]) == ("carol", "edit")
+    assert entry["args"] == {**EMAIL, "to": "billing@example.com"}

@@ -1,5 +1,7 @@
 // The approval inbox: every pending approval across threads, kept live by polling the
 // LangGraph thread search (status "interrupted"); decisions go through /api/approve.
+// A user's graph that interrupts with LangGraph's HumanInterrupt (a dict, or a list of one)
+// is listed too, and answered with a HumanResponse resuming that thread's own graph.
 
 import {
   ApiError, api, approvalForm, call, debug, formatArgs, h, setUpSignIn, showError, since,
@@ -35,6 +37,28 @@ function conversation(messages) {
   ];
 }
 
+/** What an interrupt asks a human, or null: our approval of a sensitive tool, or a user's
+ * graph's HumanInterrupt as {tool, args, requested_by, description, config, human: true}. */
+function asked(value, thread) {
+  if (value?.type === "approval") return value;
+  const request = Array.isArray(value) ? (value.length === 1 ? value[0] : null) : value;
+  const action = request?.action_request;
+  if (typeof action?.action !== "string" || !request.config) return null;
+  return {tool: action.action, args: action.args || {}, description: request.description,
+    requested_by: thread.metadata?.graph_id, config: request.config, human: true};
+}
+
+/** A HumanInterrupt's form offers only the answers its config allows. */
+function allowOnly(form, config) {
+  const hide = (action, allowed) => {
+    form.querySelector(`[data-action="${action}"]`).hidden = !allowed;
+  };
+  hide("approve", config.allow_accept);
+  hide("edit", config.allow_edit);
+  hide("reject", config.allow_respond || config.allow_ignore);
+  return form;
+}
+
 function add(id, value, thread) {
   const headingId = `approval-${id}`;
   const item = {thread, value, deciding: false};
@@ -46,9 +70,32 @@ function add(id, value, thread) {
       h("p", {class: "meta"}, "Thread ", chatLink(thread.thread_id), " · waiting ",
         h("span", {class: "waited", "data-since": thread.updated_at,
           text: since(thread.updated_at)})),
-      formatArgs(value.args), conversation(thread.values?.messages || []), form));
+      value.human && value.description ? h("p", {class: "asked", text: value.description}) : null,
+      formatArgs(value.args), conversation(thread.values?.messages || []),
+      value.human ? allowOnly(form, value.config) : form));
   items.set(id, item);
   pending.append(item.node);
+}
+
+/** A decision of the form as LangGraph's HumanResponse (``by`` counts only without auth). */
+function humanResponse(value, decision) {
+  const {action, args, reason, by} = decision;
+  if (action === "approve") return {type: "accept", args: null, by};
+  if (action === "edit") return {type: "edit", args: {action: value.tool, args}, by};
+  return value.config.allow_respond ? {type: "response", args: reason, by}
+    : {type: "ignore", args: null, by};
+}
+
+/** Resume a user's graph with the HumanResponse; what its run did once it is over. */
+async function answerHuman(id, item, decision) {
+  const tid = item.thread.thread_id;
+  const answer = await call("POST", `/threads/${encode(tid)}/runs/wait`, {
+    assistant_id: item.thread.metadata?.graph_id,
+    command: {resume: {[id]: humanResponse(item.value, decision)}},
+  }, []);
+  return answer.body?.__error__
+    ? `The run failed: ${answer.body.__error__.message || answer.body.__error__.error}`
+    : outcomeOf(tid);
 }
 
 /** Move an item to "Decided", with what its run did (``outcome`` now, or once known). */
@@ -70,11 +117,9 @@ function settle(id, item, label, outcome) {
 
 async function decide(id, item, decision) {
   item.deciding = true;
-  let answer;
+  let outcome;
   try {
-    answer = await call("POST", "/api/approve", {
-      thread_id: item.thread.thread_id, interrupt_id: id, stream: false, ...decision,
-    }, [202, 500]);
+    outcome = await (item.value.human ? answerHuman : approve)(id, item, decision);
   } catch (error) {
     item.deciding = false;
     if (error.status === 409) {
@@ -83,18 +128,27 @@ async function decide(id, item, decision) {
     }
     throw error; // shown in the item's form
   }
+  settle(id, item, label(decision), outcome).node.focus();
+}
+
+/** Decide one of our approvals through /api/approve; what its run did. */
+async function approve(id, item, decision) {
+  const answer = await call("POST", "/api/approve", {
+    thread_id: item.thread.thread_id, interrupt_id: id, stream: false, ...decision,
+  }, [202, 500]);
   const failure = answer.status === 500 && answer.body.error;
-  if (answer.status === 500 && !failure) {
-    item.deciding = false; // not the run's error: the decision may not have been applied
+  if (answer.status === 500 && !failure) { // not the run's error: maybe not applied
     throw new ApiError(500, `The cluster failed: ${answer.body.detail || "no reason given"}`);
   }
-  const verb = {approve: "approved", reject: "rejected", edit: "edited and approved"};
-  const label = `${verb[decision.action]} by ${decision.by}` +
-    (decision.reason ? ` (${decision.reason})` : "");
-  const outcome = answer.status === 202
+  return answer.status === 202
     ? "The run continued and is waiting for another approval (listed above)."
     : failure ? `The run failed: ${failure.message || failure.error}` : answer.body.answer;
-  settle(id, item, label, outcome).node.focus();
+}
+
+function label(decision) {
+  const verb = {approve: "approved", reject: "rejected", edit: "edited and approved"};
+  return `${verb[decision.action]} by ${decision.by}` +
+    (decision.reason ? ` (${decision.reason})` : "");
 }
 
 function decidedElsewhere(id, item, label = "decided elsewhere") {
@@ -147,9 +201,10 @@ async function poll() {
   for (const thread of threads) {
     for (const interrupts of Object.values(thread.interrupts || {})) {
       for (const {id, value} of interrupts) {
-        if (value?.type !== "approval") continue;
+        const question = asked(value, thread);
+        if (!question) continue;
         seen.add(id);
-        if (!items.has(id)) add(id, value, thread);
+        if (!items.has(id)) add(id, question, thread);
       }
     }
   }
