@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from agents.settings import get_settings
+from agents.settings import Settings
 from agents.tools import build_toolbox
 from serve_app.resources.service import AgentService
 
@@ -25,17 +25,17 @@ PAGES = {"": "index.html", "chat": "chat.html", "inbox": "inbox.html"}
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-def tool_schemas(service: AgentService) -> dict[str, Any]:
+def tool_schemas(service: AgentService, settings: Settings) -> dict[str, Any]:
     """Each tool's description and JSON schema of its arguments, by tool name."""
-    tools = build_toolbox(service.redis, get_settings())
+    tools = build_toolbox(service.redis, settings)
     return {name: {"description": tool.description,
                    "schema": tool.args_schema.model_json_schema()}
             for name, tool in tools.items()}
 
 
-def mount_console(api: FastAPI, service: AgentService) -> None:
+def mount_console(api: FastAPI, service: AgentService, settings: Settings) -> None:
     """``/ui/`` (links), ``/ui/chat``, ``/ui/inbox``, their assets and ``/ui/api/tools``."""
-    schemas = tool_schemas(service)
+    schemas = tool_schemas(service, settings)
 
     @api.get("/ui", include_in_schema=False)
     async def ui_root() -> RedirectResponse:

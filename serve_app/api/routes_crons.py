@@ -5,7 +5,8 @@ A cron belongs to whoever created it (``user_id``; with auth, others see 404), p
 ``crons`` auth handlers (``create``, ``read``, ``update``, ``delete``, ``search``), and a
 thread's cron needs the right to create runs on that thread. The run fields of the body
 (``input``, ``config``, ``stream_mode``...) are checked as a run body now and make each
-tick's run; ``webhook`` gets each tick's finished run (``serve_app.resources.webhooks``).
+tick's run, which runs as the cron's creator on the one road (``serve_app.resources.scheduled``);
+``webhook`` gets each tick's finished run (``serve_app.resources.webhooks``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.memory import AUTH_USER_KEY
-from serve_app.api.access import Access
+from serve_app.api.access import Access, Caller
 from serve_app.resources.api_errors import ApiError
 from serve_app.resources.auth import User, matches
 from serve_app.resources.crons import Crons
@@ -89,19 +89,17 @@ class CronAccess:
     def owns(self, user: User, cron: dict[str, Any]) -> bool:
         return self.access.auth.open or cron.get("user_id") == user.identity
 
-    async def visible(self, request: Request, cron_id: str, action: str) -> dict[str, Any]:
-        user = Access.user(request)
+    async def visible(self, user: User, cron_id: str, action: str) -> dict[str, Any]:
         where = await self.access.auth.authorize(user, "crons", action, {"cron_id": cron_id})
         cron = await self.crons.get(cron_id)
         if cron is None or not self.owns(user, cron) or not matches(cron["metadata"], where):
             raise ApiError(404, f"cron {cron_id!r} not found")
         return cron
 
-    async def create(self, request: Request, thread_id: str | None,
+    async def create(self, user: User, thread_id: str | None,
                      body: CronCreate) -> dict[str, Any]:
-        user = Access.user(request)
         if thread_id is not None:
-            await self.access.thread(request, thread_id, "create_run")
+            await self.access.thread(user, thread_id, "create_run")
         fields = body.model_dump(include=set(CRON_FIELDS), mode="json")
         fields["payload"] = dict(body.model_extra or {})
         fields.update(assistant_id=body.assistant_id, thread_id=thread_id,
@@ -109,15 +107,11 @@ class CronAccess:
         await self.access.auth.authorize(user, "crons", "create", fields)
         if fields["webhook"] is not None:
             await check_destination(fields["webhook"], self.outbox.settings)
-        if not self.access.auth.open:  # each tick runs as its creator (their memories)
-            config = fields["payload"].get("config") or {}
-            fields["payload"]["config"] = {**config, "configurable": {
-                **(config.get("configurable") or {}), AUTH_USER_KEY: user.identity}}
         run_body({**fields, "cron_id": "", "payload": fields["payload"]})  # 422 now if bad
         return await self.crons.create(fields)
 
-    async def update(self, request: Request, cron_id: str, body: CronPatch) -> dict[str, Any]:
-        cron = await self.visible(request, cron_id, "update")
+    async def update(self, user: User, cron_id: str, body: CronPatch) -> dict[str, Any]:
+        cron = await self.visible(user, cron_id, "update")
         changes = body.model_dump(include=set(CRON_FIELDS), exclude_unset=True, mode="json")
         if body.model_extra:
             changes["payload"] = dict(body.model_extra)
@@ -127,9 +121,8 @@ class CronAccess:
                                                   **changes.get("payload", {})}})
         return await self.crons.update(cron_id, changes)
 
-    async def search(self, request: Request, body: CronSearch | CronCount
+    async def search(self, user: User, body: CronSearch | CronCount
                      ) -> list[dict[str, Any]]:
-        user = Access.user(request)
         where = await self.access.auth.authorize(user, "crons", "search",
                                                  body.model_dump(exclude_none=True))
         wanted = {k: v for k, v in (("assistant_id", body.assistant_id),
@@ -153,27 +146,27 @@ def add_cron_routes(router: APIRouter | FastAPI, cron_access: CronAccess) -> Non
     """On the app itself, as ``serve_app.api.routes_store`` explains."""
 
     @router.post("/threads/{thread_id}/runs/crons")
-    async def create_thread_cron(request: Request, thread_id: str, body: CronCreate) -> dict:
-        return await cron_access.create(request, thread_id, body)
+    async def create_thread_cron(user: Caller, thread_id: str, body: CronCreate) -> dict:
+        return await cron_access.create(user, thread_id, body)
 
     @router.post("/runs/crons")
-    async def create_cron(request: Request, body: CronCreate) -> dict:
-        return await cron_access.create(request, None, body)
+    async def create_cron(user: Caller, body: CronCreate) -> dict:
+        return await cron_access.create(user, None, body)
 
     @router.post("/runs/crons/search")
-    async def search_crons(request: Request, body: CronSearch) -> list[dict]:
-        return await cron_access.search(request, body)
+    async def search_crons(user: Caller, body: CronSearch) -> list[dict]:
+        return await cron_access.search(user, body)
 
     @router.post("/runs/crons/count")
-    async def count_crons(request: Request, body: CronCount) -> int:
-        return len(await cron_access.search(request, body))
+    async def count_crons(user: Caller, body: CronCount) -> int:
+        return len(await cron_access.search(user, body))
 
     @router.patch("/runs/crons/{cron_id}")
-    async def update_cron(request: Request, cron_id: str, body: CronPatch) -> dict:
-        return await cron_access.update(request, cron_id, body)
+    async def update_cron(user: Caller, cron_id: str, body: CronPatch) -> dict:
+        return await cron_access.update(user, cron_id, body)
 
     @router.delete("/runs/crons/{cron_id}", status_code=204)
-    async def delete_cron(request: Request, cron_id: str) -> Response:
-        await cron_access.visible(request, cron_id, "delete")
+    async def delete_cron(user: Caller, cron_id: str) -> Response:
+        await cron_access.visible(user, cron_id, "delete")
         await cron_access.crons.delete(cron_id)
         return Response(status_code=204)

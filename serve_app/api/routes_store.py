@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.api.access import Access
+from serve_app.api.access import Caller
 from serve_app.resources.store import StoreService
 
 Namespace = list[str]
@@ -54,27 +54,27 @@ def add_store_routes(router: APIRouter | FastAPI, store: StoreService) -> None:
     its routes from the auth map (``serve_app.api.routes_auth``)."""
 
     @router.put("/store/items", status_code=204)
-    async def put_item(request: Request, body: StorePut) -> Response:
-        await store.put(Access.user(request), body.namespace, body.key, body.value,
+    async def put_item(user: Caller, body: StorePut) -> Response:
+        await store.put(user, body.namespace, body.key, body.value,
                         body.index, body.ttl)
         return Response(status_code=204)
 
     @router.get("/store/items")
-    async def get_item(request: Request, namespace: Annotated[str, Query(max_length=4096)],
+    async def get_item(user: Caller, namespace: Annotated[str, Query(max_length=4096)],
                        key: Annotated[str, Query(min_length=1, max_length=1024)],
                        refresh_ttl: bool | None = None) -> dict | None:
         """The item, or ``null`` when there is none (as LangGraph Platform answers)."""
-        return await store.get(Access.user(request), namespace, key, refresh_ttl)
+        return await store.get(user, namespace, key, refresh_ttl)
 
     @router.delete("/store/items", status_code=204)
-    async def delete_item(request: Request, body: StoreDelete) -> Response:
-        await store.delete(Access.user(request), body.namespace, body.key)
+    async def delete_item(user: Caller, body: StoreDelete) -> Response:
+        await store.delete(user, body.namespace, body.key)
         return Response(status_code=204)
 
     @router.post("/store/items/search")
-    async def search_items(request: Request, body: StoreSearch) -> dict:
-        return await store.search(Access.user(request), body)
+    async def search_items(user: Caller, body: StoreSearch) -> dict:
+        return await store.search(user, body)
 
     @router.post("/store/namespaces")
-    async def list_namespaces(request: Request, body: StoreNamespaces) -> dict:
-        return await store.namespaces(Access.user(request), body)
+    async def list_namespaces(user: Caller, body: StoreNamespaces) -> dict:
+        return await store.namespaces(user, body)

@@ -23,12 +23,11 @@ from agents.project import Project
 from agents.settings import get_settings
 from agents.system import Runtime
 from serve_app.api.http_api import build_api
+from serve_app.api.root import serving_replica
 from serve_app.deployments.graph import pool_stats, route_graphs
 from serve_app.deployments.remote_worker import RemoteWorker
 from serve_app.resources.approvals import RecordedApprovals
 from serve_app.resources.auth import check_bind
-from serve_app.resources.scheduled import background_loops
-from serve_app.resources.service import AgentService
 from serve_app.runs.fencing import FencedRedisSaver
 from serve_app.telemetry import tracing
 from serve_app.telemetry.metrics import RayMetrics
@@ -69,15 +68,15 @@ class SupervisorDeployment:
             graphs |= await Project.load(project).load_graphs(fenced, self.runtime.store)
         context = serve.get_replica_context()
         tracing.configure("supervisor", context.replica_id.unique_id)
-        self.service = AgentService(self.runtime.redis, graphs, settings.api,
-                                    context.replica_id.unique_id, fenced,
-                                    metrics=RayMetrics(), retention=settings.retention)
+        self.replica = serving_replica(settings, self.runtime.redis, graphs,
+                                       context.replica_id.unique_id, fenced, RayMetrics())
+        self.service = self.replica.service
         telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
         route_graphs(self.service.executor, project_graphs or {}, settings.api.run_pool)
-        self.service.executor.start(*background_loops(self.service, settings))
+        self.service.executor.start(*self.replica.background_loops())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self.service)
+        return build_api(self.replica)
 
     def reconfigure(self, user_config: dict) -> None:
         """The deployment's ``user_config`` (``api.*`` admission limits) applied live:

@@ -133,12 +133,18 @@ def message_texts(values: Any) -> list[str]:
 
 
 class Limits:
-    def __init__(self, redis: Redis, settings: LimitsSettings):
+    """``per_user``: whether there are users to count (not in the open mode): without, the
+    per-user checks and counts do nothing."""
+
+    def __init__(self, redis: Redis, settings: LimitsSettings, per_user: bool = True):
         self.redis = redis
         self.settings = settings
+        self.per_user = per_user
         self._take = redis.register_script(_TAKE)
 
-    def check_messages(self, *values: Any) -> None:
+    def check_message_sizes(self, *values: Any) -> None:
+        """413 for a message's text past ``max_message_chars`` (whether the messages are
+        readable at all is ``serve_app.resources.threads.check_messages``'s rule)."""
         limit = self.settings.max_message_chars
         if not limit:
             return
@@ -151,7 +157,7 @@ class Limits:
     async def check_runs(self, identity: str) -> None:
         """429 while the user has ``concurrent_runs`` runs pending or running."""
         limit = self.settings.concurrent_runs
-        if not limit:
+        if not limit or not self.per_user:
             return
         key = user_runs_key(identity)
         refs = await self.redis.zrange(key, 0, -1)
@@ -174,7 +180,7 @@ class Limits:
     async def take_run(self, identity: str) -> None:
         """One run from the user's bucket, or 429 with ``Retry-After``."""
         per_minute = self.settings.runs_per_minute
-        if not per_minute:
+        if not per_minute or not self.per_user:
             return
         size = self.settings.runs_burst or max(1, math.ceil(per_minute))
         allowed, wait = await self._take(keys=[user_bucket_key(identity)],
@@ -186,14 +192,14 @@ class Limits:
                            headers={"Retry-After": str(retry)})
 
     async def ran(self, identity: str, run: dict[str, Any]) -> None:
-        if self.settings.concurrent_runs:
+        if self.settings.concurrent_runs and self.per_user:
             await self.redis.zadd(user_runs_key(identity),
                                   {run_ref(run["thread_id"], run["run_id"]): time.time()})
 
     async def check_threads(self, identity: str) -> None:
         """429 once the user owns ``threads_per_user`` threads (deleted ones not counted)."""
         limit = self.settings.threads_per_user
-        if not limit:
+        if not limit or not self.per_user:
             return
         key = user_threads_key(identity)
         if await self.redis.zcard(key) < limit:
@@ -211,7 +217,7 @@ class Limits:
                                 f"{limit} (limits.threads_per_user): delete some first")
 
     async def owns(self, identity: str, thread_id: str) -> None:
-        if self.settings.threads_per_user:
+        if self.settings.threads_per_user and self.per_user:
             await self.redis.zadd(user_threads_key(identity), {thread_id: time.time()},
                                   nx=True)
 

@@ -1,4 +1,7 @@
-"""Runs: admitted, checked, recorded and handed to the executor; read, cancelled, deleted."""
+"""Runs: checked against their graph, recorded under their thread's lock and handed to the
+executor; read, joined, cancelled, deleted. A user's run comes here through
+``serve_app.resources.run_road`` (auth, limits, approvals); ``create`` is the road of a caller
+inside the process (tests, benchmarks): admission, then ``record``."""
 
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ from serve_app.resources.assistants import (
     merge_config,
 )
 from serve_app.resources.run_streams import RunStreams
+from serve_app.resources.schemas import RunCreate
 from serve_app.resources.service_context import ServiceContext
 from serve_app.resources.threads import ThreadsService, check_messages
-from serve_app.resources.webhooks import check_url
 from serve_app.runs.events import API_MODES
 from serve_app.runs.jsonable import to_jsonable
 from serve_app.runs.records import TERMINAL
@@ -55,15 +58,14 @@ def run_options(body: Any, assistant: dict[str, Any], graph: CompiledStateGraph,
                 thread_id: str | None) -> dict[str, Any]:
     """The run's ``kwargs`` besides input and streaming, checked (422 naming the field):
     the assistant's config and context under the run's, breakpoints, durability, the
-    checkpoint to start from, feedback keys, the delayed start."""
+    checkpoint to start from, feedback keys, the delayed start (the webhook's destination is
+    the road's check, ``check_destination``)."""
     if body.strict_resume is False:
         raise ApiError(422, "strict_resume: a resume without a pending interrupt is always "
                             "refused here (409); false is not supported")
     if thread_id is not None and "on_completion" in body.model_fields_set:
         raise ApiError(422, "on_completion: only a thread-less run's thread is deleted or "
                             "kept; a run on a thread keeps it")
-    if body.webhook:
-        check_url(body.webhook)
     context = {**(assistant.get("context") or {}), **(body.context or {})}
     check_context(graph, context)
     breakpoints = {name: assistant.get(name) if getattr(body, name) is None
@@ -122,14 +124,19 @@ class RunsService:
             raise ApiError(503, refusal.detail,
                            headers={"Retry-After": str(refusal.retry_after_s)})
 
-    async def create(self, thread_id: str | None, body: Any,
+    async def create(self, thread_id: str | None, body: RunCreate,
+                     extra_modes: list[str] | None = None) -> dict[str, Any]:
+        """A run asked from inside the process (no user): admitted, then ``record``."""
+        await self.admit(body.resumes)
+        return await self.record(thread_id, body, extra_modes)
+
+    async def record(self, thread_id: str | None, body: RunCreate,
                      extra_modes: list[str] | None = None,
                      thread_metadata: dict[str, Any] | None = None,
-                     admitted: bool = False, thread: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
-        """``thread_metadata``: of the thread, if the run creates it (the auth handler's);
-        ``admitted``: admission already let it in (a batch is admitted as a whole);
-        ``thread``: its record, if the caller has just read it (not read again)."""
+                     thread: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run checked against its graph (422 naming the field), recorded under the
+        thread's lock and queued. ``thread_metadata``: of the thread, if the run creates
+        it (the auth handler's); ``thread``: its record, if the caller has just read it."""
         ctx = self.ctx
         assistant = await self.assistants.find(body.assistant_id)
         graph_id = assistant["graph_id"]
@@ -146,9 +153,7 @@ class RunsService:
             if body.command.goto is not None:
                 check_goto(body.command.goto, graph)
         options = run_options(body, assistant, graph, thread_id)
-        resume = body.command is not None and body.command.resume is not None
-        if not admitted:
-            await self.admit(resume)
+        resume = body.resumes
         stateless = thread_id is None
         thread, new_metadata = await self.run_thread(thread_id, graph_id, body.if_not_exists,
                                                      thread_metadata, thread)

@@ -1,6 +1,9 @@
 """Background work every supervisor replica runs besides runs: the crons' ticks and the
 webhook outbox's deliveries (both state in Redis, so any replica may do any of it, and a
-replica that dies loses nothing). Started with the executor's own background tasks."""
+replica that dies loses nothing). Started with the executor's own background tasks.
+
+A tick's run takes the one road (``serve_app.resources.run_road``) as its cron's owner: the
+auth handlers, the owner's limits and admission refuse it as they would the owner's own."""
 
 from __future__ import annotations
 
@@ -9,16 +12,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agents.settings import Settings
 from serve_app.resources.api_errors import ApiError
+from serve_app.resources.auth import ANONYMOUS, User
 from serve_app.resources.crons import CreateRun, Crons
+from serve_app.resources.run_road import RunRequest, RunRoad
 from serve_app.resources.schemas import RunCreate
-from serve_app.resources.webhooks import Outbox
 
 
 def run_body(cron: dict[str, Any], tick: str | None = None) -> RunCreate:
     """The run one tick of ``cron`` creates (422 naming the field if it is not one); its
-    metadata names the cron and the tick."""
+    metadata names the cron and the tick, its webhook is the cron's."""
     payload = {**cron["payload"], "assistant_id": cron["assistant_id"]}
     payload["metadata"] = {**(payload.get("metadata") or {}), "cron_id": cron["cron_id"],
                            "cron_tick": tick}
@@ -27,27 +30,31 @@ def run_body(cron: dict[str, Any], tick: str | None = None) -> RunCreate:
     unknown = sorted(set(payload) - set(RunCreate.model_fields))
     if unknown:
         raise ApiError(422, f"unknown fields of a cron: {unknown}")
+    if cron.get("webhook"):
+        payload["webhook"] = cron["webhook"]
     try:
         return RunCreate.model_validate(payload)
     except ValidationError as exc:
         raise ApiError(422, f"cron's run body: {exc.errors(include_url=False)}") from None
 
 
-def cron_runs(service: Any, outbox: Outbox) -> CreateRun:
-    """How a tick runs: the normal run creation (admission, queue), then its webhook in
-    the outbox."""
+def owner(cron: dict[str, Any]) -> User:
+    """Who a cron's runs run as: its creator (none in the open mode)."""
+    return User(cron["user_id"]) if cron.get("user_id") else ANONYMOUS
+
+
+def cron_runs(road: RunRoad) -> CreateRun:
+    """How a tick runs: on the road, as the cron's owner."""
     async def run(cron: dict[str, Any], tick: str) -> dict[str, Any]:
-        created = await service.runs.create(cron["thread_id"], run_body(cron, tick))
-        await outbox.watch(created, cron.get("webhook"))
-        return created
+        return await road.start(RunRequest(user=owner(cron), thread_id=cron["thread_id"],
+                                           body=run_body(cron, tick)))
     return run
 
 
-def background_loops(service: Any, settings: Settings) -> list[Coroutine]:
+def background_loops(road: RunRoad, crons: Crons) -> list[Coroutine]:
     """The crons' tick loop and the outbox's drain loop of one replica, both paced by the
     live replicas (``serve_app.runs.pace``)."""
-    outbox = Outbox(service.redis, settings.webhooks)
+    service = road.service
     replicas = service.executor.live_replicas
-    return [Crons(service.redis, settings.crons).tick_forever(cron_runs(service, outbox),
-                                                              replicas),
-            outbox.drain_forever(service.runs.output, replicas)]
+    return [crons.tick_forever(cron_runs(road), replicas),
+            road.outbox.drain_forever(service.runs.output, replicas)]

@@ -185,6 +185,11 @@ class RunCreate(Body):
         "delete", description="thread-less runs: delete their thread after the run (after "
         "retention.events_grace_s) or keep it")
 
+    @property
+    def resumes(self) -> bool:
+        """It answers an interrupt (``command.resume``)."""
+        return self.command is not None and self.command.resume is not None
+
 
 class RunBatchItem(RunCreate):
     thread_id: str | None = Field(None, description="none: a thread-less run")
