@@ -26,7 +26,6 @@ from serve_app.api.routes_threads import add_thread_routes
 from serve_app.resources.auth import Authorizer
 from serve_app.resources.limits import BodyLimit
 from serve_app.resources.service import AgentService
-from serve_app.resources.store import StoreService
 from serve_app.telemetry.tracing import TraceMiddleware
 
 
@@ -41,7 +40,7 @@ def build_api(target: Replica | AgentService, auth: AuthSettings | Authorizer | 
     api.add_middleware(Authenticate, api=api, authorizer=replica.authorizer)
     api.add_middleware(ReplicaHeader, replica_id=lambda: service.replica_id)
     api.add_middleware(BodyLimit, limit=replica.limits.settings.max_body_bytes)
-    add_store_routes(api, StoreService(service.redis, replica.authorizer))
+    add_store_routes(api, replica.store)
     add_cron_routes(api, CronAccess(access, replica.crons, replica.outbox))
     add_health_routes(api, service)
     add_assistant_routes(api, access)

@@ -21,6 +21,7 @@ from serve_app.resources.limits import Limits
 from serve_app.resources.run_road import RunRoad
 from serve_app.resources.scheduled import background_loops
 from serve_app.resources.service import AgentService
+from serve_app.resources.store import StoreService
 from serve_app.resources.webhooks import Outbox
 from serve_app.telemetry.metrics import Metrics
 
@@ -28,7 +29,7 @@ from serve_app.telemetry.metrics import Metrics
 @dataclass(frozen=True)
 class Replica:
     """One replica's parts: the service, who may do what, the limits, the run road, the
-    crons and the webhook outbox (shared by the routes and the background loops)."""
+    crons, the store and the webhook outbox (shared by the routes and the background loops)."""
 
     settings: Settings
     service: AgentService
@@ -37,6 +38,7 @@ class Replica:
     approvals: Approvals
     outbox: Outbox
     crons: Crons
+    store: StoreService
     road: RunRoad
     access: Access
 
@@ -59,6 +61,7 @@ def compose(service: AgentService, settings: Settings | None = None,
     return Replica(
         settings=settings, service=service, authorizer=authorizer, limits=limiter,
         approvals=approvals, outbox=outbox, crons=Crons(service.redis, settings.crons),
+        store=StoreService(service.redis, authorizer, settings),
         road=RunRoad(service, authorizer, limiter, approvals, outbox),
         access=Access(service, authorizer, limiter, approvals))
 

@@ -6,9 +6,10 @@ and by its next tick in ``{crons}:due``. The replicas look for due crons in turn
 (``serve_app.runs.pace``) so that the cluster as a whole looks about every
 ``crons.tick_interval_s``, whatever its size; a tick runs exactly once across replicas: its
 run is created by whoever first takes the tick's lease (``SET NX`` on
-``{crons}:tick:<id>:<tick time>``). The run goes through the normal creation path
-(admission, queue), as the cron's creator; a refusal by admission (503) leaves the tick due,
-to be tried again on the next round.
+``{crons}:tick:<id>:<tick time>``). The run takes the one road of every run
+(``serve_app.resources.run_road``: auth handlers, the creator's limits, admission, queue), as
+the cron's creator; a refusal by admission (503) leaves the tick due, to be tried again on the
+next round; any other refusal (the creator's limits: 429) skips the tick.
 
 Missed ticks (the cluster was down, or busy past a tick): when a cron is found due, only
 its latest tick at or before now runs, once; older missed ticks are skipped, and the next

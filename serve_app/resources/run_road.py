@@ -1,6 +1,7 @@
 """The one road of a run a user asks for: ``POST .../runs``, ``/stream``, ``/wait``,
-``runs/batch``, thread-less runs, ``/api/chat``, approvals' resumes, and each tick of a
-cron (as its owner) all make a ``RunRequest`` and call ``RunRoad.start``.
+``runs/batch``, thread-less runs, delayed runs (``after_seconds``), ``/api/chat``,
+approvals' resumes, and each tick of a cron (as its owner) all make a ``RunRequest`` and call
+``RunRoad.start``.
 
 The steps, in order, each in one place: the limits per request, the auth handler
 (``threads:create_run``), admission (past capacity a refusal costs no Redis read), the
@@ -90,13 +91,13 @@ class RunRoad:
         body = ask.body
         self.limits.check_message_sizes(body.input, body.command and body.command.update)
         ask, where = await self.authorize(ask)
-        if not ask.admitted:
-            await self.service.runs.admit(ask.body.resumes)
-        if body.webhook is not None:
+        if not ask.admitted:  # past capacity: refused in milliseconds, before any read
+            await self.service.runs.admit(body.resumes)
+        if body.webhook is not None:  # 422 if it may not receive webhooks
             await check_destination(body.webhook, self.outbox.settings)
         ask = self.as_user(ask)
         thread, new_thread_metadata = await self.thread(ask, where)
-        ask, entries = await self.decide(ask, thread)
+        ask, entries = await self.decide(ask, thread)  # the approval log's entries
         try:
             await self.limits.check_runs(ask.user.identity)  # 429s; the token is taken last
             await refuse_over_budget(ask.user.identity, self.limits.per_user)

@@ -29,7 +29,7 @@ from serve_app.runs.jsonable import to_jsonable
 from serve_app.runs.records import TERMINAL
 
 
-def run_checkpoint(body: Any, thread_id: str | None) -> dict[str, Any]:
+def run_checkpoint(body: RunCreate, thread_id: str | None) -> dict[str, Any]:
     """Where the run starts: ``checkpoint`` (with its namespace) or ``checkpoint_id``."""
     ref = body.checkpoint
     if ref is None:
@@ -43,7 +43,7 @@ def run_checkpoint(body: Any, thread_id: str | None) -> dict[str, Any]:
             "checkpoint_map": ref.checkpoint_map}
 
 
-def run_durability(body: Any) -> str | None:
+def run_durability(body: RunCreate) -> str | None:
     """``durability``, or the deprecated ``checkpoint_during`` mapped onto it."""
     if body.checkpoint_during is None:
         return body.durability
@@ -54,7 +54,7 @@ def run_durability(body: Any) -> str | None:
     return mapped
 
 
-def run_options(body: Any, assistant: dict[str, Any], graph: CompiledStateGraph,
+def run_options(body: RunCreate, assistant: dict[str, Any], graph: CompiledStateGraph,
                 thread_id: str | None) -> dict[str, Any]:
     """The run's ``kwargs`` besides input and streaming, checked (422 naming the field):
     the assistant's config and context under the run's, breakpoints, durability, the
