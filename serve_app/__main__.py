@@ -44,6 +44,19 @@ Ctrl-C stops everything.
 
 
 def main() -> None:
+    args = parse_args()
+    stop_on_signals()
+    try:
+        serve_until_stopped(args)
+    except Stop as stop:
+        print(f"stopped ({stop})", flush=True)
+    except (PortInUse, DataDirInUse, ProjectError) as exc:
+        sys.exit(f"cannot start: {exc}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; a Serve YAML given to ``--config`` (what it took before) is
+    taken as ``--serve-config``, with a note."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", type=Path, default=None,
                         help="a LangGraph project's langgraph.json to serve")
@@ -53,19 +66,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8085,
                         help="Ray's Prometheus export port")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.config is not None and args.config.suffix in (".yaml", ".yml"):
         print(f"note: {args.config} taken as --serve-config (--config now takes a "
               "langgraph.json)", flush=True)
         args.serve_config, args.config = args.config, None
-
-    stop_on_signals()
-    try:
-        serve_until_stopped(args)
-    except Stop as stop:
-        print(f"stopped ({stop})", flush=True)
-    except (PortInUse, DataDirInUse, ProjectError) as exc:
-        sys.exit(f"cannot start: {exc}")
+    return args
 
 
 class Stop(Exception):

@@ -30,6 +30,7 @@ from agents.checkpoint import create_redis
 from agents.local.process import free_port
 from agents.project import GraphLoadError, Project, ProjectError
 from agents.settings import PROJECT_ROOT, Settings
+from serve_app.__main__ import parse_args
 from serve_app.deployments.graph import graph_pool, route_graphs
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS
 from serve_app.resources.schemas import RunCreate
@@ -189,6 +190,16 @@ async def test_a_graphs_runs_go_to_its_own_replicas_and_pool(project_replicas):
     assert (await ingress.records.get_thread(tid))["status"] != "busy"
 
 
+def test_a_serve_yaml_given_to_config_is_the_serve_config_with_a_note(capsys):
+    args = parse_args(["--config", "configs/production.yaml"])
+    assert (args.config, args.serve_config) == (None, Path("configs/production.yaml"))
+    assert capsys.readouterr().out == ("note: configs/production.yaml taken as "
+                                       "--serve-config (--config now takes a langgraph.json)\n")
+    args = parse_args(["--config", "tests/fixtures/langgraph.json"])
+    assert (args.config, args.serve_config) == (Path("tests/fixtures/langgraph.json"),
+                                                PROJECT_ROOT / "configs" / "local.yaml")
+
+
 def start(args: list[str], settings: Settings, data_dir: Path, log: Path,
           env: dict[str, str] | None = None) -> subprocess.Popen:
     """``python -m serve_app`` on the session's Redis and stub model, as a service manager
@@ -284,11 +295,11 @@ async def test_react_agent_reads_its_context_and_env_in_a_tool(project_url):
     parts = [part async for part in client.runs.stream(
         tid, "agent", input=user("Where is order 42?"), context={"max_search_results": 7},
         stream_mode=["custom", "values"])]
-    assert {"searching": "order 42"} in [p.data for p in parts if p.event == "custom"]
+    assert {"searching": "where order 42"} in [p.data for p in parts if p.event == "custom"]
     messages = [p for p in parts if p.event == "values"][-1].data["messages"]
     tool = json.loads(next(m for m in messages if m["type"] == "tool")["content"])
     assert tool == {"hits": [], "max_results": 7, "region": "eu-west"}
-    assert messages[-1]["content"] == "I found nothing in the corpus about order 42."
+    assert messages[-1]["content"] == "I found nothing in the corpus about where order 42."
     assert (await client.threads.get(tid))["status"] == "idle"
 
 
