@@ -156,31 +156,31 @@ class Access:
         return await self.approvals.log.read(thread_id, after, limit)
 
     # assistants
-    async def assistants(self, request: Request, action: str,
+    async def assistants(self, user: User, action: str,
                          value: dict[str, Any]) -> dict[str, Any] | None:
-        return await self.auth.authorize(current_user(request), "assistants", action, value)
+        return await self.auth.authorize(user, "assistants", action, value)
 
-    async def assistant(self, request: Request, assistant_id: str,
+    async def assistant(self, user: User, assistant_id: str,
                         action: str = "read") -> dict[str, Any]:
         """A readable assistant (404 if the handler's filter hides it)."""
-        where = await self.assistants(request, action, {"assistant_id": assistant_id})
+        where = await self.assistants(user, action, {"assistant_id": assistant_id})
         found = await self.service.assistants.find(assistant_id)
         if not matches(found["metadata"], where):
             raise ApiError(404, f"assistant {assistant_id!r} not found")
         return found
 
-    async def create_assistant(self, request: Request, body: AssistantCreate) -> dict[str, Any]:
+    async def create_assistant(self, user: User, body: AssistantCreate) -> dict[str, Any]:
         """The handler's filter's equalities become the assistant's metadata (its owner)."""
         value = body.model_dump()
         value["metadata"] = dict(body.metadata or {})
-        where = await self.assistants(request, "create", value)
+        where = await self.assistants(user, "create", value)
         metadata = {**equalities(where), **metadata_of(value)}
         return await self.service.assistants.create(body.model_copy(update={"metadata": metadata}))
 
-    async def assistant_filter(self, request: Request, action: str, value: dict[str, Any]
+    async def assistant_filter(self, user: User, action: str, value: dict[str, Any]
                                ) -> Any:
         """A predicate over assistants from the handler's filter (None: all)."""
-        where = await self.assistants(request, action, value)
+        where = await self.assistants(user, action, value)
         if where is None:
             return None
         return lambda assistant: matches(assistant.get("metadata"), where)
