@@ -8,14 +8,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
+from agents import telemetry
 from agents.budgets import Budgets
 from agents.keys import spend_key
-from agents.settings import Settings
+from agents.settings import AuthSettings, LimitsSettings, Settings
+from serve_app.api.http_api import build_api
 from serve_app.resources.schemas import RunCreate
 
 LOOP = "Research this and loop forever"
+QUESTION = "What is Redis persistence?"
+AUTH_FILE = "./tests/langgraph_auth.py:auth"
+ALICE = {"Authorization": "Bearer alice-token"}
+BOB = {"Authorization": "Bearer bob-token"}
 
 
 def with_budgets(settings: Settings, **budgets: Any) -> Settings:
@@ -128,7 +135,7 @@ async def test_a_thread_budget_counts_every_run_of_the_thread(settings, in_proce
                                   "budget-thread") as service:
         thread, _ = await service.records.create_thread(None, {})
         results = []
-        for _ in range(4):  # a plain question is 3 model calls (route, answer, finish)
+        for _ in range(4):  # a plain question is 5 model calls
             run = await service.runs.create(thread["thread_id"],
                                             turn("What is Redis persistence?"))
             results.append(await ended(service, run))
@@ -138,3 +145,43 @@ async def test_a_thread_budget_counts_every_run_of_the_thread(settings, in_proce
         other, _ = await service.records.create_thread(None, {})  # another thread: its own
         run = await service.runs.create(other["thread_id"], turn("What is Redis persistence?"))
         assert (await ended(service, run))["status"] == "success"
+
+
+async def test_a_user_over_the_windows_budget_is_refused_429_until_it_resets(
+        settings, in_process_service):
+    capped = with_budgets(settings, user={"max_steps": 7, "window_s": 3600})
+    async with in_process_service(capped, "budget-user") as service, \
+            httpx.AsyncClient(transport=httpx.ASGITransport(
+                app=build_api(service, AuthSettings(path=AUTH_FILE), LimitsSettings())),
+                base_url="http://api", timeout=60) as api:
+        async def ask(who: dict[str, str]) -> dict[str, Any] | httpx.Response:
+            """The run's record, or the refusal."""
+            thread = (await api.post("/threads", json={}, headers=who)).json()["thread_id"]
+            answer = await api.post(f"/threads/{thread}/runs/wait", headers=who, json={
+                "assistant_id": "supervisor",
+                "input": {"messages": [{"role": "user", "content": QUESTION}]}})
+            if answer.status_code != 200:
+                return answer
+            return (await api.get(f"/threads/{thread}/runs", headers=who)).json()[0]
+
+        telemetry.set_meter(service.metrics)  # as the supervisor deployment does
+        try:
+            first = await ask(ALICE)  # 5 model calls of her 7
+            second = await ask(ALICE)  # admitted (5 < 7); stopped before its third call
+            refused = await ask(ALICE)
+            bob = await ask(BOB)
+        finally:
+            telemetry.set_meter(None)
+
+    assert first["status"] == "success"
+    assert second["status"] == "error"
+    assert (second["error"]["budget"], second["error"]["used"]) == ("user", 7)
+    assert refused.status_code == 429
+    assert "user budget spent: 7 of 7 steps" in refused.json()["detail"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 3600
+    assert bob["status"] == "success"  # a budget of his own
+    # refused: the researcher's call, the supervisor's next one (it hears of the failure),
+    # the third run
+    assert service.metrics.total("budget_refusals", budget="user", measure="steps") == 3
+    assert service.metrics.total("user_spend_usd", user="alice") > 0
+    assert service.metrics.total("user_spend_tokens", user="bob") > 0

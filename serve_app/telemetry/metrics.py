@@ -33,6 +33,10 @@ DESCRIPTIONS = {
     "model_errors": "model calls that failed after the client's retries, by model/role/error",
     "tokens": "tokens of finished runs, by model, role and direction (input/output)",
     "cost_usd": "cost in USD of finished runs, by model (configs/prices.yaml, genai-prices)",
+    "user_spend_usd": "cost in USD of model calls, by user (agents/budgets.py)",
+    "user_spend_tokens": "tokens of model calls, by user",
+    "budget_refusals": "model calls and new runs refused for a spent budget, by budget "
+                       "(run/thread/user) and measure (tokens/cost_usd/steps)",
     "tool_calls": "tool calls, by tool and outcome (ok/error)",
     "tool_seconds": "tool call latency, by tool",
     "http_request_seconds": "HTTP request latency (SSE: the stream's life), by method/status",
