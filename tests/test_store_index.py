@@ -16,7 +16,7 @@ from types import ModuleType
 import httpx
 import pytest
 
-from agents.memory import vector_prefix
+from agents.memory import create_store, vector_prefix
 from agents.settings import (
     PROJECT_ROOT,
     AuthSettings,
@@ -24,6 +24,7 @@ from agents.settings import (
     Settings,
     StoreIndexSettings,
     StoreSettings,
+    StoreTtlSettings,
     get_settings,
 )
 from agents.system import Runtime
@@ -170,3 +171,20 @@ async def test_store_api_search_ranks_by_query(settings, indexed_process, in_pro
     assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
     assert {item["key"] for item in listed.json()["items"]} == {"m0", "m1", "m2"}
     assert all(item.get("score") is None for item in listed.json()["items"])
+
+
+async def test_store_ttl_is_a_redis_expiry_of_items_and_their_vectors(indexed, redis_client):
+    store = await create_store(redis_client, StoreSettings(
+        index=INDEX, ttl=StoreTtlSettings(default_ttl=2)), indexed.model)
+    namespace = ("ttl", uuid.uuid4().hex[:8])
+    await store.aput(namespace, "default", {"content": "short lived"})
+    await store.aput(namespace, "own", {"content": "longer lived"}, ttl=10)
+    ttls = {}
+    async for key in redis_client.scan_iter(match="store:*", count=1000):
+        found = await redis_client.json().get(key, "$.prefix", "$.key")
+        if namespace[1] in found["$.prefix"][0]:  # the namespace's text, escaped
+            ttls[found["$.key"][0]] = await redis_client.ttl(key)
+    assert 0 < ttls["default"] <= 120 and 120 < ttls["own"] <= 600
+    vectors = [k async for k in redis_client.scan_iter(
+        match=f"{vector_prefix('store', INDEX)}:*", count=1000)]
+    assert sum([0 < await redis_client.ttl(k) <= 600 for k in vectors]) >= 2
