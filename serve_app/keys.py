@@ -192,6 +192,7 @@ def assistant_versions_key(assistant_id: str) -> str:
     """Every version of the assistant: a hash, version number -> JSON."""
     return f"{_ASSISTANTS}:versions:{assistant_id}"
 
+
 _NOT_THREADS = (_POOLS, _USERS, _ASSISTANTS)
 
 # Crons (``serve_app.resources.crons``)

@@ -6,12 +6,17 @@ modules' ``PREFIX`` taken elsewhere. Docstrings and comments may name keys."""
 from __future__ import annotations
 
 import ast
+import json
 import re
+import uuid
 from pathlib import Path
+
+from redis.asyncio import Redis
 
 from agents import keys as graph_keys
 from agents.settings import PROJECT_ROOT
 from serve_app import keys as serving_keys
+from serve_app.ops.leaks import find_orphans
 
 KEYS_MODULES = {"agents/keys.py", "serve_app/keys.py"}
 SCANNED = ("agents", "serve_app")
@@ -122,3 +127,21 @@ def test_every_key_of_a_thread_is_under_its_prefix():
     for other in (serving_keys.ready_key("default"), serving_keys.user_runs_key("alice"),
                   serving_keys.assistant_key("a"), serving_keys.ALL_THREADS):
         assert serving_keys.split_thread_key(other) is None
+
+
+async def test_the_leak_check_reads_ledger_entries_as_keys_of_their_thread(redis_client: Redis):
+    """A deleted thread's ledger entry is an orphan, unless an audit list kept by policy
+    names it; a live thread's is not (no special case for the ledger's layout)."""
+    prefix = f"keys-{uuid.uuid4().hex[:8]}"
+    live, gone, kept = (f"{prefix}-{name}" for name in ("live", "gone", "kept"))
+    await redis_client.hset(serving_keys.thread_key(live), "status", "idle")
+    entries = {t: graph_keys.effect_key(f"{t}/coder/task-1", "call_1") for t in (live, gone, kept)}
+    for key in entries.values():
+        await redis_client.set(key, "refund issued", ex=60)
+    audit = serving_keys.audit_key(kept)
+    await redis_client.rpush(audit, json.dumps({"effect_key": entries[kept]}))
+    await redis_client.expire(audit, 60)
+    try:
+        assert await find_orphans(redis_client, prefix) == [(entries[gone], "its thread is gone")]
+    finally:
+        await redis_client.delete(serving_keys.thread_key(live), audit, *entries.values())
