@@ -56,10 +56,10 @@ def key_shape(node: ast.AST) -> str | None:
     return "the ac: prefix" if PREFIXED.search(text) else None
 
 
-def violations_in(path: Path) -> list[str]:
+def violations_in(path: Path, root: Path = PROJECT_ROOT) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     skip = docstrings(tree)
-    where = path.relative_to(PROJECT_ROOT).as_posix()
+    where = path.relative_to(root).as_posix()
     found = []
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -76,12 +76,12 @@ def violations_in(path: Path) -> list[str]:
     return [message for _, message in sorted(found)]
 
 
-def violations() -> list[str]:
+def violations(root: Path = PROJECT_ROOT) -> list[str]:
     found = []
     for package in SCANNED:
-        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
-            if path.relative_to(PROJECT_ROOT).as_posix() not in KEYS_MODULES:
-                found += violations_in(path)
+        for path in sorted((root / package).rglob("*.py")):
+            if path.relative_to(root).as_posix() not in KEYS_MODULES:
+                found += violations_in(path, root)
     return found
 
 
@@ -89,10 +89,13 @@ def test_every_key_is_built_in_a_keys_module():
     assert violations() == []
 
 
-def test_a_key_built_elsewhere_is_seen():
-    """The scan itself: each shape, planted in a module of the code, is reported with its
-    file and line; a format template, JSON and a docstring naming a key are not."""
-    probe = PROJECT_ROOT / "serve_app" / "runs" / "_key_probe.py"
+def test_a_key_built_elsewhere_is_seen(tmp_path: Path):
+    """The scan itself, over a copy of the layout: each shape planted in a module is
+    reported with its file and line; a format template, JSON, a docstring naming a key and
+    the keys modules are not."""
+    (tmp_path / "serve_app" / "runs").mkdir(parents=True)
+    (tmp_path / "serve_app" / "keys.py").write_text('A = "ac:threads"\n')  # where keys belong
+    probe = tmp_path / "serve_app" / "runs" / "_key_probe.py"
     probe.write_text('"""Docstrings may say ``ac:{<thread>}:thread``."""\n'
                      'from serve_app.keys import PREFIX\n'
                      'A = "ac:regressions"\n'
@@ -101,15 +104,10 @@ def test_a_key_built_elsewhere_is_seen():
                      'D = f"{{shard{B}}}"\n'
                      'E = "{url}/api/chat".format(url=A)\n'
                      'F = f\'{{"query": {A}}}\'\n')
-    try:
-        assert violations_in(probe) == [
-            f"serve_app/runs/_key_probe.py:{line}: a key built outside the keys modules "
-            f"({shape})" for line, shape in [(2, "the keys module's PREFIX"),
-                                             (3, "the ac: prefix"), (4, "a hash tag"),
-                                             (5, "a hash tag"), (6, "a hash tag")]]
-        assert sum("_key_probe.py" in found for found in violations()) == 5
-    finally:
-        probe.unlink()
+    assert violations(tmp_path) == [
+        f"serve_app/runs/_key_probe.py:{line}: a key built outside the keys modules ({shape})"
+        for line, shape in [(2, "the keys module's PREFIX"), (3, "the ac: prefix"),
+                            (4, "a hash tag"), (5, "a hash tag"), (6, "a hash tag")]]
 
 
 def test_every_key_of_a_thread_is_under_its_prefix():
