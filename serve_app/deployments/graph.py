@@ -20,6 +20,7 @@ from agents.checkpoint import check_redis, create_redis
 from agents.memory import create_store
 from agents.project import Project
 from agents.settings import get_settings
+from serve_app.deployments.run_puller import RunPuller
 from serve_app.resources.service_context import ServiceContext
 from serve_app.runs.executor import RunExecutor
 from serve_app.runs.fencing import FencedRedisSaver
@@ -43,17 +44,9 @@ def route_graphs(executor: RunExecutor, graph_ids: Iterable[str], run_pool: str,
         executor.route(graph_id, run_pool)
 
 
-def pool_stats(service: ServiceContext) -> dict[str, float]:
-    """Custom autoscaling metrics: runs here, runs waiting in the pool's queue, the share
-    of run requests refused (``serve_app.deployments.autoscaling``)."""
-    executor = service.executor
-    return {"runs_running": executor.running, "runs_queued": executor.load.queued,
-            "run_slots": executor.slots, "refused_share": service.admission.refused_share}
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100,
                   health_check_period_s=2, graceful_shutdown_wait_loop_s=0.5)
-class GraphDeployment:
+class GraphDeployment(RunPuller):
     async def __init__(self, project: str, graph_id: str):
         settings = get_settings()
         replica_id = serve.get_replica_context().replica_id.unique_id
@@ -73,14 +66,3 @@ class GraphDeployment:
         route_graphs(self.service.executor, loaded.graphs, run_pool,
                      ["supervisor", *settings.roles])
         self.service.executor.start()
-
-    async def record_autoscaling_stats(self) -> dict[str, float]:
-        return pool_stats(self.service)
-
-    async def check_health(self) -> None:
-        await self.service.redis.ping()
-
-    async def __del__(self) -> None:
-        """Graceful shutdown: hand unfinished runs back to the other replicas."""
-        await self.service.executor.hand_back_all()
-        await self.service.aclose()

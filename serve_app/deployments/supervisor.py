@@ -24,8 +24,9 @@ from agents.settings import get_settings
 from agents.system import Runtime
 from serve_app.api.http_api import build_api
 from serve_app.api.root import serving_replica
-from serve_app.deployments.graph import pool_stats, route_graphs
+from serve_app.deployments.graph import route_graphs
 from serve_app.deployments.remote_worker import RemoteWorker
+from serve_app.deployments.run_puller import RunPuller
 from serve_app.resources.approvals import RecordedApprovals
 from serve_app.resources.auth import check_bind
 from serve_app.runs.fencing import FencedRedisSaver
@@ -47,7 +48,7 @@ def serve_http_host() -> str | None:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
-class SupervisorDeployment:
+class SupervisorDeployment(RunPuller):
     async def __init__(self, workers: dict[str, DeploymentHandle],
                        project_graphs: dict[str, DeploymentHandle] | None = None,
                        project: str | None = None):
@@ -82,14 +83,3 @@ class SupervisorDeployment:
         """The deployment's ``user_config`` (``api.*`` admission limits) applied live:
         Serve calls this at start and on every config update, without a restart."""
         self.service.retune(**user_config)
-
-    async def record_autoscaling_stats(self) -> dict[str, float]:
-        return pool_stats(self.service)
-
-    async def check_health(self) -> None:
-        await self.runtime.redis.ping()
-
-    async def __del__(self) -> None:
-        """Graceful shutdown: hand unfinished runs back to the other replicas."""
-        await self.service.executor.hand_back_all()
-        await self.service.aclose()
