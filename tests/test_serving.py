@@ -129,11 +129,10 @@ async def test_background_run_join_and_join_stream(client):
     replay = [part async for part in client.runs.join_stream(tid, run["run_id"])]
     assert replay[0].event == "metadata" and any(p.event == "values" for p in replay)
     # resume after an event id: only what came after it
-    cut = replay[2].id if hasattr(replay[2], "id") else None
-    if cut:
-        rest = [p async for p in client.runs.join_stream(tid, run["run_id"],
-                                                         last_event_id=cut)]
-        assert len(rest) == len(replay) - 3
+    assert all(part.id for part in replay), replay  # every event has an id
+    rest = [p async for p in client.runs.join_stream(tid, run["run_id"],
+                                                     last_event_id=replay[2].id)]
+    assert [p.id for p in rest] == [p.id for p in replay[3:]]
     assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
     listed = await client.runs.list(tid)
     assert [r["run_id"] for r in listed] == [run["run_id"]]

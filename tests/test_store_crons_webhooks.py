@@ -242,12 +242,14 @@ async def test_ticks_missed_while_down_run_the_latest_once(client, redis_client)
         return sorted(int(k.rsplit(":", 1)[1]) // 1000 for k in found)
 
     ran = await eventually(leases)
+    # The replica reads its own clock: a minute may have turned since ``now``.
+    latest_by_then = int(time.time() // 60 * 60)
     await asyncio.sleep(2.5)  # a few more rounds of both replicas' loops
     ran = await leases()
     [current] = [c for c in await client.crons.search(limit=1000) if c["cron_id"] == cron_id]
     await client.crons.delete(cron_id)
-    assert ran[0] == latest_missed  # the latest missed tick ran, once
-    assert all(tick > latest_missed for tick in ran[1:])  # older ones were skipped
+    # the latest missed tick ran (a lease a tick: once); the older ones were skipped
+    assert latest_missed <= ran[0] <= latest_by_then, (ran, latest_missed, latest_by_then)
     assert datetime.fromisoformat(current["next_run_date"]).timestamp() > now
 
 
