@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -18,10 +19,10 @@ from serve_app.runs.executor_context import ExecutorContext
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class Attempts:
-    def __init__(self, context: ExecutorContext, endings: Endings):
-        self.context = context
-        self.endings = endings
+    context: ExecutorContext
+    endings: Endings
 
     async def retry(self, run: dict[str, Any], token: str, exc: Exception) -> None:
         """A transient failure of the infrastructure: another attempt, from the last

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -22,14 +23,16 @@ from serve_app.runs.retention import Retention
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class Cancellation:
-    def __init__(self, context: ExecutorContext, endings: Endings, retention: Retention | None):
-        self.context = context
-        self.endings = endings
-        self.retention = retention
-        self._tasks: dict[str, asyncio.Task] = {}  # run id -> its task, once it holds the lease
-        self._starting: set[str] = set()  # runs being marked running
-        self._actions: dict[str, str] = {}  # run id -> the cancel asked for it here
+    context: ExecutorContext
+    endings: Endings
+    retention: Retention | None
+    # run id -> its task (once it holds the lease), the runs being marked running, and
+    # run id -> the cancel asked of this replica for it
+    _tasks: dict[str, asyncio.Task] = field(init=False, default_factory=dict)
+    _starting: set[str] = field(init=False, default_factory=set)
+    _actions: dict[str, str] = field(init=False, default_factory=dict)
 
     async def cancel(self, run: dict[str, Any], action: str = "interrupt") -> None:
         """End a run that has not started at once; ask the replica of a running one."""

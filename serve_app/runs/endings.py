@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from langgraph.graph.state import CompiledStateGraph
@@ -50,13 +51,12 @@ async def durably(op: Callable[[], Awaitable[T]], within_s: float = 30.0) -> T:
             backoff = min(backoff * 2, 1.0)
 
 
+@dataclass
 class Endings:
-    def __init__(self, context: ExecutorContext, graphs: dict[str, CompiledStateGraph],
-                 limiter: LagLimiter, retention: Retention | None):
-        self.context = context
-        self.graphs = graphs
-        self.limiter = limiter  # learns each run's overhead
-        self.retention = retention
+    context: ExecutorContext
+    graphs: dict[str, CompiledStateGraph]
+    limiter: LagLimiter  # learns each run's overhead
+    retention: Retention | None
 
     async def finish(self, run: dict[str, Any], status: str, error: dict | None,
                      token: str | None, events: EventWriter, final: StreamedState

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
@@ -32,18 +33,16 @@ from serve_app.runs.records import TERMINAL, decode
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class Execution:
-    def __init__(self, context: ExecutorContext, graphs: dict[str, CompiledStateGraph],
-                 checkpointer: LeanRedisSaver, heartbeat: Heartbeat, endings: Endings,
-                 attempts: Attempts, cancellation: Cancellation, hand_back: HandBack):
-        self.context = context
-        self.graphs = graphs
-        self.checkpointer = checkpointer
-        self.heartbeat = heartbeat
-        self.endings = endings
-        self.attempts = attempts
-        self.cancellation = cancellation
-        self.hand_back = hand_back
+    context: ExecutorContext
+    graphs: dict[str, CompiledStateGraph]
+    checkpointer: LeanRedisSaver
+    heartbeat: Heartbeat
+    endings: Endings
+    attempts: Attempts
+    cancellation: Cancellation
+    hand_back: HandBack
 
     async def execute(self, thread_id: str, run_id: str) -> dict[str, Any] | None:
         """Run it here until it ends, is cancelled, handed back or lost to another replica."""

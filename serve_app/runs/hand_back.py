@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.runs.attempts import Attempts
@@ -16,10 +17,10 @@ from serve_app.runs.cancellation import Cancellation
 HAND_BACK = "hand_back"
 
 
+@dataclass
 class HandBack:
-    def __init__(self, attempts: Attempts, cancellation: Cancellation):
-        self.attempts = attempts
-        self.cancellation = cancellation
+    attempts: Attempts
+    cancellation: Cancellation
 
     async def everything(self, running: Iterable[asyncio.Task]) -> None:
         """Ask every run of this replica to hand itself back; wait for ``running``, the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from serve_app.keys import parse_ref
 from serve_app.runs.attempts import Attempts
@@ -22,14 +23,13 @@ from serve_app.runs.run_pool import PoolLoad
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class Recovery:
-    def __init__(self, context: ExecutorContext, endings: Endings, attempts: Attempts,
-                 running: Callable[[], int]):
-        self.context = context
-        self.endings = endings
-        self.attempts = attempts
-        self.running = running  # the runs running here now, for a gauge
-        self.load = PoolLoad(0, 0.0, 1)  # as of the last sweep
+    context: ExecutorContext
+    endings: Endings
+    attempts: Attempts
+    running: Callable[[], int]  # the runs running here now, for a gauge
+    load: PoolLoad = field(init=False, default_factory=lambda: PoolLoad(0, 0.0, 1))
 
     def live_replicas(self) -> int:
         """The pool's live replicas as of the last sweep (1 before it: this one)."""
