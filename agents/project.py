@@ -304,7 +304,12 @@ def import_file(file: Path) -> Any:
 
 async def call_factory(factory: Any) -> Any:
     """A graph factory called as LangGraph's server calls one: with a config if it takes
-    a parameter, awaited if it is async."""
+    a parameter, awaited if it is async, entered if it is a context manager (and left
+    open: the graph lives as long as the process)."""
     takes_config = bool(inspect.signature(factory).parameters)
     made = factory(RunnableConfig(configurable={})) if takes_config else factory()
+    if hasattr(made, "__aenter__"):
+        return await made.__aenter__()
+    if hasattr(made, "__enter__"):
+        return made.__enter__()
     return await made if inspect.isawaitable(made) else made

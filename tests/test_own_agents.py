@@ -60,6 +60,8 @@ async def test_template_projects_load_as_langgraph_serves_them():
     slow = Project.load(FIXTURES / "slow_agent" / "langgraph.json")
     made = await slow.load_graph("slow", saver)  # an async factory taking a config
     assert set(made.nodes) == {"__start__", "first", "second"}
+    slow.graphs["checked"] = "./slow_agent/graph.py:checked_graph"
+    assert (await slow.load_graph("checked", saver)).checkpointer is saver  # a context manager
 
 
 def write_project(folder: Path, graphs: dict, files: dict[str, str] | None = None,
