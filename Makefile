@@ -26,7 +26,7 @@ browser:
 		echo "error: could not install chromium + chromium-driver" \
 			"(AGENT_CLUSTER_SKIP_BROWSER=1 skips the browser tests)" >&2; exit 1; }; fi
 
-# The console's screenshots in docs/screenshots/ (the README shows them) are refreshed only
+# The console's screenshots in docs/screenshots/ (docs/console.md shows them) are refreshed only
 # here: the browser tests write them to a temporary folder otherwise.
 screenshots: install browser
 	AGENT_CLUSTER_SCREENSHOTS=$(CURDIR)/docs/screenshots \

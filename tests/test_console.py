@@ -3,8 +3,8 @@ the session's real cluster (Ray Serve, Redis, the stub model over HTTP).
 
 Without Chromium these tests fail (CI must run them); ``AGENT_CLUSTER_SKIP_BROWSER=1`` skips
 them on a box without it. Screenshots go to a temporary folder, or to the folder named by
-``AGENT_CLUSTER_SCREENSHOTS``: ``make screenshots`` refreshes docs/screenshots/, which the
-README shows, that way."""
+``AGENT_CLUSTER_SCREENSHOTS``: ``make screenshots`` refreshes docs/screenshots/, which
+docs/console.md shows, that way."""
 
 from __future__ import annotations
 

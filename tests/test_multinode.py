@@ -1,4 +1,4 @@
-"""Several Ray nodes on one machine (README "Several Ray nodes"): a head node and worker
+"""Several Ray nodes on one machine (docs/scaling.md): a head node and worker
 nodes started with ``ray start`` (``serve_app.ops.ray_node``: each its own raylet, temp dir and
 ports), specialists placed on the workers by a custom resource, supervisors anywhere.
 
