@@ -1,6 +1,6 @@
 """The docs hold together: the settings reference is what the code generates and describes
-every setting, ``configs/agents.yaml`` agrees with ``Settings``, no relative link or path named
-in the docs is dead, and every page of ``docs/`` is linked from the README."""
+every setting, ``configs/agents.yaml`` agrees with ``Settings``, no relative link, path or
+setting named in the docs is dead, and every page of ``docs/`` is linked from the README."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import pytest
 import yaml
+from langgraph_sdk.client import CronClient, StoreClient
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agents.settings import PROJECT_ROOT, Settings
@@ -130,6 +131,31 @@ def dead_paths(text: str) -> list[str]:
     return sorted(path for path in named if not (PROJECT_ROOT / path).exists())
 
 
+SDK_CLIENTS = {"store": StoreClient, "crons": CronClient}  # `store.put_item` is no setting
+
+
+def dead_setting_names(text: str) -> list[str]:
+    """Code spans shaped like a setting (``<section>.<key>``) that name no setting or section
+    of ``Settings`` (nor, for ``store`` and ``crons``, a method of the SDK's client)."""
+    names = {".".join(row.path[:n]) for row in settings() for n in range(1, len(row.path) + 1)}
+    sections = [name for name, field in Settings.model_fields.items()
+                if model_of(field.annotation)]
+    shape = re.compile(rf"(?:{'|'.join(sections)})\.[a-z_]+(?:\.[\w<>\[\]]+)*")
+    dead = []
+    for span in CODE_SPAN.findall(text):
+        section, _, rest = span.partition(".")
+        if not shape.fullmatch(span) or span in names or re.fullmatch(r"py|yaml|json|md", rest):
+            continue
+        if not hasattr(SDK_CLIENTS.get(section), rest):
+            dead.append(span)
+    return dead
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)
+def test_every_setting_named_exists(page: Path):
+    assert dead_setting_names(page.read_text()) == []
+
+
 @pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)
 def test_no_dead_link(page: Path):
     assert dead_links(page, page.read_text()) == []
@@ -140,7 +166,7 @@ def test_every_path_named_exists(page: Path):
     assert dead_paths(page.read_text()) == []
 
 
-def test_a_dead_link_and_path_are_seen():
+def test_a_dead_link_path_and_setting_are_seen():
     """The checks themselves."""
     text = ("[ok](docs/durability.md#redis-cluster-not) [ok](docs/scaling.md#redis-cluster) "
             "[gone](docs/nowhere.md) [self](#set-up) [nope](#nope) `serve_app/nowhere.py` "
@@ -148,6 +174,8 @@ def test_a_dead_link_and_path_are_seen():
     assert dead_links(README, text) == ["docs/durability.md#redis-cluster-not",
                                         "docs/nowhere.md", "#nope"]
     assert dead_paths(text) == ["serve_app/nowhere.py"]
+    named = "`api.lease_ttl_s` `api.lease_ttl` `store.put_item` `store.put_items` `auth.py` `redis`"
+    assert dead_setting_names(named) == ["api.lease_ttl", "store.put_items"]
 
 
 def test_every_docs_page_is_linked_from_the_readme():
