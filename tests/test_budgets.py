@@ -185,3 +185,35 @@ async def test_a_user_over_the_windows_budget_is_refused_429_until_it_resets(
     assert service.metrics.total("budget_refusals", budget="user", measure="steps") == 3
     assert service.metrics.total("user_spend_usd", user="alice") > 0
     assert service.metrics.total("user_spend_tokens", user="bob") > 0
+
+
+async def test_the_operators_run_budget_is_read_from_the_environment(
+        settings, in_process_service, monkeypatch):
+    """``AGENT_CLUSTER_BUDGETS__RUN__MAX_TOKENS=2000 make run`` caps every run."""
+    monkeypatch.setenv("AGENT_CLUSTER_BUDGETS__RUN__MAX_TOKENS", "2000")
+    from_env = Settings(redis_url=settings.redis_url, model=settings.model.model_dump(),
+                        data_dir=settings.data_dir, workspace_dir=settings.workspace_dir)
+    assert from_env.budgets.run.max_tokens == 2000
+    async with in_process_service(with_budgets(from_env, **from_env.budgets.model_dump()),
+                                  "budget-env") as service:
+        thread, _ = await service.records.create_thread(None, {})
+        record = await ended(service, await service.runs.create(thread["thread_id"],
+                                                                turn(LOOP)))
+    assert record["status"] == "error"
+    assert (record["error"]["measure"], record["error"]["limit"]) == ("tokens", 2000)
+
+
+async def test_a_runs_budget_stops_a_runaway_on_the_cluster(cluster_url):
+    """Over Ray: the researcher on its own replica is refused its call, the supervisor
+    (told of the failure) is refused its next one, and the run ends with BudgetExceeded."""
+    async with httpx.AsyncClient(base_url=cluster_url, timeout=120) as api:
+        thread = (await api.post("/threads", json={})).json()["thread_id"]
+        await api.post(f"/threads/{thread}/runs/wait", json={
+            "assistant_id": "supervisor", "context": {"budget": {"max_tokens": 2000}},
+            "input": {"messages": [{"role": "user", "content": LOOP}]}})
+        run = (await api.get(f"/threads/{thread}/runs")).json()[0]
+    assert run["status"] == "error", run
+    error = run["error"]
+    assert (error["error"], error["budget"], error["measure"], error["limit"]) == \
+        ("BudgetExceeded", "run", "tokens", 2000)
+    assert error["used"] >= 2000
