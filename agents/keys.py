@@ -43,9 +43,11 @@ def _suffix(thread_id: str) -> str:
 # The checkpointer's keys (``agents.redis_saver``): a thread's checkpoints and their pending
 # writes, and its sub-threads', in one hash under the thread's tag. A checkpoint's field is
 # ``<sub-thread suffix>#<ns>#<checkpoint id>`` (the suffix is empty for the thread); a
-# write's is ``!`` then its checkpoint's field, ``#<task id>:<idx>``.
+# write's is ``!`` then its checkpoint's field, ``#<task id>:<idx>``; a message's (kept once
+# for every checkpoint of the (sub-)thread that holds it) ``~<suffix>#<digest>``.
 LATEST = "latest"  # the checkpoint id field naming a namespace's latest checkpoint
 WRITE = "!"  # what a write's field starts with
+MESSAGE = "~"  # what a stored message's field starts with (``message_field``)
 
 
 def checkpoints_key(thread_id: str) -> str:
@@ -59,6 +61,18 @@ def checkpoint_field(thread_id: str, ns: str, checkpoint_id: str) -> str:
 def checkpoint_write_field(thread_id: str, ns: str, checkpoint_id: str, task_id: str,
                            idx: int) -> str:
     return f"{WRITE}{checkpoint_field(thread_id, ns, checkpoint_id)}#{task_id}:{idx}"
+
+
+def message_field(thread_id: str, digest: str) -> str:
+    """A message of a (sub-)thread's message lists, stored once by the digest of its bytes
+    (``agents.redis_saver``): ``~<sub-thread suffix>#<digest>``."""
+    return f"{MESSAGE}{_suffix(thread_id)}#{digest}"
+
+
+def parse_message_field(thread_id: str, field: str) -> tuple[str, str]:
+    """(thread or sub-thread id, digest) of a ``message_field`` of ``thread_id``'s hash."""
+    suffix, _, digest = field[len(MESSAGE):].rpartition("#")
+    return thread_id.partition("/")[0] + suffix, digest
 
 
 def parse_checkpoint_field(thread_id: str, field: str) -> tuple[str, str, str, str]:

@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agents.settings import StoreIndexSettings, StoreSettings, StoreTtlSettings
 
+GRAPH_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 IMAGE_ONLY = ("python_version", "node_version", "dockerfile_lines", "pip_config_file",
               "pip_installer", "image_distro", "base_image", "keep_pkg_tools", "api_version",
               "_INTERNAL_docker_tag")
@@ -140,6 +142,15 @@ class Project(BaseModel):
         if clash:
             raise ProjectError(f"graph ids {clash} of {self.path} clash "
                                f"with the built-in graphs {sorted(built_ins)}: rename them")
+
+    @field_validator("graphs")
+    @classmethod
+    def _ids_name_deployments(cls, graphs: dict[str, Any]) -> dict[str, Any]:
+        """Each id names a Serve deployment and a queue: letters, digits, ``_.-``."""
+        bad = [graph_id for graph_id in graphs if not GRAPH_ID.fullmatch(graph_id)]
+        if bad:
+            raise ValueError(f"graph ids {bad}: use letters, digits, '_', '.' and '-' only")
+        return graphs
 
     @field_validator("store")
     @classmethod

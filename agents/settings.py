@@ -173,10 +173,12 @@ class RetentionSettings(BaseModel):
 
     enabled: bool = Field(True, description="False: keep everything (as before retention)")
     keep_latest: int = Field(
-        1, ge=1, description="checkpoints kept per thread (and checkpoint namespace), newest "
-        "first; besides these, every checkpoint a pending interrupt or a queued run needs")
+        0, ge=0, description="checkpoints kept per thread (and checkpoint namespace), newest "
+        "first; besides these, every checkpoint a pending interrupt or a queued run needs; "
+        "0: every checkpoint (history and time travel, as LangGraph; bytes linear in turns)")
     keep_for_s: float = Field(
-        0.0, ge=0, description="also keep checkpoints younger than this, for time travel")
+        0.0, ge=0, description="with keep_latest > 0: also keep checkpoints younger than "
+        "this, for time travel")
     keep_runs: int = Field(
         5, ge=1, description="finished run records kept per thread, newest first")
     events_grace_s: int = Field(

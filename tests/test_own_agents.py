@@ -11,6 +11,7 @@ of a user's graph SIGKILLed mid-run, a node that raises, a cancel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -111,6 +113,8 @@ def test_keys_refused_noted_or_warned_by_name(tmp_path):
                                                                       "embed": "fake"}}))
     with pytest.raises(ProjectError, match=r"graphs: .*at least 1"):
         Project.load(write_project(tmp_path, {}))
+    with pytest.raises(ProjectError, match=r"graph ids \['my agent', 'a#b'\]: use letters"):
+        Project.load(write_project(tmp_path, {"my agent": "./g.py:g", "a#b": "./g.py:g"}))
     project = Project.load(write_project(
         tmp_path, graphs, pip_config_file="pip.conf", colour="blue",
         auth={"path": "./auth.py:auth", "openapi": {}},
@@ -236,23 +240,21 @@ def test_a_start_with_a_broken_graph_fails_fast_naming_it(settings, tmp_path):
                 p.info["environ"].get("AGENT_CLUSTER_DATA_DIR") == str(tmp_path)]
 
 
-# one cluster serving tests/fixtures/langgraph.json
-@pytest.fixture(scope="module")
-def project_url(settings, tmp_path_factory):
-    """The fixture project served by a real start (``--config``), its Serve YAML given by
-    ``--serve-config`` (one supervisor replica: 2 cores), two replicas of ``slow``."""
-    data_dir = tmp_path_factory.mktemp("own-agents")
+@contextlib.contextmanager
+def served(project: Path, settings: Settings, data_dir: Path,
+           env: dict[str, str] | None = None) -> Iterator[str]:
+    """``project`` served by a real start (``--config``) until the block ends, its Serve
+    YAML given by ``--serve-config`` (one supervisor replica: 2 cores); its base URL."""
     serve = yaml.safe_load((PROJECT_ROOT / "configs" / "local.yaml").read_text())
     supervisor = serve["applications"][0]["deployments"][0]
     supervisor["autoscaling_config"].update(min_replicas=1, max_replicas=1)
     (data_dir / "serve.yaml").write_text(yaml.safe_dump(serve))
     port = free_port()
     log = data_dir / "start.log"
-    proc = start(["--config", str(FIXTURES / "langgraph.json"), "--serve-config",
+    proc = start(["--config", str(project), "--serve-config",
                   str(data_dir / "serve.yaml"), "--port", str(port),
                   "--metrics-port", str(free_port())], settings, data_dir, log,
-                 {"AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"slow": {"min_replicas": 2}}',
-                  **{name: str(free_port()) for name in HAPROXY_MODE_PORTS}})
+                 {**(env or {}), **{name: str(free_port()) for name in HAPROXY_MODE_PORTS}})
     try:
         deadline = time.monotonic() + 400
         while "is up at" not in log.read_text(errors="replace"):
@@ -266,6 +268,16 @@ def project_url(settings, tmp_path_factory):
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# one cluster serving tests/fixtures/langgraph.json
+@pytest.fixture(scope="module")
+def project_url(settings, tmp_path_factory):
+    """The fixture project served, two replicas of ``slow``."""
+    with served(FIXTURES / "langgraph.json", settings, tmp_path_factory.mktemp("own-agents"),
+                {"AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"slow": {"min_replicas": 2}}'}
+                ) as url:
+        yield url
 
 
 def replica_pids(deployment: str) -> list[int]:

@@ -4,11 +4,14 @@ Applied as each run ends (``serve_app.runs.endings``, while the run still holds 
 never by a scan of the keyspace: the thread's checkpoint hash names its checkpoints and its
 sub-threads' (``agents.redis_saver``), the thread's hash tag (``serve_app.keys``) the rest.
 
-- **Checkpoints.** Per checkpoint namespace a thread keeps its latest ``keep_latest``
-  checkpoints, those younger than ``keep_for_s`` (time travel), and every checkpoint a
+- **Checkpoints.** By default a thread keeps every checkpoint (``keep_latest: 0``), as
+  LangGraph does: history, time travel and branching from any step. That costs bytes
+  linear in its turns, since a checkpoint names its messages and stores only the new ones
+  (``agents.redis_saver``). As a choice, a bound: per checkpoint namespace the latest
+  ``keep_latest`` checkpoints, those younger than ``keep_for_s``, and every checkpoint a
   queued or running run needs (where it started: rollback; the checkpoint it was asked to
-  start from). Older ones go with their writes and write registries. The latest is always
-  kept, and with it any pending interrupt.
+  start from). Older ones go with their writes, write registries and the messages no kept
+  checkpoint names. The latest is always kept, and with it any pending interrupt.
 - **Specialists' sub-threads** (``<thread>/<role>/<task id>``, ``agents.supervisor``) go
   once their result is in the parent: every one not named by a pending interrupt of the
   parent or by the assignments its next step still has to run. Their approval decisions
@@ -194,15 +197,15 @@ class Retention:
         sub-threads it needs is unknown), found by one read of the thread's checkpoint
         names (``view``: read already) and deleted in one round trip; how many
         checkpoints went."""
-        refs = self.saver.refs_in(thread_id, view.names, sub_threads=None) if view else \
-            await self.saver.refs(thread_id, sub_threads=None)
+        names = view.names if view else await self.redis.hkeys(checkpoints_key(thread_id))
+        refs = self.saver.refs_in(thread_id, names, sub_threads=None)
         doomed = await self._old_checkpoints(thread_id, [r for r in refs
                                                          if r.thread_id == thread_id],
                                              finishing=finishing, view=view)
         if state is not None:
             doomed += await self._finished_sub_threads(
                 thread_id, [r for r in refs if r.thread_id != thread_id], state)
-        return await self._delete(thread_id, doomed, deferred)
+        return await self._delete(thread_id, doomed, deferred, names)
 
     async def prune_checkpoints(self, thread_id: str, keep_latest: int | None = None,
                                 keep_for_s: float | None = None) -> int:
@@ -220,15 +223,18 @@ class Retention:
             thread_id, refs, state))
 
     async def _delete(self, thread_id: str, doomed: list[CheckpointRef],
-                      deferred: list[Command] | None = None) -> int:
-        """Checkpoints with their writes, and every namespace pointer of the sub-threads
-        among them (a sub-thread goes whole); added to ``deferred`` if given."""
+                      deferred: list[Command] | None = None,
+                      names: list[bytes] | None = None) -> int:
+        """Checkpoints with their writes and the messages only they name, and every
+        namespace pointer of the sub-threads among them (a sub-thread goes whole); added to
+        ``deferred`` if given. ``names``: the checkpoint hash's field names, if read."""
         subs = {(r.thread_id, r.ns) for r in doomed if r.thread_id != thread_id}
         if old := sum(r.thread_id == thread_id for r in doomed):
             self.metrics.count("checkpoints_pruned", old)
         if deferred is None:
-            return await self.saver.delete(thread_id, doomed, pointers=subs)
-        deferred += self.saver.deletion(thread_id, doomed, pointers=subs)
+            return await self.saver.delete(thread_id, doomed, pointers=subs, names=names)
+        deferred += self.saver.deletion(thread_id, doomed, pointers=subs, messages=(
+            await self.saver.unused_messages(thread_id, doomed, names)))
         return len(doomed)
 
     async def _old_checkpoints(self, thread_id: str, refs: list[CheckpointRef],
@@ -236,7 +242,9 @@ class Retention:
                                keep_for_s: float | None = None,
                                finishing: str | None = None,
                                view: ThreadView | None = None) -> list[CheckpointRef]:
-        keep_latest = max(1, keep_latest or self.settings.keep_latest)
+        keep_latest = self.settings.keep_latest if keep_latest is None else keep_latest
+        if not keep_latest:  # every checkpoint kept
+            return []
         keep_for_s = self.settings.keep_for_s if keep_for_s is None else keep_for_s
         by_ns: dict[str, list[CheckpointRef]] = defaultdict(list)
         for ref in refs:
