@@ -8,9 +8,10 @@ the provider and every run of every user failed one by one. Here every failed at
 once. While it is open no replica calls the endpoint: a call waits for it to close if that
 is within ``breaker.max_wait_s`` (and its run's deadline, which cancels the wait), else it
 fails at once with ``ModelUnavailable``; admission refuses new runs with 503 and the time it
-reopens (``serve_app.runs.admission``). The first call after the cool-down goes through:
-a success closes the breaker for everyone, a failure opens it again. So after the provider
-recovers, runs go on with no restart.
+reopens (``serve_app.runs.admission``). After the cool-down one call at a time probes the
+endpoint (the others wait on, not a herd of retries): a success closes the breaker for
+everyone, a failure opens it again. So after the provider recovers, runs go on with no
+restart.
 
 Each replica reads the shared state at most every ``REFRESH_S`` and on its own failures: a
 replica sees another's opening within a quarter of a second, and a healthy endpoint costs
@@ -50,6 +51,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {n, tostring(open_until)}
 """
 
+# KEYS[1]: the breaker; ARGV: now, how long a probe may take. 1: the caller probes (or the
+# breaker is closed already); 0: another call is probing.
+_PROBE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+local now = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0') > now then return 0 end
+redis.call('HSET', KEYS[1], 'probe_until', tostring(now + tonumber(ARGV[2])))
+return 1
+"""
+
 
 class ModelUnavailable(AgentClusterError):
     """The model endpoint's circuit is open for longer than a call may wait."""
@@ -81,7 +92,8 @@ class Breaker:
         self.settings = settings
         self.known = State()
         self._read_at = -math.inf
-        self._script = redis.register_script(_FAILED)
+        self._failed = redis.register_script(_FAILED)
+        self._probe = redis.register_script(_PROBE)
         _breakers[endpoint] = self
 
     async def state(self, fresh: bool = False) -> State:
@@ -96,10 +108,18 @@ class Breaker:
         return self.known
 
     async def wait(self, until: float) -> None:
-        """Return once the circuit is closed; wait while it is open, or raise
-        ``ModelUnavailable`` at once if it stays open past ``until`` (``time.monotonic``)."""
+        """Return once the circuit is closed, or this call is the one to probe it after its
+        cool-down; wait while it is open or another call probes, or raise
+        ``ModelUnavailable`` at once if that goes on past ``until`` (``time.monotonic``)."""
         state = await self.state()
-        while (open_for := state.open_for()) > 0:
+        while True:
+            open_for = state.open_for()
+            if not open_for:
+                if state.failures < self.settings.failures or \
+                        await self._probe(keys=[self.key], args=[time.time(),
+                                                                 self.settings.cooldown_s]):
+                    return
+                open_for = REFRESH_S  # another call probes: its outcome is known soon
             if time.monotonic() + open_for > until:
                 raise ModelUnavailable(self.endpoint, state.cause, open_for)
             await asyncio.sleep(open_for)
@@ -107,7 +127,7 @@ class Breaker:
 
     async def failed(self, cause: str, retry_after_s: float | None) -> None:
         """One failed attempt: counted for every replica; may open the circuit."""
-        failures, open_until = await self._script(keys=[self.key], args=[
+        failures, open_until = await self._failed(keys=[self.key], args=[
             time.time(), self.settings.failures, self.settings.cooldown_s,
             retry_after_s or 0, cause, TTL_S])
         self.known = State(int(failures), float(open_until), cause)

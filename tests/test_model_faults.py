@@ -140,3 +140,20 @@ async def test_a_hanging_call_is_cut_at_the_timeout_and_tried_again(
     assert outcome["status"] == "success"
     assert stats["hangs"] == 1
     assert 1.0 <= took < 6  # cut at the timeout, not waited out (8 s)
+
+
+async def test_after_the_cool_down_one_call_probes_while_the_others_wait(
+        settings, in_process_service, stub_admin, closed_breaker):
+    tuned = faulty(settings, retries=1, failures=2, cooldown_s=1, max_wait_s=20)
+    async with in_process_service(tuned, "probe") as service:
+        stub_admin.post("/reset")
+        stub_admin.post("/config", json={"fault_status": 503, "fault_for_s": 60})
+        runs = [asyncio.create_task(ask(service, admitted=True)) for _ in range(4)]
+        await asyncio.sleep(3.5)  # three cool-downs of a provider still down
+        failed = stub_admin.get("/stats").json()["faults"]
+        stub_admin.post("/config", json={"fault_for_s": 0})  # it is back
+        outcomes = await asyncio.gather(*runs)
+
+    assert [o["status"] for o in outcomes] == ["success"] * 4
+    # the four first calls fail (opening it), then one probe per cool-down, not four
+    assert 4 <= failed <= 4 + 4, failed
