@@ -77,7 +77,10 @@ def parse_message_field(thread_id: str, field: str) -> tuple[str, str]:
 
 def parse_checkpoint_field(thread_id: str, field: str) -> tuple[str, str, str, str]:
     """(thread or sub-thread id, namespace, checkpoint id, ``<task id>:<idx>`` of a write or
-    "" for the checkpoint itself) of a field of ``checkpoints_key(thread_id)``."""
+    "" for the checkpoint itself) of a field of ``checkpoints_key(thread_id)``; of a
+    message's field, (its thread or sub-thread id, "", "", "")."""
+    if field.startswith(MESSAGE):
+        return parse_message_field(thread_id, field)[0], "", "", ""
     if field.startswith(WRITE):
         suffix, ns, checkpoint_id, task = field[len(WRITE):].rsplit("#", 3)
     else:

@@ -91,8 +91,10 @@ async def wait_until(check, timeout_s: float = 15.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_twenty_turns_stay_within_five_times_the_conversation_and_grow_linearly(
-        service):
+async def test_twenty_turns_keep_every_checkpoint_and_grow_linearly(service):
+    """The default keeps every checkpoint of the thread (history as LangGraph lists it);
+    its bytes stay linear in turns (a checkpoint stores its new messages only) and within
+    a bound of the conversation; the specialists' finished sub-threads still go."""
     thread_id = new_id()
     await service.threads.create(thread_id, {})
     sizes = {}
@@ -103,15 +105,19 @@ async def test_twenty_turns_stay_within_five_times_the_conversation_and_grow_lin
             await asyncio.sleep(1.2)  # the finished runs' event streams are gone
             sizes[n] = await bytes_of(service.redis, thread_id)
     raw = await raw_conversation(service, thread_id)
-    assert sizes[20] <= 5 * raw, (sizes, raw)
+    assert sizes[20] <= 12 * raw, (sizes, raw)
     assert sizes[20] <= 2.2 * sizes[10], sizes  # linear: 2x the turns, ~2x the bytes
     fields = [f.decode() for f in await service.redis.hkeys(checkpoints_key(thread_id))]
     assert not [f for f in fields if "/researcher/" in f]  # specialists' sub-threads went
-    assert len([f for f in fields if not f.endswith("#latest")]) == 1
+    checkpoints = [f for f in fields if f[0] not in "!~" and not f.endswith("#latest")]
+    history = await service.threads.history(thread_id, 1000, None, None)
+    assert len(history) == len(checkpoints) >= 3 * 20  # input, supervisor, worker... a turn
     assert not [k for k in await keys_of(service.redis, thread_id) if "/researcher/" in k]
 
 
 async def test_a_pruned_checkpoint_is_404_with_a_clear_detail(service):
+    service.retention.settings = service.retention.settings.model_copy(
+        update={"keep_latest": 1})
     thread_id = new_id()
     await service.threads.create(thread_id, {})
     await turn(service, thread_id, user("What is Redis persistence?"))
@@ -196,7 +202,7 @@ async def test_retention_keeps_what_a_pending_approval_needs(service, settings):
     pending = await service.threads.pending_approvals(thread_id)
     assert [p["tool"] for p in pending] == ["issue_refund"]
     await service.threads.prune([thread_id], "keep_latest")  # as hard as pruning goes
-    await service.retention.prune_checkpoints(thread_id)
+    await service.retention.prune_checkpoints(thread_id, keep_latest=1)
     assert await service.threads.pending_approvals(thread_id) == pending
     before = (await effect_counts(service.redis)).get("issue_refund", 0)
 
