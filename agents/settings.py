@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -379,12 +380,45 @@ class StoreSettings(BaseModel):
 
 
 class RoleSettings(BaseModel):
-    """One specialist: what it is for, which tools it may use, how long it may loop."""
+    """One worker of the supervisor: the built-in ReAct specialist with its tools, or a
+    graph of the served project (``graph``), routed to alike."""
 
     description: str = Field(description="what it does, as the supervisor and the "
                              "specialist's own prompt read it")
-    tools: list[str] = Field(description="the tools it may call (agents/tools/)")
+    tools: list[str] = Field(
+        default_factory=list, description="the tools it may call: a name of agents/tools/ or "
+        "an import path 'package.module:attr' of a tool or function (the approval policy "
+        "names it by its tool name)")
     max_steps: int = Field(12, ge=1, description="model calls per specialist run")
+    graph: str | None = Field(
+        None, description="a graph id of the served project (make run CONFIG=langgraph.json): "
+        "this role runs that graph, its task as a user message, its last AI message the "
+        "answer, its interrupts the run's (tools and max_steps do not apply)")
+
+    @model_validator(mode="after")
+    def _graph_or_tools(self) -> RoleSettings:
+        if self.graph and self.tools:
+            raise ValueError(f"a role runs graph {self.graph!r} or the ReAct specialist with "
+                             "tools, not both")
+        return self
+
+
+def specialist_roles(roles: dict[str, RoleSettings]) -> list[str]:
+    """The roles the built-in ReAct specialist plays (a deployment and an assistant each);
+    the others run a project graph."""
+    return [name for name, role in roles.items() if not role.graph]
+
+
+def graph_roles(roles: dict[str, RoleSettings], graph_ids: Iterable[str]) -> dict[str, str]:
+    """Role -> the project graph it runs; ValueError naming a role whose graph is not one of
+    ``graph_ids`` (the start stops on it)."""
+    known = sorted(graph_ids)
+    wanted = {name: role.graph for name, role in roles.items() if role.graph}
+    missing = {name: graph for name, graph in wanted.items() if graph not in known}
+    if missing:
+        raise ValueError(f"roles {missing} name graphs the project does not have (its "
+                         f"graphs: {known})")
+    return wanted
 
 
 class GraphDeploymentSettings(BaseModel):
@@ -452,8 +486,9 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = SandboxSettings()
     approval: ApprovalPolicy = ApprovalPolicy()
     roles: dict[str, RoleSettings] = Field(
-        default_factory=_default_roles, description="the specialists by name: one Serve "
-        "deployment each, and the workers the supervisor routes to")
+        default_factory=_default_roles, description="the workers the supervisor routes to, "
+        "by name: a ReAct specialist (one Serve deployment each) or a graph of the served "
+        "project (its deployment)")
     api: ApiSettings = ApiSettings()
     retention: RetentionSettings = RetentionSettings()
     auth: AuthSettings = AuthSettings()

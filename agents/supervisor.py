@@ -4,7 +4,9 @@ supervisor -> worker x N (parallel) -> supervisor -> ... -> END
 
 Workers are reached through the worker-call seam (``agents.workers``), so the same graph runs
 specialists in this process or on other Ray replicas. A specialist's pending approval becomes
-an ``interrupt()`` of the parent thread; resuming the parent resumes the specialist.
+an ``interrupt()`` of the parent thread; resuming the parent resumes the specialist. A role
+may be a graph of the served project (``roles.<name>.graph``, ``agents.workers.GraphWorker``):
+routed to, fanned out to, streamed and interrupted alike.
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ def supervisor_prompt(roles: Mapping[str, RoleSettings]) -> str:
 def sub_thread_id(parent_thread: str, assignment: Assignment) -> str:
     """A specialist's own thread: derived from the parent, unique per assignment."""
     return f"{parent_thread}/{assignment['worker']}/{assignment['task_id']}"
+
+
+def tagged_interrupt(value: Any, role: str, thread_id: str) -> Any:
+    """A worker's interrupt as the parent run's: each request (a dict, or each dict of a
+    list as ``langgraph.prebuilt`` raises ``HumanInterrupt`` s) says which role and sub-thread
+    asks; any other value is wrapped as ``value``. The answer reaches the worker unchanged."""
+    tag = {"role": role, "thread_id": thread_id}
+    if isinstance(value, dict):
+        return {**value, **tag}
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return [{**item, **tag} for item in value]
+    return {"value": value, **tag}
 
 
 def route_errors(response: AIMessage, roles: Mapping[str, RoleSettings]) -> list[ToolMessage]:
@@ -180,8 +194,7 @@ def build_supervisor(
         # decision whose key it already applied, so nothing is applied twice.
         index = 0
         while result.status == "interrupted":
-            pending = {**result.interrupt, "role": role, "thread_id": result.thread_id}
-            decision = interrupt(pending)
+            decision = interrupt(tagged_interrupt(result.interrupt, role, result.thread_id))
             result = await call_worker(workers[role], {
                 **request, "task": None, "resume": decision, "resume_key": f"{task_id}:{index}",
             })

@@ -17,6 +17,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.pregel import Pregel
 from langgraph.store.base import BaseStore
 from langgraph.types import Command
 from redis.asyncio import Redis
@@ -26,11 +27,11 @@ from agents.checkpoint import check_redis, close_redis, create_checkpointer, cre
 from agents.effects import EffectLedger
 from agents.memory import create_store
 from agents.models import build_chat_model
-from agents.settings import Settings
+from agents.settings import Settings, graph_roles, specialist_roles
 from agents.specialist import build_specialist
 from agents.supervisor import build_supervisor
-from agents.tools import build_toolbox, prepare_tools
-from agents.workers import SpecialistWorker, Worker
+from agents.tools import build_toolbox, prepare_tools, resolve_tools
+from agents.workers import GraphWorker, SpecialistWorker, Worker
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Runtime:
 
     def specialist(self, role: str) -> CompiledStateGraph:
         role_settings = self.settings.roles[role]
-        tools = [self.toolbox[name] for name in role_settings.tools]
+        tools = resolve_tools(role_settings.tools, self.toolbox)
         return build_specialist(role, self.model, tools, role_settings,
                                 self.settings.approval, self.checkpointer,
                                 EffectLedger(self.redis), self.approval_verifier, self.store)
@@ -71,6 +72,16 @@ class Runtime:
         """These roles' specialists, run in this process behind the worker-call seam."""
         return SpecialistWorker({role: self.specialist(role) for role in roles},
                                 token_linger_s=self.settings.token_linger_ms / 1000)
+
+    def workers(self, graphs: Mapping[str, Pregel] | None = None) -> dict[str, Worker]:
+        """Every role's worker in this process: the specialists', and a ``GraphWorker`` of
+        each role that runs one of the project's ``graphs`` (by graph id)."""
+        roles, graphs = self.settings.roles, graphs or {}
+        specialists = self.worker(specialist_roles(roles))
+        linger = self.settings.token_linger_ms / 1000
+        return dict.fromkeys(specialists.graphs, specialists) | {
+            role: GraphWorker({role: graphs[graph]}, linger)
+            for role, graph in graph_roles(roles, graphs).items()}
 
     def supervisor(self, workers: Mapping[str, Worker]) -> CompiledStateGraph:
         return build_supervisor(self.model, workers, self.settings.roles,
@@ -89,11 +100,13 @@ class AgentSystem:
     """Supervisor plus in-process specialists sharing one Redis: any instance, in any
     process, continues any thread."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, graphs: Mapping[str, Pregel] | None = None):
+        """``graphs``: a project's graphs by id, which roles may run (``roles.<name>.graph``)."""
         self.runtime = runtime
-        worker = runtime.worker(runtime.settings.roles)
-        self.specialists = worker.graphs
-        self.supervisor = runtime.supervisor(dict.fromkeys(self.specialists, worker))
+        workers = runtime.workers(graphs)
+        self.specialists = {role: workers[role].graphs[role]
+                            for role in specialist_roles(runtime.settings.roles)}
+        self.supervisor = runtime.supervisor(workers)
 
     @classmethod
     async def create(

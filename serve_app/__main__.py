@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from agents.local.services import local_services
 from agents.project import Project, ProjectError
-from agents.settings import PROJECT_ROOT, Settings, get_settings
+from agents.settings import PROJECT_ROOT, Settings, get_settings, graph_roles, specialist_roles
 from serve_app.ops.launcher import serve_cluster, service_env
 from serve_app.ops.leftovers import DataDirInUse, PortInUse
 from serve_app.resources.auth import check_bind
@@ -103,7 +103,11 @@ def check_project(project: Project, settings: Settings) -> None:
     """Every graph loaded here, in the environment replicas will have, before Ray starts:
     a graph that does not load stops the start in seconds (ProjectError)."""
     os.environ.update({**service_env(settings), **project.env_vars()})
-    for line in project.check(["supervisor", *settings.roles]):
+    try:  # a role's graph must be one of the project's
+        graph_roles(settings.roles, project.graphs)
+    except ValueError as exc:
+        raise ProjectError(str(exc)) from None
+    for line in project.check(["supervisor", *specialist_roles(settings.roles)]):
         print(line, flush=True)
 
 

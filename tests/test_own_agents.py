@@ -273,9 +273,10 @@ def served(project: Path, settings: Settings, data_dir: Path,
 # one cluster serving tests/fixtures/langgraph.json
 @pytest.fixture(scope="module")
 def project_url(settings, tmp_path_factory):
-    """The fixture project served, two replicas of ``slow``."""
+    """The fixture project served, two replicas of ``slow`` and of ``refund``."""
     with served(FIXTURES / "langgraph.json", settings, tmp_path_factory.mktemp("own-agents"),
-                {"AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"slow": {"min_replicas": 2}}'}
+                {"AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS":
+                     '{"slow": {"min_replicas": 2}, "refund": {"min_replicas": 2}}'}
                 ) as url:
         yield url
 
@@ -300,7 +301,7 @@ async def test_each_graph_is_an_assistant_with_a_deployment_of_its_own(project_u
     assert {node["id"] for node in (await client.assistants.get_graph("slow"))["nodes"]} >= \
         {"first", "second"}
     assert {g: len(replica_pids(g)) for g in GRAPHS} == \
-        {"agent": 1, "refund": 1, "slow": 2, "boom": 1}
+        {"agent": 1, "refund": 2, "slow": 2, "boom": 1}
 
 
 async def test_react_agent_reads_its_context_and_env_in_a_tool(project_url):
@@ -317,18 +318,34 @@ async def test_react_agent_reads_its_context_and_env_in_a_tool(project_url):
     assert (await client.threads.get(tid))["status"] == "idle"
 
 
-async def test_interrupt_in_a_tool_is_resumed_with_a_command(project_url):
-    client = get_client(url=project_url)
+async def refund_accepted(client, order: int) -> tuple[str, str]:
+    """A refund asked (interrupted in its tool), then accepted with ``Command(resume=...)``:
+    the replicas that ran the two runs."""
     tid = (await client.threads.create())["thread_id"]
-    first = await client.runs.wait(tid, "refund", input=user("Refund $25 to order 42"))
+    first = await client.runs.wait(tid, "refund", input=user(f"Refund $25 to order {order}"))
     assert first["__interrupt__"][0]["value"] == {
         "action": "issue_refund",
-        "args": {"amount": 25, "order_id": "42", "reason": "customer request"}}
-    thread = await client.threads.get(tid)
-    assert thread["status"] == "interrupted"
+        "args": {"amount": 25, "order_id": str(order), "reason": "customer request"}}
+    assert (await client.threads.get(tid))["status"] == "interrupted"
     done = await client.runs.wait(tid, "refund", command={"resume": {"type": "accept"}})
-    assert done["messages"][-1]["content"] == "Refund issued: $25 to order 42 (refund r-42)."
+    assert done["messages"][-1]["content"] == \
+        f"Refund issued: $25 to order {order} (refund r-{order})."
     assert (await client.threads.get(tid))["status"] == "idle"
+    resumed, asked = await client.runs.list(tid)  # newest first
+    return asked["replica"], resumed["replica"]
+
+
+async def test_interrupt_in_a_tool_is_resumed_on_the_other_replica(project_url):
+    """Either of the graph's two replicas takes a run: until one resume ran on the other
+    replica than its question (the first, nearly always: Redis hands a queued run to the
+    replica that has waited longest)."""
+    client = get_client(url=project_url)
+    seen = []
+    for order in range(40, 50):
+        seen.append(await refund_accepted(client, order))
+        if seen[-1][0] != seen[-1][1]:
+            break
+    assert seen[-1][0] != seen[-1][1], seen
 
 
 async def first_pid(client, tid: str, rid: str) -> tuple[int, str]:

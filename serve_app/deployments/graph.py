@@ -1,8 +1,9 @@
 """One graph of a user's project (``langgraph.json``) per binding: the replicas that run its
 runs, each graph under its own name with its own replicas (``graph_deployments`` settings).
 
-They take no HTTP requests: the ingress (``deployments.supervisor``) admits and records a
-run and queues it in the graph's own pool (``graph_pool``); these replicas pull it from
+They take no HTTP requests (only the supervisor's calls of a role that runs the graph,
+``roles.<name>.graph``, through the worker seam, as a specialist's): the ingress
+(``deployments.supervisor``) admits and records a run and queues it in the graph's own pool (``graph_pool``); these replicas pull it from
 there as the supervisor's replicas pull theirs, with the same leases, checkpoints per step
 (through the fenced saver), re-claim after a replica's death, cancels and event streams.
 Serve scales them on that pool (``autoscaling.runs_policy``), so a heavy graph takes
@@ -11,7 +12,8 @@ replicas of its own, not the others' slots.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from ray import serve
 
@@ -19,7 +21,9 @@ from agents import telemetry
 from agents.checkpoint import check_redis, create_redis
 from agents.memory import create_store
 from agents.project import Project
-from agents.settings import get_settings
+from agents.settings import get_settings, graph_roles, specialist_roles
+from agents.workers import GraphWorker
+from serve_app.deployments.remote_worker import serve_worker
 from serve_app.deployments.run_puller import RunPuller
 from serve_app.resources.service_context import ServiceContext
 from serve_app.runs.executor import RunExecutor
@@ -64,5 +68,15 @@ class GraphDeployment(RunPuller):
                                       metrics=RayMetrics(), retention=settings.retention)
         telemetry.set_meter(self.service.metrics)  # model, node and tool metrics too
         route_graphs(self.service.executor, loaded.graphs, run_pool,
-                     ["supervisor", *settings.roles])
+                     ["supervisor", *specialist_roles(settings.roles)])
+        self.graph_id = graph_id  # and the supervisor's calls of the roles that run it
+        self.worker = GraphWorker({role: graph for role, wanted in graph_roles(
+            settings.roles, loaded.graphs).items() if wanted == graph_id},
+            token_linger_s=settings.token_linger_ms / 1000)
         self.service.executor.start()
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """One call of the supervisor to a role that runs this graph (``agents.workers``),
+        on the role's sub-thread, beside the runs this replica pulls."""
+        async for event in serve_worker(self.worker, self.graph_id, request):
+            yield event

@@ -1,4 +1,5 @@
-"""The worker-call seam over Ray: a specialist deployment's handle as an ``agents`` Worker."""
+"""The worker-call seam over Ray: a specialist's (or a project graph's) deployment handle as
+an ``agents`` Worker, and the replica's side of the call (``serve_worker``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+
+from agents.errors import WorkerFailed
+from agents.workers import Worker
 
 log = logging.getLogger(__name__)
 REPLICA_GONE = (ActorDiedError, ActorUnavailableError, ReplicaUnavailableError,
@@ -41,3 +45,15 @@ class RemoteWorker:
                             request.get("role"), type(exc).__name__, attempt + 1)
                 yield {"type": "retry", "role": request.get("role"), "attempt": attempt + 1}
                 await asyncio.sleep(self.backoff_s * attempt)
+
+
+async def serve_worker(worker: Worker, name: str, request: dict[str, Any]
+                       ) -> AsyncIterator[dict[str, Any]]:
+    """A replica's ``stream``: the worker's token, progress and result events (see
+    ``agents.workers``), its failure as ``WorkerFailed`` (library exceptions may not unpickle
+    in the caller)."""
+    try:
+        async for event in worker.stream(request):
+            yield event
+    except Exception as exc:
+        raise WorkerFailed(f"{name}: {type(exc).__name__}: {exc}") from None

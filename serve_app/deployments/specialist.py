@@ -9,9 +9,9 @@ from typing import Any
 from ray import serve
 
 from agents import telemetry
-from agents.errors import WorkerFailed
 from agents.settings import get_settings
 from agents.system import Runtime
+from serve_app.deployments.remote_worker import serve_worker
 from serve_app.resources.approvals import RecordedApprovals
 from serve_app.telemetry import tracing
 from serve_app.telemetry.metrics import RayMetrics
@@ -31,11 +31,8 @@ class SpecialistDeployment:
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Token, progress and result events of one specialist call (see agents.workers)."""
-        try:
-            async for event in self.worker.stream(request):
-                yield event
-        except Exception as exc:  # library exceptions may not unpickle in the caller
-            raise WorkerFailed(f"{self.role}: {type(exc).__name__}: {exc}") from None
+        async for event in serve_worker(self.worker, self.role, request):
+            yield event
 
     async def check_health(self) -> None:
         await self.runtime.redis.ping()

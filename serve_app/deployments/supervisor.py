@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from agents import telemetry
 from agents.project import Project
-from agents.settings import get_settings
+from agents.settings import get_settings, specialist_roles
 from agents.system import Runtime
 from serve_app.api.http_api import build_api
 from serve_app.api.root import serving_replica
@@ -64,7 +64,8 @@ class SupervisorDeployment(RunPuller):
                                            approval_verifier=RecordedApprovals(runtime.redis))
         remote = {role: RemoteWorker(handle) for role, handle in workers.items()}
         graphs = {"supervisor": self.runtime.supervisor(remote)}
-        graphs |= {role: self.runtime.specialist(role) for role in settings.roles}
+        graphs |= {role: self.runtime.specialist(role)
+                   for role in specialist_roles(settings.roles)}
         if project:  # a user's graphs, for reads here; their runs go to their deployments
             graphs |= await Project.load(project).load_graphs(fenced, self.runtime.store)
         context = serve.get_replica_context()

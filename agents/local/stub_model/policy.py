@@ -19,6 +19,7 @@ Message = Mapping[str, Any]
 
 WORKERS = ("researcher", "coder", "reviewer")
 FINISH = "FINISH"
+USE_TOOL_RE = re.compile(r"\buse (\w+) (\{.*\})")
 # The tool a specialist calls for the "malformed" and "loop forever" rules.
 FIRST_TOOL = {"researcher": "search_corpus", "coder": "run_python", "reviewer": "review_code"}
 
@@ -113,11 +114,17 @@ class Conversation:
     def last_result(self, name: str) -> ToolResult | None:
         return next((r for r in reversed(self.usable_results) if r.name == name), None)
 
+    @property
+    def team(self) -> tuple[str, ...]:
+        """The workers the supervisor's prompt lists ("- name: what it does")."""
+        return tuple(re.findall(r"^- ([\w-]+): ", self.system, flags=re.MULTILINE))
+
     def answers(self) -> dict[str, str]:
         """Worker name -> its latest answer after the last user message (supervisor view)."""
         found: dict[str, str] = {}
+        workers = {*WORKERS, *self.team}
         for message in self.after:
-            if message.get("role") == "assistant" and message.get("name") in WORKERS:
+            if message.get("role") == "assistant" and message.get("name") in workers:
                 found[message["name"]] = text_of(message.get("content"))
         return found
 
@@ -277,6 +284,12 @@ def first_sentences(text: str, count: int = 2) -> str:
 def supervisor(conv: Conversation) -> Reply:
     """Route sub-tasks to workers (in parallel where independent), then finish."""
     t, answered = conv.t, conv.answers()
+    named = [w for w in conv.team if re.search(rf"\b{re.escape(w.lower())}\b", t)]
+    if "in parallel" in t and named:  # "ask billing and refunds in parallel: ..."
+        missing = [w for w in named if w not in answered]
+        if missing:
+            return route(conv, *((w, conv.task) for w in missing))
+        return say("\n".join(f"{w}: {answered[w]}" for w in named))
     if "research" in t and any(word in t for word in ("write", "function", "code")):
         return research_and_code(conv, answered)
     if REFUND_RE.search(t) or DELETE_RE.search(t):
@@ -564,6 +577,13 @@ def memory(conv: Conversation) -> Reply:
 
 
 def plain(conv: Conversation) -> Reply:
+    """A user's own tools: "use <tool> {json args}" calls it once, then tells its result."""
+    wanted = USE_TOOL_RE.search(conv.task)
+    if wanted and wanted.group(1) in conv.tool_names:
+        done = conv.last_result(wanted.group(1))
+        if done is None:
+            return call(conv, wanted.group(1), _json_object(wanted.group(2)) or {})
+        return say(f"{done.name} said: {done.text}")
     return say(f"Hello from the stub model. You said: {conv.task}")
 
 

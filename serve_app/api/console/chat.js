@@ -2,7 +2,7 @@
 // routing, one lane per specialist, tool progress, the answer, pending approvals inline).
 
 import {
-  ApiError, ROLES, RunFeed, api, approvalForm, approvalSummary, debug, h, setUpSignIn,
+  ApiError, RunFeed, api, approvalForm, approvalSummary, debug, h, setUpSignIn,
   showError, textOf,
 } from "./common.js";
 
@@ -143,7 +143,7 @@ class RunView {
   }
 
   custom(data) {
-    if (!data || !ROLES.includes(data.role)) return;
+    if (!data?.role || data.role === "supervisor") return;  // a worker's lane, any role
     const lane = this.lane(data.role);
     if (data.type === "token") {
       lane.tokens.append(data.text);
@@ -356,7 +356,7 @@ function renderMessage(msg) {
     return h("li", {class: "msg user"}, h("h3", {text: "You"}), h("div", {class: "text", text}));
   }
   if (msg.type !== "ai" || !text) return null;
-  if (ROLES.includes(msg.name)) {
+  if (msg.response_metadata?.worker) {  // a worker's answer: a built-in role or a project graph
     return h("li", {class: "msg report"}, h("details", {},
       h("summary", {text: `${msg.name}'s report`}), h("div", {class: "text", text})));
   }

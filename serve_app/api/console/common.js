@@ -2,7 +2,6 @@
 // reader that resumes a dropped run stream, the approval form and argument validation.
 
 const AUTH_KEY = "agent-console.auth";
-export const ROLES = ["researcher", "coder", "reviewer"];
 export const debug = (window.consoleDebug = {eventIds: [], reconnects: 0, feeds: new Set()});
 
 // ---- sign-in: sent as headers on every request, so the console works once auth lands ----
