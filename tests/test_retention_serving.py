@@ -45,7 +45,7 @@ async def test_prune_approve_and_delete_through_the_sdk(cluster_url, redis_clien
 
     async def sub_threads_gone() -> bool:  # their results are in the parent
         fields = await redis_client.hkeys(checkpoints_key(thread_id))
-        return not [f for f in fields if f.lstrip(b"!").startswith(b"/")]
+        return not [f for f in fields if f.lstrip(b"!~").startswith(b"/")]
     await eventually(sub_threads_gone)
 
     waiting = await client.runs.wait(thread_id, "supervisor",
