@@ -212,8 +212,8 @@ class GraphWorker(SpecialistWorker):
     keeps ``messages``), its answer its last AI message, its model tokens and stream-writer
     events the role's lane, its interrupt (whatever the value) the parent run's, resumed
     with the answer as given. The keys of applied resumes ride in its checkpoints' metadata,
-    so a repeated resume is not applied twice. It runs with its own context defaults (the
-    parent's ``RunContext`` is not its ``context_schema``)."""
+    so a repeated resume is not applied twice. It runs with its ``context_schema``'s
+    defaults (the parent's ``RunContext`` is not its schema)."""
 
     token_node = None
 
@@ -226,8 +226,8 @@ class GraphWorker(SpecialistWorker):
         return req.resume
 
     @staticmethod
-    def context(req: WorkerRequest) -> None:
-        return None
+    def context(req: WorkerRequest) -> dict[str, Any]:
+        return {}  # its context_schema's defaults
 
     @staticmethod
     def custom_event(role: str, payload: Any) -> dict[str, Any]:
