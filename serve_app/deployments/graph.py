@@ -3,9 +3,10 @@ runs, each graph under its own name with its own replicas (``graph_deployments``
 
 They take no HTTP requests (only the supervisor's calls of a role that runs the graph,
 ``roles.<name>.graph``, through the worker seam, as a specialist's): the ingress
-(``deployments.supervisor``) admits and records a run and queues it in the graph's own pool (``graph_pool``); these replicas pull it from
-there as the supervisor's replicas pull theirs, with the same leases, checkpoints per step
-(through the fenced saver), re-claim after a replica's death, cancels and event streams.
+(``deployments.supervisor``) admits and records a run and queues it in the graph's own
+pool (``graph_pool``); these replicas pull it from there as the supervisor's replicas pull
+theirs, with the same leases, checkpoints per step (through the fenced saver), re-claim
+after a replica's death, cancels and event streams.
 Serve scales them on that pool (``autoscaling.runs_policy``), so a heavy graph takes
 replicas of its own, not the others' slots.
 """
