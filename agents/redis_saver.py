@@ -48,9 +48,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
 import re
 import threading
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -129,6 +129,20 @@ def once_per_message(cache: dict[int, tuple[tuple, Any]], message: BaseMessage,
     return value
 
 
+def packed_id(text: str) -> str | bytes:
+    """An id as stored in a checkpoint's record: a UUID (checkpoint and run ids) as its 16
+    bytes rather than 36 characters, anything else as it is."""
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return text
+    return value.bytes if str(value) == text else text
+
+
+def _id_text(value: str | bytes) -> str:
+    return str(uuid.UUID(bytes=value)) if isinstance(value, bytes) else value
+
+
 def _fingerprint(message: BaseMessage) -> tuple:
     return (message.id, message.name, len(message.content),
             len(getattr(message, "tool_calls", None) or ()))
@@ -142,6 +156,15 @@ def is_message_list(value: Any) -> bool:
 
 
 DIGEST = 8  # bytes of a message's digest: unique within a thread's messages
+CHUNK = 32  # a message list's digests, this many at a time, are stored once as a chunk
+
+
+def split_digests(blob: bytes) -> list[bytes]:
+    return [blob[i:i + DIGEST] for i in range(0, len(blob), DIGEST)]
+
+
+def chunk_digest(content: bytes) -> bytes:
+    return hashlib.blake2b(content, digest_size=DIGEST, person=b"chunk").digest()
 
 
 class CompressingSerializer(MessageCachingSerializer):
@@ -233,21 +256,22 @@ class Stored(CheckpointRef):
     parent_id: str = ""
     run_id: str = ""
     payload: tuple = ()  # checkpoint type + bytes, metadata type + bytes
-    lists: Mapping[str, bytes] = field(default_factory=dict)  # channel -> message digests
+    lists: Mapping[str, Any] = field(default_factory=dict)  # channel -> [chunks, tail]
 
     @classmethod
     def unpack(cls, ref: CheckpointRef, raw: bytes) -> Stored:
         parent_id, run_id, *payload = ormsgpack.unpackb(raw)
-        return cls(ref.thread_id, ref.ns, ref.checkpoint_id, ref.writes, parent_id, run_id,
-                   tuple(payload[:4]), payload[4] if len(payload) > 4 else {})
+        return cls(ref.thread_id, ref.ns, ref.checkpoint_id, ref.writes, _id_text(parent_id),
+                   _id_text(run_id), tuple(payload[:4]), payload[4] if len(payload) > 4 else {})
 
-    def digests(self) -> set[bytes]:
-        """The messages this checkpoint names."""
-        return {blob[i:i + DIGEST] for blob in self.lists.values()
-                for i in range(0, len(blob), DIGEST)}
-
-    def message_fields(self) -> list[str]:
-        return [message_field(self.thread_id, d.hex()) for d in self.digests()]
+    def parts(self) -> dict[str, tuple[list[bytes], list[bytes]]]:
+        """Each message list as the digests of its chunks (its first ``CHUNK`` messages,
+        the next ``CHUNK``...) and of the messages after them."""
+        parts = {}
+        for channel, value in self.lists.items():
+            chunks, tail = value if isinstance(value, list) else (b"", value)
+            parts[channel] = (split_digests(chunks), split_digests(tail))
+        return parts
 
 
 @dataclass
@@ -280,6 +304,26 @@ def _hold(where: tuple[str, str, str], digests: frozenset[bytes]) -> None:
     _HELD.move_to_end(where)
     while len(_HELD) > HELD_SIZE:
         _HELD.popitem(last=False)
+
+
+# Chunks of message lists this process wrote or read (digest -> content; content-addressed,
+# so never stale).
+_CHUNKS: OrderedDict[bytes, bytes] = OrderedDict()
+
+
+def _keep_chunk(digest: bytes, content: bytes) -> bytes:
+    _CHUNKS[digest] = content
+    _CHUNKS.move_to_end(digest)
+    while len(_CHUNKS) > HELD_SIZE:
+        _CHUNKS.popitem(last=False)
+    return content
+
+
+def held_by(stored: Stored, lists: dict[str, list[bytes]]) -> frozenset[bytes]:
+    """The digests of the chunks and messages a checkpoint names (``lists``: its lists as
+    ``_expand`` gives them)."""
+    return frozenset({*(c for chunks, _ in stored.parts().values() for c in chunks),
+                      *(d for digests in lists.values() for d in digests)})
 
 
 def _forget_latest() -> None:
@@ -344,46 +388,55 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         metadata = with_run_metadata(config, metadata)
         run_id = str(configurable.get("run_id") or metadata.get("run_id") or "")
         checkpoint_id = checkpoint["id"]
-        checkpoint, lists, messages = self._split(thread_id, checkpoint,
-                                                  _HELD.get((thread_id, ns, parent_id)))
-        record = [parent_id, run_id, *self.serde.dumps_typed(checkpoint),
+        checkpoint, lists, messages, holds = self._split(
+            thread_id, checkpoint, _HELD.get((thread_id, ns, parent_id)))
+        record = [packed_id(parent_id), packed_id(run_id), *self.serde.dumps_typed(checkpoint),
                   *self.serde.dumps_typed(metadata)]
         held = (_HOLDING.get() or {}).pop((thread_id, ns), None)
         await self._hset(config, [*(held.fields if held else ()), *messages,
                                   checkpoint_field(thread_id, ns, checkpoint_id),
                                   ormsgpack.packb([*record, lists] if lists else record),
                                   checkpoint_field(thread_id, ns, LATEST), checkpoint_id])
-        _hold((thread_id, ns, checkpoint_id), Stored(thread_id, ns, checkpoint_id,
-                                                     lists=lists).digests())
+        _hold((thread_id, ns, checkpoint_id), holds)
         if (known := _LATEST.get()) is not None:
             known[(thread_id, ns)] = checkpoint_id
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                  "checkpoint_id": checkpoint_id}}
 
     def _split(self, thread_id: str, checkpoint: Checkpoint, parent: frozenset[bytes] | None
-               ) -> tuple[Checkpoint, dict[str, bytes], list[Any]]:
-        """The checkpoint without its message lists, the lists as digests (channel -> 8
-        bytes a message), and the fields of the messages to store: those the parent
-        checkpoint (``parent``: its digests, if this process saved or read it) did not
-        hold. A message without a known parent is stored again: the same bytes under the
-        same field."""
+               ) -> tuple[Checkpoint, dict[str, list[bytes]], list[Any], frozenset[bytes]]:
+        """The checkpoint without its message lists; the lists as references (channel ->
+        [digests of its full chunks, digests of the messages after them], 8 bytes each:
+        constant in a list's length but for one in ``CHUNK`` messages); the fields to store
+        (messages and chunks the parent checkpoint did not hold; ``parent``: what it held,
+        if this process saved or read it; without, they are stored again: the same bytes
+        under the same fields); and what this checkpoint holds."""
         values = checkpoint.get("channel_values") or {}
         lists = {channel: value for channel, value in values.items() if is_message_list(value)}
         if not lists:
-            return checkpoint, {}, []
-        stored, fields, digests = set(parent or ()), [], {}
+            return checkpoint, {}, [], frozenset()
+        stored, fields, refs = set(parent or ()), [], {}
+
+        def store(digest: bytes, value: Callable[[], bytes]) -> bytes:
+            if digest not in stored:
+                stored.add(digest)
+                fields.extend((message_field(thread_id, digest.hex()), value()))
+            return digest
+
         for channel, messages in lists.items():
-            refs = []
+            digests = []
             for message in messages:
                 digest, type_, data = self._message(message)
-                if digest not in stored:
-                    stored.add(digest)
-                    fields += [message_field(thread_id, digest.hex()),
-                               ormsgpack.packb([type_, data])]
-                refs.append(digest)
-            digests[channel] = b"".join(refs)
+                digests.append(store(digest, lambda t=type_, d=data: ormsgpack.packb([t, d])))
+            full = len(digests) - len(digests) % CHUNK
+            chunks = []
+            for start in range(0, full, CHUNK):
+                content = b"".join(digests[start:start + CHUNK])
+                chunks.append(store(chunk_digest(content), lambda c=content: c))
+                _keep_chunk(chunks[-1], content)
+            refs[channel] = [b"".join(chunks), b"".join(digests[full:])]
         rest = {channel: value for channel, value in values.items() if channel not in lists}
-        return {**checkpoint, "channel_values": rest}, digests, fields
+        return {**checkpoint, "channel_values": rest}, refs, fields, frozenset(stored)
 
     def _message(self, message: BaseMessage) -> tuple[bytes, str, bytes]:
         """A message's digest and stored form, computed once per message object."""
@@ -401,10 +454,19 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         thread_id, ns = configurable["thread_id"], configurable.get("checkpoint_ns", "")
         checkpoint_id = configurable["checkpoint_id"]
         fields: list[Any] = []
+        regular = []
         for index, (channel, value) in enumerate(writes):
             idx = WRITES_IDX_MAP.get(channel, index)
-            fields += [checkpoint_write_field(thread_id, ns, checkpoint_id, task_id, idx),
-                       ormsgpack.packb([channel, *self.serde.dumps_typed(value), task_path])]
+            typed = [channel, *self.serde.dumps_typed(value)]
+            if idx < 0:  # an error, interrupt, resume...: a field each, named by its kind
+                fields += [checkpoint_write_field(thread_id, ns, checkpoint_id, task_id, idx),
+                           ormsgpack.packb([*typed, task_path])]
+            else:
+                regular.append([idx, *typed])
+        if regular:  # the task's results: one field (a field costs Redis ~70 B besides)
+            fields += [checkpoint_write_field(thread_id, ns, checkpoint_id, task_id,
+                                              regular[0][0]),
+                       ormsgpack.packb([task_path, regular])]
         holding = _HOLDING.get()
         if holding is None:
             return await self._hset(config, fields)
@@ -429,9 +491,13 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         await asyncio.shield(pipe.execute())
 
     def get_next_version(self, current: str | None, channel: None) -> str:
-        """LangGraph's own scheme (a counter, then a random tie-breaker), as its savers."""
+        """A counter, as ``BaseCheckpointSaver``'s own, as a zero-padded string as LangGraph's
+        other savers write it (so it compares with versions they wrote, ``<counter>.<random
+        tie-breaker>``, read on). The tie-breaker keys their per-version value blobs; each
+        checkpoint here holds its values, so it would only cost ~60 B of entropy a
+        checkpoint."""
         number = 0 if current is None else int(str(current).split(".")[0])
-        return f"{number + 1:032}.{random.random():016}"
+        return f"{number + 1:032}"
 
     # reading
     async def alatest_checkpoint_id(self, thread_id: str, checkpoint_ns: str = "") -> str | None:
@@ -477,8 +543,10 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
                                                    count=1000)
             writes.update(more)
         stored = Stored.unpack(ref, raw)
-        found = self._tuple(stored, writes, await self._read_messages(thread_id, [stored]))
-        _hold((thread_id, ns, checkpoint_id), stored.digests())
+        (lists,) = await self._expand(thread_id, [stored])
+        found = self._tuple(stored, writes, lists,
+                            await self._read_messages(thread_id, [stored], [lists]))
+        _hold((thread_id, ns, checkpoint_id), held_by(stored, lists))
         return found
 
     @staticmethod
@@ -526,9 +594,10 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
                 listed.append((stored, dict(zip(ref.writes, writes, strict=True))))
                 if limit is not None and len(listed) >= limit:
                     break
-            messages = await self._read_messages(thread_id, [s for s, _ in listed])
-            for stored, writes in listed:
-                yield self._tuple(stored, writes, messages)
+            lists = await self._expand(thread_id, [s for s, _ in listed])
+            messages = await self._read_messages(thread_id, [s for s, _ in listed], lists)
+            for (stored, writes), its_lists in zip(listed, lists, strict=True):
+                yield self._tuple(stored, writes, its_lists, messages)
                 if limit is not None:
                     limit -= 1
                     if limit <= 0:
@@ -572,11 +641,37 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         return [Stored.unpack(ref, raw) for ref, raw in zip(refs, found, strict=True)
                 if raw is not None]
 
-    async def _read_messages(self, thread_id: str, found: list[Stored]
+    async def _expand(self, thread_id: str, found: list[Stored]
+                      ) -> list[dict[str, list[bytes]]]:
+        """Each of ``found``'s message lists as its messages' digests (channel ->
+        digests), its chunks read (one ``HMGET``) unless this process knows them."""
+        known: dict[bytes, bytes] = {}
+        missing: dict[bytes, str] = {}
+        for stored in found:
+            for chunks, _ in stored.parts().values():
+                for chunk in chunks:
+                    if (content := _CHUNKS.get(chunk)) is not None:
+                        known[chunk] = content
+                    else:
+                        missing[chunk] = stored.thread_id
+        if missing:
+            raws = await self._redis.hmget(checkpoints_key(thread_id), [
+                message_field(owner, chunk.hex()) for chunk, owner in missing.items()])
+            for (chunk, owner), raw in zip(missing.items(), raws, strict=True):
+                if raw is None:
+                    raise LookupError(f"chunk {chunk.hex()} of thread {owner!r} is not stored")
+                known[chunk] = _keep_chunk(chunk, raw)
+        return [{channel: [d for chunk in chunks for d in split_digests(known[chunk])] + tail
+                 for channel, (chunks, tail) in stored.parts().items()} for stored in found]
+
+    async def _read_messages(self, thread_id: str, found: list[Stored],
+                             lists: list[dict[str, list[bytes]]]
                              ) -> dict[tuple[str, bytes], BaseMessage]:
         """The messages that ``found`` (checkpoints of ``thread_id`` or its sub-threads)
-        name, each read and decoded once: (owner, digest) -> message."""
-        wanted = list(dict.fromkeys((s.thread_id, d) for s in found for d in s.digests()))
+        name (``lists``: as ``_expand`` gave them), each read and decoded once: (owner,
+        digest) -> message."""
+        wanted = list(dict.fromkeys((s.thread_id, d) for s, its in zip(found, lists, strict=True)
+                                    for digests in its.values() for d in digests))
         if not wanted:
             return {}
         raws = await self._redis.hmget(checkpoints_key(thread_id),
@@ -589,6 +684,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         return messages
 
     def _tuple(self, stored: Stored, writes: dict[Any, bytes | None],
+               lists: dict[str, list[bytes]],
                messages: Mapping[tuple[str, bytes], BaseMessage]) -> CheckpointTuple:
         thread_id, ns = stored.thread_id, stored.ns
         pending = []
@@ -596,14 +692,14 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             if raw is None:
                 continue
             task_id, _, idx = parse_checkpoint_field(thread_id, _text(name))[3].rpartition(":")
-            channel, type_, blob, task_path = ormsgpack.unpackb(raw)
-            pending.append((writes_sort_key(task_path, task_id, int(idx)),
-                            (task_id, channel, self.serde.loads_typed((type_, blob)))))
+            task_path, found = _unpack_writes(raw, int(idx))
+            pending += [(writes_sort_key(task_path, task_id, i),
+                         (task_id, channel, self.serde.loads_typed((type_, blob))))
+                        for i, channel, type_, blob in found]
         pending.sort(key=lambda item: item[0])
         checkpoint = self.decode(stored)
-        for channel, blob in stored.lists.items():
-            checkpoint["channel_values"][channel] = [
-                messages[(thread_id, blob[i:i + DIGEST])] for i in range(0, len(blob), DIGEST)]
+        for channel, digests in lists.items():
+            checkpoint["channel_values"][channel] = [messages[(thread_id, d)] for d in digests]
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                      "checkpoint_id": stored.checkpoint_id}},
@@ -666,7 +762,10 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         going = {(r.thread_id, r.ns, r.checkpoint_id) for r in doomed}
         kept = [r for r in self.refs_in(thread_id, names, sub_threads=None)
                 if r.thread_id in owners and (r.thread_id, r.ns, r.checkpoint_id) not in going]
-        used = {name for s in await self.load(thread_id, kept) for name in s.message_fields()}
+        stored = await self.load(thread_id, kept)
+        used = {message_field(s.thread_id, d.hex())
+                for s, lists in zip(stored, await self._expand(thread_id, stored), strict=True)
+                for d in held_by(s, lists)}
         return [name for name in map(_text, names) if name.startswith(MESSAGE)
                 and name not in used and parse_message_field(thread_id, name)[0] in owners]
 
@@ -690,12 +789,24 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         found = await self._redis.hmget(checkpoints_key(ref.thread_id), ref.writes) \
             if ref.writes else []
         return {name: (parse_checkpoint_field(ref.thread_id, name)[3].rpartition(":")[0],
-                       ormsgpack.unpackb(raw)[0])
+                       _unpack_writes(raw, 0)[1][0][1])
                 for name, raw in zip(ref.writes, found, strict=True) if raw is not None}
 
     async def drop_writes(self, thread_id: str, fields: list[str]) -> None:
         if fields:
             await self._redis.hdel(checkpoints_key(thread_id), *fields)
+
+
+def _unpack_writes(raw: bytes, idx: int) -> tuple[str, list[tuple[int, str, str, bytes]]]:
+    """A write field's task path and writes (index, channel, type, bytes): one for an
+    error's, interrupt's or resume's field (or any written before a task's results were
+    packed in one field; ``idx``: its field's), else the results of one ``aput_writes``."""
+    item = ormsgpack.unpackb(raw)
+    if len(item) == 4:
+        channel, type_, blob, task_path = item
+        return task_path, [(idx, channel, type_, blob)]
+    task_path, writes = item
+    return task_path, [tuple(write) for write in writes]
 
 
 def _latest_field(thread_id: str, ns: str) -> tuple[str, str]:

@@ -15,8 +15,9 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+from agents import redis_saver
 from agents.keys import MESSAGE, checkpoints_key
-from agents.redis_saver import LeanRedisSaver, Stored
+from agents.redis_saver import CHUNK, LeanRedisSaver, Stored
 from agents.settings import Settings
 from tests.test_checkpoint import chat_graph
 from tests.test_platform_api import sdk_over
@@ -127,19 +128,19 @@ async def test_pruned_checkpoints_and_sub_threads_take_their_unused_messages(red
 
 async def test_bytes_grow_linearly_with_every_checkpoint_kept(redis_client):
     """Twice the turns, about twice the bytes (a checkpoint holding the whole conversation
-    made it ~4x)."""
+    made it ~4x); from 20 turns on, where the hash is past Redis's compact encoding."""
     saver = LeanRedisSaver(redis_client)
     thread_id = f"linear-{uuid.uuid4().hex[:8]}"
     config = {"configurable": {"thread_id": thread_id}}
     graph = chat_graph(saver)
     sizes = {}
-    for n in range(1, 21):
+    for n in range(1, 41):
         text = f"What is Redis persistence, and how does the AOF work? ({n})"
         await graph.ainvoke({"messages": [HumanMessage(text)], "steps": 0}, config)
-        if n in (10, 20):
+        if n in (20, 40):
             sizes[n] = await redis_client.memory_usage(checkpoints_key(thread_id), samples=0)
-    assert len([t async for t in saver.alist(config)]) == 20 * 4  # every checkpoint kept
-    assert sizes[20] <= 2.2 * sizes[10], sizes
+    assert len([t async for t in saver.alist(config)]) == 40 * 4  # every checkpoint kept
+    assert sizes[40] <= 2.2 * sizes[20], sizes
 
 
 async def test_history_lists_a_checkpoint_per_step_through_the_api(settings: Settings,
@@ -161,3 +162,26 @@ async def test_history_lists_a_checkpoint_per_step_through_the_api(settings: Set
         assert (await sdk.threads.get_state(thread_id, checkpoint=first))["values"] == \
             history[-1]["values"]
         await sdk.threads.delete(thread_id)
+
+
+async def test_a_long_list_is_named_by_its_chunks_and_read_back_by_another_process(
+        redis_client):
+    """Past ``CHUNK`` messages a checkpoint names a chunk of 32 digests, stored once, and
+    the messages after it; a process that never saw the chunk reads it from Redis."""
+    saver = LeanRedisSaver(redis_client)
+    thread_id = f"chunks-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread_id}}
+    graph = chat_graph(saver)
+    for n in range(20):
+        await graph.ainvoke({"messages": [HumanMessage(f"q{n}", id=f"q{n}")], "steps": 0},
+                            config)
+    latest = await saver.alatest_checkpoint_id(thread_id)
+    (stored,) = await saver.load(thread_id, [Stored(thread_id, "", latest)])
+    chunks, tail = stored.parts()["messages"]
+    assert (len(chunks), len(tail)) == (1, 40 - CHUNK)
+    redis_saver._CHUNKS.clear()  # as in a process that never wrote nor read it
+    state = (await saver.aget_tuple(config)).checkpoint["channel_values"]
+    assert [m.text for m in state["messages"]][::2] == [f"q{n}" for n in range(20)]
+    history = [t async for t in saver.alist(config)]
+    assert [len(t.checkpoint["channel_values"].get("messages", [])) for t in history[:4]] \
+        == [40, 40, 39, 38]
