@@ -110,10 +110,11 @@ class ThreadsService:
             configurable["checkpoint_id"] = checkpoint_id
         snapshot = await self.graph(thread).aget_state({"configurable": configurable})
         if checkpoint_id and snapshot.created_at is None:
+            kept = self.ctx.retention.settings.keep_latest
             raise ApiError(404, f"checkpoint {checkpoint_id!r} not found in thread "
-                                f"{thread['thread_id']!r} (never made, or pruned by the "
-                                f"retention policy: a thread keeps its latest "
-                                f"{self.ctx.retention.settings.keep_latest} checkpoints)")
+                                f"{thread['thread_id']!r} (never made, or pruned: by the "
+                                "retention policy, " + (f"a thread keeps its latest {kept} "
+                                "checkpoints)" if kept else "or by threads.prune)"))
         return snapshot
 
     async def view(self, thread: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
