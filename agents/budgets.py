@@ -174,9 +174,7 @@ class BudgetCallback(AsyncCallbackHandler):
 
     async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         levels, user, model = self._calls.pop(run_id, ([], ANONYMOUS, self.model))
-        generation = response.generations[0][0] if response.generations and \
-            response.generations[0] else None
-        usage = getattr(getattr(generation, "message", None), "usage_metadata", None) or {}
+        usage = telemetry.generated(response)[2]
         input_tokens = int(usage.get("input_tokens") or 0)
         output_tokens = int(usage.get("output_tokens") or 0)
         cost = pricing.cost_usd(model, input_tokens, output_tokens)

@@ -473,10 +473,7 @@ class ModelCallback(BaseCallbackHandler):
         if call is None:
             return
         elapsed = time.perf_counter() - call.started
-        generation = response.generations[0][0] if response.generations and \
-            response.generations[0] else None
-        message = getattr(generation, "message", None)
-        usage = getattr(message, "usage_metadata", None) or {}
+        generation, message, usage = generated(response)
         meta = getattr(message, "response_metadata", None) or {}
         finish = meta.get("finish_reason") or \
             ((generation.generation_info or {}).get("finish_reason") if generation else None)
@@ -517,6 +514,14 @@ class ModelCallback(BaseCallbackHandler):
             call.span.set_attribute("error.type", type(error).__name__)
             call.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             call.span.end()
+
+
+def generated(response: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """A chat model call's generation, its message, and the message's token usage."""
+    generation = response.generations[0][0] if response.generations and \
+        response.generations[0] else None
+    message = getattr(generation, "message", None)
+    return generation, message, getattr(message, "usage_metadata", None) or {}
 
 
 def _recorded(message: Any) -> dict[str, Any]:
