@@ -327,11 +327,21 @@ def held_by(stored: Stored, lists: dict[str, list[bytes]]) -> frozenset[bytes]:
 
 
 def _forget_latest() -> None:
-    """Checkpoints deleted or re-pointed within a run: read them (and the latest) again,
-    and store their messages again rather than trust that they are there."""
-    for known in (_LATEST.get(), _READ.get(), _HELD):
+    """Checkpoints deleted or re-pointed within a run: read them (and the latest) again."""
+    for known in (_LATEST.get(), _READ.get()):
         if known is not None:
             known.clear()
+
+
+def _forget_held(doomed: Iterable[CheckpointRef] = (), thread_id: str | None = None) -> None:
+    """Checkpoints deleted (``thread_id``: all of a thread's and its sub-threads'): what
+    they held may be gone, so a child of theirs stores it again."""
+    for ref in doomed:
+        _HELD.pop((ref.thread_id, ref.ns, ref.checkpoint_id), None)
+    if thread_id is not None:
+        root = thread_id.partition("/")[0]
+        for where in [w for w in _HELD if w[0].partition("/")[0] == root]:
+            del _HELD[where]
 
 
 class LeanRedisSaver(BaseCheckpointSaver[str]):
@@ -743,6 +753,8 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         """What ``delete`` sends, for a caller that sends it with its own commands
         (``messages``: the fields ``unused_messages`` found)."""
         _forget_latest()
+        doomed = list(doomed)
+        _forget_held(doomed)
         fields = [name for ref in doomed for name in ref.fields()]
         fields += [checkpoint_field(t, ns, LATEST) for t, ns in pointers]
         fields += messages
@@ -773,6 +785,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         """Every checkpoint and write of a thread and of its sub-threads (1: there were
         some, 0: none)."""
         _forget_latest()
+        _forget_held(thread_id=thread_id)
         return await self._redis.delete(checkpoints_key(thread_id))
 
     async def point_latest(self, thread_id: str, ns: str, checkpoint_id: str | None) -> None:
