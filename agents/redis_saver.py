@@ -13,18 +13,22 @@ sub-threads:
   checkpoint and metadata as the serializer types them;
 - ``<suffix>#<ns>#latest`` -> the id of the namespace's latest checkpoint;
 - ``!<suffix>#<ns>#<checkpoint id>#<task id>:<idx>`` -> a pending write: channel, value,
-  task path;
-- ``~<suffix>#<digest>`` -> a message of the (sub-)thread's message lists, stored once.
+  task path; a task's results (one ``aput_writes``) in one field, named by the first;
+- ``~<suffix>#<digest>`` -> a message of the (sub-)thread's message lists, or a chunk of
+  ``CHUNK`` message digests, stored once.
 
 A channel whose value is a list of messages (``messages``, in our graphs and most users')
 is not stored in each checkpoint: each message is stored once, under the digest of its
-serialised bytes, the first time a checkpoint holds it, and a checkpoint names the messages
-of each such list (8 bytes each); reading one gets its messages in the same round trip's
-follow-up (one ``HMGET``). So every checkpoint of a thread can be kept at a cost linear in
-its turns (``BENCHMARKS.md``, "Redis bytes per thread, every checkpoint kept"), where a
-checkpoint holding the whole conversation made it quadratic. Other channels, and lists of
-anything else, are stored in the checkpoint as before. A message no kept checkpoint names
-goes with the checkpoints deleted (``delete``, ``unused_messages``).
+serialised bytes, when the first checkpoint holding it is saved, and a checkpoint names
+each such list: the digests of its full chunks of ``CHUNK`` messages (each chunk stored
+once too) and of the messages after them, 8 bytes each, so a checkpoint's size does not
+grow with the conversation. Reading one takes one ``HMGET`` more (its messages, and its
+chunks unless this process knows them: one more). So every checkpoint of a thread can be
+kept at a cost linear in its turns (``BENCHMARKS.md``, "Redis bytes per thread, every
+checkpoint kept"), where a checkpoint holding the whole conversation made it quadratic.
+Other channels, and lists of anything else, are stored in the checkpoint as before. A
+message or chunk no kept checkpoint names goes with the checkpoints deleted (``delete``,
+``unused_messages``).
 
 A step is one ``HSET`` (a copy: no parsing, no index): inside a run (``holding_writes``) a
 task's writes wait for the next checkpoint saved in their namespace and go in its ``HSET``
