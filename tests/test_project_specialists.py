@@ -10,6 +10,8 @@ with ``langgraph_sdk`` only: both graphs routed to in parallel, one asking for a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
 
 import pytest
@@ -132,10 +134,12 @@ def test_a_tool_that_does_not_import_is_named():
 @pytest.fixture(scope="module")
 def cluster(settings, tmp_path_factory):
     """A start of the project (``tests/test_own_agents.py``'s) with ``AGENT_CLUSTER_CONFIG``
-    its ``agents.yaml``: a supervisor replica and a deployment per graph, no built-in
-    specialist."""
+    its ``agents.yaml``: a supervisor replica and a deployment per graph (two replicas of
+    ``billing``), no built-in specialist."""
     with served(PROJECT / "langgraph.json", settings, tmp_path_factory.mktemp("roles"),
-                {"AGENT_CLUSTER_CONFIG": str(PROJECT / "agents.yaml")}) as url:
+                {"AGENT_CLUSTER_CONFIG": str(PROJECT / "agents.yaml"),
+                 "AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"billing": {"min_replicas": 2}}'}
+                ) as url:
         yield url
 
 
@@ -170,3 +174,23 @@ async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cl
     await redis.aclose()
     assert {f.decode().split("/")[1] for f in fields if f.startswith(b"/")} == \
         {"billing", "refunds"}
+
+
+async def test_a_graph_roles_replica_killed_mid_call_answers_from_another(cluster, stub_admin):
+    stub_admin.post("/config", json={"ttft_ms": 3000})  # each model call: 3 s to answer
+    client = get_client(url=cluster)
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "supervisor", input=user(
+        "Ask billing in parallel: why was I charged twice?"), stream_mode=["custom"])
+    seen = []
+    async for part in client.runs.join_stream(tid, run["run_id"]):
+        data = part.data if part.event == "custom" else {}
+        if data.get("role") == "billing" and "pid" in (data.get("data") or {}):
+            seen.append(data["data"]["pid"])
+            if len(seen) == 1:
+                os.kill(seen[0], signal.SIGKILL)  # in its model call
+    final = await client.runs.get(tid, run["run_id"])
+    assert final["status"] == "success", final
+    assert len(seen) == 2 and seen[1] != seen[0], seen  # the call went on elsewhere
+    messages = (await client.threads.get_state(tid))["values"]["messages"]
+    assert messages[-1]["content"].startswith("billing: Hello from the stub model."), messages

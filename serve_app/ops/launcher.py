@@ -20,7 +20,7 @@ from ray.serve._private import api as serve_private_api
 from ray.serve.schema import ServeDeploySchema
 
 from agents.project import Project
-from agents.settings import PROJECT_ROOT, Settings
+from agents.settings import PROJECT_ROOT, Settings, specialist_roles
 from serve_app.ops.ray_node import RayNode, ray_env, temp_dir_for
 from serve_app.resources.auth import check_bind
 from serve_app.telemetry.tracing import otel_env
@@ -66,8 +66,11 @@ def load_serve_config(path: Path, port: int | None = None,
 
 def add_project(app: dict[str, Any], project: Project, settings: Settings) -> None:
     """The application serves ``project`` (``serve_app.app.build_app``'s ``project``),
-    each graph in a deployment named by its id, scaled on its own pool of runs."""
+    each graph in a deployment named by its id, scaled on its own pool of runs; the Serve
+    YAML's specialists that are not (the roles that run a graph) are dropped."""
     app["args"] = {**(app.get("args") or {}), "project": str(project.path)}
+    served = {"supervisor", *specialist_roles(settings.roles)}  # a role may run a graph
+    app["deployments"] = [d for d in app.get("deployments", []) if d["name"] in served]
     for graph_id in project.graphs:
         scale = settings.graph_deployments.of(graph_id)
         app.setdefault("deployments", []).append({
