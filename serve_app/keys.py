@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 
-from agents.keys import PREFIX, tagged, untagged
+from agents.keys import PREFIX, spend_key, tagged, untagged
 
 # Cross-thread indexes: one key each, so in one slot (one shard) of a cluster by design,
 # touched by single-key commands only (never in a script or MULTI with a thread's keys); at
@@ -91,7 +91,7 @@ def run_scoped_keys(thread_id: str, run_id: str) -> list[str]:
     """Every key of one run: what deleting the run (or its thread) removes. A new per-run
     key belongs here, or DELETE leaves it behind (``python -m serve_app.ops.leaks`` shows it)."""
     return [run_key(thread_id, run_id), events_key(thread_id, run_id),
-            responses_key(thread_id, run_id)]
+            responses_key(thread_id, run_id), spend_key(thread_id, run_id)]
 
 
 def responses_key(thread_id: str, run_id: str) -> str:

@@ -131,8 +131,8 @@ async def test_spend_is_the_runs_not_the_attempts(settings, in_process_service):
 
 
 async def test_a_thread_budget_counts_every_run_of_the_thread(settings, in_process_service):
-    async with in_process_service(with_budgets(settings, thread={"max_steps": 5}),
-                                  "budget-thread") as service:
+    capped = with_budgets(settings, thread={"max_steps": 5}, run={"max_tokens": 100_000})
+    async with in_process_service(capped, "budget-thread") as service:
         thread, _ = await service.records.create_thread(None, {})
         results = []
         for _ in range(4):  # a plain question is 5 model calls
@@ -145,6 +145,13 @@ async def test_a_thread_budget_counts_every_run_of_the_thread(settings, in_proce
         other, _ = await service.records.create_thread(None, {})  # another thread: its own
         run = await service.runs.create(other["thread_id"], turn("What is Redis persistence?"))
         assert (await ended(service, run))["status"] == "success"
+
+        # the spend goes with the thread
+        pattern = spend_key(thread["thread_id"]) + "*"
+        # the thread's counters and its first run's (the others were refused before any)
+        assert len([k async for k in service.redis.scan_iter(match=pattern)]) == 2
+        await service.threads.delete(thread["thread_id"])
+        assert [k async for k in service.redis.scan_iter(match=pattern)] == []
 
 
 async def test_a_user_over_the_windows_budget_is_refused_429_until_it_resets(

@@ -41,7 +41,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agents.keys import checkpoints_key, effect_key
+from agents.keys import checkpoints_key, effect_key, spend_key
 from agents.redis_saver import CheckpointRef, Command, LeanRedisSaver
 from agents.settings import RetentionSettings
 from agents.supervisor import sub_thread_id
@@ -455,7 +455,7 @@ class Retention:
         run_ids += [_text(r) for r in await self.redis.zrange(queue_key(thread_id), 0, -1)]
         run_ids = list(dict.fromkeys(run_ids))
         keys = [thread_key(thread_id), thread_runs_key(thread_id), queue_key(thread_id),
-                thread_lease_key(thread_id), fence_key(thread_id)]
+                thread_lease_key(thread_id), fence_key(thread_id), spend_key(thread_id)]
         keys += [k for rid in run_ids for k in run_scoped_keys(thread_id, rid)]
         ledger = await self._ledger_keys(thread_id)
         audit = [audit_key(thread_id), approvals_key(thread_id)]  # + the API's approval log
