@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from agents.breaker import REFRESH_S
@@ -157,3 +158,18 @@ async def test_after_the_cool_down_one_call_probes_while_the_others_wait(
     assert [o["status"] for o in outcomes] == ["success"] * 4
     # the four first calls fail (opening it), then one probe per cool-down, not four
     assert 4 <= failed <= 4 + 4, failed
+
+
+def test_the_stubs_faults_are_an_outage_with_retry_after_then_none(stub_url, stub_admin):
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    stub_admin.post("/config", json={"fault_status": 503, "retry_after_s": 2,
+                                     "fault_for_s": 0.5})
+    with httpx.Client(base_url=stub_url, timeout=10) as http:
+        down = http.post("/chat/completions", json=chat)
+        assert down.status_code == 503 and down.headers["retry-after"] == "2"
+        time.sleep(0.6)
+        assert http.post("/chat/completions", json=chat).status_code == 200  # over by itself
+        stub_admin.post("/config", json={"hang_rate": 1.0, "hang_s": 0.5})
+        started = time.monotonic()
+        assert http.post("/chat/completions", json=chat).status_code == 200
+        assert time.monotonic() - started >= 0.5
