@@ -130,18 +130,19 @@ async def test_spend_is_the_runs_not_the_attempts(settings, in_process_service):
         assert int(spent[b"steps"]) == 2 and int(spent[b"tokens"]) == record["error"]["used"]
 
 
-async def test_a_thread_budget_counts_every_run_of_the_thread(settings, in_process_service):
+async def test_a_thread_budget_counts_every_run_of_the_thread_on_every_replica(
+        settings, in_process_service):
     capped = with_budgets(settings, thread={"max_steps": 5}, run={"max_tokens": 100_000})
-    async with in_process_service(capped, "budget-thread") as service:
+    async with in_process_service(capped, "budget-thread") as service, \
+            in_process_service(capped, "budget-thread-b") as replica_b:
         thread, _ = await service.records.create_thread(None, {})
         results = []
-        for _ in range(4):  # a plain question is 5 model calls
-            run = await service.runs.create(thread["thread_id"],
-                                            turn("What is Redis persistence?"))
-            results.append(await ended(service, run))
-        assert [r["status"] for r in results[:2]] == ["success", "error"]
-        assert results[1]["error"]["budget"] == "thread"
-        assert all(r["error"]["budget"] == "thread" for r in results[2:])
+        for on in (service, replica_b, service, replica_b):  # a plain question: 5 calls
+            run = await on.runs.create(thread["thread_id"], turn("What is Redis persistence?"))
+            results.append(await ended(on, run))
+        assert [r["status"] for r in results] == ["success", "error", "error", "error"]
+        assert all(r["error"]["budget"] == "thread" for r in results[1:])
+        assert results[1]["error"]["used"] == 5  # spent on the other replica
         other, _ = await service.records.create_thread(None, {})  # another thread: its own
         run = await service.runs.create(other["thread_id"], turn("What is Redis persistence?"))
         assert (await ended(service, run))["status"] == "success"
