@@ -17,6 +17,7 @@ from langchain_core.outputs import ChatGenerationChunk
 from langchain_openai import ChatOpenAI
 from redis.asyncio import Redis
 
+from agents import telemetry
 from agents.breaker import Breaker
 from agents.budgets import BudgetCallback, Budgets
 from agents.settings import Settings
@@ -56,6 +57,8 @@ class GuardedChatOpenAI(ChatOpenAI):
                     raise
                 attempt += 1
                 retry_after = retry_after_s(exc)
+                telemetry.count("model_attempts_failed", endpoint=self.breaker.endpoint,
+                                cause=cause(exc))
                 await self.breaker.failed(cause(exc), retry_after)
                 if self.breaker.known.open_for() > 0:
                     continue  # the breaker says when (and raises past max_wait_s)

@@ -33,6 +33,8 @@ DESCRIPTIONS = {
     "model_errors": "model calls that failed after the client's retries, by model/role/error",
     "tokens": "tokens of finished runs, by model, role and direction (input/output)",
     "cost_usd": "cost in USD of finished runs, by model (configs/prices.yaml, genai-prices)",
+    "model_attempts_failed": "failed attempts of model calls (each counts against the "
+                             "endpoint's circuit breaker), by endpoint and cause",
     "user_spend_usd": "cost in USD of model calls, by user (agents/budgets.py)",
     "user_spend_tokens": "tokens of model calls, by user",
     "budget_refusals": "model calls and new runs refused for a spent budget, by budget "
