@@ -46,6 +46,7 @@ class LoadConfig:
     turns_per_thread: int = 5      # then the user opens a new thread
     turn_timeout_s: float = 120.0  # one run's stream, from request to close
     assistant_id: str = "supervisor"
+    context: dict[str, Any] | None = None  # each run's ``context`` (the graph's schema)
     seed: int = 7
 
 
@@ -280,6 +281,8 @@ class LoadGenerator:
     async def stream_run(self, thread_id: str, body: dict[str, Any]) -> RunResult:
         """Stream one run to its end; token times from ``messages`` and ``custom`` events."""
         body = {"assistant_id": self.config.assistant_id, "stream_mode": STREAM_MODE, **body}
+        if self.config.context is not None:
+            body["context"] = self.config.context
         run = RunResult(time.perf_counter(), time.time())
         try:
             async with self._session.post(

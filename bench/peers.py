@@ -125,9 +125,11 @@ def _descendants(pid: int) -> list[psutil.Process]:
 class ClusterTarget(Target):
     """Our Ray Serve app (configs/local.yaml), ``deployment`` pinned to ``replicas``;
     ``traced``: every replica exports every span (OTLP/HTTP, 100 % sampling) to a receiver
-    of its own, to weigh tracing's cost against the same target untraced."""
+    of its own, to weigh tracing's cost against the same target untraced; ``project``: a
+    ``langgraph.json`` served too, as ``python -m serve_app --config`` serves it."""
 
     replicas: int | None = None
+    project: Path | None = None
     deployment: str = "supervisor"
     hop: bool = False
     traced: bool = False
@@ -163,6 +165,8 @@ class ClusterTarget(Target):
         port = free_port()
         argv = [sys.executable, "-m", "bench.cluster_server", "--config", str(config),
                 "--port", str(port)] + (["--hop"] if self.hop else [])
+        if self.project is not None:
+            argv += ["--project", str(self.project)]
         marker = "HOP " if self.hop else "READY "
         self._spawn(self.name, argv, lambda: marker in self.log_text(), timeout_s=300)
         if self.hop:
@@ -188,22 +192,23 @@ API_LINE = re.compile(r"API:\s*(?:\x1b\[[0-9;]*m)?(http://127\.0\.0\.1:\d+)")
 
 @dataclass
 class LangGraphDevTarget(Target):
-    """``langgraph dev`` (in-memory runtime) serving our graphs (bench/langgraph_peer)."""
+    """``langgraph dev`` (in-memory runtime) serving ``config``'s project: our graphs
+    (bench/langgraph_peer) or a user's. It runs in a copy of the project's folder, as a user
+    runs it in theirs (it resolves the file's paths against its working directory), so that
+    each start is fresh (no ``.langgraph_api`` from earlier runs) and the project untouched."""
 
     jobs_per_worker: int = 10
+    config: Path = PEER_DIR / "langgraph.json"
 
     def _start_server(self) -> str:
         binary = ensure_peer_venv(self.work_dir / "peer-venv.log")
-        run_dir = self.work_dir / "langgraph-app"  # fresh: no .langgraph_api from earlier runs
+        run_dir = self.work_dir / "langgraph-app"
         shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        spec = json.loads((PEER_DIR / "langgraph.json").read_text())
-        spec["dependencies"] = [str(PEER_DIR)]
-        spec["graphs"] = {name: str(PEER_DIR / path.removeprefix("./"))
-                          for name, path in spec["graphs"].items()}
-        (run_dir / "langgraph.json").write_text(json.dumps(spec, indent=2))
+        shutil.copytree(self.config.parent, run_dir,
+                        ignore=shutil.ignore_patterns(".langgraph_api", "__pycache__"))
         port = free_port()
-        argv = [str(binary), "dev", "--no-browser", "--no-reload", "--allow-blocking",
+        argv = [str(binary), "dev", "--config", self.config.name, "--no-browser", "--no-reload",
+                "--allow-blocking",
                 "--host", "127.0.0.1", "--port", str(port), "--server-log-level", "warning",
                 "--n-jobs-per-worker", str(self.jobs_per_worker)]
         self.info.update(jobs_per_worker=self.jobs_per_worker, argv=" ".join(argv[1:]))

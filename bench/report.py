@@ -42,7 +42,14 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return report.get("targets") or {}
+    """The targets serving our supervisor (the project's have a section of their own)."""
+    return {name: t for name, t in (report.get("targets") or {}).items()
+            if not name.startswith("project-")}
+
+
+def _project_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: t for name, t in (report.get("targets") or {}).items()
+            if name.startswith("project-")}
 
 
 def _cap(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -164,9 +171,9 @@ def settings_section(report: dict[str, Any]) -> str:
     ])
 
 
-def steps_section(report: dict[str, Any]) -> str:
+def steps_section(report: dict[str, Any], targets: dict[str, Any] | None = None) -> str:
     out = []
-    for name, target in _targets(report).items():
+    for name, target in (_targets(report) if targets is None else targets).items():
         if target.get("error") and not target.get("steps"):
             out.append(f"**{name}**: {target['error']}")
             continue
@@ -579,12 +586,16 @@ def render(report: dict[str, Any]) -> str:
 
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     """The rendered report, keeping the sections other scripts own (between their marker
-    comments, e.g. ``bench/thread_bytes.py``'s) from the file being replaced."""
+    comments, e.g. ``bench/thread_bytes.py``'s) from the file being replaced; the project's
+    section is rewritten when the run measured it."""
     path.write_text(render(report) + kept_sections(path))
+    if _project_targets(report):
+        write_project_section(report, path)
 
 
+PROJECT_MARKS = ("<!-- own-project:start", "<!-- own-project:end -->")
 KEPT = (("<!-- thread-bytes:start", "<!-- thread-bytes:end -->"),
-        ("<!-- tracing-overhead:start", "<!-- tracing-overhead:end -->"))
+        ("<!-- tracing-overhead:start", "<!-- tracing-overhead:end -->"), PROJECT_MARKS)
 
 
 def kept_sections(path: Path) -> str:
@@ -595,3 +606,92 @@ def kept_sections(path: Path) -> str:
             body = current.split(start, 1)[1].split(end, 1)[0]
             kept.append(f"\n{start}{body}{end}\n")
     return "".join(kept)
+
+
+def _at_capacity(target: dict[str, Any]) -> dict[str, Any] | None:
+    """The step a target's capacity was measured at (its largest passing one)."""
+    users = (target.get("capacity") or {}).get("users")
+    return _step_at(target, users) if users else None
+
+
+def project_section(report: dict[str, Any]) -> str:
+    """``## Your own project``: the same ``langgraph.json`` served by our cluster and by
+    ``langgraph dev``, between markers so that every other run keeps it."""
+    targets = _project_targets(report)
+    plan, load = report["plan"], report["plan"]["load"]
+    when = time.strftime("%Y-%m-%d %H:%M %Z", time.gmtime(report.get("started_at", 0)))
+    rows = []
+    for name, t in targets.items():
+        cap, step = t.get("capacity") or {}, _at_capacity(t)
+        audit = t.get("audit") or {}
+        steps = t.get("steps") or []
+        foreign = [s["procs"]["foreign_cpu_pct"] for s in steps]
+        rows.append([
+            f"`{name}`", f(t.get("startup_s"), 1),
+            f((t.get("criterion") or {}).get("idle_overhead_ms")),
+            f"**{f(cap.get('users'))}**" + (f" (fails at {f(cap['first_failure'])})"
+                                            if cap.get("first_failure") else ""),
+            f(cap.get("runs_per_s"), 1), f(cap.get("ttft_overhead_p95_ms")),
+            f(1000 * cap["serving_cpu_s_per_run"] if cap.get("serving_cpu_s_per_run")
+              else None),
+            f(1000 * cap["marginal_serving_cpu_s_per_run"]
+              if cap.get("marginal_serving_cpu_s_per_run") else None),
+            f((t.get("idle") or {}).get("serving_cpu_pct")),
+            f"{f(step['procs']['machine_cpu_pct'])}% ({f(step['procs']['foreign_cpu_pct'])}%)"
+            if step else "-",
+            f"{f(min(foreign, default=None))}-{f(max(foreign, default=None))}%",
+            f"{f(audit.get('ok'))} / {f(audit.get('lost', 0) + audit.get('duplicated', 0))}",
+        ] + ([t["error"]] if t.get("error") else []))
+    ours, peer = (targets.get(n, {}).get("capacity") or {}
+                  for n in ("project-cluster", "project-langgraph-dev"))
+    cpu = ratio(ours.get("serving_cpu_s_per_run"), peer.get("serving_cpu_s_per_run"))
+    body = "\n\n".join([
+        f"{PROJECT_MARKS[0]} (bench/run.py; every run keeps this section, a run of these "
+        "targets rewrites it) -->\n## Your own project: cluster vs langgraph dev",
+        f"Measured by `{report['command']}` on {when} ({f(report.get('duration_s'))} s). "
+        "One user's project, `tests/fixtures/react_agent/langgraph.json` (LangGraph's "
+        "react-agent template: a `ChatOpenAI` bound to a tool, a `context_schema`, an `env` "
+        "file), served unchanged by both: **`project-cluster`** is `python -m serve_app "
+        "--config` on that file (configs/local.yaml: 2 supervisor replicas as the ingress, "
+        "the built-in specialists idle, the graph `agent` in a deployment of its own on "
+        "Redis); **`project-langgraph-dev`** is `langgraph dev` (in-memory runtime, "
+        f"{f(plan['peer_jobs_per_worker'])} jobs per worker) run in a copy of the project's "
+        "folder. Each user holds a thread and sends `POST /threads/{id}/runs/stream` with "
+        "`assistant_id: agent`, `context: {\"max_search_results\": 5}`, stream modes "
+        "messages-tuple + custom + values; each turn is a search (tool) and an answer, 2 "
+        f"model calls. Think {f(load['think_s'], 1)} s (0.5x-1.5x), a new thread every "
+        f"{load['turns_per_thread']} turns; steps of {f(plan['steps']['window_s'])} s "
+        f"measured after {f(plan['steps']['warmup_s'])} s of warm-up; SLO: p95 TTFT overhead "
+        f"<= {f(plan['steps']['budget_ms'])} ms (TTFT - the stub's own time, as above), 0 "
+        "errors. Serving CPU: every process of the target (replicas, proxy, controller, "
+        "Ray's daemons, the driver, its Redis) / runs per second, at the capacity step.",
+        f"**A busy box**: {report['machine']['cores']} cores shared with other engineers' "
+        f"test runs (load average {report['machine']['load_average']} at start, "
+        f"{report['machine'].get('load_average_end')} at end); *foreign* is the machine's "
+        "CPU outside the benchmark's process tree, in % of one core, during each step. "
+        "Capacities here are lower bounds of what the same box gives when quiet.",
+        table(["target", "started in s", "idle TTFT overhead ms", "users at the SLO",
+               "runs/s at the SLO", "p95 overhead ms there", "serving CPU ms/run there",
+               "marginal serving CPU ms/run", "idle serving CPU %",
+               "machine CPU (foreign) there", "foreign CPU over the steps",
+               "audit ok / lost+dup"], rows),
+        f"Ratios (cluster / langgraph dev): runs/s at the SLO "
+        f"{f(ratio(ours.get('runs_per_s'), peer.get('runs_per_s')), 2)}x, serving CPU per "
+        f"run {f(cpu, 2)}x.",
+        steps_section(report, targets),
+        PROJECT_MARKS[1],
+    ])
+    return body
+
+
+def write_project_section(report: dict[str, Any], path: Path) -> None:
+    """Replace the project's section of ``path`` (or append it), leaving the rest as is."""
+    current = path.read_text() if path.exists() else ""
+    start, end = PROJECT_MARKS
+    section = project_section(report)
+    if start in current and end in current.split(start, 1)[1]:
+        before, rest = current.split(start, 1)
+        after = rest.split(end, 1)[1]
+        path.write_text(before + section + after)
+    else:
+        path.write_text(current.rstrip("\n") + "\n\n" + section + "\n")

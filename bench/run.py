@@ -2,14 +2,17 @@
 
 Starts Redis and the stub model, runs the hot-path micro-benchmarks, then for each target
 in turn (our cluster with 2 and with 1 replica of the busiest deployment, the no-Ray floor,
-``langgraph dev``): starts it on loopback with a fresh Redis, calibrates the model time of
-each turn kind, walks a staircase of simulated users until the SLO breaks (the capacity
-search), profiles at capacity (the first target), drains, audits every thread, measures
-Redis memory, stops it. Then (``--no-sizing`` skips it) the Redis replay: the app's command
-mix captured on a one-master Redis Cluster and replayed on 1 and 2 shards
-(``bench/redis_replay.py``), the sizing for 10,000 users (``bench/sizing.py``) and the plots
-(``bench/plots.py``). Every line says the stage, the step and the time left. Writes
-``bench/results/<stamp>/report.json`` and rewrites ``BENCHMARKS.md`` (and ``bench/plots/``).
+``langgraph dev``, then a user's project, ``bench/workload.py``'s ``PROJECT``, served by our
+cluster and by ``langgraph dev`` from its one ``langgraph.json``): starts it on loopback
+with a fresh Redis, calibrates the model time of each turn kind, walks a staircase of
+simulated users until the SLO breaks (the capacity search), profiles at capacity (the first
+target), drains, audits every thread, measures Redis memory, stops it. Then
+(``--no-sizing`` skips it) the Redis replay: the app's command mix captured on a one-master
+Redis Cluster and replayed on 1 and 2 shards (``bench/redis_replay.py``), the sizing for
+10,000 users (``bench/sizing.py``) and the plots (``bench/plots.py``). Every line says the
+stage, the step and the time left. Writes ``bench/results/<stamp>/report.json`` and
+rewrites ``BENCHMARKS.md`` (and ``bench/plots/``); a run of the project's targets alone
+(``--targets project-cluster,project-langgraph-dev``) rewrites only their section.
 
 ``--smoke``: a tiny run (one target, a few users, short think time, a few minutes) that
 does not touch BENCHMARKS.md unless ``--write-md``; ``tests/test_bench_smoke.py`` runs it.
@@ -48,10 +51,11 @@ from bench.profile import record as profile_record
 from bench.redis_load import counters
 from bench.redis_mem import redis_memory, used_memory
 from bench.redis_replay import capture_run, replay_on_cluster, scaling
-from bench.report import write_markdown
+from bench.report import write_markdown, write_project_section
 from bench.sizing import sizing_report
 from bench.staircase import Stairs, StepPlan, capacity, levels_from
 from bench.stub import StubAdmin, StubCallLog, calibrate
+from bench.workload import PROJECT, PROJECT_CONTEXT, PROJECT_GRAPH
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,7 +85,7 @@ class Plan:
     levels: list[int] = field(default_factory=lambda: [50, 100, 200, 300, 400, 600, 800, 1600])
     steps: StepPlan = field(default_factory=StepPlan)
     targets: list[str] = field(default_factory=lambda: ["cluster-2", "cluster-1", "floor",
-                                                        "langgraph-dev"])
+                                                        "langgraph-dev", *PROJECT_TARGETS])
     busiest: str = "supervisor"
     micro_scale: float = 0.5
     profile_s: float = 10.0
@@ -108,6 +112,21 @@ def smoke_plan() -> Plan:
     )
 
 
+PROJECT_TARGETS = ["project-cluster", "project-langgraph-dev"]
+
+
+def is_project(name: str) -> bool:
+    """A target serving the user's project (``PROJECT``) rather than our supervisor."""
+    return name.startswith("project-")
+
+
+def project_load(load: LoadConfig) -> LoadConfig:
+    """The users of ``load`` talking to the project's graph: research turns only (it has
+    no approvals and no memory of its own), each run with the graph's ``context``."""
+    return replace(load, assistant_id=PROJECT_GRAPH, context=PROJECT_CONTEXT,
+                   approval_share=0.0, memory_share=0.0)
+
+
 # Seconds of what the plan does not fix (measured on the 2-core box), for the time left.
 START_S = {"cluster": 70.0, "floor": 20.0, "langgraph": 30.0}
 CALIBRATE_S, AUDIT_S, CLUSTER_START_S = 15.0, 30.0, 5.0
@@ -123,7 +142,8 @@ def stages(plan: Plan) -> list[tuple[str, float]]:
     st, over = plan.steps, plan.overload
     out = [("micro", 120 * plan.micro_scale)]
     for index, name in enumerate(plan.targets):
-        out += [(f"{name}: start", START_S[name.split("-")[0]] + CALIBRATE_S + plan.idle_s),
+        kind = name.removeprefix("project-").split("-")[0]
+        out += [(f"{name}: start", START_S[kind] + CALIBRATE_S + plan.idle_s),
                 (f"{name}: staircase", (len(plan.levels) + st.bisect) * step_seconds(st))]
         if index == 0 and plan.profile_s > 0:
             out.append((f"{name}: profile", st.warmup_s + plan.profile_s))
@@ -152,7 +172,8 @@ class TrackedStairs(Stairs):
 
 
 def make_target(name: str, plan: Plan, settings: Settings, work: Path) -> Target:
-    """``cluster-N`` (``-traced``: every span exported), ``floor``, ``langgraph-dev``."""
+    """``cluster-N`` (``-traced``: every span exported), ``floor``, ``langgraph-dev``,
+    ``project-cluster``, ``project-langgraph-dev``."""
     if name.startswith("cluster-"):
         replicas = int(name.split("-")[1])
         traced = name.endswith("-traced")
@@ -163,6 +184,11 @@ def make_target(name: str, plan: Plan, settings: Settings, work: Path) -> Target
         return FloorTarget(name, settings, work / name)
     if name == "langgraph-dev":
         return LangGraphDevTarget(name, settings, work / name,
+                                  jobs_per_worker=plan.peer_jobs_per_worker)
+    if name == "project-cluster":
+        return ClusterTarget(name, settings, work / name, project=PROJECT)
+    if name == "project-langgraph-dev":
+        return LangGraphDevTarget(name, settings, work / name, config=PROJECT,
                                   jobs_per_worker=plan.peer_jobs_per_worker)
     raise ValueError(f"unknown target {name!r}")
 
@@ -180,6 +206,7 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
                        spike_base: int | None = None) -> dict[str, Any]:
     """The staircase, then (for ``plan.overload_targets``) the overload step at
     ``plan.overload.factor`` x ``spike_base`` users (default: its own capacity)."""
+    load = project_load(plan.load) if is_project(target.name) else plan.load
     began = time.monotonic()
     progress.stage(f"{target.name}: start")
     say(f"[{target.name}] starting")
@@ -195,7 +222,7 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
     say(f"[{target.name}] up at {url} after {target.info.get('startup_s')} s")
     calls = StubCallLog(stub)
     try:
-        model, result["calibration"] = await calibrate(url, stub)
+        model, result["calibration"] = await calibrate(url, stub, load)
         idle = idle_overhead_ms(result["calibration"])
         steps = replace(plan.steps)
         result["criterion"] = {"kind": "absolute", "budget_ms": steps.budget_ms,
@@ -211,7 +238,7 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
         await asyncio.sleep(plan.idle_s)
         result["idle"] = sampler.window(mark, await asyncio.to_thread(sampler.mark))
         calls.start()
-        async with LoadGenerator(url, plan.load) as gen:
+        async with LoadGenerator(url, load) as gen:
             progress.stage(f"{target.name}: staircase")
             stairs = TrackedStairs(gen, steps, model, sampler, calls, progress=progress,
                                    total=len(levels) + steps.bisect)
@@ -225,7 +252,7 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
                 progress.stage(f"{target.name}: overload")
                 result["overload"] = await spike(gen, stairs, plan, model, spike_base)
             progress.stage(f"{target.name}: audit")
-            await gen.stop(drain_s=plan.load.approval_delay_s * 2 + 30)
+            await gen.stop(drain_s=load.approval_delay_s * 2 + 30)
             runs = sum(1 for r in gen.records for run in r.runs  # admitted ones, before the
                        if run.error != REFUSED)  # audit reads them back
             result["redis_load"] = (await counters(target.redis_url)).per_run(redis_before, runs)
@@ -309,18 +336,23 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
             await stub.configure(**plan.stub)
             report["stub"] = await stub.config()
             report["targets"] = {}
-            known: int | None = None
+            known: dict[bool, int | None] = {}  # the first capacity of each workload
             for index, name in enumerate(plan.targets):
                 target = make_target(name, plan, settings, out_dir)
+                workload = is_project(name)
+                first = workload not in known
                 result = await bench_target(target, plan, stub, sampler, out_dir,
-                                            levels_from(plan.levels, known), profile=index == 0,
-                                            progress=progress, spike_base=known)
+                                            levels_from(plan.levels, known.get(workload)),
+                                            profile=index == 0, progress=progress,
+                                            spike_base=known.get(workload))
                 report["targets"][name] = result
-                if index == 0:
-                    known = (result.get("capacity") or {}).get("users")
+                if first:
+                    known[workload] = (result.get("capacity") or {}).get("users")
                     took = len(result.get("steps") or []) + 1  # later ones start lower
-                    for later in plan.targets[1:]:
-                        progress.revise(f"{later}: staircase", took * step_seconds(plan.steps))
+                    for later in plan.targets[index + 1:]:
+                        if is_project(later) == workload:
+                            progress.revise(f"{later}: staircase",
+                                            took * step_seconds(plan.steps))
                 if name.startswith("cluster") and "ray_hop" in target.info:
                     report["micro"]["ray_hop"] = target.info["ray_hop"]
             if plan.replay.enabled:
@@ -418,7 +450,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(text)
     write_md = (plan.mode == "standard" or args.write_md) and not args.no_md
-    if write_md:
+    if write_md and all(is_project(name) for name in plan.targets):
+        write_project_section(report, PROJECT_ROOT / "BENCHMARKS.md")  # only its section
+    elif write_md:
         publish(out_dir, report["plots"])
         write_markdown(report, PROJECT_ROOT / "BENCHMARKS.md")
     say(f"report: {out_dir / 'report.json'}; done in {report['duration_s']:.0f} s")

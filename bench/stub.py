@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -76,18 +77,26 @@ def model_time_before(calls: list[dict[str, Any]], wall: float, ttft_s: float | 
     return total
 
 
-async def calibrate(base_url: str, stub: StubAdmin) -> tuple[ModelTime, dict[str, Any]]:
-    """One turn of each kind on the idle target: the model time on its critical path."""
+def calibration_turns(load: LoadConfig) -> list[Turn]:
+    """A turn of each kind the workload sends (research always)."""
+    shares = {"research": 1.0, "memory": load.memory_share, "approval": load.approval_share}
+    return [turn for turn in CALIBRATION if shares[turn.kind] > 0]
+
+
+async def calibrate(base_url: str, stub: StubAdmin, load: LoadConfig | None = None
+                    ) -> tuple[ModelTime, dict[str, Any]]:
+    """One turn of each kind of ``load``'s workload (default: the supervisor's) on the idle
+    target: the model time on its critical path."""
     ttft_s = float((await stub.config())["ttft_ms"]) / 1000
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     detail: dict[str, Any] = {}
-    config = LoadConfig(approval_delay_s=0.0)
+    config = replace(load or LoadConfig(), approval_delay_s=0.0)
     async with LoadGenerator(base_url, config) as gen:
         thread_id = await gen._create_thread()
         if thread_id is None:
             raise RuntimeError(f"calibration: cannot create a thread on {base_url}")
-        for index, turn in enumerate(CALIBRATION):
+        for index, turn in enumerate(calibration_turns(config)):
             body = {"input": {"messages": [{"role": "user", "content": turn.text}]}}
             await stub.reset()
             run = await gen.stream_run(thread_id, body)

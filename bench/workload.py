@@ -5,6 +5,10 @@ tell a lost turn (absent) from a duplicated one (present twice). Three kinds of 
 deterministic answers of the stub model: a research question (supervisor -> researcher,
 search + read + answer), a memory question (the supervisor quotes the previous message) and
 a refund, which stops for a human approval before the coder issues it.
+
+A user's own project (``PROJECT``: the ReAct agent of ``tests/fixtures/react_agent``, a model
+with a tool, configured per run by its ``context_schema``) gets research turns only: its
+graph answers each with a search and a final message.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from agents.settings import PROJECT_ROOT
 from agents.tools.backoffice import ORDER_COUNT, order_amount
 
 Kind = Literal["research", "memory", "approval"]
@@ -23,6 +28,10 @@ TOPICS = (
     "ray serve deployments", "redis replication", "the sse protocol", "refund policy",
     "python subprocess limits",
 )
+
+PROJECT = PROJECT_ROOT / "tests" / "fixtures" / "react_agent" / "langgraph.json"
+PROJECT_GRAPH = "agent"                       # its assistant id
+PROJECT_CONTEXT = {"max_search_results": 5}   # each run's ``context``
 
 
 @dataclass(frozen=True)
