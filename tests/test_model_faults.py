@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agents import telemetry
 from agents.breaker import REFRESH_S
 from agents.keys import breaker_key
 from agents.models import endpoint
@@ -80,12 +81,18 @@ async def test_a_429_storms_retry_after_holds_back_every_replica(
 
 
 async def test_an_outage_opens_the_breaker_for_every_run_and_runs_go_on_after_it(
-        settings, in_process_service, stub_admin, redis_client, closed_breaker):
+        settings, in_process_service, stub_admin, stub_url, redis_client, closed_breaker):
     tuned = faulty(settings, retries=1, failures=2, cooldown_s=2, max_wait_s=0)
     async with in_process_service(tuned, "outage") as service:
         stub_admin.post("/reset")
         stub_admin.post("/config", json={"fault_status": 503, "fault_for_s": 3})
-        first = await ask(service)  # two attempts, two failures: the breaker opens
+        telemetry.set_meter(service.metrics)
+        try:
+            first = await ask(service)  # two attempts, two failures: the breaker opens
+        finally:
+            telemetry.set_meter(None)
+        assert service.metrics.total("model_attempts_failed", endpoint=endpoint(stub_url),
+                                     cause="HTTP 503") == 2
         assert first["status"] == "error"
         assert first["error"]["error"] == "ModelUnavailable"
         assert "HTTP 503" in first["error"]["message"]
