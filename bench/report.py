@@ -608,80 +608,100 @@ def kept_sections(path: Path) -> str:
     return "".join(kept)
 
 
-def _at_capacity(target: dict[str, Any]) -> dict[str, Any] | None:
-    """The step a target's capacity was measured at (its largest passing one)."""
-    users = (target.get("capacity") or {}).get("users")
-    return _step_at(target, users) if users else None
+def project_row(name: str, t: dict[str, Any]) -> list[str]:
+    """One target of the project's table: its capacity at the SLO (or, when even idle it
+    misses the SLO, at idle overhead + SLO) and what that step cost."""
+    rel = t.get("capacity_relative")
+    cap = rel or t.get("capacity") or {}
+    users = f"**{f(cap.get('users'))}**" + (f" (fails at {f(cap['first_failure'])})"
+                                            if cap.get("first_failure") else "")
+    if rel:
+        users = (f"0; at idle + SLO = {f(t['criterion']['budget_ms'])} ms: {users}")
+    if t.get("error"):
+        users += f"; {t['error']}"
+    step = _step_at(t, cap["users"]) if cap.get("users") else None
+    foreign = [s["procs"]["foreign_cpu_pct"] for s in t.get("steps") or []]
+    audit = t.get("audit") or {}
+    return [
+        f"`{name}`", f(t.get("startup_s"), 1),
+        f((t.get("criterion") or {}).get("idle_overhead_ms")), users,
+        f(cap.get("runs_per_s"), 1), f(cap.get("ttft_overhead_p95_ms")),
+        f(1000 * cap["serving_cpu_s_per_run"] if cap.get("serving_cpu_s_per_run") else None),
+        f(1000 * cap["marginal_serving_cpu_s_per_run"]
+          if cap.get("marginal_serving_cpu_s_per_run") else None),
+        f((t.get("idle") or {}).get("serving_cpu_pct")),
+        f"{f(step['procs']['machine_cpu_pct'])}% ({f(step['procs']['foreign_cpu_pct'])}%)"
+        if step else "-",
+        f"{f(min(foreign))}-{f(max(foreign))}%" if foreign else "-",
+        f"{f(audit.get('ok'))} / {f(audit.get('lost', 0) + audit.get('duplicated', 0))}",
+    ]
+
+
+def project_same_load(targets: dict[str, Any]) -> str:
+    """Both targets at the largest step both ran: runs/s, p95 overhead, serving CPU/run."""
+    ours, peer = targets.get("project-cluster") or {}, targets.get("project-langgraph-dev") or {}
+    shared = {s["users"] for s in ours.get("steps") or []} & \
+        {s["users"] for s in peer.get("steps") or []}
+    if not shared:
+        return "No step was run by both targets: no same-load comparison."
+    level = max(shared)
+    mine, theirs = _step_at(ours, level), _step_at(peer, level)
+
+    def cpu(step: dict[str, Any]) -> float | None:
+        return step.get("serving_cpu_s_per_run")
+
+    return (f"At the same load, {f(level)} users (the largest step both ran): runs/s "
+            f"{f(mine['runs_per_s'], 1)} vs {f(theirs['runs_per_s'], 1)}, p95 TTFT overhead "
+            f"{f(mine['ttft_overhead_ms']['p95'])} vs {f(theirs['ttft_overhead_ms']['p95'])} "
+            f"ms, serving CPU {f(1000 * cpu(mine) if cpu(mine) else None)} vs "
+            f"{f(1000 * cpu(theirs) if cpu(theirs) else None)} ms per run "
+            f"({f(ratio(cpu(mine), cpu(theirs)), 2)}x), cluster vs `langgraph dev`.")
 
 
 def project_section(report: dict[str, Any]) -> str:
     """``## Your own project``: the same ``langgraph.json`` served by our cluster and by
     ``langgraph dev``, between markers so that every other run keeps it."""
     targets = _project_targets(report)
-    plan, load = report["plan"], report["plan"]["load"]
-    when = time.strftime("%Y-%m-%d %H:%M %Z", time.gmtime(report.get("started_at", 0)))
-    rows = []
-    for name, t in targets.items():
-        cap, step = t.get("capacity") or {}, _at_capacity(t)
-        audit = t.get("audit") or {}
-        steps = t.get("steps") or []
-        foreign = [s["procs"]["foreign_cpu_pct"] for s in steps]
-        rows.append([
-            f"`{name}`", f(t.get("startup_s"), 1),
-            f((t.get("criterion") or {}).get("idle_overhead_ms")),
-            f"**{f(cap.get('users'))}**" + (f" (fails at {f(cap['first_failure'])})"
-                                            if cap.get("first_failure") else ""),
-            f(cap.get("runs_per_s"), 1), f(cap.get("ttft_overhead_p95_ms")),
-            f(1000 * cap["serving_cpu_s_per_run"] if cap.get("serving_cpu_s_per_run")
-              else None),
-            f(1000 * cap["marginal_serving_cpu_s_per_run"]
-              if cap.get("marginal_serving_cpu_s_per_run") else None),
-            f((t.get("idle") or {}).get("serving_cpu_pct")),
-            f"{f(step['procs']['machine_cpu_pct'])}% ({f(step['procs']['foreign_cpu_pct'])}%)"
-            if step else "-",
-            f"{f(min(foreign, default=None))}-{f(max(foreign, default=None))}%",
-            f"{f(audit.get('ok'))} / {f(audit.get('lost', 0) + audit.get('duplicated', 0))}",
-        ] + ([t["error"]] if t.get("error") else []))
-    ours, peer = (targets.get(n, {}).get("capacity") or {}
-                  for n in ("project-cluster", "project-langgraph-dev"))
-    cpu = ratio(ours.get("serving_cpu_s_per_run"), peer.get("serving_cpu_s_per_run"))
-    body = "\n\n".join([
+    plan, load, m = report["plan"], report["plan"]["load"], report["machine"]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(report.get("started_at", 0)))
+    return "\n\n".join([
         f"{PROJECT_MARKS[0]} (bench/run.py; every run keeps this section, a run of these "
         "targets rewrites it) -->\n## Your own project: cluster vs langgraph dev",
         f"Measured by `{report['command']}` on {when} ({f(report.get('duration_s'))} s). "
         "One user's project, `tests/fixtures/react_agent/langgraph.json` (LangGraph's "
         "react-agent template: a `ChatOpenAI` bound to a tool, a `context_schema`, an `env` "
-        "file), served unchanged by both: **`project-cluster`** is `python -m serve_app "
-        "--config` on that file (configs/local.yaml: 2 supervisor replicas as the ingress, "
-        "the built-in specialists idle, the graph `agent` in a deployment of its own on "
-        "Redis); **`project-langgraph-dev`** is `langgraph dev` (in-memory runtime, "
-        f"{f(plan['peer_jobs_per_worker'])} jobs per worker) run in a copy of the project's "
-        "folder. Each user holds a thread and sends `POST /threads/{id}/runs/stream` with "
-        "`assistant_id: agent`, `context: {\"max_search_results\": 5}`, stream modes "
-        "messages-tuple + custom + values; each turn is a search (tool) and an answer, 2 "
-        f"model calls. Think {f(load['think_s'], 1)} s (0.5x-1.5x), a new thread every "
+        "file), served unchanged by both: **`project-cluster`** is our cluster started on "
+        "that file as `python -m serve_app --config` starts it (configs/local.yaml: 2 "
+        "supervisor replicas as the ingress, the built-in specialists idle, the graph "
+        "`agent` in a deployment of its own, checkpoints in Redis); "
+        "**`project-langgraph-dev`** is `langgraph dev --config langgraph.json` (in-memory "
+        f"runtime, {f(plan['peer_jobs_per_worker'])} jobs per worker) run in a copy of the "
+        "project's folder. Each user holds a thread and sends "
+        "`POST /threads/{id}/runs/stream` with `assistant_id: agent`, `context: "
+        "{\"max_search_results\": 5}`, stream modes messages-tuple + custom + values; each "
+        "turn is a search (the tool) and an answer, 2 model calls (stub: "
+        f"{f((report.get('stub') or {}).get('ttft_ms'))} ms to first token). Think "
+        f"{f(load['think_s'], 1)} s (0.5x-1.5x), a new thread every "
         f"{load['turns_per_thread']} turns; steps of {f(plan['steps']['window_s'])} s "
         f"measured after {f(plan['steps']['warmup_s'])} s of warm-up; SLO: p95 TTFT overhead "
         f"<= {f(plan['steps']['budget_ms'])} ms (TTFT - the stub's own time, as above), 0 "
         "errors. Serving CPU: every process of the target (replicas, proxy, controller, "
-        "Ray's daemons, the driver, its Redis) / runs per second, at the capacity step.",
-        f"**A busy box**: {report['machine']['cores']} cores shared with other engineers' "
-        f"test runs (load average {report['machine']['load_average']} at start, "
-        f"{report['machine'].get('load_average_end')} at end); *foreign* is the machine's "
-        "CPU outside the benchmark's process tree, in % of one core, during each step. "
-        "Capacities here are lower bounds of what the same box gives when quiet.",
+        "Ray's daemons and the driver, or `langgraph dev`; its Redis) / runs per second.",
+        f"**A busy box**: {m['cores']} cores shared with other engineers' test runs (load "
+        f"average {m['load_average']} at start, {m.get('load_average_end')} at end); "
+        "*foreign* is the machine's CPU outside the benchmark's process tree, in % of one "
+        "core, during each step. Capacities here are lower bounds of what the same box "
+        "gives when quiet.",
         table(["target", "started in s", "idle TTFT overhead ms", "users at the SLO",
-               "runs/s at the SLO", "p95 overhead ms there", "serving CPU ms/run there",
+               "runs/s there", "p95 overhead ms there", "serving CPU ms/run there",
                "marginal serving CPU ms/run", "idle serving CPU %",
                "machine CPU (foreign) there", "foreign CPU over the steps",
-               "audit ok / lost+dup"], rows),
-        f"Ratios (cluster / langgraph dev): runs/s at the SLO "
-        f"{f(ratio(ours.get('runs_per_s'), peer.get('runs_per_s')), 2)}x, serving CPU per "
-        f"run {f(cpu, 2)}x.",
+               "audit ok / lost+dup"],
+              [project_row(name, t) for name, t in targets.items()]),
+        project_same_load(targets),
         steps_section(report, targets),
         PROJECT_MARKS[1],
     ])
-    return body
 
 
 def write_project_section(report: dict[str, Any], path: Path) -> None:
