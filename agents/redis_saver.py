@@ -297,30 +297,29 @@ _READ: ContextVar[dict[tuple[str, str, str], Sequence[Any]] | None] = ContextVar
     "checkpoint_read_before", default=None)
 
 
-# In this process: the messages of checkpoints lately saved or read ((thread, ns, id) ->
-# digests), so that a checkpoint stores only the messages its parent did not hold.
-_HELD: OrderedDict[tuple[str, str, str], frozenset[bytes]] = OrderedDict()
-HELD_SIZE = 4096
+class Recent(OrderedDict):
+    """The ``size`` entries last kept."""
+
+    def __init__(self, size: int = 4096):
+        super().__init__()
+        self.size = size
+
+    def keep(self, key: Any, value: Any) -> Any:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
 
 
-def _hold(where: tuple[str, str, str], digests: frozenset[bytes]) -> None:
-    _HELD[where] = digests
-    _HELD.move_to_end(where)
-    while len(_HELD) > HELD_SIZE:
-        _HELD.popitem(last=False)
-
-
-# Chunks of message lists this process wrote or read (digest -> content; content-addressed,
-# so never stale).
-_CHUNKS: OrderedDict[bytes, bytes] = OrderedDict()
-
-
-def _keep_chunk(digest: bytes, content: bytes) -> bytes:
-    _CHUNKS[digest] = content
-    _CHUNKS.move_to_end(digest)
-    while len(_CHUNKS) > HELD_SIZE:
-        _CHUNKS.popitem(last=False)
-    return content
+# In this process: what checkpoints lately saved or read hold ((thread, ns, id) -> digests
+# of their messages and chunks), so that a checkpoint stores only what its parent did not;
+# and chunks and messages lately stored or read (digest -> stored bytes: content-addressed,
+# so never stale), so that a read asks Redis only for the others (a thread's next run on
+# the replica of its last one: none).
+_HELD = Recent()
+_CHUNKS = Recent()
+_MESSAGES = Recent(16384)
 
 
 def held_by(stored: Stored, lists: dict[str, list[bytes]]) -> frozenset[bytes]:
@@ -411,7 +410,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
                                   checkpoint_field(thread_id, ns, checkpoint_id),
                                   ormsgpack.packb([*record, lists] if lists else record),
                                   checkpoint_field(thread_id, ns, LATEST), checkpoint_id])
-        _hold((thread_id, ns, checkpoint_id), holds)
+        _HELD.keep((thread_id, ns, checkpoint_id), holds)
         if (known := _LATEST.get()) is not None:
             known[(thread_id, ns)] = checkpoint_id
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
@@ -431,23 +430,24 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             return checkpoint, {}, [], frozenset()
         stored, fields, refs = set(parent or ()), [], {}
 
-        def store(digest: bytes, value: Callable[[], bytes]) -> bytes:
+        def store(digest: bytes, value: Callable[[], bytes], recent: Recent) -> bytes:
             if digest not in stored:
                 stored.add(digest)
-                fields.extend((message_field(thread_id, digest.hex()), value()))
+                fields.extend((message_field(thread_id, digest.hex()),
+                               recent.keep(digest, value())))
             return digest
 
         for channel, messages in lists.items():
             digests = []
             for message in messages:
                 digest, type_, data = self._message(message)
-                digests.append(store(digest, lambda t=type_, d=data: ormsgpack.packb([t, d])))
+                digests.append(store(digest, lambda t=type_, d=data: ormsgpack.packb([t, d]),
+                                     _MESSAGES))
             full = len(digests) - len(digests) % CHUNK
             chunks = []
             for start in range(0, full, CHUNK):
                 content = b"".join(digests[start:start + CHUNK])
-                chunks.append(store(chunk_digest(content), lambda c=content: c))
-                _keep_chunk(chunks[-1], content)
+                chunks.append(store(chunk_digest(content), lambda c=content: c, _CHUNKS))
             refs[channel] = [b"".join(chunks), b"".join(digests[full:])]
         rest = {channel: value for channel, value in values.items() if channel not in lists}
         return {**checkpoint, "channel_values": rest}, refs, fields, frozenset(stored)
@@ -560,7 +560,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         (lists,) = await self._expand(thread_id, [stored])
         found = self._tuple(stored, writes, lists,
                             await self._read_messages(thread_id, [stored], [lists]))
-        _hold((thread_id, ns, checkpoint_id), held_by(stored, lists))
+        _HELD.keep((thread_id, ns, checkpoint_id), held_by(stored, lists))
         return found
 
     @staticmethod
@@ -674,7 +674,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             for (chunk, owner), raw in zip(missing.items(), raws, strict=True):
                 if raw is None:
                     raise LookupError(f"chunk {chunk.hex()} of thread {owner!r} is not stored")
-                known[chunk] = _keep_chunk(chunk, raw)
+                known[chunk] = _CHUNKS.keep(chunk, raw)
         return [{channel: [d for chunk in chunks for d in split_digests(known[chunk])] + tail
                  for channel, (chunks, tail) in stored.parts().items()} for stored in found]
 
@@ -682,20 +682,22 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
                              lists: list[dict[str, list[bytes]]]
                              ) -> dict[tuple[str, bytes], BaseMessage]:
         """The messages that ``found`` (checkpoints of ``thread_id`` or its sub-threads)
-        name (``lists``: as ``_expand`` gave them), each read and decoded once: (owner,
-        digest) -> message."""
+        name (``lists``: as ``_expand`` gave them), each read (unless this process knows
+        it) and decoded once: (owner, digest) -> message."""
         wanted = list(dict.fromkeys((s.thread_id, d) for s, its in zip(found, lists, strict=True)
                                     for digests in its.values() for d in digests))
-        if not wanted:
-            return {}
-        raws = await self._redis.hmget(checkpoints_key(thread_id),
-                                       [message_field(owner, d.hex()) for owner, d in wanted])
-        messages = {}
-        for (owner, digest), raw in zip(wanted, raws, strict=True):
-            if raw is None:
-                raise LookupError(f"message {digest.hex()} of thread {owner!r} is not stored")
-            messages[(owner, digest)] = self.serde.loads_typed(tuple(ormsgpack.unpackb(raw)))
-        return messages
+        raw = {digest: _MESSAGES.get(digest) for _, digest in wanted}
+        missing = [(owner, digest) for owner, digest in wanted if raw[digest] is None]
+        if missing:
+            replies = await self._redis.hmget(checkpoints_key(thread_id), [
+                message_field(owner, digest.hex()) for owner, digest in missing])
+            for (owner, digest), reply in zip(missing, replies, strict=True):
+                if reply is None:
+                    raise LookupError(f"message {digest.hex()} of thread {owner!r} is not "
+                                      "stored")
+                raw[digest] = _MESSAGES.keep(digest, reply)
+        return {(owner, digest): self.serde.loads_typed(tuple(ormsgpack.unpackb(raw[digest])))
+                for owner, digest in wanted}
 
     def _tuple(self, stored: Stored, writes: dict[Any, bytes | None],
                lists: dict[str, list[bytes]],

@@ -167,7 +167,7 @@ async def test_history_lists_a_checkpoint_per_step_through_the_api(settings: Set
 async def test_a_long_list_is_named_by_its_chunks_and_read_back_by_another_process(
         redis_client):
     """Past ``CHUNK`` messages a checkpoint names a chunk of 32 digests, stored once, and
-    the messages after it; a process that never saw the chunk reads it from Redis."""
+    the messages after it; a process that never saw the chunk and messages reads them."""
     saver = LeanRedisSaver(redis_client)
     thread_id = f"chunks-{uuid.uuid4().hex[:8]}"
     config = {"configurable": {"thread_id": thread_id}}
@@ -179,7 +179,16 @@ async def test_a_long_list_is_named_by_its_chunks_and_read_back_by_another_proce
     (stored,) = await saver.load(thread_id, [Stored(thread_id, "", latest)])
     chunks, tail = stored.parts()["messages"]
     assert (len(chunks), len(tail)) == (1, 40 - CHUNK)
-    redis_saver._CHUNKS.clear()  # as in a process that never wrote nor read it
+
+    async def hmgets() -> int:
+        stats = await redis_client.info("commandstats")
+        return stats.get("cmdstat_hmget", {}).get("calls", 0)
+
+    before = await hmgets()
+    await saver.aget_tuple(config)
+    assert await hmgets() == before  # this process stored them: nothing to read
+    redis_saver._CHUNKS.clear()  # as in a process that never wrote nor read them
+    redis_saver._MESSAGES.clear()
     state = (await saver.aget_tuple(config)).checkpoint["channel_values"]
     assert [m.text for m in state["messages"]][::2] == [f"q{n}" for n in range(20)]
     history = [t async for t in saver.alist(config)]
