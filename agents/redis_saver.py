@@ -22,8 +22,8 @@ is not stored in each checkpoint: each message is stored once, under the digest 
 serialised bytes, when the first checkpoint holding it is saved, and a checkpoint names
 each such list: the digests of its full chunks of ``CHUNK`` messages (each chunk stored
 once too) and of the messages after them, 8 bytes each, so a checkpoint's size does not
-grow with the conversation. Reading one takes one ``HMGET`` more (its messages, and its
-chunks unless this process knows them: one more). So every checkpoint of a thread can be
+grow with the conversation. Reading one takes up to two ``HMGET`` more (its chunks, then
+its messages), for those this process did not store or read lately. So every checkpoint of a thread can be
 kept at a cost linear in its turns (``BENCHMARKS.md``, "Redis bytes per thread, every
 checkpoint kept"), where a checkpoint holding the whole conversation made it quadratic.
 Other channels, and lists of anything else, are stored in the checkpoint as before. A
