@@ -35,6 +35,7 @@ from agents.settings import PROJECT_ROOT, Settings
 from serve_app.__main__ import parse_args
 from serve_app.deployments.graph import graph_pool, route_graphs
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS
+from serve_app.resources.api_errors import ApiError
 from serve_app.resources.schemas import RunCreate
 from serve_app.resources.service import AgentService
 from serve_app.resources.service_context import ServiceContext
@@ -151,7 +152,7 @@ def test_a_dependency_pip_cannot_install_stops_with_pips_reason(tmp_path):
 
 
 @pytest.fixture
-async def project_replicas(settings: Settings, monkeypatch):
+async def project_parts(settings: Settings, monkeypatch):
     """An ingress and one replica per graph of the ``slow_agent`` project, in this process
     (no Ray), as ``deployments.supervisor`` and ``deployments.graph`` build them: the
     ingress holds the graphs for reads and routes their runs to their graphs' pools."""
@@ -171,10 +172,15 @@ async def project_replicas(settings: Settings, monkeypatch):
     for replica in replicas.values():
         replica.executor.start()
     ingress.executor.start()
-    yield ingress
+    yield ingress, replicas
     for part in (ingress, *replicas.values()):
         await part.aclose()
     await redis.aclose()
+
+
+@pytest.fixture
+def project_replicas(project_parts):
+    return project_parts[0]
 
 
 async def test_a_graphs_runs_go_to_its_own_replicas_and_pool(project_replicas):
@@ -194,6 +200,26 @@ async def test_a_graphs_runs_go_to_its_own_replicas_and_pool(project_replicas):
     await ingress.runs.cancel(tid, third["run_id"], wait=True, action="interrupt")
     assert (await ingress.records.get_run(tid, third["run_id"]))["status"] == "interrupted"
     assert (await ingress.records.get_thread(tid))["status"] != "busy"
+
+
+async def test_a_graph_is_admitted_on_its_own_pools_load(project_parts):
+    """A graph whose replicas take nothing (stopped) fills its own pool: its next run is
+    refused (503 + Retry-After) while another graph's, and the ingress's, are admitted."""
+    ingress, replicas = project_parts
+    await replicas["slow"].aclose()  # the slow graph's only replica: its queue waits
+    ingress.retune(max_queued_runs=1)
+    first, _ = await ingress.records.create_thread(None, {})
+    await ingress.runs.create(first["thread_id"],
+                              RunCreate(assistant_id="slow", input={"steps": []}))
+    second, _ = await ingress.records.create_thread(None, {})
+    with pytest.raises(ApiError) as refused:
+        await ingress.runs.create(second["thread_id"],
+                                  RunCreate(assistant_id="slow", input={"steps": []}))
+    assert refused.value.status == 503 and "Retry-After" in refused.value.headers
+    other = await ingress.runs.create(second["thread_id"],
+                                      RunCreate(assistant_id="boom", input={"steps": []}))
+    assert (await ingress.streams.wait_for_end(second["thread_id"], other["run_id"])
+            )["status"] == "error"  # boom's replica ran it: its node raises
 
 
 def test_a_serve_yaml_given_to_config_is_the_serve_config_with_a_note(capsys):

@@ -92,7 +92,7 @@ class RunRoad:
         self.limits.check_message_sizes(body.input, body.command and body.command.update)
         ask, where = await self.authorize(ask)
         if not ask.admitted:  # past capacity: refused in milliseconds, before any read
-            await self.service.runs.admit(body.resumes)
+            await self.service.runs.admit(body.resumes, body.assistant_id)
         if body.webhook is not None:  # 422 if it may not receive webhooks
             await check_destination(body.webhook, self.outbox.settings)
         ask = self.as_user(ask)

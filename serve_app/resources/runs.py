@@ -116,10 +116,11 @@ class RunsService:
         self.threads = threads
         self.streams = streams
 
-    async def admit(self, resume: bool = False) -> None:
-        """Refuse a new run at once (503, ``Retry-After``) past capacity
-        (``serve_app.runs.admission``; ``resume``: it resumes an interrupted thread)."""
-        refusal = await self.ctx.admission.check(self.ctx.settings, resume)
+    async def admit(self, resume: bool = False, graph_id: str | None = None) -> None:
+        """Refuse a new run at once (503, ``Retry-After``) past capacity of the pool that
+        runs ``graph_id`` (``serve_app.runs.admission``; ``resume``: it resumes an
+        interrupted thread)."""
+        refusal = await self.ctx.admission_for(graph_id).check(self.ctx.settings, resume)
         if refusal is not None:
             raise ApiError(503, refusal.detail,
                            headers={"Retry-After": str(refusal.retry_after_s)})
@@ -127,7 +128,7 @@ class RunsService:
     async def create(self, thread_id: str | None, body: RunCreate,
                      extra_modes: list[str] | None = None) -> dict[str, Any]:
         """A run asked from inside the process (no user): admitted, then ``record``."""
-        await self.admit(body.resumes)
+        await self.admit(body.resumes, body.assistant_id)
         return await self.record(thread_id, body, extra_modes)
 
     async def record(self, thread_id: str | None, body: RunCreate,

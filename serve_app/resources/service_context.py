@@ -37,6 +37,17 @@ class ServiceContext:
         self.feed = EventFeed(redis)
         self.admission = Admission(self.executor.pool, self.metrics, self.executor.idle_for,
                                    self.executor.slots_full)
+        self._graph_admissions: dict[str, Admission] = {}
+
+    def admission_for(self, graph_id: str | None) -> Admission:
+        """Who judges a new run of ``graph_id``: its own pool's load when a deployment of its
+        own runs it (a project graph), else this replica's pool, slots included."""
+        pool = self.executor.context.pool_of(graph_id)
+        if pool is self.executor.pool:
+            return self.admission
+        if graph_id not in self._graph_admissions:
+            self._graph_admissions[graph_id] = Admission(pool, self.metrics)
+        return self._graph_admissions[graph_id]
 
     def retune(self, **limits: Any) -> ApiSettings:
         """Admission limits (``api.*`` fields) over the replica's own settings, live; no
