@@ -10,11 +10,11 @@ process (at 50 concurrent threads the saver's own ``from_conn_string`` pool rais
 from __future__ import annotations
 
 import redis
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Connection, ConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents.errors import RedisUnavailableError
@@ -83,6 +83,39 @@ def sync_client(client: AnyRedis) -> redis.Redis | redis.RedisCluster:
     if "path" in kwargs:
         return redis.Redis(unix_socket_path=kwargs.pop("path"), **kwargs)
     return redis.Redis(**kwargs)
+
+
+class _SlotMasterConnection(Connection):
+    """A connection to whichever master holds ``slot_key``'s slot when it connects. A
+    reconnect follows from an error (the master died, or answers ``MOVED`` as a replica
+    after a failover): it asks the cluster client for its slot map again first (redis-py
+    runs at most one refresh at a time, and none sooner than its minimum interval)."""
+
+    def __init__(self, *, cluster: RedisCluster, slot_key: str, **kwargs):
+        super().__init__(**kwargs)
+        self._cluster, self._slot_key, self._first = cluster, slot_key, True
+
+    async def _connect(self) -> None:
+        if not self._first:  # a reconnect, or another try after a failed connect
+            self._cluster._request_refresh()  # redis-py 8's; its own errors call it too
+        self._first = False
+        await self._cluster.initialize()
+        node = self._cluster.get_node_from_key(self._slot_key)
+        self.host, self.port = node.host, node.port
+        await super()._connect()
+
+
+def slot_master_client(cluster: RedisCluster, slot_key: str) -> Redis:
+    """A client of the one master that holds ``slot_key``'s slot (what RediSearch needs on
+    a cluster: ``agents.slots``) that follows the slot to the replica promoted in a
+    failover, where a client of a fixed node would fail until the process restarts."""
+    kwargs = {k: v for k, v in cluster.get_connection_kwargs().items()
+              if k in ("username", "password", "socket_timeout", "socket_connect_timeout")}
+    pool = ConnectionPool(connection_class=_SlotMasterConnection, cluster=cluster,
+                          slot_key=slot_key, retry=cluster.retry,
+                          retry_on_error=[RedisConnectionError, RedisTimeoutError, MovedError],
+                          **kwargs)
+    return Redis(connection_pool=pool)
 
 
 def _cluster_kwargs(kwargs: dict) -> dict:

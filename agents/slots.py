@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 
+from agents.checkpoint import slot_master_client
 from agents.keys import shard_tag
 
 
@@ -56,10 +57,8 @@ def every_shard(client: Redis | RedisCluster) -> list[Shard]:
 
 def _shard(client: RedisCluster, node: ClusterNode) -> Shard:
     known = _shards.setdefault(client, {})
-    if node.name not in known:
-        kwargs = {k: v for k, v in client.get_connection_kwargs().items()
-                  if k in ("username", "password", "socket_timeout", "socket_connect_timeout")}
+    if node.name not in known:  # a client that follows the tag's slot through a failover
         tag = next(tag for tag in (shard_tag(i) for i in itertools.count())
                    if client.get_node_from_key(tag).name == node.name)
-        known[node.name] = Shard(Redis(host=node.host, port=node.port, **kwargs), tag)
+        known[node.name] = Shard(slot_master_client(client, tag), tag)
     return known[node.name]

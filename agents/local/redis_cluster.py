@@ -37,7 +37,9 @@ class EmbeddedRedisCluster:
                  # a replica may take over whatever its master's last contact (tests kill
                  # masters); a shard without a live node makes only its own slots fail
                  "--cluster-replica-validity-factor", "0",
-                 "--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0")
+                 "--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0",
+                 # DEBUG SLEEP from loopback: how tests stall a node (tests/test_redis_faults.py)
+                 "--enable-debug-command", "local")
         # the bus port is set, not the default port + 10000 (past 65535 for a high port)
         ports = self._ports(host, shards * (1 + replicas))
         self.bus_ports = [bus for _, bus in ports]
