@@ -21,7 +21,7 @@ import time
 
 import redis
 
-from serve_app.runs.leases import RENEW, evalsha_in
+from serve_app.runs.leases import RENEW, RENEW_RUNS, THREAD_LEASE_FACTOR, evalsha_in
 from serve_app.runs.run_pool import RunPool, now_ms
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew = client.register_script(RENEW)
+        self._renew_runs = client.register_script(RENEW_RUNS)
 
     # called from the event loop
     def alive(self) -> None:
@@ -88,26 +89,27 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Renew every held lease and the replica's own in one pipeline (one round trip;
-        a cluster's, one per master). The thread leases' renewals are ``EVALSHA`` in it,
-        not script objects, which redis-py would check with a ``SCRIPT EXISTS`` round
-        trip each beat (and a cluster pipeline refuses); a Redis that lost its scripts has
-        the renewal loaded and run again."""
+        a cluster's, one per master). The renewals are ``EVALSHA`` in it, not script
+        objects, which redis-py would check with a ``SCRIPT EXISTS`` round trip each beat
+        (and a cluster pipeline refuses); a Redis that lost its scripts has each loaded and
+        run again. Run leases are renewed by Redis's clock (``leases.RENEW_RUNS``)."""
         with self._lock:
             held = dict(self._held)
-        expiry = now_ms() + self.pool.lease_ms
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.pool.replicas, {self.replica_id: expiry})
+        pipe.zadd(self.pool.replicas, {self.replica_id: now_ms() + self.pool.lease_ms})
         pipe.zremrangebyscore(self.pool.replicas, 0, now_ms() - 60_000)
+        scripted = [(self._renew, [key], [token, self.pool.lease_ms * THREAD_LEASE_FACTOR])
+                    for _, key, token in held.values() if token]
         if held:
-            pipe.zadd(self.pool.running, dict.fromkeys(held, expiry), xx=True)
-        leases = [(key, token) for _, key, token in held.values() if token]
-        for key, token in leases:
-            evalsha_in(pipe, self._renew.sha, [key], token, self.pool.lease_ms)
+            scripted.append((self._renew_runs, [self.pool.running],
+                             [self.pool.lease_ms, *held]))
+        for script, keys, args in scripted:
+            evalsha_in(pipe, script.sha, keys, *args)
         replies = pipe.execute(raise_on_error=False)
-        renewals = replies[len(replies) - len(leases):]
-        for (key, token), reply in zip(leases, renewals, strict=True):
+        for (script, keys, args), reply in zip(scripted, replies[len(replies) - len(scripted):],
+                                               strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
-                self._renew(keys=[key], args=[token, self.pool.lease_ms])
+                script(keys=keys, args=args)
         failed = [r for r in replies if isinstance(r, Exception)
                   and not isinstance(r, redis.exceptions.NoScriptError)]
         if failed:

@@ -7,6 +7,13 @@ thread's own keys, one hash slot).
   counter): at most one active run per thread across all replicas, runs in order.
 - Only a holder of the current token may renew or release the lease; leaving the queue
   names the next head, which the caller hands to the run pool.
+
+A Redis that stalls (``CLIENT PAUSE WRITE``, ``DEBUG SLEEP``, a slow fsync) holds every
+renewal back meanwhile, so no lease may be judged by a time the stall includes: the thread
+lease lives ``THREAD_LEASE_FACTOR`` leases (a dead replica's runs are found by their run
+leases, the pool's ``running``, never by this expiry), and run leases are renewed and
+forfeited by Redis's own clock when the command runs (``RENEW_RUNS``, ``FORFEIT``), so a
+renewal held back by a stall still lands before a forfeit sent during it.
 """
 
 from __future__ import annotations
@@ -71,6 +78,29 @@ local head = redis.call('zrange', KEYS[2], 0, 0)[1]
 return {1, head or ''}
 """
 
+# Redis's clock (ms) when the script runs, not when its caller sent it.
+_NOW = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS[1]: a pool's ``running``; ARGV[1]: the lease (ms), then the runs still held.
+RENEW_RUNS = _NOW + """
+for i = 2, #ARGV do redis.call('zadd', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+return 1
+"""
+
+# Take an expired run away from its owner, if it is still expired when this runs.
+FORFEIT = _NOW + """
+local expiry = redis.call('zscore', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) > now then return 0 end
+return redis.call('zrem', KEYS[1], ARGV[1])
+"""
+
+# The thread lease outlives a stall that the sockets wait out (``redis.socket_timeout_s``,
+# 5 s, past the 3 s run lease): a stall delays its renewals without fencing a live run out.
+THREAD_LEASE_FACTOR = 3
+
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
 return 1
@@ -80,7 +110,7 @@ return 1
 class Leases:
     def __init__(self, redis: Redis, ttl_s: float):
         self.redis = redis
-        self.ttl_ms = int(ttl_s * 1000)
+        self.ttl_ms = int(ttl_s * 1000 * THREAD_LEASE_FACTOR)
         self._join = redis.register_script(_JOIN)
         self._acquire = redis.register_script(_ACQUIRE)
         self._leave = redis.register_script(_LEAVE)

@@ -32,6 +32,7 @@ from serve_app.keys import (
     running_key,
     started_key,
 )
+from serve_app.runs.leases import FORFEIT
 
 
 def now_ms() -> int:
@@ -144,8 +145,10 @@ class RunPool:
             pipe.zrem(self.delayed, ref)
 
     async def forfeit(self, ref: str) -> bool:
-        """Take an expired run away from its owner; only one sweeper wins."""
-        return bool(await self.redis.zrem(self.running, ref))
+        """Take an expired run away from its owner, if still expired by Redis's clock when
+        it runs (``leases.FORFEIT``: a Redis stall held its renewals back); only one
+        sweeper wins."""
+        return bool(await self.redis.eval(FORFEIT, 1, self.running, ref))
 
     async def orphans(self, older_than_s: float) -> list[str]:
         """Pending runs older than ``older_than_s`` that are neither ready nor running but
