@@ -23,9 +23,10 @@ serialised bytes, when the first checkpoint holding it is saved, and a checkpoin
 each such list: the digests of its full chunks of ``CHUNK`` messages (each chunk stored
 once too) and of the messages after them, 8 bytes each, so a checkpoint's size does not
 grow with the conversation. Reading one takes up to two ``HMGET`` more (its chunks, then
-its messages), for those this process did not store or read lately. So every checkpoint of a thread can be
-kept at a cost linear in its turns (``BENCHMARKS.md``, "Redis bytes per thread, every
-checkpoint kept"), where a checkpoint holding the whole conversation made it quadratic.
+its messages), for those this process did not store or read lately. So every checkpoint
+of a thread can be kept at a cost linear in its turns (``BENCHMARKS.md``, "Redis bytes per
+thread, every checkpoint kept"), where a checkpoint holding the whole conversation made it
+quadratic.
 Other channels, and lists of anything else, are stored in the checkpoint as before. A
 message or chunk no kept checkpoint names goes with the checkpoints deleted (``delete``,
 ``unused_messages``).
@@ -317,16 +318,15 @@ class Recent(OrderedDict):
 # and chunks and messages lately stored or read (digest -> stored bytes: content-addressed,
 # so never stale), so that a read asks Redis only for the others (a thread's next run on
 # the replica of its last one: none).
-_HELD = Recent()
+_HELD = Recent(1024)
 _CHUNKS = Recent()
 _MESSAGES = Recent(16384)
 
 
-def held_by(stored: Stored, lists: dict[str, list[bytes]]) -> frozenset[bytes]:
-    """The digests of the chunks and messages a checkpoint names (``lists``: its lists as
-    ``_expand`` gives them)."""
-    return frozenset({*(c for chunks, _ in stored.parts().values() for c in chunks),
-                      *(d for digests in lists.values() for d in digests)})
+def held_by(stored: Stored) -> frozenset[bytes]:
+    """What a checkpoint names itself: its chunks and the messages after them (a chunk
+    stands for its messages: a few dozen digests for a long conversation)."""
+    return frozenset(d for chunks, tail in stored.parts().values() for d in (*chunks, *tail))
 
 
 def _forget_latest() -> None:
@@ -421,36 +421,41 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         """The checkpoint without its message lists; the lists as references (channel ->
         [digests of its full chunks, digests of the messages after them], 8 bytes each:
         constant in a list's length but for one in ``CHUNK`` messages); the fields to store
-        (messages and chunks the parent checkpoint did not hold; ``parent``: what it held,
-        if this process saved or read it; without, they are stored again: the same bytes
-        under the same fields); and what this checkpoint holds."""
+        (messages and chunks the parent checkpoint did not hold; ``parent``: its
+        ``held_by``, if this process saved or read it; without, they are stored again: the
+        same bytes under the same fields); and this checkpoint's ``held_by``."""
         values = checkpoint.get("channel_values") or {}
         lists = {channel: value for channel, value in values.items() if is_message_list(value)}
         if not lists:
             return checkpoint, {}, [], frozenset()
-        stored, fields, refs = set(parent or ()), [], {}
+        known, fields, refs, holds = set(parent or ()), [], {}, set()
 
-        def store(digest: bytes, value: Callable[[], bytes], recent: Recent) -> bytes:
-            if digest not in stored:
-                stored.add(digest)
+        def store(digest: bytes, value: Callable[[], bytes], recent: Recent) -> None:
+            if digest not in known:
+                known.add(digest)
                 fields.extend((message_field(thread_id, digest.hex()),
                                recent.keep(digest, value())))
-            return digest
 
         for channel, messages in lists.items():
-            digests = []
-            for message in messages:
-                digest, type_, data = self._message(message)
-                digests.append(store(digest, lambda t=type_, d=data: ormsgpack.packb([t, d]),
-                                     _MESSAGES))
-            full = len(digests) - len(digests) % CHUNK
+            typed = [self._message(message) for message in messages]
+            full = len(typed) - len(typed) % CHUNK
             chunks = []
-            for start in range(0, full, CHUNK):
-                content = b"".join(digests[start:start + CHUNK])
-                chunks.append(store(chunk_digest(content), lambda c=content: c, _CHUNKS))
-            refs[channel] = [b"".join(chunks), b"".join(digests[full:])]
+            for start in range(0, len(typed), CHUNK):
+                group = typed[start:start + CHUNK]
+                content = b"".join(digest for digest, _, _ in group)
+                chunk = chunk_digest(content) if start < full else None
+                if chunk not in known:  # a chunk held: so are its messages
+                    for digest, type_, data in group:
+                        store(digest, lambda t=type_, d=data: ormsgpack.packb([t, d]),
+                              _MESSAGES)
+                if chunk is not None:
+                    store(chunk, lambda c=content: c, _CHUNKS)
+                    chunks.append(chunk)
+            tail = [digest for digest, _, _ in typed[full:]]
+            refs[channel] = [b"".join(chunks), b"".join(tail)]
+            holds.update(chunks, tail)
         rest = {channel: value for channel, value in values.items() if channel not in lists}
-        return {**checkpoint, "channel_values": rest}, refs, fields, frozenset(stored)
+        return {**checkpoint, "channel_values": rest}, refs, fields, frozenset(holds)
 
     def _message(self, message: BaseMessage) -> tuple[bytes, str, bytes]:
         """A message's digest and stored form, computed once per message object."""
@@ -560,7 +565,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         (lists,) = await self._expand(thread_id, [stored])
         found = self._tuple(stored, writes, lists,
                             await self._read_messages(thread_id, [stored], [lists]))
-        _HELD.keep((thread_id, ns, checkpoint_id), held_by(stored, lists))
+        _HELD.keep((thread_id, ns, checkpoint_id), held_by(stored))
         return found
 
     @staticmethod
@@ -783,7 +788,7 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         stored = await self.load(thread_id, kept)
         used = {message_field(s.thread_id, d.hex())
                 for s, lists in zip(stored, await self._expand(thread_id, stored), strict=True)
-                for d in held_by(s, lists)}
+                for d in (*held_by(s), *(d for digests in lists.values() for d in digests))}
         return [name for name in map(_text, names) if name.startswith(MESSAGE)
                 and name not in used and parse_message_field(thread_id, name)[0] in owners]
 
