@@ -23,7 +23,7 @@ from serve_app.resources.approvals import RecordedApprovals
 from serve_app.resources.service import AgentService
 
 FIRST = {"test_multinode.py"}  # its own Ray driver: before the session cluster's (one a process)
-LAST = {"test_serving_faults.py"}  # they kill replicas and Redis
+LAST = {"test_serving_faults.py", "test_redis_faults.py"}  # they kill replicas and Redis
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
