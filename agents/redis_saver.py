@@ -162,6 +162,8 @@ def is_message_list(value: Any) -> bool:
 
 DIGEST = 8  # bytes of a message's digest: unique within a thread's messages
 CHUNK = 32  # a message list's digests, this many at a time, are stored once as a chunk
+HSET_FIELDS = 1000  # fields per HSET (and HDEL) of a write: a Lua script (fencing) unpacks
+# a command's words onto its stack, which holds ~8,000
 
 
 def split_digests(blob: bytes) -> list[bytes]:
@@ -496,8 +498,12 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
             await self._hset(config, held.fields)
 
     async def _hset(self, config: RunnableConfig, fields: list[Any]) -> None:
+        """``fields`` (name, value, ...) in one write, as ``HSET``s of at most ``HSET_FIELDS``
+        fields (a checkpoint whose parent this process does not know stores every message
+        again, and a Lua script unpacks a command's words onto its stack)."""
         key = checkpoints_key(config["configurable"]["thread_id"])
-        commands: list[Command] = [("HSET", key, *fields)]
+        commands: list[Command] = [("HSET", key, *fields[start:start + 2 * HSET_FIELDS])
+                                   for start in range(0, len(fields), 2 * HSET_FIELDS)]
         if self.ttl_minutes is not None:
             commands.append(("EXPIRE", key, int(self.ttl_minutes * 60)))
         await self._write(config, commands)
@@ -769,7 +775,8 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
         fields = [name for ref in doomed for name in ref.fields()]
         fields += [checkpoint_field(t, ns, LATEST) for t, ns in pointers]
         fields += messages
-        return [("HDEL", checkpoints_key(thread_id), *fields)] if fields else []
+        return [("HDEL", checkpoints_key(thread_id), *fields[start:start + HSET_FIELDS])
+                for start in range(0, len(fields), HSET_FIELDS)]
 
     async def unused_messages(self, thread_id: str, doomed: Sequence[CheckpointRef],
                               names: Sequence[str | bytes] | None = None) -> list[str]:

@@ -19,7 +19,10 @@ from agents import redis_saver
 from agents.keys import MESSAGE, checkpoints_key
 from agents.redis_saver import CHUNK, LeanRedisSaver, Stored
 from agents.settings import Settings
+from serve_app.runs.fencing import FENCE, FencedRedisSaver
+from serve_app.runs.leases import Leases
 from tests.test_checkpoint import chat_graph
+from tests.test_fencing import holder
 from tests.test_platform_api import sdk_over
 
 
@@ -198,3 +201,24 @@ async def test_a_long_list_is_named_by_its_chunks_and_read_back_by_another_proce
     history = [t async for t in saver.alist(config)]
     assert [len(t.checkpoint["channel_values"].get("messages", [])) for t in history[:4]] \
         == [40, 40, 39, 38]
+
+
+async def test_a_fenced_write_of_thousands_of_new_messages_is_one_call(redis_client):
+    """A checkpoint whose messages are all new (here 5,000 at once) goes, fenced, in one
+    Lua call of several ``HSET``s (one would pass Lua's stack); so does their deletion."""
+    leases = Leases(redis_client, ttl_s=30)
+    saver = FencedRedisSaver(redis_client)
+    thread_id = f"many-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread_id,
+                               FENCE: await holder(leases, thread_id)}}
+    many = [HumanMessage(f"line {n}", id=f"m{n}") for n in range(5000)]
+    await chat_graph(saver).ainvoke({"messages": many, "steps": 0}, config)
+    state = (await saver.aget_tuple(config)).checkpoint["channel_values"]
+    assert len(state["messages"]) == 5001 and state["messages"][4999].text == "line 4999"
+
+    refs = await saver.refs(thread_id)  # and all of it deleted, fenced, in one call
+    doomed = saver.deletion(thread_id, refs, {(thread_id, "")},
+                            await saver.unused_messages(thread_id, refs))
+    assert len(doomed) > 1
+    await saver._write(config, doomed)
+    assert await redis_client.hlen(checkpoints_key(thread_id)) == 0
