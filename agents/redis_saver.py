@@ -707,8 +707,14 @@ class LeanRedisSaver(BaseCheckpointSaver[str]):
                     raise LookupError(f"message {digest.hex()} of thread {owner!r} is not "
                                       "stored")
                 raw[digest] = _MESSAGES.keep(digest, reply)
-        return {(owner, digest): self.serde.loads_typed(tuple(ormsgpack.unpackb(raw[digest])))
-                for owner, digest in wanted}
+        messages = {}
+        for owner, digest in wanted:
+            type_, data = ormsgpack.unpackb(raw[digest])
+            message = messages[(owner, digest)] = self.serde.loads_typed((type_, data))
+            # known stored: the run's next checkpoint need not serialise it again
+            once_per_message(self._messages, message, lambda d=digest, t=type_, b=data:
+                             (d, t, b))
+        return messages
 
     def _tuple(self, stored: Stored, writes: dict[Any, bytes | None],
                lists: dict[str, list[bytes]],
