@@ -26,10 +26,9 @@ grow with the conversation. Reading one takes up to two ``HMGET`` more (its chun
 its messages), for those this process did not store or read lately. So every checkpoint
 of a thread can be kept at a cost linear in its turns (``BENCHMARKS.md``, "Redis bytes per
 thread, every checkpoint kept"), where a checkpoint holding the whole conversation made it
-quadratic.
-Other channels, and lists of anything else, are stored in the checkpoint as before. A
-message or chunk no kept checkpoint names goes with the checkpoints deleted (``delete``,
-``unused_messages``).
+quadratic. Other channels, and lists of anything else, are stored in the checkpoint as
+before. A message or chunk no kept checkpoint names goes with the checkpoints deleted
+(``delete``, ``unused_messages``).
 
 A step is one ``HSET`` (a copy: no parsing, no index): inside a run (``holding_writes``) a
 task's writes wait for the next checkpoint saved in their namespace and go in its ``HSET``
@@ -301,22 +300,30 @@ _READ: ContextVar[dict[tuple[str, str, str], Sequence[Any]] | None] = ContextVar
 
 
 class Recent(OrderedDict):
-    """The ``size`` entries last kept."""
+    """The ``size`` entries last kept; changed under a lock (a process may run graphs on
+    event loops of several threads)."""
 
     def __init__(self, size: int = 4096):
         super().__init__()
         self.size = size
+        self._lock = threading.Lock()
 
     def keep(self, key: Any, value: Any) -> Any:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
+        with self._lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.size:
+                self.popitem(last=False)
         return value
 
+    def drop(self, doomed: Callable[[Any], bool]) -> None:
+        with self._lock:
+            for key in [key for key in self if doomed(key)]:
+                del self[key]
 
-# In this process: what checkpoints lately saved or read hold ((thread, ns, id) -> digests
-# of their messages and chunks), so that a checkpoint stores only what its parent did not;
+
+# In this process: what checkpoints lately saved or read hold ((thread, ns, id) -> their
+# ``held_by``), so that a checkpoint stores only what its parent did not;
 # and chunks and messages lately stored or read (digest -> stored bytes: content-addressed,
 # so never stale), so that a read asks Redis only for the others (a thread's next run on
 # the replica of its last one: none).
@@ -345,8 +352,7 @@ def _forget_held(doomed: Iterable[CheckpointRef] = (), thread_id: str | None = N
         _HELD.pop((ref.thread_id, ref.ns, ref.checkpoint_id), None)
     if thread_id is not None:
         root = thread_id.partition("/")[0]
-        for where in [w for w in _HELD if w[0].partition("/")[0] == root]:
-            del _HELD[where]
+        _HELD.drop(lambda where: where[0].partition("/")[0] == root)
 
 
 class LeanRedisSaver(BaseCheckpointSaver[str]):
