@@ -316,10 +316,12 @@ class Recent(OrderedDict):
                 self.popitem(last=False)
         return value
 
-    def drop(self, doomed: Callable[[Any], bool]) -> None:
+    def forget(self, keys: Iterable[Any] = (), where: Callable[[Any], bool] | None = None
+               ) -> None:
+        """Drop ``keys``, and every key ``where`` accepts."""
         with self._lock:
-            for key in [key for key in self if doomed(key)]:
-                del self[key]
+            for key in [*keys, *(key for key in self if where and where(key))]:
+                self.pop(key, None)
 
 
 # In this process: what checkpoints lately saved or read hold ((thread, ns, id) -> their
@@ -348,11 +350,9 @@ def _forget_latest() -> None:
 def _forget_held(doomed: Iterable[CheckpointRef] = (), thread_id: str | None = None) -> None:
     """Checkpoints deleted (``thread_id``: all of a thread's and its sub-threads'): what
     they held may be gone, so a child of theirs stores it again."""
-    for ref in doomed:
-        _HELD.pop((ref.thread_id, ref.ns, ref.checkpoint_id), None)
-    if thread_id is not None:
-        root = thread_id.partition("/")[0]
-        _HELD.drop(lambda where: where[0].partition("/")[0] == root)
+    root = thread_id.partition("/")[0] if thread_id is not None else None
+    _HELD.forget([(ref.thread_id, ref.ns, ref.checkpoint_id) for ref in doomed],
+                 (lambda where: where[0].partition("/")[0] == root) if root else None)
 
 
 class LeanRedisSaver(BaseCheckpointSaver[str]):
