@@ -638,19 +638,23 @@ def project_row(name: str, t: dict[str, Any]) -> list[str]:
 
 
 def project_same_load(targets: dict[str, Any]) -> str:
-    """Both targets at the largest step both ran: runs/s, p95 overhead, serving CPU/run."""
+    """Both targets at the largest step both ran to its end (a step cut short measured a
+    few seconds): runs/s, p95 overhead, serving CPU/run."""
     ours, peer = targets.get("project-cluster") or {}, targets.get("project-langgraph-dev") or {}
-    shared = {s["users"] for s in ours.get("steps") or []} & \
-        {s["users"] for s in peer.get("steps") or []}
+
+    def whole(target: dict[str, Any]) -> set[int]:
+        return {s["users"] for s in target.get("steps") or [] if not s["stopped_early"]}
+
+    shared = whole(ours) & whole(peer)
     if not shared:
-        return "No step was run by both targets: no same-load comparison."
+        return "No step was run to its end by both targets: no same-load comparison."
     level = max(shared)
     mine, theirs = _step_at(ours, level), _step_at(peer, level)
 
     def cpu(step: dict[str, Any]) -> float | None:
         return step.get("serving_cpu_s_per_run")
 
-    return (f"At the same load, {f(level)} users (the largest step both ran): runs/s "
+    return (f"At the same load, {f(level)} users (the largest step both ran to its end): runs/s "
             f"{f(mine['runs_per_s'], 1)} vs {f(theirs['runs_per_s'], 1)}, p95 TTFT overhead "
             f"{f(mine['ttft_overhead_ms']['p95'])} vs {f(theirs['ttft_overhead_ms']['p95'])} "
             f"ms, serving CPU {f(1000 * cpu(mine) if cpu(mine) else None)} vs "
@@ -664,6 +668,8 @@ def project_section(report: dict[str, Any]) -> str:
     targets = _project_targets(report)
     plan, load, m = report["plan"], report["plan"]["load"], report["machine"]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(report.get("started_at", 0)))
+    foreign = [s["procs"]["foreign_cpu_pct"] for t in targets.values()
+               for s in t.get("steps") or []]
     return "\n\n".join([
         f"{PROJECT_MARKS[0]} (bench/run.py; every run keeps this section, a run of these "
         "targets rewrites it) -->\n## Your own project: cluster vs langgraph dev",
@@ -687,11 +693,12 @@ def project_section(report: dict[str, Any]) -> str:
         f"<= {f(plan['steps']['budget_ms'])} ms (TTFT - the stub's own time, as above), 0 "
         "errors. Serving CPU: every process of the target (replicas, proxy, controller, "
         "Ray's daemons and the driver, or `langgraph dev`; its Redis) / runs per second.",
-        f"**A busy box**: {m['cores']} cores shared with other engineers' test runs (load "
+        f"**A shared box**: {m['cores']} cores other engineers' test runs use too (load "
         f"average {m['load_average']} at start, {m.get('load_average_end')} at end); "
         "*foreign* is the machine's CPU outside the benchmark's process tree, in % of one "
-        "core, during each step. Capacities here are lower bounds of what the same box "
-        "gives when quiet.",
+        f"core, during each step: at most {f(max(foreign, default=None))}% in these steps"
+        + (", so these figures are a busy box's, lower bounds of a quiet one's."
+           if max(foreign, default=0) >= 10 else "."),
         table(["target", "started in s", "idle TTFT overhead ms", "users at the SLO",
                "runs/s there", "p95 overhead ms there", "serving CPU ms/run there",
                "marginal serving CPU ms/run", "idle serving CPU %",
