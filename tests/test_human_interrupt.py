@@ -63,7 +63,8 @@ async def app(settings: Settings, in_process_service):
     of tests/test_auth.py (carol is the approver)."""
     async with in_process_service(settings, "human-interrupt") as service:
         service.graphs[USER_GRAPH] = mailer(service.executor.checkpointer)
-        yield build_api(service, AuthSettings(path=AUTH_FILE), LimitsSettings())
+        # no per-user run rate: alice also runs in other files against the same Redis
+        yield build_api(service, AuthSettings(path=AUTH_FILE), LimitsSettings(runs_per_minute=0))
 
 
 @pytest.fixture(scope="module")

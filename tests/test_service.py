@@ -130,6 +130,24 @@ async def test_thread_search_filters_by_status_and_shows_values(service):
     assert [t["thread_id"] for t in both] == [waiting["thread_id"], idle["thread_id"]]
 
 
+async def test_a_thread_of_a_graph_not_served_is_listed_and_its_state_is_409(service):
+    """A graph gone from the project (or served elsewhere): its threads still list, with
+    their saved values, and a state read names the graph instead of failing (was a 500)."""
+    tag = uuid.uuid4().hex
+    thread, _ = await service.records.create_thread(None, {"tag": tag})
+    run = await service.runs.create(thread["thread_id"], user("What is Redis persistence?"))
+    assert (await ended(service, run))["status"] == "success"
+    supervisor = service.graphs.pop("supervisor")
+    try:
+        found = await service.threads.search(ThreadSearch(metadata={"tag": tag}))
+        assert found[0]["values"]["messages"][0]["content"] == "What is Redis persistence?"
+        with pytest.raises(ApiError) as refused:
+            await service.threads.get_state(thread["thread_id"])
+        assert refused.value.status == 409 and "'supervisor'" in refused.value.detail
+    finally:
+        service.graphs["supervisor"] = supervisor
+
+
 async def test_state_carries_flat_checkpoint_ids_too(service):
     thread, _ = await service.records.create_thread(None, {})
     empty = await service.threads.get_state(thread["thread_id"])

@@ -100,7 +100,14 @@ class ThreadsService:
         return thread
 
     def graph(self, thread: dict[str, Any]) -> CompiledStateGraph:
-        return self.ctx.graphs[thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)]
+        """The graph that reads and writes the thread's state; 409 if it is not served here
+        (a project's graph removed since the thread ran, say)."""
+        graph_id = thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)
+        if graph_id not in self.ctx.graphs:
+            raise ApiError(409, f"thread {thread['thread_id']!r} belongs to graph "
+                                f"{graph_id!r}, which this cluster does not serve; "
+                                f"graphs: {sorted(self.ctx.graphs)}")
+        return self.ctx.graphs[graph_id]
 
     async def snapshot(self, thread: dict[str, Any],
                        checkpoint_id: str | None = None) -> StateSnapshot:
@@ -122,7 +129,12 @@ class ThreadsService:
         id, so it has no state to read."""
         values: Any = {}
         interrupts: dict[str, list] = {}
-        if not fresh:
+        graph_id = thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)
+        if not fresh and graph_id not in self.ctx.graphs:  # listed with its saved values
+            saved = await self.ctx.executor.checkpointer.aget_tuple(
+                {"configurable": {"thread_id": thread["thread_id"]}})
+            values = to_jsonable(saved.checkpoint["channel_values"]) if saved else {}
+        elif not fresh:
             snapshot = await self.snapshot(thread)
             values = to_jsonable(snapshot.values)
             for task in snapshot.tasks:
