@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from redisvl.exceptions import RedisSearchError
 
 from agents.memory import create_store
-from agents.settings import Settings, get_settings
+from agents.settings import Settings
 from serve_app.resources.api_errors import ApiError
 from serve_app.resources.auth import Authorizer, User
 
@@ -65,10 +65,10 @@ class StoreService:
     """One replica's access to the store; the store object is built on first use, inside
     the serving event loop (its batching task lives there)."""
 
-    def __init__(self, redis: Redis, authorizer: Authorizer, settings: Settings | None = None):
+    def __init__(self, redis: Redis, authorizer: Authorizer, settings: Settings):
         self.redis = redis
         self.auth = authorizer
-        self.settings = settings or get_settings()  # its store section, and the model's URL
+        self.settings = settings  # its store section, and the model's URL
         self._store: BaseStore | None = None
         self._lock = asyncio.Lock()
 
