@@ -24,7 +24,7 @@ from langgraph_sdk import get_client
 from agents.checkpoint import create_redis
 from agents.keys import checkpoints_key
 from agents.project import Project
-from agents.settings import PROJECT_ROOT, RoleSettings, Settings
+from agents.settings import PROJECT_ROOT, RoleSettings, Settings, graph_roles
 from agents.system import AgentSystem, Runtime, config_for
 from agents.tools import resolve_tools
 from agents.workers import GraphWorker
@@ -120,7 +120,7 @@ async def test_a_projects_tool_by_import_path_waits_for_approval_by_name(system)
         "order_id": "42", "status": "shipped", "total": 42.5}
 
 
-def test_a_tool_that_does_not_import_is_named():
+def test_a_bad_role_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"tool 'two_graphs.nowhere:x' does not import: "
                                          r"ModuleNotFoundError"):
         resolve_tools(["two_graphs.nowhere:x"], {})
@@ -128,6 +128,12 @@ def test_a_tool_that_does_not_import_is_named():
         resolve_tools(["lookup"], {})
     with pytest.raises(ValueError, match="graph 'billing' or the ReAct specialist"):
         RoleSettings(description="x", graph="billing", tools=["search_corpus"])
+    roles = {name: RoleSettings.model_validate(role) for name, role in ROLES.items()}
+    assert graph_roles(roles, ["billing", "refunds"]) == {"billing": "billing",
+                                                          "refunds": "refunds"}
+    with pytest.raises(ValueError, match=r"roles \{'refunds': 'refunds'\} name graphs the "
+                                         r"project does not have \(its graphs: \['billing'\]"):
+        graph_roles(roles, ["billing"])
 
 
 # one cluster serving the project, its roles from its agents.yaml
@@ -161,6 +167,11 @@ async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cl
     assert (request["role"], request["action_request"]["args"]) == (
         "refunds", {"amount": 30.0, "order_id": "7"})
     assert (await client.threads.get(tid))["status"] == "interrupted"
+    redis = create_redis(settings.redis_url, settings.redis)
+    fields = await redis.hkeys(checkpoints_key(tid))  # the waiting sub-thread: parent's tag
+    await redis.aclose()
+    assert any(field.startswith(f"{request['thread_id'][len(tid):]}#".encode())
+               for field in fields), fields
     with pytest.raises(Exception, match="422"):  # the request's config: one answer each
         await client.runs.wait(tid, "supervisor", command={"resume": [{"type": "accept"}] * 2})
     done = await client.runs.wait(tid, "supervisor", command={"resume": [{"type": "accept"}]})
@@ -169,11 +180,6 @@ async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cl
                                                              ).get("worker")}
     assert set(reports) == {"billing", "refunds"}
     assert reports["refunds"]["response_metadata"]["thread_id"].startswith(f"{tid}/refunds/")
-    redis = create_redis(settings.redis_url, settings.redis)
-    fields = await redis.hkeys(checkpoints_key(tid))  # the sub-threads, under the parent's tag
-    await redis.aclose()
-    assert {f.decode().split("/")[1] for f in fields if f.startswith(b"/")} == \
-        {"billing", "refunds"}
 
 
 async def test_a_graph_roles_replica_killed_mid_call_answers_from_another(cluster, stub_admin):
