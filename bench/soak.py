@@ -7,9 +7,10 @@ Serve app (configs/local.yaml), calibrates the model time of each turn kind, the
 ``users`` simulated users (default 245: ~70 % of the 350 users the capacity search found
 at 30 s think time) for ``minutes``. Per period (a minute): p95 TTFT overhead of the turns
 that started in it, RSS, open fds and TCP connections of each of our processes, Redis keys
-and used memory (all masters), run queue depth. Then every thread is audited. Writes
-``bench/results/soak-<stamp>.json`` and prints the growth of each figure from minute 10 to
-the last (goal: < 5 %). Short runs (``tests/test_redis_faults.py``) use ``Soak`` directly.
+(side-effect records apart) and used memory, all masters, run queue depth. Then every
+thread is audited. Writes ``bench/results/soak-<stamp>.json`` and prints the growth of each
+figure from minute 10 to the last (goal: < 5 %). Short runs use ``Soak`` directly
+(``tests/test_redis_faults.py``).
 
 Users keep their threads for the whole soak (``turns_per_thread`` large): new threads
 would grow Redis keys and memory by design (conversations are kept), which is not a leak.
@@ -72,17 +73,22 @@ def process_figures() -> dict[str, dict[str, float]]:
     return found
 
 
+# One of each per refund issued, kept by design: the effect ledger's entry (a side effect
+# done once, ``agents.effects``) and the demo back office's receipt (its idempotency
+# record, standing for an external system's). Counted apart from the keys that must stay
+# flat.
+EFFECT_RECORDS = ("*:effect*", backoffice_key("receipt:*"))
+
+
 def redis_figures(url: str, cluster: bool) -> dict[str, int]:
-    """Keys and used memory summed over the masters. The demo back office's receipts (one
-    per refund issued, its idempotency record: ``agents.tools.backoffice``) stand for an
-    external system's data and grow with refunds by design: counted apart."""
+    """Keys (effect records apart) and used memory, summed over the masters."""
     client = redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
     nodes = ([client.get_redis_connection(n) for n in client.get_primaries()] if cluster
              else [client])
-    receipts = backoffice_key("receipt:*")
     try:
-        found = sum(1 for n in nodes for _ in n.scan_iter(match=receipts, count=5000))
-        return {"keys": sum(n.dbsize() for n in nodes) - found, "receipts": found,
+        effects = sum(1 for n in nodes for match in EFFECT_RECORDS
+                      for _ in n.scan_iter(match=match, count=5000))
+        return {"keys": sum(n.dbsize() for n in nodes) - effects, "effect_records": effects,
                 "used_memory_mib": sum(int(n.info("memory")["used_memory"])
                                        for n in nodes) / 2**20}
     finally:
