@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agents import builtin
 from agents.local.services import local_services
 from agents.project import Project, ProjectError
 from agents.settings import PROJECT_ROOT, Settings, get_settings, graph_roles, specialist_roles
@@ -114,6 +115,7 @@ def check_project(project: Project, settings: Settings) -> None:
 def serve_until_stopped(args: argparse.Namespace) -> None:
     project = open_project(args.config) if args.config else None
     with local_services(get_settings()) as settings:
+        builtin.check(settings)  # configs/langgraph.json names every built-in role
         if project is not None:
             check_project(project, settings)
         with serve_cluster(settings, args.serve_config, port=args.port,

@@ -18,9 +18,9 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from agents import telemetry
+from agents import builtin, telemetry
 from agents.project import Project
-from agents.settings import get_settings, specialist_roles
+from agents.settings import get_settings
 from agents.system import Runtime
 from serve_app.api.http_api import build_api
 from serve_app.api.root import serving_replica
@@ -63,9 +63,8 @@ class SupervisorDeployment(RunPuller):
         self.runtime = dataclasses.replace(runtime, checkpointer=fenced,
                                            approval_verifier=RecordedApprovals(runtime.redis))
         remote = {role: RemoteWorker(handle) for role, handle in workers.items()}
-        graphs = {"supervisor": self.runtime.supervisor(remote)}
-        graphs |= {role: self.runtime.specialist(role)
-                   for role in specialist_roles(settings.roles)}
+        with builtin.serving(self.runtime, remote):  # configs/langgraph.json, as anyone's
+            graphs = await Project.load(builtin.PROJECT).load_graphs(fenced, self.runtime.store)
         if project:  # a user's graphs, for reads here; their runs go to their deployments
             graphs |= await Project.load(project).load_graphs(fenced, self.runtime.store)
         context = serve.get_replica_context()
