@@ -147,7 +147,7 @@ def assert_nothing_lost(figures: dict) -> None:
 
 async def test_short_soak_holds_fds_connections_and_keys(served, redis_cluster, model):
     """A minute of steady load: past the warm-up (the first period) fds and TCP
-    connections of the serving processes and Redis keys stay flat; nothing is lost."""
+    connections of the serving processes stay flat, Redis keys all but; nothing is lost."""
     soak = Soak(served, redis_cluster.url, True, model, USERS, THINK_S, period_s=12)
     result = await soak.run(periods=4)
     grew = growth(result["rows"], since=2)
@@ -156,7 +156,10 @@ async def test_short_soak_holds_fds_connections_and_keys(served, redis_cluster, 
     assert sum(row["errors"] for row in result["rows"]) == 0, result["rows"]
     for name in ("fds", "connections"):
         assert grew[name] < 0.05, (name, grew, changed(result["rows"], 2, name))
-    assert grew["keys"] < 0.05, grew  # users keep their threads; effect records apart
+    # Users keep their threads; effect records apart. A thread's approvals and audit lists
+    # come with its first refund, still arriving here (+2 keys a thread at most); a key
+    # left per turn would be +60 % (~330 turns on ~500 keys).
+    assert grew["keys"] < 0.10, grew
 
 
 async def test_writes_paused_5s_nothing_retried_or_lost(served, redis_cluster, model):
