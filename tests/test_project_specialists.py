@@ -140,8 +140,8 @@ def test_a_bad_role_is_refused_naming_it():
 @pytest.fixture(scope="module")
 def cluster(settings, tmp_path_factory):
     """A start of the project (``tests/test_own_agents.py``'s) with ``AGENT_CLUSTER_CONFIG``
-    its ``agents.yaml``: a supervisor replica and a deployment per graph (two replicas of
-    ``billing``), no built-in specialist."""
+    its ``agents.yaml``: a supervisor replica, the built-in specialists, a deployment per
+    graph (two replicas of ``billing``)."""
     with served(PROJECT / "langgraph.json", settings, tmp_path_factory.mktemp("roles"),
                 {"AGENT_CLUSTER_CONFIG": str(PROJECT / "agents.yaml"),
                  "AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"billing": {"min_replicas": 2}}'}
@@ -152,8 +152,8 @@ def cluster(settings, tmp_path_factory):
 @pytest.mark.timeout(600)
 async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cluster, settings):
     client = get_client(url=cluster)
-    assert {a["graph_id"] for a in await client.assistants.search(limit=50)} == \
-        {"supervisor", "billing", "refunds"}  # the roles are not assistants of their own
+    assert {a["graph_id"] for a in await client.assistants.search(limit=50)} == {
+        "supervisor", "researcher", "coder", "reviewer", "billing", "refunds"}  # graphs
     tid = (await client.threads.create())["thread_id"]
     parts = [p async for p in client.runs.stream(tid, "supervisor", input=user(ASK),
                                                  stream_mode=["updates", "custom"])]
