@@ -122,6 +122,10 @@ def build_chat_model(settings: Settings, redis: Redis) -> ChatOpenAI:
         model=model.name,
         temperature=model.temperature,
         timeout=model.timeout_s,
+        # A client of its own: langchain-openai shares one per (base URL, timeout) in the
+        # process, and an asyncio client belongs to the event loop it first ran in (a
+        # runtime in another loop, a notebook's or a test server's thread, found it closed).
+        http_async_client=openai.DefaultAsyncHttpxClient(timeout=model.timeout_s),
         max_retries=0,
         attempts=model.max_retries + 1,
         breaker=Breaker(redis, endpoint(model.base_url), settings.breaker),
