@@ -150,9 +150,6 @@ def cluster(settings, tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=False, reason=(
-    "open defect: passes alone, but after tests/test_notebooks.py and test_own_agents.py in "
-    "one session the supervisor's team lacks the graph roles and it routes to the coder"))
 async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cluster, settings):
     client = get_client(url=cluster)
     assert {a["graph_id"] for a in await client.assistants.search(limit=50)} == {

@@ -130,7 +130,8 @@ def serve_cluster(
     os.environ.update(ray_env())  # this driver talks to the nodes as they expect,
     RayConfig.initialize("")       # auth mode included (Ray read it once, at import)
     with contextlib.ExitStack() as stack:
-        if address is None:
+        if address is None:  # a node of our own: its replicas must not inherit another's
+            os.environ.pop("RAY_ADDRESS", None)  # address (a shell's, a test session's)
             head = RayNode(settings.data_dir / "ray-head.json",
                            temp_dir_for(settings.data_dir, "head"),
                            num_cpus=num_cpus, metrics_port=metrics_port)
