@@ -99,10 +99,14 @@ class ThreadsService:
             raise ApiError(404, f"thread {thread_id!r} not found")
         return thread
 
+    @staticmethod
+    def graph_id(thread: dict[str, Any]) -> str:
+        return thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)
+
     def graph(self, thread: dict[str, Any]) -> CompiledStateGraph:
         """The graph that reads and writes the thread's state; 409 if it is not served here
         (a project's graph removed since the thread ran, say)."""
-        graph_id = thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)
+        graph_id = self.graph_id(thread)
         if graph_id not in self.ctx.graphs:
             raise ApiError(409, f"thread {thread['thread_id']!r} belongs to graph "
                                 f"{graph_id!r}, which this cluster does not serve; "
@@ -129,8 +133,7 @@ class ThreadsService:
         id, so it has no state to read."""
         values: Any = {}
         interrupts: dict[str, list] = {}
-        graph_id = thread.get("metadata", {}).get("graph_id", DEFAULT_GRAPH)
-        if not fresh and graph_id not in self.ctx.graphs:  # listed with its saved values
+        if not fresh and self.graph_id(thread) not in self.ctx.graphs:  # its saved values
             saved = await self.ctx.executor.checkpointer.aget_tuple(
                 {"configurable": {"thread_id": thread["thread_id"]}})
             values = to_jsonable(saved.checkpoint["channel_values"]) if saved else {}
