@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import pytest
@@ -30,6 +31,7 @@ from langgraph_sdk import get_client
 
 from agents.checkpoint import create_redis
 from agents.local.process import free_port
+from agents.local.redis_server import EmbeddedRedis
 from agents.project import GraphLoadError, Project, ProjectError
 from agents.settings import PROJECT_ROOT, Settings
 from serve_app.__main__ import parse_args
@@ -266,34 +268,45 @@ def test_a_start_with_a_broken_graph_fails_fast_naming_it(settings, tmp_path):
                 p.info["environ"].get("AGENT_CLUSTER_DATA_DIR") == str(tmp_path)]
 
 
+class Served(NamedTuple):
+    url: str  # the API's base URL
+    redis_url: str  # its Redis: one of its own
+
+
 @contextlib.contextmanager
 def served(project: Path, settings: Settings, data_dir: Path,
-           env: dict[str, str] | None = None) -> Iterator[str]:
+           env: dict[str, str] | None = None) -> Iterator[Served]:
     """``project`` served by a real start (``--config``) until the block ends, its Serve
-    YAML given by ``--serve-config`` (one supervisor replica: 2 cores); its base URL."""
+    YAML given by ``--serve-config`` (one supervisor replica: 2 cores).
+
+    On a Redis of its own: the replicas of every cluster on one Redis pull runs from one
+    pool per graph id (docs/operations.md), and the session's cluster serves a
+    ``supervisor`` too."""
     serve = yaml.safe_load((PROJECT_ROOT / "configs" / "local.yaml").read_text())
     supervisor = serve["applications"][0]["deployments"][0]
     supervisor["autoscaling_config"].update(min_replicas=1, max_replicas=1)
     (data_dir / "serve.yaml").write_text(yaml.safe_dump(serve))
     port = free_port()
     log = data_dir / "start.log"
-    proc = start(["--config", str(project), "--serve-config",
-                  str(data_dir / "serve.yaml"), "--port", str(port),
-                  "--metrics-port", str(free_port())], settings, data_dir, log,
-                 {**(env or {}), **{name: str(free_port()) for name in HAPROXY_MODE_PORTS}})
-    try:
-        deadline = time.monotonic() + 400
-        while "is up at" not in log.read_text(errors="replace"):
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    with EmbeddedRedis(data_dir / "redis") as redis:
+        own = settings.model_copy(update={"redis_url": redis.url})
+        proc = start(["--config", str(project), "--serve-config",
+                      str(data_dir / "serve.yaml"), "--port", str(port),
+                      "--metrics-port", str(free_port())], own, data_dir, log,
+                     {**(env or {}), **{name: str(free_port()) for name in HAPROXY_MODE_PORTS}})
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            deadline = time.monotonic() + 400
+            while "is up at" not in log.read_text(errors="replace"):
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            yield Served(f"http://127.0.0.1:{port}", redis.url)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 # one cluster serving tests/fixtures/langgraph.json
@@ -303,8 +316,8 @@ def project_url(settings, tmp_path_factory):
     with served(FIXTURES / "langgraph.json", settings, tmp_path_factory.mktemp("own-agents"),
                 {"AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS":
                      '{"slow": {"min_replicas": 2}, "refund": {"min_replicas": 2}}'}
-                ) as url:
-        yield url
+                ) as served_project:
+        yield served_project.url
 
 
 def replica_pids(deployment: str) -> list[int]:

@@ -145,13 +145,13 @@ def cluster(settings, tmp_path_factory):
     with served(PROJECT / "langgraph.json", settings, tmp_path_factory.mktemp("roles"),
                 {"AGENT_CLUSTER_CONFIG": str(PROJECT / "agents.yaml"),
                  "AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"billing": {"min_replicas": 2}}'}
-                ) as url:
-        yield url
+                ) as served_project:
+        yield served_project
 
 
 @pytest.mark.timeout(600)
 async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cluster, settings):
-    client = get_client(url=cluster)
+    client = get_client(url=cluster.url)
     assert {a["graph_id"] for a in await client.assistants.search(limit=50)} == {
         "supervisor", "researcher", "coder", "reviewer", "billing", "refunds"}  # graphs
     tid = (await client.threads.create())["thread_id"]
@@ -167,7 +167,7 @@ async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cl
     assert (request["role"], request["action_request"]["args"]) == (
         "refunds", {"amount": 30.0, "order_id": "7"})
     assert (await client.threads.get(tid))["status"] == "interrupted"
-    redis = create_redis(settings.redis_url, settings.redis)
+    redis = create_redis(cluster.redis_url, settings.redis)
     fields = await redis.hkeys(checkpoints_key(tid))  # the waiting sub-thread: parent's tag
     await redis.aclose()
     assert any(field.startswith(f"{request['thread_id'][len(tid):]}#".encode())
@@ -184,7 +184,7 @@ async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cl
 
 async def test_a_graph_roles_replica_killed_mid_call_answers_from_another(cluster, stub_admin):
     stub_admin.post("/config", json={"ttft_ms": 3000})  # each model call: 3 s to answer
-    client = get_client(url=cluster)
+    client = get_client(url=cluster.url)
     tid = (await client.threads.create())["thread_id"]
     run = await client.runs.create(tid, "supervisor", input=user(
         "Ask billing in parallel: why was I charged twice?"), stream_mode=["custom"])
