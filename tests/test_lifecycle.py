@@ -4,8 +4,9 @@ SIGTERM: everything it started is gone when it exits, a few seconds later, and t
 flight went back to the queue (the next start finishes it). SIGKILL of the launcher and its
 Ray node's ``ray start``: the next start from the same data dir, on the same ports, clears
 what outlived them (HAProxy, Ray's agents) and serves. A port held by a process that is not
-ours: the start says which one and exits. Each start is a real process on the session's
-Redis and stub model.
+ours: the start says which one and exits. Each start is a real process on the session's stub
+model and a Redis of the test's own (the session's cluster would take its runs: one pool per
+graph id and Redis).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -24,6 +26,7 @@ import pytest
 from langgraph_sdk import get_client
 
 from agents.local.process import free_port
+from agents.local.redis_server import EmbeddedRedis
 from agents.settings import PROJECT_ROOT, Settings
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS
 
@@ -35,10 +38,11 @@ class Start:
     """One ``python -m serve_app`` on fixed ports and a data dir (shared by the starts of a
     test), in a session of its own as a service manager would run it."""
 
-    def __init__(self, settings: Settings, data_dir: Path, ports: dict[str, int]):
+    def __init__(self, settings: Settings, data_dir: Path, ports: dict[str, int],
+                 redis_url: str):
         self.url = f"http://127.0.0.1:{ports['http']}"
         self.log = data_dir / f"start-{time.monotonic_ns()}.log"
-        env = {**os.environ, "REDIS_URL": settings.redis_url,
+        env = {**os.environ, "REDIS_URL": redis_url,
                "OPENAI_BASE_URL": settings.model.base_url,
                "AGENT_CLUSTER_DATA_DIR": str(data_dir),
                "AGENT_CLUSTER_WORKSPACE_DIR": str(data_dir / "workspace"),
@@ -81,11 +85,17 @@ def ports() -> dict[str, int]:
     return {name: free_port() for name in ("http", "metrics", *HAPROXY_MODE_PORTS)}
 
 
+@pytest.fixture
+def redis_url(tmp_path) -> Iterator[str]:
+    with EmbeddedRedis(tmp_path / "redis") as redis:
+        yield redis.url
+
+
 @pytest.mark.timeout(900)  # three starts: ~1 min each on a quiet 2-core box
 async def test_sigterm_hands_runs_back_and_sigkill_leftovers_are_cleared(
-        settings, stub_admin, ports, tmp_path):
+        settings, stub_admin, ports, redis_url, tmp_path):
     stub_admin.post("/config", json={"ttft_ms": 1500})  # a run stays in flight for seconds
-    first = Start(settings, tmp_path, ports)
+    first = Start(settings, tmp_path, ports, redis_url)
     try:
         first.wait_up()
         assert (tmp_path / "home" / ".ray" / "auth_token").is_file()  # made for its Ray
@@ -107,7 +117,7 @@ async def test_sigterm_hands_runs_back_and_sigkill_leftovers_are_cleared(
         first.proc.kill()
     stub_admin.post("/config", json={"ttft_ms": 0})
 
-    second = Start(settings, tmp_path, ports)  # same data dir and ports
+    second = Start(settings, tmp_path, ports, redis_url)  # same data dir and ports
     try:
         second.wait_up()
         client = get_client(url=second.url)
@@ -129,7 +139,7 @@ async def test_sigterm_hands_runs_back_and_sigkill_leftovers_are_cleared(
     finally:
         second.proc.kill()
 
-    third = Start(settings, tmp_path, ports)
+    third = Start(settings, tmp_path, ports, redis_url)
     try:
         third.wait_up()
         assert alive(node) == [], "the crashed start's processes are gone"
@@ -143,11 +153,11 @@ async def test_sigterm_hands_runs_back_and_sigkill_leftovers_are_cleared(
         third.proc.kill()
 
 
-def test_a_port_held_by_another_process_is_named(settings, ports, tmp_path):
+def test_a_port_held_by_another_process_is_named(settings, ports, redis_url, tmp_path):
     with socket.socket() as foreign:
         foreign.bind(("127.0.0.1", ports["RAY_SERVE_HAPROXY_STATS_PORT"]))
         foreign.listen()
-        start = Start(settings, tmp_path, ports)
+        start = Start(settings, tmp_path, ports, redis_url)
         assert start.proc.wait(120) != 0
     out = start.text()
     stats_port = ports["RAY_SERVE_HAPROXY_STATS_PORT"]
