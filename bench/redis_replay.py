@@ -521,21 +521,26 @@ class CaptureTarget(ClusterTarget):
 
 async def capture_run(settings: Settings, work_dir: Path, load: LoadConfig, users: int,
                       seconds: float, deployment: str = "supervisor") -> Trace:
-    """``users`` simulated users on the app on a one-master cluster for ``seconds`` (then
-    their turns drained), every command captured from before the first thread was opened:
-    each thread's reads find what its own writes left."""
+    """``users`` simulated users on the app on a one-master cluster for ``seconds``: a
+    ``CaptureTarget`` started for it (``capture_on``)."""
     target = CaptureTarget("capture", settings, work_dir, replicas=2, deployment=deployment)
     try:
         url = await asyncio.to_thread(target.start)
-        async with Capture(target.redis_url) as seen, LoadGenerator(url, load) as gen:
-            gen.set_users(users)
-            await asyncio.sleep(seconds)
-            await gen.stop(drain_s=load.approval_delay_s * 2 + 30)
-        runs = sum(1 for r in gen.records for run in r.runs if run.error != REFUSED)
-        return Trace.from_commands(seen.commands, runs, seen.scripts, users=users,
-                                   seconds=seconds,
-                                   turns=len(gen.records),
-                                   failed_turns=sum(1 for r in gen.records if not r.ok))
+        return await capture_on(url, target.redis_url, load, users, seconds)
     finally:
         await asyncio.to_thread(target.stop)
 
+
+async def capture_on(url: str, redis_url: str, load: LoadConfig, users: int,
+                     seconds: float) -> Trace:
+    """``users`` new simulated users on the app at ``url`` (a ``CaptureTarget``'s) for
+    ``seconds`` (then their turns drained), every command captured from before their first
+    thread was opened: each thread's reads find what its own writes left."""
+    async with Capture(redis_url) as seen, LoadGenerator(url, load) as gen:
+        gen.set_users(users)
+        await asyncio.sleep(seconds)
+        await gen.stop(drain_s=load.approval_delay_s * 2 + 30)
+    runs = sum(1 for r in gen.records for run in r.runs if run.error != REFUSED)
+    return Trace.from_commands(seen.commands, runs, seen.scripts, users=users,
+                               seconds=seconds, turns=len(gen.records),
+                               failed_turns=sum(1 for r in gen.records if not r.ok))

@@ -14,8 +14,9 @@ stage, the step and the time left. Writes ``bench/results/<stamp>/report.json`` 
 rewrites ``BENCHMARKS.md`` (and ``bench/plots/``); a run of the project's targets alone
 (``--targets project-cluster,project-langgraph-dev``) rewrites only their section.
 
-``--smoke``: a tiny run (one target, a few users, short think time, a few minutes) that
-does not touch BENCHMARKS.md unless ``--write-md``; ``tests/test_bench_smoke.py`` runs it.
+``--smoke``: a tiny run (one target, a few users, short think time, a few minutes; the
+target on a one-master cluster, the capture made on it) that does not touch BENCHMARKS.md
+unless ``--write-md``; ``tests/test_bench_smoke.py`` runs it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,14 @@ from bench.procs import ProcessSampler
 from bench.profile import record as profile_record
 from bench.redis_load import counters
 from bench.redis_mem import redis_memory, used_memory
-from bench.redis_replay import capture_run, replay_on_cluster, scaling
+from bench.redis_replay import (
+    CaptureTarget,
+    Trace,
+    capture_on,
+    capture_run,
+    replay_on_cluster,
+    scaling,
+)
 from bench.report import write_markdown, write_project_section
 from bench.sizing import sizing_report
 from bench.staircase import Stairs, StepPlan, capacity, levels_from
@@ -73,6 +82,10 @@ class ReplayPlan:
     shards: list[int] = field(default_factory=lambda: [1, 2])
     seconds: float = 15.0          # measured per replay
     copies: int = 64               # concurrent replays of the trace (each waits on Redis)
+    # capture on the first target, run on a one-master cluster for it, after its audit:
+    # no start of its own (the smoke's; the standard run measures the first target on the
+    # embedded Redis, as users run it)
+    on_first_target: bool = False
 
 
 @dataclass
@@ -108,7 +121,8 @@ def smoke_plan() -> Plan:
         targets=["cluster-2"], micro_scale=0.05, profile_s=2.0, hop=False, idle_s=2.0,
         overload=OverloadPlan(warmup_s=1.0, duration_s=6.0, recovery_limit_s=6.0,
                               recovery_window_s=3.0, settle_s=5.0),
-        replay=ReplayPlan(users=2, capture_s=4.0, seconds=2.0, copies=8),
+        replay=ReplayPlan(users=2, capture_s=4.0, seconds=2.0, copies=8,
+                          on_first_target=True),
     )
 
 
@@ -153,7 +167,8 @@ def stages(plan: Plan) -> list[tuple[str, float]]:
         out.append((f"{name}: audit", AUDIT_S))
     if plan.replay.enabled:
         r = plan.replay
-        out += [("redis capture", START_S["cluster"] + r.capture_s + 30),
+        start = 0 if r.on_first_target else START_S["cluster"]
+        out += [("redis capture", start + r.capture_s + 30),
                 ("redis replay", len(r.shards) * (r.seconds + 1 + CLUSTER_START_S))]
     return out
 
@@ -203,9 +218,12 @@ def idle_overhead_ms(calibration: dict[str, Any]) -> float:
 
 async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: ProcessSampler,
                        out_dir: Path, levels: list[int], profile: bool, progress: Progress,
-                       spike_base: int | None = None) -> dict[str, Any]:
+                       spike_base: int | None = None,
+                       before_stop: Callable[[str, str], Awaitable[None]] | None = None,
+                       ) -> dict[str, Any]:
     """The staircase, then (for ``plan.overload_targets``) the overload step at
-    ``plan.overload.factor`` x ``spike_base`` users (default: its own capacity)."""
+    ``plan.overload.factor`` x ``spike_base`` users (default: its own capacity);
+    ``before_stop(url, redis_url)`` once it is audited."""
     load = project_load(plan.load) if is_project(target.name) else plan.load
     began = time.monotonic()
     progress.stage(f"{target.name}: start")
@@ -273,6 +291,8 @@ async def bench_target(target: Target, plan: Plan, stub: StubAdmin, sampler: Pro
             turns: Counter[str] = Counter(r.thread_id for r in gen.records)
             result["redis"] = await redis_memory(target.redis_url, baseline, dict(turns))
         say(f"[{target.name}] capacity {result['capacity']}\n  audit {result['audit']}")
+        if before_stop is not None:
+            await before_stop(url, target.redis_url)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         say(f"[{target.name}] failed: {result['error']}")
@@ -337,14 +357,24 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
             report["stub"] = await stub.config()
             report["targets"] = {}
             known: dict[bool, int | None] = {}  # the first capacity of each workload
+            traces: list[Trace] = []  # the capture on the first target (on_first_target)
+
+            async def capture(url: str, redis_url: str) -> None:
+                progress.stage("redis capture")
+                traces.append(await capture_on(url, redis_url, capture_load(plan),
+                                               plan.replay.users, plan.replay.capture_s))
             for index, name in enumerate(plan.targets):
-                target = make_target(name, plan, settings, out_dir)
+                on_it = index == 0 and plan.replay.enabled and plan.replay.on_first_target
+                target = CaptureTarget(name, settings, out_dir / name, replicas=2,
+                                       deployment=plan.busiest) if on_it else \
+                    make_target(name, plan, settings, out_dir)
                 workload = is_project(name)
                 first = workload not in known
                 result = await bench_target(target, plan, stub, sampler, out_dir,
                                             levels_from(plan.levels, known.get(workload)),
                                             profile=index == 0, progress=progress,
-                                            spike_base=known.get(workload))
+                                            spike_base=known.get(workload),
+                                            before_stop=capture if on_it else None)
                 report["targets"][name] = result
                 if first:
                     known[workload] = (result.get("capacity") or {}).get("users")
@@ -356,7 +386,8 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
                 if name.startswith("cluster") and "ray_hop" in target.info:
                     report["micro"]["ray_hop"] = target.info["ray_hop"]
             if plan.replay.enabled:
-                report["redis_replay"] = await redis_replay(plan, settings, out_dir, progress)
+                report["redis_replay"] = await redis_replay(plan, settings, out_dir, progress,
+                                                            traces[0] if traces else None)
     finally:
         sampler.stop()
         track(None)
@@ -369,19 +400,25 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
     return report
 
 
-async def redis_replay(plan: Plan, settings: Settings, out_dir: Path,
-                       progress: Progress) -> dict[str, Any]:
-    """The app's command mix captured (``redis_trace.json``), then replayed on each number
-    of shards; a failure is reported, not fatal (the rest of the run stands)."""
+def capture_load(plan: Plan) -> LoadConfig:
+    """The capture's users: short think time, many threads' whole lives in it."""
+    return replace(plan.load, think_s=plan.replay.think_s, ramp_s=None,
+                   approval_delay_s=min(plan.load.approval_delay_s, 1.0))
+
+
+async def redis_replay(plan: Plan, settings: Settings, out_dir: Path, progress: Progress,
+                       trace: Trace | None = None) -> dict[str, Any]:
+    """The app's command mix captured (``redis_trace.json``; unless ``trace`` is the
+    capture already made), then replayed on each number of shards; a failure is reported,
+    not fatal (the rest of the run stands)."""
     r = plan.replay
     try:
-        progress.stage("redis capture")
-        say(f"capturing the Redis command mix: {r.users} users for {r.capture_s:g} s on a "
-            "one-master Redis Cluster")
-        load = replace(plan.load, think_s=r.think_s, ramp_s=None,
-                       approval_delay_s=min(plan.load.approval_delay_s, 1.0))
-        trace = await capture_run(settings, out_dir / "capture", load, r.users, r.capture_s,
-                                  deployment=plan.busiest)
+        if trace is None:
+            progress.stage("redis capture")
+            say(f"capturing the Redis command mix: {r.users} users for {r.capture_s:g} s on "
+                "a one-master Redis Cluster")
+            trace = await capture_run(settings, out_dir / "capture", capture_load(plan),
+                                      r.users, r.capture_s, deployment=plan.busiest)
         trace.save(out_dir / "redis_trace.json")
         summary = trace.summary()
         say(f"  {summary['commands']} commands, {trace.runs} runs: "

@@ -21,16 +21,21 @@ from agents.system import AgentSystem, Runtime
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS, serve_cluster
 from serve_app.resources.approvals import RecordedApprovals
 from serve_app.resources.service import AgentService
+from tests.redis_cluster_app import redis_cluster, served  # noqa: F401 (fixtures)
 
 FIRST = {"test_multinode.py"}  # its own Ray driver: before the session cluster's (one a process)
-LAST = {"test_serving_faults.py", "test_redis_faults.py"}  # they kill replicas and Redis
+# They kill replicas and Redis; the last two share the Redis Cluster app (up to the end).
+LAST = ["test_serving_faults.py", "test_redis_cluster.py", "test_redis_faults.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that connect this process to a Ray cluster of their own run first (a process
     holds one Ray connection: theirs ends before the session's cluster starts); fault
-    tests run after everything else."""
-    items.sort(key=lambda item: (item.path.name not in FIRST) + (item.path.name in LAST))
+    tests run after everything else, in ``LAST``'s order."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return 0 if name in FIRST else 2 + LAST.index(name) if name in LAST else 1
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,10 @@
 ``python -m bench.run --smoke`` in a subprocess (Ray can be initialised only once per
 process, and this session's own cluster lives in tests/test_serving.py): a few simulated
 users, short think time, one step, the audit, the micro-benchmarks, then the Redis capture
-on a one-master cluster (a second start of the app), its replay on 1 and 2 shards, the
-sizing and the plots. The figures are not
-judged here (the box is shared), only that the harness produced a complete, plausible
-report and that nothing was lost, duplicated or failed.
+(made on the same start, which the smoke runs on a one-master cluster), its replay on 1 and
+2 shards, the sizing and the plots. The figures are not judged here (the box is shared),
+only that the harness produced a complete, plausible report and that nothing was lost,
+duplicated or failed.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 The loader in this process (no Ray): the projects under ``tests/fixtures/`` load as
 LangGraph's server loads them; every bad input stops the start naming the file, the
-attribute and the cause. Then one real start of ``tests/fixtures/langgraph.json`` (their
-four graphs), in a process of its own, talked to with ``langgraph_sdk`` only: a ReAct agent
-with a context and a tool, an ``interrupt()`` in a tool resumed with ``Command``, a replica
-of a user's graph SIGKILLed mid-run, a node that raises, a cancel.
+attribute and the cause. Then one real start of ``tests/fixtures/langgraph.json`` (the
+fixtures' graphs), in a process of its own, talked to with ``langgraph_sdk`` only: a ReAct
+agent with a context and a tool, an ``interrupt()`` in a tool resumed with ``Command``, a
+replica of a user's graph SIGKILLed mid-run, a node that raises, a cancel; and, with
+``two_graph_project``'s roles (``AGENT_CLUSTER_CONFIG``), the built-in supervisor routing to
+two of its graphs in parallel, one asking for approval, one's replica killed mid-call.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph_sdk import get_client
 
 from agents.checkpoint import create_redis
+from agents.keys import checkpoints_key
 from agents.local.process import free_port
 from agents.local.redis_server import EmbeddedRedis
 from agents.project import GraphLoadError, Project, ProjectError
@@ -44,8 +47,11 @@ from serve_app.resources.service_context import ServiceContext
 from serve_app.runs.fencing import FencedRedisSaver
 
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
+ROLES_PROJECT = FIXTURES / "two_graph_project"  # its graphs' roles, in its agents.yaml
 BUILT_INS = ["supervisor", "researcher", "coder", "reviewer"]
-GRAPHS = ["agent", "refund", "slow", "boom"]
+GRAPHS = ["agent", "refund", "slow", "boom", "billing", "refunds"]
+ASK = "Ask billing and refunds in parallel: why was I charged twice? Refund $30 to order 7"
+ACCEPTED = "refunds: Refund of $30 to order 7 issued."
 
 
 # the loader, in this process
@@ -280,7 +286,7 @@ def served(project: Path, settings: Settings, data_dir: Path,
     YAML given by ``--serve-config`` (one supervisor replica: 2 cores).
 
     On a Redis of its own: the replicas of every cluster on one Redis pull runs from one
-    pool per graph id (docs/operations.md), and the session's cluster serves a
+    pool per graph id (docs/scaling.md), and the session's cluster serves a
     ``supervisor`` too."""
     serve = yaml.safe_load((PROJECT_ROOT / "configs" / "local.yaml").read_text())
     supervisor = serve["applications"][0]["deployments"][0]
@@ -311,13 +317,20 @@ def served(project: Path, settings: Settings, data_dir: Path,
 
 # one cluster serving tests/fixtures/langgraph.json
 @pytest.fixture(scope="module")
-def project_url(settings, tmp_path_factory):
-    """The fixture project served, two replicas of ``slow`` and of ``refund``."""
+def project(settings, tmp_path_factory) -> Iterator[Served]:
+    """The fixture project served, two replicas of ``slow``, ``refund`` and ``billing``;
+    the supervisor's roles from ``two_graph_project/agents.yaml``."""
     with served(FIXTURES / "langgraph.json", settings, tmp_path_factory.mktemp("own-agents"),
-                {"AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS":
-                     '{"slow": {"min_replicas": 2}, "refund": {"min_replicas": 2}}'}
+                {"AGENT_CLUSTER_CONFIG": str(ROLES_PROJECT / "agents.yaml"),
+                 "AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": json.dumps(
+                     {graph: {"min_replicas": 2} for graph in ("slow", "refund", "billing")})}
                 ) as served_project:
-        yield served_project.url
+        yield served_project
+
+
+@pytest.fixture
+def project_url(project: Served) -> str:
+    return project.url
 
 
 def replica_pids(deployment: str) -> list[int]:
@@ -340,7 +353,7 @@ async def test_each_graph_is_an_assistant_with_a_deployment_of_its_own(project_u
     assert {node["id"] for node in (await client.assistants.get_graph("slow"))["nodes"]} >= \
         {"first", "second"}
     assert {g: len(replica_pids(g)) for g in GRAPHS} == \
-        {"agent": 1, "refund": 2, "slow": 2, "boom": 1}
+        {"agent": 1, "refund": 2, "slow": 2, "boom": 1, "billing": 2, "refunds": 1}
 
 
 async def test_react_agent_reads_its_context_and_env_in_a_tool(project_url):
@@ -435,3 +448,55 @@ async def test_a_cancel_reaches_the_graphs_replica(project_url):
     assert time.monotonic() - began < 3  # not the step's end (4 s)
     later = await client.runs.wait(tid, "slow", input={"steps": []})
     assert later["steps"] == ["first", "second"]
+
+
+# the supervisor over two of the project's graphs (two_graph_project's roles)
+@pytest.mark.timeout(600)
+async def test_the_supervisor_routes_to_two_graphs_and_one_asks_for_approval(project, settings):
+    client = get_client(url=project.url)
+    tid = (await client.threads.create())["thread_id"]
+    parts = [p async for p in client.runs.stream(tid, "supervisor", input=user(ASK),
+                                                 stream_mode=["updates", "custom"])]
+    routed = [p.data["supervisor"]["assignments"] for p in parts
+              if p.event == "updates" and "supervisor" in p.data]
+    assert [[a["worker"] for a in step] for step in routed] == [["billing", "refunds"]]
+    lanes = {(p.data["role"], p.data["type"]) for p in parts if p.event == "custom"}
+    assert {("billing", "token"), ("billing", "progress")} <= lanes, lanes
+    state = await client.threads.get_state(tid)
+    [request] = state["interrupts"][0]["value"]
+    assert (request["role"], request["action_request"]["args"]) == (
+        "refunds", {"amount": 30.0, "order_id": "7"})
+    assert (await client.threads.get(tid))["status"] == "interrupted"
+    redis = create_redis(project.redis_url, settings.redis)
+    fields = await redis.hkeys(checkpoints_key(tid))  # the waiting sub-thread: parent's tag
+    await redis.aclose()
+    assert any(field.startswith(f"{request['thread_id'][len(tid):]}#".encode())
+               for field in fields), fields
+    with pytest.raises(Exception, match="422"):  # the request's config: one answer each
+        await client.runs.wait(tid, "supervisor", command={"resume": [{"type": "accept"}] * 2})
+    done = await client.runs.wait(tid, "supervisor", command={"resume": [{"type": "accept"}]})
+    assert ACCEPTED in done["messages"][-1]["content"], done["messages"]
+    reports = {m["name"]: m for m in done["messages"] if m.get("response_metadata", {}
+                                                             ).get("worker")}
+    assert set(reports) == {"billing", "refunds"}
+    assert reports["refunds"]["response_metadata"]["thread_id"].startswith(f"{tid}/refunds/")
+
+
+async def test_a_graph_roles_replica_killed_mid_call_answers_from_another(project_url, stub_admin):
+    stub_admin.post("/config", json={"ttft_ms": 3000})  # each model call: 3 s to answer
+    client = get_client(url=project_url)
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "supervisor", input=user(
+        "Ask billing in parallel: why was I charged twice?"), stream_mode=["custom"])
+    seen = []
+    async for part in client.runs.join_stream(tid, run["run_id"]):
+        data = part.data if part.event == "custom" else {}
+        if data.get("role") == "billing" and "pid" in (data.get("data") or {}):
+            seen.append(data["data"]["pid"])
+            if len(seen) == 1:
+                os.kill(seen[0], signal.SIGKILL)  # in its model call
+    final = await client.runs.get(tid, run["run_id"])
+    assert final["status"] == "success", final
+    assert len(seen) == 2 and seen[1] != seen[0], seen  # the call went on elsewhere
+    messages = (await client.threads.get_state(tid))["values"]["messages"]
+    assert messages[-1]["content"].startswith("billing: Hello from the stub model."), messages

@@ -2,16 +2,14 @@
 (``roles.<name>.graph``) and the ReAct specialist with a project's tool by import path.
 
 In this process (no Ray): ``tests/fixtures/two_graph_project`` with its roles
-(``agents.yaml``) under ``AgentSystem``, on the session's Redis and stub model. Then the
-same project served by a real start (``--config``, ``AGENT_CLUSTER_CONFIG``), talked to
-with ``langgraph_sdk`` only: both graphs routed to in parallel, one asking for approval.
+(``agents.yaml``) under ``AgentSystem``, on the session's Redis and stub model. Its graphs
+served by a real start under the same roles: ``tests/test_own_agents.py`` (one start for
+every fixture project).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import uuid
 
 import pytest
@@ -19,21 +17,17 @@ import yaml
 from langchain_core.messages import AIMessage
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.types import Command, interrupt
-from langgraph_sdk import get_client
 
-from agents.checkpoint import create_redis
 from agents.keys import checkpoints_key
 from agents.project import Project
 from agents.settings import PROJECT_ROOT, RoleSettings, Settings, graph_roles
 from agents.system import AgentSystem, Runtime, config_for
 from agents.tools import resolve_tools
 from agents.workers import GraphWorker
-from tests.test_own_agents import served
+from tests.test_own_agents import ACCEPTED, ASK
 
 PROJECT = PROJECT_ROOT / "tests" / "fixtures" / "two_graph_project"
 ROLES = yaml.safe_load((PROJECT / "agents.yaml").read_text())["roles"]
-ASK = "Ask billing and refunds in parallel: why was I charged twice? Refund $30 to order 7"
-ACCEPTED = "refunds: Refund of $30 to order 7 issued."
 
 
 def user(text: str) -> dict:
@@ -134,69 +128,3 @@ def test_a_bad_role_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"roles \{'refunds': 'refunds'\} name graphs the "
                                          r"project does not have \(its graphs: \['billing'\]"):
         graph_roles(roles, ["billing"])
-
-
-# one cluster serving the project, its roles from its agents.yaml
-@pytest.fixture(scope="module")
-def cluster(settings, tmp_path_factory):
-    """A start of the project (``tests/test_own_agents.py``'s) with ``AGENT_CLUSTER_CONFIG``
-    its ``agents.yaml``: a supervisor replica, the built-in specialists, a deployment per
-    graph (two replicas of ``billing``)."""
-    with served(PROJECT / "langgraph.json", settings, tmp_path_factory.mktemp("roles"),
-                {"AGENT_CLUSTER_CONFIG": str(PROJECT / "agents.yaml"),
-                 "AGENT_CLUSTER_GRAPH_DEPLOYMENTS__GRAPHS": '{"billing": {"min_replicas": 2}}'}
-                ) as served_project:
-        yield served_project
-
-
-@pytest.mark.timeout(600)
-async def test_the_supervisor_routes_to_both_graphs_and_one_asks_for_approval(cluster, settings):
-    client = get_client(url=cluster.url)
-    assert {a["graph_id"] for a in await client.assistants.search(limit=50)} == {
-        "supervisor", "researcher", "coder", "reviewer", "billing", "refunds"}  # graphs
-    tid = (await client.threads.create())["thread_id"]
-    parts = [p async for p in client.runs.stream(tid, "supervisor", input=user(ASK),
-                                                 stream_mode=["updates", "custom"])]
-    routed = [p.data["supervisor"]["assignments"] for p in parts
-              if p.event == "updates" and "supervisor" in p.data]
-    assert [[a["worker"] for a in step] for step in routed] == [["billing", "refunds"]]
-    lanes = {(p.data["role"], p.data["type"]) for p in parts if p.event == "custom"}
-    assert {("billing", "token"), ("billing", "progress")} <= lanes, lanes
-    state = await client.threads.get_state(tid)
-    [request] = state["interrupts"][0]["value"]
-    assert (request["role"], request["action_request"]["args"]) == (
-        "refunds", {"amount": 30.0, "order_id": "7"})
-    assert (await client.threads.get(tid))["status"] == "interrupted"
-    redis = create_redis(cluster.redis_url, settings.redis)
-    fields = await redis.hkeys(checkpoints_key(tid))  # the waiting sub-thread: parent's tag
-    await redis.aclose()
-    assert any(field.startswith(f"{request['thread_id'][len(tid):]}#".encode())
-               for field in fields), fields
-    with pytest.raises(Exception, match="422"):  # the request's config: one answer each
-        await client.runs.wait(tid, "supervisor", command={"resume": [{"type": "accept"}] * 2})
-    done = await client.runs.wait(tid, "supervisor", command={"resume": [{"type": "accept"}]})
-    assert ACCEPTED in done["messages"][-1]["content"], done["messages"]
-    reports = {m["name"]: m for m in done["messages"] if m.get("response_metadata", {}
-                                                             ).get("worker")}
-    assert set(reports) == {"billing", "refunds"}
-    assert reports["refunds"]["response_metadata"]["thread_id"].startswith(f"{tid}/refunds/")
-
-
-async def test_a_graph_roles_replica_killed_mid_call_answers_from_another(cluster, stub_admin):
-    stub_admin.post("/config", json={"ttft_ms": 3000})  # each model call: 3 s to answer
-    client = get_client(url=cluster.url)
-    tid = (await client.threads.create())["thread_id"]
-    run = await client.runs.create(tid, "supervisor", input=user(
-        "Ask billing in parallel: why was I charged twice?"), stream_mode=["custom"])
-    seen = []
-    async for part in client.runs.join_stream(tid, run["run_id"]):
-        data = part.data if part.event == "custom" else {}
-        if data.get("role") == "billing" and "pid" in (data.get("data") or {}):
-            seen.append(data["data"]["pid"])
-            if len(seen) == 1:
-                os.kill(seen[0], signal.SIGKILL)  # in its model call
-    final = await client.runs.get(tid, run["run_id"])
-    assert final["status"] == "success", final
-    assert len(seen) == 2 and seen[1] != seen[0], seen  # the call went on elsewhere
-    messages = (await client.threads.get_state(tid))["values"]["messages"]
-    assert messages[-1]["content"].startswith("billing: Hello from the stub model."), messages

@@ -1,9 +1,8 @@
 """The project on a Redis Cluster: an embedded 3-master cluster (one replica each) and the
 Serve app on it, driven through ``langgraph_sdk``; a replica kill and a master failover.
 
-Ray is one per process and the session's own cluster (``cluster_url``) may be up in this
-one, so the app of this module runs as ``python -m serve_app`` in a child process (its own
-local Ray), pointed at the cluster and at the session's stub model.
+The cluster and the app are ``tests/redis_cluster_app.py``'s, shared with
+``tests/test_redis_faults.py`` (which runs next: the master killed here is back, a replica).
 """
 
 from __future__ import annotations
@@ -12,21 +11,20 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import httpx
 import pytest
+import redis
 from langgraph_sdk import get_client
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
 from agents.checkpoint import create_redis
-from agents.local.process import free_port
 from agents.local.redis_cluster import EmbeddedRedisCluster
-from agents.settings import PROJECT_ROOT, RedisSettings
+from agents.local.redis_server import EmbeddedRedis
+from agents.settings import RedisSettings
 
 RESEARCH_AND_CODE = (
     "Research how Redis persistence works and write a Python function that parses a "
@@ -38,75 +36,6 @@ pytestmark = pytest.mark.timeout(900)  # the app's start (in the first test) is 
 
 def user(text: str) -> dict:
     return {"messages": [{"role": "user", "content": text}]}
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedisCluster:
-    with EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster"), shards=3,
-                              replicas=1) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def served(redis_cluster: EmbeddedRedisCluster, stub_url: str,
-           tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``make run``'s entry point on the cluster, in a child process; its base URL."""
-    data_dir = tmp_path_factory.mktemp("cluster-app")
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_cluster.url,
-           "AGENT_CLUSTER_REDIS__CLUSTER": "true", "OPENAI_BASE_URL": stub_url,
-           "AGENT_CLUSTER_MODEL__MAX_RETRIES": "0", "AGENT_CLUSTER_MODEL__TIMEOUT_S": "30",
-           "AGENT_CLUSTER_DATA_DIR": str(data_dir),
-           "AGENT_CLUSTER_WORKSPACE_DIR": str(data_dir / "workspace"),
-           # admission judges the queue by a drain rate that a few test runs make tiny
-           "AGENT_CLUSTER_API__MAX_QUEUE_WAIT_S": "600",
-           # ports of their own, and patience with a proxy slow to start on a busy box
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-           "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-           "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-           "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
-    for name in ("RAY_ADDRESS", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        env.pop(name, None)
-    url = f"http://127.0.0.1:{port}"
-    for attempt in range(3):  # a start on a busy box can time out (Ray's node, Serve's proxy)
-        log_path = data_dir / f"serve-{attempt}.log"
-        with log_path.open("wb") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "serve_app", "--port", str(port),
-                 "--metrics-port", str(free_port())],
-                cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        if _came_up(url, child):
-            break
-        _stop(child)
-    else:
-        pytest.fail(f"the app did not come up: {log_path.read_text()[-3000:]}")
-    try:
-        yield url
-    finally:
-        _stop(child)
-
-
-def _came_up(url: str, child: subprocess.Popen) -> bool:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and child.poll() is None:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
-                return True
-        time.sleep(0.5)
-    return False
-
-
-def _stop(child: subprocess.Popen) -> None:
-    """SIGTERM drains, then stops Serve and Ray; SIGKILL to the group if that hangs."""
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-    try:
-        child.wait(90)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait(10)
 
 
 @pytest.fixture
@@ -235,11 +164,12 @@ async def test_supervisor_replica_killed_mid_run_finishes_elsewhere(client, serv
     assert "Source: redis-persistence" in messages[-1]["content"]
 
 
-async def test_master_failover_runs_finish(client, redis_cluster, rc, stub_admin):
+async def test_master_failover_runs_finish(client, redis_cluster, rc, stub_admin,
+                                          request):
     """The master that holds a thread is killed mid-run; its replica is promoted and the
     run, and a new one on the thread, finish. (Replication is asynchronous: writes the
     master acknowledged in its last moments may be lost, the run is re-run from its last
-    checkpoint the new master has.)"""
+    checkpoint the new master has.) The killed node comes back, a replica of its shard."""
     stub_admin.post("/config", json={"ttft_ms": 500})
     tid = (await client.threads.create())["thread_id"]
     rid = (await client.runs.create(tid, "supervisor", input=user(RESEARCH_AND_CODE)))["run_id"]
@@ -247,6 +177,7 @@ async def test_master_failover_runs_finish(client, redis_cluster, rc, stub_admin
     owner = rc.get_node_from_key(f"ac:{{{tid}}}:thread")
     master = next(n for n in redis_cluster.masters if n.port == owner.port)
     master.kill()
+    request.addfinalizer(lambda: rejoin(master))
     survivor = next(n for n in redis_cluster.masters if n is not master)
 
     async def promoted() -> bool:
@@ -268,6 +199,16 @@ async def test_master_failover_runs_finish(client, redis_cluster, rc, stub_admin
     assert final["status"] == "success", final
     after = await client.runs.wait(tid, "supervisor", input=user("What did I ask before?"))
     assert after["messages"][-1]["content"] == f'You asked before: "{RESEARCH_AND_CODE}"'
+
+
+def rejoin(node: EmbeddedRedis, timeout_s: float = 60) -> None:
+    """A killed master restarted: it finds its shard's new master and replicates it."""
+    node.start()
+    deadline = time.monotonic() + timeout_s
+    with redis.Redis(host=node.host, port=node.port, socket_timeout=5) as client:
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the restarted node did not rejoin as a replica"
+            time.sleep(0.2)
 
 
 async def _ended(client, tid: str, rid: str):

@@ -1,5 +1,5 @@
 """Redis faults under load, on the embedded Redis Cluster (3 masters, one replica each) and
-the Serve app on it (``tests/test_redis_cluster.py``'s fixtures, one app for the module):
+the Serve app on it (``tests/redis_cluster_app.py``, after ``tests/test_redis_cluster.py``):
 a short soak, a master's writes paused, a master asleep, a master killed. Every turn of
 every simulated user is audited afterwards (``bench.audit``).
 
@@ -31,10 +31,8 @@ from bench.loadgen import LoadConfig, LoadGenerator, ModelTime, TurnRecord
 from bench.soak import Soak, changed, growth
 from bench.stats import percentile
 from serve_app.keys import running_key
-from tests import test_redis_cluster as on_cluster
 
 pytestmark = pytest.mark.timeout(900)
-redis_cluster, served = on_cluster.redis_cluster, on_cluster.served  # this module's own
 USERS, THINK_S = 24, 3.0
 WARM_S, AFTER_S = 4.0, 8.0  # load before the fault (the soak warmed the app), and after
 SLEEP_S = 4  # DEBUG SLEEP: past a lease (3 s), short of the sockets' timeout (5 s)
@@ -45,15 +43,6 @@ POOL_KEY = running_key(ApiSettings().run_pool)  # the run pool's: leases and que
 def load_config() -> LoadConfig:
     return LoadConfig(think_s=THINK_S, ramp_s=THINK_S, approval_share=0.1, memory_share=0.2,
                       approval_delay_s=0.5, turns_per_thread=4, turn_timeout_s=90)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def events_expire_soon():
-    """Finished runs' event streams expire 5 s after their end (not 60): the short soak's
-    key count is flat within seconds of its start, as the long one's is after a minute."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AGENT_CLUSTER_RETENTION__EVENTS_GRACE_S", "5")
-        yield
 
 
 @pytest.fixture
@@ -180,7 +169,7 @@ async def test_master_asleep_nothing_retried_or_lost(served, redis_cluster, mode
     """DEBUG SLEEP on the run pool's master: it answers nothing for ``SLEEP_S`` (longer than
     a lease), its replica told not to take over (a stall, not a failover)."""
     node = holder(redis_cluster, POOL_KEY)
-    replica = next(n for n in redis_cluster.replicas if _replicates(n, node))
+    replica = next(n for n in redis_cluster.nodes if _replicates(n, node))
 
     async def sleep() -> None:
         """DEBUG SLEEP"""
