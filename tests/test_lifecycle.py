@@ -29,6 +29,7 @@ from agents.local.process import free_port
 from agents.local.redis_server import EmbeddedRedis
 from agents.settings import PROJECT_ROOT, Settings
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS
+from tests.serve_yaml import one_supervisor
 
 STOPPED_WITHIN_S = 30  # Serve's own shutdown timeout, the old behaviour's floor
 RESEARCH = "Research how Redis persistence works"
@@ -36,7 +37,8 @@ RESEARCH = "Research how Redis persistence works"
 
 class Start:
     """One ``python -m serve_app`` on fixed ports and a data dir (shared by the starts of a
-    test), in a session of its own as a service manager would run it."""
+    test), in a session of its own as a service manager would run it (one supervisor
+    replica)."""
 
     def __init__(self, settings: Settings, data_dir: Path, ports: dict[str, int],
                  redis_url: str):
@@ -51,7 +53,8 @@ class Start:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "serve_app", "--port", str(ports["http"]),
-                 "--metrics-port", str(ports["metrics"])],
+                 "--metrics-port", str(ports["metrics"]),
+                 "--serve-config", str(one_supervisor(data_dir))],
                 cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
 

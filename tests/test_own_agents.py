@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import psutil
 import pytest
-import yaml
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph_sdk import get_client
 
@@ -45,6 +44,7 @@ from serve_app.resources.schemas import RunCreate
 from serve_app.resources.service import AgentService
 from serve_app.resources.service_context import ServiceContext
 from serve_app.runs.fencing import FencedRedisSaver
+from tests.serve_yaml import one_supervisor
 
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 ROLES_PROJECT = FIXTURES / "two_graph_project"  # its graphs' roles, in its agents.yaml
@@ -288,16 +288,12 @@ def served(project: Path, settings: Settings, data_dir: Path,
     On a Redis of its own: the replicas of every cluster on one Redis pull runs from one
     pool per graph id (docs/scaling.md), and the session's cluster serves a
     ``supervisor`` too."""
-    serve = yaml.safe_load((PROJECT_ROOT / "configs" / "local.yaml").read_text())
-    supervisor = serve["applications"][0]["deployments"][0]
-    supervisor["autoscaling_config"].update(min_replicas=1, max_replicas=1)
-    (data_dir / "serve.yaml").write_text(yaml.safe_dump(serve))
     port = free_port()
     log = data_dir / "start.log"
     with EmbeddedRedis(data_dir / "redis") as redis:
         own = settings.model_copy(update={"redis_url": redis.url})
         proc = start(["--config", str(project), "--serve-config",
-                      str(data_dir / "serve.yaml"), "--port", str(port),
+                      str(one_supervisor(data_dir)), "--port", str(port),
                       "--metrics-port", str(free_port())], own, data_dir, log,
                      {**(env or {}), **{name: str(free_port()) for name in HAPROXY_MODE_PORTS}})
         try:
