@@ -1,6 +1,7 @@
 """The soak: a steady load held for a long time, sampled per period, to see what drifts.
 
     .venv/bin/python -m bench.soak [--minutes 60] [--users 245] [--think-s 30]
+    .venv/bin/python -m bench.soak --table bench/results/soak-<stamp>.json [--every 5]
 
 Starts the embedded Redis Cluster (3 masters, one replica each), the stub model and the
 Serve app (configs/local.yaml), calibrates the model time of each turn kind, then holds
@@ -178,6 +179,25 @@ def short(row: dict[str, Any]) -> str:
             f"queued {row['runs_queued']:.0f}")
 
 
+def table(result: dict[str, Any], every: int = 1) -> str:
+    """A soak's periods as a markdown table (docs/reliability.md): every ``every``-th
+    period, and the last."""
+    lines = ["| minute | turns ok | p95 TTFT overhead ms | RSS MiB | fds | TCP connections | "
+             "keys | refunds' effect records | Redis used MiB | queued |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = result["rows"]
+    for row in rows:
+        if row["period"] % every and row is not rows[-1]:
+            continue
+        summed, p95 = totals(row), row["ttft_overhead_p95_ms"]
+        lines.append(f"| {row['period']} | {row['turns_ok']} | "
+                     f"{'-' if p95 is None else f'{p95:.0f}'} | {summed['rss_mib']:,.0f} | "
+                     f"{summed['fds']:.0f} | {summed['connections']:.0f} | {row['keys']:,} | "
+                     f"{row.get('effect_records', '-')} | {row['used_memory_mib']:.1f} | "
+                     f"{row['runs_queued']:.0f} |")
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=int, default=60)
@@ -185,7 +205,13 @@ async def main() -> None:
     parser.add_argument("--think-s", type=float, default=30.0)
     parser.add_argument("--growth-from", type=int, default=10,
                         help="the minute growth is measured from (past warm-up)")
+    parser.add_argument("--table", type=Path, metavar="SOAK_JSON",
+                        help="print a soak's results as a markdown table, run nothing")
+    parser.add_argument("--every", type=int, default=1, help="with --table: every N-th minute")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text()), args.every))
+        return
     for name in HAPROXY_MODE_PORTS:  # Serve's other ports: free ones, not the defaults
         os.environ.setdefault(name, str(free_port()))
     base = Settings(redis_url=None, data_dir=Path(tempfile.mkdtemp(prefix="soak-")),

@@ -1,0 +1,23 @@
+"""The soak's figures (``bench/soak.py``): growth over the summed processes, and the table
+docs/reliability.md shows. The soak itself runs in ``tests/test_redis_faults.py``."""
+
+from __future__ import annotations
+
+from bench.soak import growth, table
+
+
+def period(n: int, rss: float, keys: int) -> dict:
+    return {"period": n, "turns_ok": 10 * n, "errors": 0, "ttft_overhead_p95_ms": 100.0 + n,
+            "processes": {"replica supervisor 1": {"rss_mib": rss, "fds": 10, "connections": 4},
+                          "redis 2": {"rss_mib": 100.0, "fds": 20, "connections": 4}},
+            "keys": keys, "effect_records": n, "used_memory_mib": 1.5 * n, "runs_queued": 0}
+
+
+def test_growth_and_the_table_sum_every_process():
+    result = {"rows": [period(1, 100.0, 1000), period(2, 150.0, 1000), period(3, 300.0, 1100)]}
+    grew = growth(result["rows"], since=2)
+    assert (grew["rss_mib"], grew["fds"], round(grew["keys"], 3)) == (0.6, 0.0, 0.1)
+    lines = table(result, every=2).splitlines()
+    assert lines[0].startswith("| minute | turns ok |") and len(lines) == 4  # 2, and the last
+    assert lines[2] == "| 2 | 20 | 102 | 250 | 30 | 8 | 1,000 | 2 | 3.0 | 0 |"
+    assert lines[3] == "| 3 | 30 | 103 | 400 | 30 | 8 | 1,100 | 3 | 4.5 | 0 |"
