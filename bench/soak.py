@@ -145,18 +145,26 @@ class Soak:
                 "runs_queued": await queue_depth(self.base_url)}
 
 
-def totals(row: dict[str, Any]) -> dict[str, float]:
-    """A period's figures summed over processes (a process's own drift shows in its rows)."""
+def totals(row: dict[str, Any], only: set[str] | None = None) -> dict[str, float]:
+    """A period's figures summed over processes (``only`` these), a process's own drift
+    shows in its rows."""
     summed: dict[str, float] = defaultdict(float)
-    for figures in row["processes"].values():
-        for name, value in figures.items():
-            summed[name] += value
+    for process, figures in row["processes"].items():
+        if only is None or process in only:
+            for name, value in figures.items():
+                summed[name] += value
     return {**summed, "keys": row["keys"], "used_memory_mib": row["used_memory_mib"]}
 
 
-def growth(rows: list[dict[str, Any]], since: int) -> dict[str, float | None]:
-    """Relative growth of each summed figure from period ``since`` (1-based) to the last."""
-    first, last = totals(rows[since - 1]), totals(rows[-1])
+def growth(rows: list[dict[str, Any]], since: int,
+           same_processes: bool = False) -> dict[str, float | None]:
+    """Relative growth of each summed figure from period ``since`` (1-based) to the last;
+    ``same_processes``: of the processes alive at both ends only (autoscaling adds replicas,
+    a replica killed is replaced: those are not drift)."""
+    first_row, last_row = rows[since - 1], rows[-1]
+    only = set(first_row["processes"]) & set(last_row["processes"]) if same_processes \
+        else None
+    first, last = totals(first_row, only), totals(last_row, only)
     return {name: (last[name] - value) / value if value else None
             for name, value in first.items()}
 
@@ -225,12 +233,15 @@ async def main() -> None:
         result = await soak.run(args.minutes)
     since = min(args.growth_from, len(result["rows"]))
     result["growth"] = growth(result["rows"], since)
+    result["growth_same_processes"] = growth(result["rows"], since, same_processes=True)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=1))
-    say(f"soak: growth from minute {since} to {len(result['rows'])}: "
-        + ", ".join(f"{k} {'-' if v is None else f'{v * 100:+.1f} %'}"
-                    for k, v in result["growth"].items()))
+    for key, what in (("growth", "every process"),
+                      ("growth_same_processes", "the processes alive throughout")):
+        say(f"soak: growth from minute {since} to {len(result['rows'])}, {what}: "
+            + ", ".join(f"{k} {'-' if v is None else f'{v * 100:+.1f} %'}"
+                        for k, v in result[key].items()))
     say(f"soak: audit {result['audit']}; written to {out}")
 
 

@@ -1,5 +1,6 @@
-"""The soak's figures (``bench/soak.py``): growth over the summed processes, and the table
-docs/reliability.md shows. The soak itself runs in ``tests/test_redis_faults.py``."""
+"""The soak's figures (``bench/soak.py``): growth over the summed processes (or those alive
+throughout), and the table docs/reliability.md shows. The soak itself runs in
+``tests/test_redis_faults.py``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ def test_growth_and_the_table_sum_every_process():
     result = {"rows": [period(1, 100.0, 1000), period(2, 150.0, 1000), period(3, 300.0, 1100)]}
     grew = growth(result["rows"], since=2)
     assert (grew["rss_mib"], grew["fds"], round(grew["keys"], 3)) == (0.6, 0.0, 0.1)
+    result["rows"][2]["processes"]["replica supervisor 3"] = {  # scaled up: not drift
+        "rss_mib": 300.0, "fds": 30, "connections": 10}
+    assert growth(result["rows"], since=2)["fds"] == 1.0
+    assert growth(result["rows"], since=2, same_processes=True)["fds"] == 0.0
     lines = table(result, every=2).splitlines()
     assert lines[0].startswith("| minute | turns ok |") and len(lines) == 4  # 2, and the last
     assert lines[2] == "| 2 | 20 | 102 | 250 | 30 | 8 | 1,000 | 2 | 3.0 | 0 |"
-    assert lines[3] == "| 3 | 30 | 103 | 400 | 30 | 8 | 1,100 | 3 | 4.5 | 0 |"
+    assert lines[3] == "| 3 | 30 | 103 | 700 | 60 | 18 | 1,100 | 3 | 4.5 | 0 |"
