@@ -1,15 +1,16 @@
 """The soak: a steady load held for a long time, sampled per period, to see what drifts.
 
-    .venv/bin/python -m bench.soak [--minutes 60] [--users 245] [--think-s 30]
+    .venv/bin/python -m bench.soak [--minutes 60] [--users 170] [--think-s 30]
     .venv/bin/python -m bench.soak --table bench/results/soak-<stamp>.json [--every 5]
 
 Starts the embedded Redis Cluster (3 masters, one replica each), the stub model and the
 Serve app (configs/local.yaml), calibrates the model time of each turn kind, then holds
-``users`` simulated users (default 245: ~70 % of the 350 users the capacity search found
-at 30 s think time) for ``minutes``. Per period (a minute): p95 TTFT overhead of the turns
-that started in it, RSS, open fds and TCP connections of each of our processes, Redis keys
-(side-effect records apart) and used memory, all masters, run queue depth. Then every
-thread is audited. Writes ``bench/results/soak-<stamp>.json`` and prints the growth of each
+``users`` simulated users (default 170: on 2 cores with the Redis Cluster's six nodes,
+245 had a third of their turns refused at admission; docs/reliability.md) for
+``minutes``. Per period (a minute): p95 TTFT overhead of the turns that started in it,
+RSS, open fds and TCP connections of each of our processes, Redis keys (side-effect
+records apart) and used memory, all masters, run queue depth. Then every thread is
+audited. Writes ``bench/results/soak-<stamp>.json`` and prints the growth of each
 figure from minute 10 to the last (goal: < 5 %). Short runs use ``Soak`` directly
 (``tests/test_redis_faults.py``).
 
@@ -209,7 +210,7 @@ def table(result: dict[str, Any], every: int = 1) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=int, default=60)
-    parser.add_argument("--users", type=int, default=245)
+    parser.add_argument("--users", type=int, default=170)
     parser.add_argument("--think-s", type=float, default=30.0)
     parser.add_argument("--growth-from", type=int, default=10,
                         help="the minute growth is measured from (past warm-up)")
