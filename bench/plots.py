@@ -78,6 +78,39 @@ def shards_plot(report: dict[str, Any], path: Path) -> bool:
     return _save(fig, path)
 
 
+def soak_plot(result: dict[str, Any], totals: Any, path: Path) -> bool:
+    """A soak's minutes (``bench/soak.py``): p95 TTFT overhead, RSS, fds and connections
+    summed over the serving processes (``totals(row)``), Redis keys and used memory, the
+    run queue."""
+    rows = result.get("rows") or []
+    if not rows:
+        return False
+    minutes = [row["period"] for row in rows]
+    summed = [totals(row) for row in rows]
+    panels = [("p95 TTFT overhead (ms)", [[r["ttft_overhead_p95_ms"] or 0 for r in rows]],
+               None),
+              ("RSS (MiB)", [[t["rss_mib"] for t in summed]], None),
+              ("open fds / TCP connections", [[t["fds"] for t in summed],
+                                              [t["connections"] for t in summed]],
+               ["fds", "connections"]),
+              ("Redis keys", [[r["keys"] for r in rows]], None),
+              ("Redis used memory (MiB)", [[r["used_memory_mib"] for r in rows]], None),
+              ("runs queued", [[r["runs_queued"] for r in rows]], None)]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 5.5), sharex=True)
+    for ax, (title, series, labels) in zip(axes.flat, panels, strict=True):
+        for index, values in enumerate(series):
+            ax.plot(minutes, values, label=labels[index] if labels else None)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if labels:
+            ax.legend(fontsize=8)
+    for ax in axes[1]:
+        ax.set_xlabel("minute")
+    fig.suptitle(f"Soak: {result['users']} users, {result['think_s']:g} s think time")
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, format="svg", metadata={"Date": None})

@@ -1,7 +1,8 @@
 """The soak: a steady load held for a long time, sampled per period, to see what drifts.
 
     .venv/bin/python -m bench.soak [--minutes 60] [--users 170] [--think-s 30]
-    .venv/bin/python -m bench.soak --table bench/results/soak-<stamp>.json [--every 5]
+    .venv/bin/python -m bench.soak --table bench/results/soak-<stamp>.json [--every 5] \
+        [--plot bench/plots/soak.svg]
 
 Starts the embedded Redis Cluster (3 masters, one replica each), the stub model and the
 Serve app (configs/local.yaml), calibrates the model time of each turn kind, then holds
@@ -43,6 +44,7 @@ from agents.settings import PROJECT_ROOT, Settings
 from bench.audit import audit
 from bench.console import say
 from bench.loadgen import LoadConfig, LoadGenerator, ModelTime, summarise
+from bench.plots import soak_plot
 from bench.procs import label
 from bench.stub import StubAdmin, calibrate
 from serve_app.ops.launcher import HAPROXY_MODE_PORTS, serve_cluster
@@ -217,9 +219,14 @@ async def main() -> None:
     parser.add_argument("--table", type=Path, metavar="SOAK_JSON",
                         help="print a soak's results as a markdown table, run nothing")
     parser.add_argument("--every", type=int, default=1, help="with --table: every N-th minute")
+    parser.add_argument("--plot", type=Path, metavar="SVG",
+                        help="with --table: also draw the minutes into this SVG")
     args = parser.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text()), args.every))
+        result = json.loads(args.table.read_text())
+        print(table(result, args.every))
+        if args.plot:
+            soak_plot(result, totals, args.plot)
         return
     for name in HAPROXY_MODE_PORTS:  # Serve's other ports: free ones, not the defaults
         os.environ.setdefault(name, str(free_port()))

@@ -4,7 +4,8 @@ throughout), and the table docs/reliability.md shows. The soak itself runs in
 
 from __future__ import annotations
 
-from bench.soak import growth, table
+from bench.plots import soak_plot
+from bench.soak import growth, table, totals
 
 
 def period(n: int, rss: float, keys: int) -> dict:
@@ -26,3 +27,12 @@ def test_growth_and_the_table_sum_every_process():
     assert lines[0].startswith("| minute | turns ok |") and len(lines) == 4  # 2, and the last
     assert lines[2] == "| 2 | 20 | 102 | 250 | 30 | 8 | 1,000 | 2 | 3.0 | 0 |"
     assert lines[3] == "| 3 | 30 | 103 | 700 | 60 | 18 | 1,100 | 3 | 4.5 | 0 |"
+
+
+def test_the_soak_plot_draws_every_minute(tmp_path):
+    result = {"users": 3, "think_s": 30.0,
+              "rows": [period(1, 100.0, 1000), period(2, 150.0, 1000)]}
+    assert soak_plot(result, totals, tmp_path / "soak.svg")
+    svg = (tmp_path / "soak.svg").read_text()
+    assert "Soak: 3 users, 30 s think time" in svg and "runs queued" in svg
+    assert not soak_plot({"rows": []}, totals, tmp_path / "none.svg")
