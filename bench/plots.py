@@ -78,15 +78,14 @@ def shards_plot(report: dict[str, Any], path: Path) -> bool:
     return _save(fig, path)
 
 
-def soak_plot(result: dict[str, Any], totals: Any, path: Path) -> bool:
+def soak_plot(result: dict[str, Any], summed: list[dict[str, float]], path: Path) -> bool:
     """A soak's minutes (``bench/soak.py``): p95 TTFT overhead, RSS, fds and connections
-    summed over the serving processes (``totals(row)``), Redis keys and used memory, the
-    run queue."""
+    summed over the serving processes (``summed``: a period's each, ``soak.totals``), Redis
+    keys and used memory, the run queue."""
     rows = result.get("rows") or []
     if not rows:
         return False
     minutes = [row["period"] for row in rows]
-    summed = [totals(row) for row in rows]
     panels = [("p95 TTFT overhead (ms)", [[r["ttft_overhead_p95_ms"] or 0 for r in rows]],
                None),
               ("RSS (MiB)", [[t["rss_mib"] for t in summed]], None),

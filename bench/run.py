@@ -186,15 +186,17 @@ class TrackedStairs(Stairs):
         return await super().step(users)
 
 
-def make_target(name: str, plan: Plan, settings: Settings, work: Path) -> Target:
-    """``cluster-N`` (``-traced``: every span exported), ``floor``, ``langgraph-dev``,
-    ``project-cluster``, ``project-langgraph-dev``."""
+def make_target(name: str, plan: Plan, settings: Settings, work: Path,
+                capture: bool = False) -> Target:
+    """``cluster-N`` (``-traced``: every span exported; ``capture``: on a one-master Redis
+    Cluster, a ``CaptureTarget``), ``floor``, ``langgraph-dev``, ``project-cluster``,
+    ``project-langgraph-dev``."""
     if name.startswith("cluster-"):
         replicas = int(name.split("-")[1])
         traced = name.endswith("-traced")
-        return ClusterTarget(name, settings, work / name, replicas=replicas,
-                             deployment=plan.busiest, traced=traced,
-                             hop=plan.hop and replicas == 2 and not traced)
+        kind = CaptureTarget if capture else ClusterTarget
+        return kind(name, settings, work / name, replicas=replicas, deployment=plan.busiest,
+                    traced=traced, hop=plan.hop and replicas == 2 and not traced)
     if name == "floor":
         return FloorTarget(name, settings, work / name)
     if name == "langgraph-dev":
@@ -364,10 +366,9 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
                 traces.append(await capture_on(url, redis_url, capture_load(plan),
                                                plan.replay.users, plan.replay.capture_s))
             for index, name in enumerate(plan.targets):
-                on_it = index == 0 and plan.replay.enabled and plan.replay.on_first_target
-                target = CaptureTarget(name, settings, out_dir / name, replicas=2,
-                                       deployment=plan.busiest) if on_it else \
-                    make_target(name, plan, settings, out_dir)
+                on_it = (index == 0 and plan.replay.enabled and plan.replay.on_first_target
+                         and name.startswith("cluster-"))
+                target = make_target(name, plan, settings, out_dir, capture=on_it)
                 workload = is_project(name)
                 first = workload not in known
                 result = await bench_target(target, plan, stub, sampler, out_dir,

@@ -226,7 +226,7 @@ async def main() -> None:
         result = json.loads(args.table.read_text())
         print(table(result, args.every))
         if args.plot:
-            soak_plot(result, totals, args.plot)
+            soak_plot(result, [totals(row) for row in result["rows"]], args.plot)
         return
     for name in HAPROXY_MODE_PORTS:  # Serve's other ports: free ones, not the defaults
         os.environ.setdefault(name, str(free_port()))

@@ -32,7 +32,7 @@ def test_growth_and_the_table_sum_every_process():
 def test_the_soak_plot_draws_every_minute(tmp_path):
     result = {"users": 3, "think_s": 30.0,
               "rows": [period(1, 100.0, 1000), period(2, 150.0, 1000)]}
-    assert soak_plot(result, totals, tmp_path / "soak.svg")
+    assert soak_plot(result, [totals(row) for row in result["rows"]], tmp_path / "soak.svg")
     svg = (tmp_path / "soak.svg").read_text()
     assert "Soak: 3 users, 30 s think time" in svg and "runs queued" in svg
-    assert not soak_plot({"rows": []}, totals, tmp_path / "none.svg")
+    assert not soak_plot({"rows": []}, [], tmp_path / "none.svg")
